@@ -1,0 +1,190 @@
+"""The vocabulary every stage shares: plateaus, findings, remedies and action records.
+
+All of them are plain dataclasses holding primitives (str, int, float, bool, lists and dicts of
+those), so they can go into a ``state_dict`` that ``torch.load(weights_only=True)`` reads back,
+into the run store as JSON, and into any framework's checkpoint. ``to_dict``/``from_dict`` are
+the only (de)serialisers; nothing here pickles objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ACTION_OUTCOMES",
+    "DETECTOR_STATES",
+    "PLATEAU_KINDS",
+    "SERIES",
+    "ActionRecord",
+    "DetectorState",
+    "Finding",
+    "Plateau",
+    "Remedy",
+    "primitive",
+]
+
+DetectorState = Literal[
+    "unknown",  # too few points to say anything yet
+    "improving",
+    "slow",
+    "plateau",
+    "oscillating",
+    "diverging",
+    "hidden_progress",  # loss flat, parameters still moving steadily: wait, do not act
+]
+DETECTOR_STATES: tuple[str, ...] = (
+    "unknown",
+    "improving",
+    "slow",
+    "plateau",
+    "oscillating",
+    "diverging",
+    "hidden_progress",
+)
+PLATEAU_KINDS: tuple[str, ...] = ("early", "mid", "near_convergence")
+SERIES: tuple[str, ...] = ("train", "val")
+ACTION_OUTCOMES: tuple[str, ...] = ("pending", "kept", "rolled_back", "failed")
+
+
+def primitive(value: Any) -> Any:
+    """Turn numpy/torch scalars, tuples and nested containers into plain Python primitives.
+
+    Non-finite floats stay floats (``nan``/``inf``): they are data, not errors.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): primitive(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [primitive(v) for v in value]
+    item = getattr(value, "item", None)  # numpy scalar, 0-d array or 0-d tensor
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        return primitive(item())
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return primitive(tolist())
+    raise TypeError(f"cannot store a value of type {type(value).__name__} as a primitive: {value!r}")
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A stretch of a monitored series where the loss stopped making progress.
+
+    ``end`` is ``None`` while the plateau is still open. ``kind`` is ``early`` (before the series
+    first fell meaningfully), ``mid`` or ``near_convergence`` (gradient below its noise).
+    """
+
+    series: str
+    start: int
+    end: int | None = None
+    kind: str = "mid"
+    confidence: float = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.end is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return primitive(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plateau:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A suggested fix. ``action`` names a registered rescue action when ``automatic``."""
+
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+    automatic: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return primitive(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Remedy:
+        return cls(
+            action=str(data["action"]),
+            params=dict(data.get("params", {})),
+            automatic=bool(data.get("automatic", False)),
+            note=str(data.get("note", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A diagnosed cause with the numbers behind it.
+
+    ``cause`` is a catalog code (see ``docs/causes.md``); ``confidence`` is in [0, 1];
+    ``evidence`` maps names to the measured values that made the rule fire.
+    """
+
+    cause: str
+    confidence: float
+    evidence: dict[str, Any]
+    step: int
+    summary: str
+    remedies: tuple[Remedy, ...] = ()
+    series: str = "train"
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.confidence <= 1.0) or math.isnan(self.confidence):
+            raise ValueError(f"Finding.confidence must be in [0, 1], got {self.confidence!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause,
+            "confidence": float(self.confidence),
+            "evidence": primitive(self.evidence),
+            "step": int(self.step),
+            "summary": self.summary,
+            "remedies": [r.to_dict() for r in self.remedies],
+            "series": self.series,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(
+            cause=str(data["cause"]),
+            confidence=float(data["confidence"]),
+            evidence=dict(data.get("evidence", {})),
+            step=int(data["step"]),
+            summary=str(data.get("summary", "")),
+            remedies=tuple(Remedy.from_dict(r) for r in data.get("remedies", [])),
+            series=str(data.get("series", "train")),
+        )
+
+
+@dataclass
+class ActionRecord:
+    """One rescue action taken (or probed) by unstuck, and what became of it.
+
+    ``outcome`` moves from ``pending`` to ``kept`` or ``rolled_back`` once the action has been
+    verified after its horizon.
+    """
+
+    name: str
+    step: int
+    reason: str
+    outcome: str = "pending"
+    params: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    verified_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return primitive(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ActionRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
