@@ -1,0 +1,92 @@
+"""The uniform interface every signal tap follows.
+
+A tap watches one quantity. It keeps what it measures **on the device** between flushes and hands
+it over in :meth:`Tap.collect` as tensors; the :class:`~unstuck.signals.hub.SignalHub` packs the
+tensors of every tap into one buffer and moves that to the host in a single transfer, so the
+training step never waits on a host sync. Taps declare a cost tier (as Cockpit's economy /
+business / full) and how their values combine across ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+__all__ = ["CostTier", "Packet", "StepContext", "Tap"]
+
+CostTier = Literal["always", "sampled", "probe"]
+
+
+@dataclass
+class StepContext:
+    """What the hub knows about the model and optimizer, shared by all taps."""
+
+    params: list[torch.Tensor]  # every parameter the optimizer updates, in a fixed order
+    names: list[str]  # their qualified names in the model (same order)
+    group_index: list[int]  # the optimizer param group of each parameter
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class Packet:
+    """What one tap hands over at a flush.
+
+    ``tensors`` are device tensors the hub moves to the host in one transfer; ``host`` holds values
+    already on the host (Python numbers gathered cheaply along the way). ``finish`` turns both into
+    named series after the transfer.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+
+
+class Tap:
+    """Base class for a signal tap. Subclasses override the hooks they need.
+
+    Every hook must be cheap on steps the tap does not sample, and none may call ``.item()``,
+    ``.tolist()`` or ``.cpu()``: only :meth:`finish` sees host values.
+    """
+
+    name: ClassVar[str]
+    tier: ClassVar[CostTier]
+    reduction: ClassVar[Literal["mean", "sum", "max", "none"]] = "mean"  # across ranks
+
+    def bind(self, ctx: StepContext) -> None:
+        """Called once when the hub starts, with the parameters to watch."""
+
+    def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
+        """Runs in the optimizer's step pre-hook: gradients are final (accumulated, clipped)."""
+
+    def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
+        """Runs in the optimizer's step post-hook: parameters hold the new values."""
+
+    def on_loss(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        ids: torch.Tensor | None,
+        targets: torch.Tensor | None,
+    ) -> None:
+        """Runs in ``Guard.step`` with the detached loss (0-d, or one value per sample)."""
+
+    def collect(self) -> Packet:
+        """Hand over what was gathered since the last flush and start afresh."""
+        return Packet()
+
+    def finish(self, host: dict[str, Any]) -> dict[str, Any]:
+        """Turn host values (tensors already moved, as lists) into named signals."""
+        return host
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+def flat_float(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack 0-d tensors into one float32 vector on their device (no host sync)."""
+    return torch.stack([t.detach().reshape(()).float() for t in tensors])

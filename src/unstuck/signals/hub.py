@@ -1,0 +1,149 @@
+"""The signal hub: wires the taps to the optimizer's step hooks and flushes them in one transfer.
+
+Hot path (every step): each tap appends device tensors or Python numbers to its own lists.
+Flush (every ``flush_every`` steps): every tap's tensors are packed into one flat buffer per
+device and moved to the host with a single ``.cpu()`` — the only host sync unstuck makes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from unstuck.signals.base import Packet, StepContext, Tap
+
+__all__ = ["Frame", "SignalHub", "optimizer_parameters"]
+
+logger = logging.getLogger("unstuck")
+
+
+@dataclass
+class Frame:
+    """Everything the taps measured since the previous flush, on the host.
+
+    Scalar series are ``name -> (steps, values)``; other entries (per-tensor arrays, summaries)
+    are documented by the tap that makes them.
+    """
+
+    step: int
+    signals: dict[str, Any] = field(default_factory=dict)
+
+    def series(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Only the scalar series, the part that goes to the run store as metrics."""
+        return {
+            k: v
+            for k, v in self.signals.items()
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], list)
+        }
+
+
+def optimizer_parameters(
+    model: torch.nn.Module | None, optimizer: torch.optim.Optimizer
+) -> tuple[list[torch.Tensor], list[str], list[int]]:
+    """The optimizer's parameters in a fixed order, their model names and their group index."""
+    names_by_id: dict[int, str] = {}
+    if model is not None:
+        names_by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    params: list[torch.Tensor] = []
+    names: list[str] = []
+    groups: list[int] = []
+    seen: set[int] = set()
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            params.append(p)
+            names.append(names_by_id.get(id(p), f"group{g}.param{i}"))
+            groups.append(g)
+    return params, names, groups
+
+
+class SignalHub:
+    """Owns the taps and the optimizer hooks; produces a :class:`Frame` at each flush."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        taps: list[Tap],
+    ) -> None:
+        params, names, groups = optimizer_parameters(model, optimizer)
+        self.ctx = StepContext(params=params, names=names, group_index=groups, optimizer=optimizer)
+        self.taps = taps
+        self.step = 0  # Guard steps seen (calls to on_loss)
+        self.opt_steps = 0  # optimizer steps seen through the hooks
+        for tap in taps:
+            tap.bind(self.ctx)
+        self._pre_taps = [t for t in taps if type(t).on_pre_step is not Tap.on_pre_step]
+        self._post_taps = [t for t in taps if type(t).on_post_step is not Tap.on_post_step]
+        self._loss_taps = [t for t in taps if type(t).on_loss is not Tap.on_loss]
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        ]
+
+    # -- hooks (hot path) -------------------------------------------------------------------
+    def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        for tap in self._pre_taps:
+            tap.current_step = self.step  # type: ignore[attr-defined]
+            tap.on_pre_step(self.ctx, self.opt_steps)
+
+    def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        for tap in self._post_taps:
+            tap.on_post_step(self.ctx, self.opt_steps)
+        self.opt_steps += 1
+
+    def on_loss(
+        self, loss: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor | None
+    ) -> None:
+        for tap in self._loss_taps:
+            tap.on_loss(self.step, loss, ids, targets)
+        self.step += 1
+
+    # -- flush ------------------------------------------------------------------------------
+    def flush(self) -> Frame:
+        """Collect every tap, move all device values to the host at once, and finish them."""
+        for tap in self.taps:
+            if hasattr(tap, "current_step"):
+                tap.current_step = max(self.step - 1, 0)
+        packets: list[Packet] = [tap.collect() for tap in self.taps]
+        by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = defaultdict(list)
+        for k, packet in enumerate(packets):
+            for name, tensor in packet.tensors.items():
+                by_device[tensor.device].append((k, name, tensor))
+        for entries in by_device.values():
+            flat = torch.cat([t.detach().reshape(-1).float() for _, _, t in entries])
+            host = flat.cpu().numpy().astype(np.float64)  # the one transfer per device
+            offset = 0
+            for k, name, tensor in entries:
+                n = tensor.numel()
+                packets[k].host[name] = host[offset : offset + n].tolist()
+                offset += n
+        frame = Frame(step=self.step)
+        for tap, packet in zip(self.taps, packets):
+            frame.signals.update(tap.finish(packet.host))
+        return frame
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "opt_steps": self.opt_steps,
+            "taps": {tap.name: tap.state_dict() for tap in self.taps},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state.get("step", 0))
+        self.opt_steps = int(state.get("opt_steps", 0))
+        for tap in self.taps:
+            tap.load_state_dict(state.get("taps", {}).get(tap.name, {}))

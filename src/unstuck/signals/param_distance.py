@@ -1,0 +1,91 @@
+"""Distance of the parameters from a reference point, ‖θ − θ_ref‖, once per flush.
+
+This is the hidden-progress signal: when the loss is flat but this distance keeps growing
+steadily, the run is moving (grokking, sparse parity, a Saxe plateau before its drop) and the
+right action is to wait (Barak et al. 2022; Pesme et al. 2020 use the same quantity).
+
+For large models the reference is a fixed random subset of coordinates, so the memory cost is
+bounded; the squared distance on the subset, scaled by total/sampled coordinates, is an unbiased
+estimate of the full squared distance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+
+__all__ = ["DEFAULT_MAX_ELEMENTS", "ParamDistanceTap"]
+
+DEFAULT_MAX_ELEMENTS = 1 << 20  # 4 MiB of float32 reference at most; exact below that size
+
+
+class ParamDistanceTap(Tap):
+    """‖θ − θ_ref‖ with θ_ref the parameters when monitoring began (or was re-anchored)."""
+
+    name: ClassVar[str] = "param_distance"
+    tier: ClassVar[CostTier] = "always"
+
+    def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0) -> None:
+        if max_elements < 1:
+            raise ValueError(f"distance_max_elements must be >= 1, got {max_elements!r}")
+        self.max_elements = max_elements
+        self.seed = seed
+        self._params: list[torch.Tensor] = []
+        self._index: list[torch.Tensor | None] = []
+        self._reference: list[torch.Tensor] = []
+        self._scale = 1.0
+        self.current_step = 0
+
+    def bind(self, ctx: StepContext) -> None:
+        self._params = list(ctx.params)
+        total = sum(p.numel() for p in self._params)
+        generator = torch.Generator().manual_seed(self.seed)
+        self._index = []
+        sampled = 0
+        for p in self._params:
+            if total <= self.max_elements:
+                self._index.append(None)
+                sampled += p.numel()
+                continue
+            k = max(1, round(p.numel() * self.max_elements / total))
+            idx = torch.randperm(p.numel(), generator=generator)[:k].to(p.device)
+            self._index.append(idx)
+            sampled += k
+        self._scale = math.sqrt(total / max(sampled, 1))
+        self.reanchor()
+
+    def _view(self) -> list[torch.Tensor]:
+        return [
+            p.detach().reshape(-1) if i is None else p.detach().reshape(-1).index_select(0, i)
+            for p, i in zip(self._params, self._index)
+        ]
+
+    def reanchor(self) -> None:
+        """Take the current parameters as the new reference point."""
+        self._reference = [v.clone() for v in self._view()]
+
+    def collect(self) -> Packet:
+        if not self._params:
+            return Packet()
+        deltas = torch._foreach_sub(self._view(), self._reference)
+        norms = torch._foreach_norm(deltas)
+        squared = sum((n.float().to(norms[0].device) ** 2 for n in norms), torch.zeros(()))
+        distance = torch.sqrt(squared) * self._scale
+        return Packet(tensors={"distance": distance.reshape(1)}, host={"step": self.current_step})
+
+    def finish(self, host: dict[str, Any]) -> dict[str, Any]:
+        if "distance" not in host:
+            return {}
+        return {"param_distance": ([host["step"]], [float(host["distance"][0])])}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": [r.detach().cpu().clone() for r in self._reference]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ref = state.get("reference")
+        if ref and len(ref) == len(self._reference):
+            self._reference = [r.to(old.device) for r, old in zip(ref, self._reference)]

@@ -1,0 +1,73 @@
+"""Update-to-weight ratio ‖Δθ‖ / ‖θ‖, sampled every N optimizer steps.
+
+The most direct reading of whether the learning rate fits the model: Karpathy's rule of thumb
+puts a healthy ratio near 1e-3; DeepDiagnosis flags it outside [1e-5, 1e-1] (REFERENCE.md §3).
+Sampled because it copies the parameters before the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.grad_norm import NormPlan
+
+__all__ = ["UpdateRatioTap"]
+
+_TINY = 1e-12  # keeps the ratio finite for all-zero parameters
+
+
+class UpdateRatioTap(Tap):
+    """Global and per-tensor ‖θ_after − θ_before‖ / ‖θ_before‖ on sampled optimizer steps."""
+
+    name: ClassVar[str] = "update_ratio"
+    tier: ClassVar[CostTier] = "sampled"
+
+    def __init__(self, every: int = 25) -> None:
+        if every < 1:
+            raise ValueError(f"update_ratio_every must be >= 1, got {every!r}")
+        self.every = every
+        self._before: list[torch.Tensor] | None = None
+        self._plan: NormPlan | None = None
+        self._rows: list[torch.Tensor] = []  # per sampled step: [‖Δ‖_i..., ‖θ‖_i...]
+        self._steps: list[int] = []
+        self.current_step = 0
+
+    def bind(self, ctx: StepContext) -> None:
+        home = ctx.params[0].device if ctx.params else torch.device("cpu")
+        self._plan = NormPlan(ctx.params, home)
+
+    def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
+        if opt_step % self.every == 0:
+            self._before = [p.detach().clone() for p in ctx.params]
+
+    def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
+        if self._before is None or self._plan is None:
+            return
+        now = [p.detach() for p in ctx.params]
+        deltas = torch._foreach_sub(now, self._before)
+        row = torch.cat([self._plan.norms(list(deltas)), self._plan.norms(list(self._before))])
+        self._rows.append(row)
+        self._steps.append(self.current_step)
+        self._before = None
+
+    def collect(self) -> Packet:
+        if not self._rows:
+            return Packet()
+        packet = Packet(tensors={"norms": torch.stack(self._rows)}, host={"steps": self._steps})
+        self._rows, self._steps = [], []
+        return packet
+
+    def finish(self, host: dict[str, Any]) -> dict[str, Any]:
+        if "norms" not in host:
+            return {}
+        norms = np.asarray(host["norms"], dtype=np.float64).reshape(len(host["steps"]), 2, -1)
+        delta, weight = norms[:, 0, :], norms[:, 1, :]
+        total = np.sqrt((delta**2).sum(axis=1)) / (np.sqrt((weight**2).sum(axis=1)) + _TINY)
+        return {
+            "update_ratio": (host["steps"], total.tolist()),
+            "update_ratio_per_tensor": delta / (weight + _TINY),
+        }

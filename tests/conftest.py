@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny models and data that make tests fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_quiet() -> None:
+    torch.manual_seed(0)
+    logging.getLogger("unstuck").setLevel(logging.INFO)
+
+
+def tiny_mlp(n_in: int = 4, hidden: int = 8, n_out: int = 3) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out)
+    )
+
+
+def regression_batch(n: int = 16, n_in: int = 4, n_out: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, n_in, generator=g), torch.randn(n, n_out, generator=g)

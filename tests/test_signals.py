@@ -1,0 +1,190 @@
+"""Signal values against hand-computed references, through the real optimizer hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import regression_batch, tiny_mlp
+
+from unstuck.signals import (
+    GradNormTap,
+    LossTap,
+    LRTap,
+    ParamDistanceTap,
+    SamplesTap,
+    SignalHub,
+    UpdateRatioTap,
+)
+
+
+def _hub(model, optimizer, **kw):
+    taps = [
+        LossTap(),
+        GradNormTap(kw.get("grad_every", 1)),
+        LRTap(),
+        UpdateRatioTap(kw.get("update_every", 1)),
+        ParamDistanceTap(kw.get("max_elements", 1 << 20)),
+        SamplesTap(kw.get("dataset_size")),
+    ]
+    return SignalHub(model, optimizer, taps)
+
+
+def test_loss_and_grad_norms_match_manual_reference():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt)
+    x, y = regression_batch()
+    expected_losses, expected_norms = [], []
+    for _ in range(5):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        expected_norms.append([float(p.grad.norm()) for p in model.parameters()])
+        opt.step()
+        hub.on_loss(loss.detach(), None, None)
+        expected_losses.append(float(loss))
+    frame = hub.flush()
+    steps, losses = frame.signals["loss"]
+    assert steps == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-6)
+    np.testing.assert_allclose(frame.signals["grad_norm_per_tensor"], expected_norms, rtol=1e-5)
+    global_norm = np.sqrt((np.asarray(expected_norms) ** 2).sum(axis=1))
+    np.testing.assert_allclose(frame.signals["grad_norm"][1], global_norm, rtol=1e-5)
+    assert frame.signals["nonfinite_loss"][1] == [0.0]
+
+
+def test_update_ratio_and_distance_match_manual_reference():
+    model = tiny_mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    hub = _hub(model, opt)
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    x, y = regression_batch()
+    ratios = []
+    for _ in range(3):
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        ratios.append(float((after - before).norm() / before.norm()))
+        hub.on_loss(loss.detach(), None, None)
+    frame = hub.flush()
+    np.testing.assert_allclose(frame.signals["update_ratio"][1], ratios, rtol=1e-4)
+    now = torch.cat([p.detach().flatten() for p in model.parameters()])
+    expected_distance = float((now - start).norm())
+    assert frame.signals["param_distance"][1][0] == pytest.approx(expected_distance, rel=1e-5)
+
+
+def test_subsampled_distance_is_close_to_exact():
+    model = torch.nn.Linear(200, 200)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt, max_elements=8000)  # 40,200 parameters: about a fifth sampled
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    hub.on_loss(torch.tensor(1.0), None, None)
+    frame = hub.flush()
+    exact = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - start).norm())
+    assert frame.signals["param_distance"][1][0] == pytest.approx(exact, rel=0.05)
+
+
+def test_gradient_accumulation_sees_accumulated_gradient():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    hub = _hub(model, opt)
+    opt.zero_grad()
+    for micro in range(4):
+        x, y = regression_batch(seed=micro)
+        (torch.nn.functional.mse_loss(model(x), y) / 4).backward()
+    accumulated = [float(p.grad.norm()) for p in model.parameters()]
+    opt.step()
+    hub.on_loss(torch.tensor(0.5), None, None)
+    frame = hub.flush()
+    assert frame.signals["grad_norm_per_tensor"].shape == (1, 4)
+    np.testing.assert_allclose(frame.signals["grad_norm_per_tensor"][0], accumulated, rtol=1e-5)
+    assert hub.opt_steps == 1
+
+
+def test_param_groups_frozen_layers_and_missing_grads():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3), torch.nn.Linear(3, 3))
+    model[0].requires_grad_(False)  # frozen: not in the optimizer at all
+    opt = torch.optim.SGD(
+        [{"params": model[1].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.01}]
+    )
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    hub = _hub(model, opt)
+    x = torch.randn(8, 4)
+    for _ in range(4):
+        out = model[1](model[0](x)).sum()  # model[2] is unused: its grads stay None
+        opt.zero_grad()
+        out.backward()
+        opt.step()
+        scheduler.step()
+        hub.on_loss(out.detach(), None, None)
+    frame = hub.flush()
+    assert frame.signals["grad_missing"] == 4 * 2  # two tensors without grad, four steps
+    steps, lr0 = frame.signals["lr/0"]
+    assert lr0 == pytest.approx([0.1, 0.05])  # recorded where it changes
+    assert steps == [0, 2]
+    assert frame.signals["lr/1"][1] == pytest.approx([0.01, 0.005])
+    assert np.all(frame.signals["grad_norm_per_tensor"][:, 2:] == 0.0)
+
+
+def test_nonfinite_loss_is_counted_not_raised():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt)
+    for value in (1.0, float("nan"), float("inf"), 0.5):
+        hub.on_loss(torch.tensor(value), None, None)
+    frame = hub.flush()
+    assert frame.signals["nonfinite_loss"][1] == [2.0]
+
+
+def test_per_sample_losses_ids_and_epoch_coverage():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt, dataset_size=8)
+    # Two nominal epochs that only ever see ids 0..3 (half the data): coverage 0.5 each.
+    for epoch in range(2):
+        for start in (0, 2):
+            ids = torch.arange(start, start + 2)
+            losses = torch.tensor([0.1, 0.2]) if start == 0 else torch.tensor([0.3, 4.0])
+            targets = torch.tensor([0, 1, 0, 1])
+            hub.on_loss(torch.cat([losses, losses]), torch.cat([ids, ids]), targets)
+    frame = hub.flush()
+    assert frame.signals["samples_seen"][1] == [16.0]
+    assert frame.signals["epoch_coverage"] == [0.5, 0.5]
+    summary = frame.signals["per_sample"]
+    assert summary["max"] == pytest.approx(4.0)
+    assert summary["mean"] == pytest.approx((0.1 + 0.2 + 0.3 + 4.0) / 4)
+    assert frame.signals["class_loss"][1] == pytest.approx((0.2 + 4.0) / 2)
+
+
+def test_sampling_strides_reduce_work():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt, grad_every=3, update_every=4)
+    x, y = regression_batch()
+    for _ in range(12):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hub.on_loss(loss.detach(), None, None)
+    frame = hub.flush()
+    assert frame.signals["grad_norm"][0] == [0, 3, 6, 9]
+    assert frame.signals["update_ratio"][0] == [0, 4, 8]
+
+
+def test_hub_close_removes_hooks():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt)
+    hub.close()
+    x, y = regression_batch()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    assert hub.opt_steps == 0
