@@ -1,0 +1,105 @@
+"""The rule interface and the registry that discovers one rule per file in ``causes/``.
+
+Like a pylint checker: a rule module defines its stable code (equal to the module name), its
+explanation and its check, and is found by discovery, so adding a cause edits no central list.
+A broken rule module fails loudly at import; it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import ClassVar
+
+from unstuck.diagnose.evidence import Evidence
+from unstuck.types import Finding
+
+__all__ = ["Rule", "all_rules", "get_rule", "run_rules"]
+
+
+class Rule:
+    """One cause of a stalled run. Subclasses set the class attributes and implement check.
+
+    ``continuous`` rules are cheap and run at every flush (non-finite values, frozen parameters);
+    the others run when the detector reports a plateau, an oscillation or a divergence.
+    """
+
+    code: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    continuous: ClassVar[bool] = False
+    explanation: ClassVar[str] = ""
+
+    def check(self, ev: Evidence) -> Finding | None:
+        raise NotImplementedError
+
+    def applicable(self, ev: Evidence) -> bool:
+        return all(name in ev for name in self.requires)
+
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def _validate(rule_cls: type[Rule], module_name: str) -> None:
+    code = getattr(rule_cls, "code", None)
+    if code != module_name:
+        raise ImportError(
+            f"rule {rule_cls.__name__} in causes/{module_name}.py has code {code!r}; "
+            f"the code must equal the module name {module_name!r}"
+        )
+    if not (rule_cls.__doc__ or "").strip():
+        raise ImportError(f"rule {code!r} has no docstring; say what stalls the run")
+    if not rule_cls.explanation.strip():
+        raise ImportError(f"rule {code!r} has no explanation; unstuck.explain needs one")
+    if not isinstance(rule_cls.requires, frozenset):
+        raise ImportError(f"rule {code!r}: requires must be a frozenset of signal names")
+
+
+def _discover() -> dict[str, Rule]:
+    if _REGISTRY:
+        return _REGISTRY
+    from unstuck.diagnose import causes
+
+    found: dict[str, Rule] = {}
+    for info in pkgutil.iter_modules(causes.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{causes.__name__}.{info.name}")
+        classes = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Rule) and obj is not Rule
+            and obj.__module__ == module.__name__
+        ]
+        if len(classes) != 1:
+            raise ImportError(f"causes/{info.name}.py must define exactly one Rule subclass")
+        _validate(classes[0], info.name)
+        found[info.name] = classes[0]()
+    _REGISTRY.update(found)
+    return _REGISTRY
+
+
+def all_rules() -> dict[str, Rule]:
+    """Every registered rule by its cause code."""
+    return dict(_discover())
+
+
+def get_rule(code: str) -> Rule:
+    rules = _discover()
+    if code not in rules:
+        raise KeyError(f"unknown cause code {code!r}; known: {', '.join(sorted(rules))}")
+    return rules[code]
+
+
+def run_rules(ev: Evidence, *, continuous_only: bool = False) -> list[Finding]:
+    """Run the applicable rules and return their findings, most confident first."""
+    findings = []
+    for rule in _discover().values():
+        if continuous_only and not rule.continuous:
+            continue
+        if not rule.applicable(ev):
+            continue
+        finding = rule.check(ev)
+        if finding is not None:
+            findings.append(finding)
+    findings.sort(key=lambda f: (-f.confidence, f.cause))
+    return findings

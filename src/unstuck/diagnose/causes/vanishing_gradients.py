@@ -1,0 +1,71 @@
+"""Early layers receive almost no gradient."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from unstuck.diagnose.base import Rule
+from unstuck.diagnose.evidence import Evidence
+from unstuck.diagnose.thresholds import VANISHING_FIRST_NORM, VANISHING_LAYER_RATIO
+from unstuck.types import Finding, Remedy
+
+
+def first_last_weight_norms(ev: Evidence) -> tuple[str, float, str, float] | None:
+    """Gradient norms of the first and last weight matrices (ndim ≥ 2), in model order."""
+    norms = ev.get("grad_norm_per_tensor")
+    names = ev.get("param_names")
+    ndims = ev.get("param_ndims")
+    if norms is None or names is None or ndims is None:
+        return None
+    row = np.asarray(norms, dtype=np.float64)
+    row = np.median(row[-8:], axis=0) if row.ndim == 2 else row
+    weights = [i for i, d in enumerate(ndims) if d >= 2]
+    if len(weights) < 2:
+        return None
+    first, last = weights[0], weights[-1]
+    return names[first], float(row[first]), names[last], float(row[last])
+
+
+class VanishingGradients(Rule):
+    """The first layer's gradient is a thousandth of the last layer's and tiny in absolute terms."""
+
+    code: ClassVar[str] = "vanishing_gradients"
+    requires: ClassVar[frozenset[str]] = frozenset({"grad_norm_per_tensor", "param_names"})
+    explanation: ClassVar[str] = (
+        "The gradient reaching the first layers is a thousandth of the one at the output or less, "
+        "so early layers barely learn and the loss stalls early. Typical with deep stacks of "
+        "sigmoid/tanh, poor initialisation, or no normalisation. Fixes: ReLU-family activations, "
+        "He/Xavier initialisation, residual connections, BatchNorm/LayerNorm. unstuck reports "
+        "this; raising the LR does not fix it."
+    )
+
+    def check(self, ev: Evidence) -> Finding | None:
+        pair = first_last_weight_norms(ev)
+        if pair is None:
+            return None
+        first_name, first, last_name, last = pair
+        if not (np.isfinite(first) and np.isfinite(last)) or last <= 0:
+            return None
+        ratio = first / last
+        if ratio >= VANISHING_LAYER_RATIO or first >= VANISHING_FIRST_NORM:
+            return None
+        decades = float(np.log10(VANISHING_LAYER_RATIO / max(ratio, 1e-30)))
+        return Finding(
+            cause=self.code,
+            confidence=float(np.clip(0.7 + 0.1 * decades, 0.0, 0.95)),
+            evidence={
+                "first_layer": first_name,
+                "first_grad_norm": first,
+                "last_layer": last_name,
+                "last_grad_norm": last,
+                "ratio": ratio,
+                "threshold": VANISHING_LAYER_RATIO,
+            },
+            step=ev.step,
+            summary=f"gradient norm of {first_name} is {ratio:.1e} × that of {last_name}",
+            remedies=(
+                Remedy("change_architecture", note="ReLU/GELU, He init, residuals, norm layers"),
+            ),
+        )

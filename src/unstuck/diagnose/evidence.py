@@ -1,0 +1,121 @@
+"""Evidence: the host-side history that diagnosis rules read, built from signal frames.
+
+Rules never see the model; they see this mapping of named numbers, so each rule can be tested on
+hand-built evidence. The names a rule may require are listed in ``docs/signals.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from unstuck.signals.hub import Frame
+
+__all__ = ["Evidence", "EvidenceBuilder", "HISTORY_POINTS"]
+
+HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
+
+
+class Evidence(Mapping[str, Any]):
+    """A read-only mapping of signal names to values, with helpers for series.
+
+    Series are stored as ``(steps, values)`` pairs of numpy arrays; everything else as is.
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None = None, *, step: int = 0) -> None:
+        self._data = dict(data or {})
+        self.step = step
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def values_of(self, name: str) -> np.ndarray:
+        """The values of a series as a float array (empty if absent)."""
+        entry = self._data.get(name)
+        if entry is None:
+            return np.zeros(0)
+        if isinstance(entry, tuple):
+            return np.asarray(entry[1], dtype=np.float64)
+        return np.asarray(entry, dtype=np.float64)
+
+    def steps_of(self, name: str) -> np.ndarray:
+        entry = self._data.get(name)
+        if isinstance(entry, tuple):
+            return np.asarray(entry[0], dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
+
+
+class _Series:
+    """A bounded (steps, values) history."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.steps: list[int] = []
+        self.values: list[float] = []
+
+    def extend(self, steps: list[int], values: list[float]) -> None:
+        self.steps.extend(int(s) for s in steps)
+        self.values.extend(float(v) for v in values)
+        if len(self.steps) > self.capacity:
+            del self.steps[: len(self.steps) - self.capacity]
+            del self.values[: len(self.values) - self.capacity]
+
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.steps, dtype=np.int64), np.asarray(self.values, dtype=np.float64)
+
+
+class EvidenceBuilder:
+    """Accumulates frames into bounded histories and snapshots them as :class:`Evidence`."""
+
+    def __init__(self, capacity: int = HISTORY_POINTS) -> None:
+        self.capacity = capacity
+        self._series: dict[str, _Series] = {}
+        self._latest: dict[str, Any] = {}
+        self._totals: dict[str, float] = {}
+
+    def add_series(self, name: str, steps: list[int], values: list[float]) -> None:
+        self._series.setdefault(name, _Series(self.capacity)).extend(steps, values)
+
+    def set(self, name: str, value: Any) -> None:
+        """Record a non-series value (latest wins)."""
+        self._latest[name] = value
+
+    def add_frame(self, frame: Frame) -> None:
+        for name, value in frame.signals.items():
+            if name.startswith("nonfinite_"):
+                total = self._totals.get(name, 0.0) + float(sum(value[1]))
+                self._totals[name] = total
+                self._latest[name + "_total"] = total
+            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
+                self.add_series(name, value[0], value[1])
+            else:
+                self._latest[name] = value
+
+    def build(self, step: int, extra: Mapping[str, Any] | None = None) -> Evidence:
+        data: dict[str, Any] = {name: s.pair() for name, s in self._series.items() if s.steps}
+        data.update(self._latest)
+        if extra:
+            data.update(extra)
+        return Evidence(data, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "series": {n: [list(s.steps), list(s.values)] for n, s in self._series.items()},
+            "totals": dict(self._totals),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._series = {}
+        for name, (steps, values) in state.get("series", {}).items():
+            self.add_series(name, list(steps), list(values))
+        self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}
+        for name, total in self._totals.items():
+            self._latest[name + "_total"] = total

@@ -1,0 +1,16 @@
+"""Thresholds shared by several rules, each with its source on the same line."""
+
+from __future__ import annotations
+
+# Update/weight ratio ‖Δθ‖/‖θ‖. CS231n (Karpathy) puts a healthy ratio "somewhere around 1e-3";
+# TheDeepChecker flags log10(ratio) outside [-4, -1] (REFERENCE.md §3).
+HEALTHY_UPDATE_RATIO = 1e-3  # CS231n "Neural Networks 3": updates/weights ≈ 1e-3
+LOW_UPDATE_RATIO = 1e-4  # TheDeepChecker: log10 ratio < -4 means steps too small
+HIGH_UPDATE_RATIO = 1e-1  # TheDeepChecker / DeepDiagnosis upper bound: steps too large
+
+# Gradient flow across depth (AUTOTRAINER, REFERENCE.md §3).
+VANISHING_LAYER_RATIO = 1e-3  # AUTOTRAINER: ‖g_first‖/‖g_last‖ < 1e-3 ...
+VANISHING_FIRST_NORM = 1e-4  # ... and ‖g_first‖ < 1e-4
+EXPLODING_LAYER_RATIO = 70.0  # AUTOTRAINER: ‖g_first‖/‖g_last‖ > 70
+
+RECENT_POINTS = 8  # sampled points the rules average over: a robust median, not one noisy sample

@@ -1,0 +1,139 @@
+"""Each rule on hand-built evidence: fires, stays quiet, and edge values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unstuck.diagnose import Evidence, all_rules, explain, get_rule, run_rules
+from unstuck.rescue import all_actions
+from unstuck.types import Finding
+
+
+def _series(values, start=0, stride=1):
+    values = np.asarray(values, dtype=float)
+    return (np.arange(start, start + stride * values.size, stride), values)
+
+
+def test_lr_too_low_fires_on_tiny_updates_with_healthy_gradients():
+    ev = Evidence(
+        {"update_ratio": _series([2e-6] * 8), "grad_norm": _series([0.5] * 32)}, step=400
+    )
+    finding = get_rule("lr_too_low").check(ev)
+    assert finding is not None and finding.cause == "lr_too_low"
+    assert finding.confidence > 0.8
+    assert finding.remedies[0].automatic and finding.remedies[0].action == "lr_scale"
+    assert finding.remedies[0].params["factor"] == pytest.approx(100.0)  # capped at two decades
+    assert finding.evidence["update_ratio_median"] == pytest.approx(2e-6)
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1e-4, 5e-2])
+def test_lr_too_low_quiet_on_healthy_ratios(ratio):
+    ev = Evidence({"update_ratio": _series([ratio] * 8), "grad_norm": _series([0.5] * 8)})
+    assert get_rule("lr_too_low").check(ev) is None
+
+
+def test_lr_too_low_quiet_when_gradients_are_not_finite():
+    ev = Evidence({"update_ratio": _series([1e-6] * 8), "grad_norm": _series([np.nan] * 8)})
+    assert get_rule("lr_too_low").check(ev) is None
+
+
+def test_lr_too_high_from_ratio_and_from_oscillation():
+    high = Evidence({"update_ratio": _series([0.5] * 8)})
+    finding = get_rule("lr_too_high").check(high)
+    assert finding is not None and finding.remedies[0].params["factor"] < 1
+    oscillating = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "oscillating"})
+    assert get_rule("lr_too_high").check(oscillating) is not None
+    calm = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "plateau"})
+    assert get_rule("lr_too_high").check(calm) is None
+
+
+def _layer_evidence(first, last):
+    norms = np.array([[first, 1.0, 0.5, last, 0.1]] * 4)
+    return Evidence(
+        {
+            "grad_norm_per_tensor": norms,
+            "param_names": ["0.weight", "0.bias", "2.weight", "4.weight", "4.bias"],
+            "param_ndims": [2, 1, 2, 2, 1],
+        }
+    )
+
+
+def test_vanishing_and_exploding_gradients_by_layer_ratio():
+    assert get_rule("vanishing_gradients").check(_layer_evidence(1e-6, 1.0)) is not None
+    assert get_rule("vanishing_gradients").check(_layer_evidence(1e-2, 1.0)) is None
+    # the first-layer norm must also be tiny in absolute terms (AUTOTRAINER's second condition)
+    assert get_rule("vanishing_gradients").check(_layer_evidence(1e-3, 10.0)) is None
+    exploding = get_rule("exploding_gradients").check(_layer_evidence(100.0, 1.0))
+    assert exploding is not None and exploding.evidence["ratio"] == pytest.approx(100.0)
+    assert get_rule("exploding_gradients").check(_layer_evidence(50.0, 1.0)) is None
+
+
+def test_nonfinite_and_frozen_parameters():
+    ev = Evidence({"nonfinite_loss": _series([0, 3]), "nonfinite_grad": _series([0, 1])})
+    finding = get_rule("nonfinite").check(ev)
+    assert finding is not None and finding.evidence["nonfinite_losses_in_window"] == 3
+    assert get_rule("nonfinite").check(Evidence({"nonfinite_loss": _series([2, 0])})) is None
+    frozen = get_rule("frozen_parameters").check(
+        Evidence({"params_not_in_optimizer": ["head.weight"]})
+    )
+    assert frozen is not None and "head.weight" in frozen.summary
+    assert get_rule("frozen_parameters").check(Evidence({"params_not_in_optimizer": []})) is None
+
+
+def test_run_rules_ranks_and_respects_continuous_only():
+    ev = Evidence(
+        {
+            "update_ratio": _series([1e-7] * 8),
+            "grad_norm": _series([0.3] * 8),
+            "params_not_in_optimizer": ["x"],
+        }
+    )
+    findings = run_rules(ev)
+    assert [f.cause for f in findings][:2] == ["frozen_parameters", "lr_too_low"]
+    assert [f.cause for f in run_rules(ev, continuous_only=True)] == ["frozen_parameters"]
+
+
+def test_explain_includes_evidence_and_remedy():
+    ev = Evidence({"update_ratio": _series([1e-6] * 8), "grad_norm": _series([1.0] * 8)}, step=7)
+    finding = get_rule("lr_too_low").check(ev)
+    text = explain(finding)
+    assert "lr_too_low" in text and "update_ratio_median" in text and "automatic: lr_scale" in text
+    with pytest.raises(KeyError, match="unknown cause code"):
+        explain("not_a_cause")
+
+
+def test_findings_reject_bad_confidence():
+    with pytest.raises(ValueError, match="confidence"):
+        Finding("x", 1.5, {}, 0, "")
+    with pytest.raises(ValueError, match="confidence"):
+        Finding("x", float("nan"), {}, 0, "")
+
+
+def test_every_rule_has_a_finding_shape_on_its_own_evidence(tmp_path):
+    # Weights-only loading of every finding this file's evidence can produce.
+    ev = Evidence(
+        {
+            "update_ratio": _series([1e-7] * 8),
+            "grad_norm": _series([0.3] * 8),
+            "params_not_in_optimizer": ["w"],
+            "nonfinite_loss": _series([1]),
+            **_layer_evidence(1e-7, 1.0),
+        }
+    )
+    findings = run_rules(ev)
+    assert {f.cause for f in findings} >= {"lr_too_low", "frozen_parameters", "nonfinite"}
+    torch.save([f.to_dict() for f in findings], tmp_path / "f.pt")
+    loaded = torch.load(tmp_path / "f.pt", weights_only=True)
+    assert [Finding.from_dict(d) for d in loaded] == findings
+    assert set(all_rules()) >= {f.cause for f in findings}
+    automatic = {r.action for f in findings for r in f.remedies if r.automatic}
+    assert automatic and automatic <= set(all_actions())
+
+
+def test_lr_scale_validates_its_factor():
+    action = all_actions()["lr_scale"]
+    for bad in ({}, {"factor": 0}, {"factor": -2.0}, {"factor": float("inf")}, {"factor": "3"}):
+        with pytest.raises(ValueError, match="factor"):
+            action.validate(bad)
