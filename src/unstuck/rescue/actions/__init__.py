@@ -1,0 +1,1 @@
+"""One rescue action per file; the file name is the action name. Discovered by ``rescue.base``."""
