@@ -71,7 +71,9 @@ def primitive(value: Any) -> Any:
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         return primitive(tolist())
-    raise TypeError(f"cannot store a value of type {type(value).__name__} as a primitive: {value!r}")
+    raise TypeError(
+        f"cannot store a value of type {type(value).__name__} as a primitive: {value!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Plateau:
     end: int | None = None
     kind: str = "mid"
     confidence: float = 0.0
+    detected_at: int | None = None  # the step at which the detector first called it
 
     @property
     def is_open(self) -> bool:

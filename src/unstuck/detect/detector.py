@@ -1,0 +1,507 @@
+"""``PlateauDetector``: a streaming, statistical answer to "has this series stopped improving?".
+
+ReduceLROnPlateau asks "no new best in N checks?" — so noise triggers it early, a spike resets
+it, and a slow descent looks like a stall. This detector instead asks a trend question of the
+(log) series, with the noise measured from the data:
+
+* **Progress is measured as a projection.** ``D = −slope · H``: how much the log loss would
+  still fall if training ran as long again as it has (``H`` is the elapsed steps), from a
+  Theil–Sen slope with Sen's confidence interval on bin means (``trend.py``, ``history.py``).
+  ``D`` is scale-free in steps and loss: a power law ``t^−α`` has ``D = α`` at every length.
+* **Plateau** = an equivalence test (one-sided TOST): the upper confidence bound of ``D`` is
+  below ``epsilon`` (default 0.05, i.e. "running twice as long would gain less than ~5 %") on
+  some trailing window of at least ``min_points`` bins; the longest such window dates the start.
+  Noise widens the interval, so a noisy series needs more evidence: windows adapt to the noise
+  by construction, and to the logging cadence because they are fractions of the run.
+* The plateau ends when the series falls again: a significant, meaningful decrease on the
+  shortest window, or the last bins all clearly below the plateau's level.
+* **Hidden progress**: when the loss passes the plateau test but the parameter distance
+  ``‖θ − θ₀‖`` has a significant trend that moved it by at least ``hidden_progress_growth``
+  (relative) over the same window, the state is ``hidden_progress`` (wait; do not act).
+  Without a distance signal (offline logs) this check is skipped and ``stats()`` says so.
+* **Oscillating**: no meaningful progress and a spread around the trend above
+  ``oscillation_sigma`` (in log units). **Diverging**: a significant rise to twice the best
+  level, or ``nonfinite_run`` non-finite values in a row.
+
+docs/detection.md has the derivation, the defaults and how they were calibrated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from unstuck.detect.history import BinnedSeries
+from unstuck.detect.trend import Trend, theil_sen, theil_sen_windows
+from unstuck.types import Plateau
+
+__all__ = [
+    "DEFAULT_EPSILON",
+    "DEFAULT_Z",
+    "PlateauDetector",
+    "detect_plateaus",
+]
+
+# Calibrated once on the generated curves of bench/detection.py (docs/detection.md):
+DEFAULT_EPSILON = 0.05  # least projected log-decrease per elapsed-span that still counts
+DEFAULT_Z = 1.96  # Sen interval level for every trend decision
+DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
+DEFAULT_CAPACITY = 128  # bins kept: between 128 and 256 over the whole run
+RECENT_FRACTION = 0.25  # the "recent" window for improving/slow/oscillating/diverging
+OSCILLATION_SIGMA = 0.1  # spread of bin means around the trend (log units, ≈ ±10 %) ...
+OSCILLATION_AUTOCORR = 0.3  # ... with |lag-1 autocorrelation| above this: structure, not noise
+MIN_PLATEAU_FRACTION = 1 / 6  # a flat stretch shorter than this share of the run is a pause
+DIVERGE_RISE = math.log(2.0)  # a rise to twice the best level, significant, is divergence
+NONFINITE_RUN = 3  # non-finite values in a row that mean the run has diverged
+EARLY_DROP = 0.1  # the series "fell meaningfully" once it dropped 10 % below its start
+NEAR_CONVERGENCE_DROP = math.log(10.0)  # without a gradient SNR: an order of magnitude fallen
+HIDDEN_PROGRESS_GROWTH = 0.05  # relative move of ‖θ − θ₀‖ over the plateau window
+LOG_FLOOR = 1e-12  # values ≤ 0 on a log scale are treated as this
+
+STATE_VERSION = 1
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class PlateauDetector:
+    """Streaming plateau detector for one monitored series.
+
+    Args:
+        series: the name reported on plateaus (``"train"``, ``"val"`` or any metric).
+        mode: ``"min"`` for losses, ``"max"`` for metrics that should grow.
+        scale: ``"log"`` (relative changes), ``"linear"`` (changes relative to the series'
+            range; for values that can be ≤ 0) or ``"auto"`` (log for ``min``, linear for
+            ``max``).
+        epsilon: the least projected improvement that counts as progress (see module doc).
+        z: confidence level of every trend interval, as a normal quantile.
+        min_points: fewest bins (= points, early in a run) before any verdict.
+        capacity: bins kept; the history holds between ``capacity`` and ``2·capacity``.
+    """
+
+    def __init__(
+        self,
+        series: str = "train",
+        mode: str = "min",
+        *,
+        scale: str = "auto",
+        epsilon: float = DEFAULT_EPSILON,
+        z: float = DEFAULT_Z,
+        min_points: int = DEFAULT_MIN_POINTS,
+        capacity: int = DEFAULT_CAPACITY,
+        hidden_progress_growth: float = HIDDEN_PROGRESS_GROWTH,
+        oscillation_sigma: float = OSCILLATION_SIGMA,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"PlateauDetector: mode must be 'min' or 'max', got {mode!r}")
+        if scale not in ("auto", "log", "linear"):
+            raise ValueError(
+                f"PlateauDetector: scale must be 'auto', 'log' or 'linear', got {scale!r}"
+            )
+        if not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"PlateauDetector: epsilon must be > 0, got {epsilon!r}")
+        if not (z > 0 and math.isfinite(z)):
+            raise ValueError(f"PlateauDetector: z must be > 0, got {z!r}")
+        if not isinstance(min_points, int) or min_points < 4:
+            raise ValueError(f"PlateauDetector: min_points must be an int ≥ 4, got {min_points!r}")
+        if not isinstance(capacity, int) or capacity < 2 * min_points:
+            raise ValueError(
+                f"PlateauDetector: capacity must be an int ≥ 2·min_points, got {capacity!r}"
+            )
+        self.series = series
+        self.mode = mode
+        self.scale = ("log" if mode == "min" else "linear") if scale == "auto" else scale
+        self.epsilon = float(epsilon)
+        self.z = float(z)
+        self.min_points = min_points
+        self.hidden_progress_growth = float(hidden_progress_growth)
+        self.oscillation_sigma = float(oscillation_sigma)
+        self._bins = BinnedSeries(capacity)
+        self._distance = BinnedSeries(max(capacity // 2, 8))
+        self.state = "unknown"
+        self.plateaus: list[Plateau] = []
+        self.n_points = 0
+        self.n_nonfinite = 0
+        self.n_nonpositive = 0
+        self._nonfinite_run = 0
+        self._first_step: float | None = None
+        self._last_step: float | None = None
+        self._min_gap = math.inf
+        self._gradient_snr: float | None = None
+        self._boundary: int | None = None  # plateau windows start after this step
+        self._stats: dict[str, Any] = {}
+
+    # -- feeding ----------------------------------------------------------------------------
+    @property
+    def current(self) -> Plateau | None:
+        """The open plateau, if the series is on one now."""
+        if self.plateaus and self.plateaus[-1].end is None:
+            return self.plateaus[-1]
+        return None
+
+    def update(
+        self,
+        step: int | float,
+        value: Any,
+        *,
+        distance: Any = None,
+        gradient_snr: Any = None,
+    ) -> str:
+        """Add one point and return the state. Non-finite values are counted, never raised."""
+        return self.update_many([step], [value], distance=distance, gradient_snr=gradient_snr)
+
+    def update_many(
+        self,
+        steps: Sequence[int | float] | np.ndarray,
+        values: Sequence[Any] | np.ndarray,
+        *,
+        distance: Any = None,
+        gradient_snr: Any = None,
+    ) -> str:
+        """Add several points (one flush of a live run) and decide once.
+
+        ``distance`` (``‖θ − θ₀‖``) and ``gradient_snr`` are taken as of the last step.
+        Steps that go backwards are clamped to the last step seen.
+        """
+        steps_list = list(steps)
+        values_list = list(values)
+        if len(steps_list) != len(values_list):
+            raise ValueError(
+                f"update_many: {len(steps_list)} steps but {len(values_list)} values; "
+                "pass one step per value"
+            )
+        closed = False
+        for raw_step, raw_value in zip(steps_list, values_list):
+            step = _finite(raw_step)
+            if step is None:
+                continue
+            if self._last_step is not None:
+                if step < self._last_step:
+                    step = self._last_step
+                elif step > self._last_step:
+                    self._min_gap = min(self._min_gap, step - self._last_step)
+            if self._first_step is None:
+                self._first_step = step
+            self._last_step = step
+            value = _finite(raw_value)
+            if value is None:
+                self.n_nonfinite += 1
+                self._nonfinite_run += 1
+                continue
+            self._nonfinite_run = 0
+            self.n_points += 1
+            closed |= self._bins.add(step, self._transform(value))
+        d = _finite(distance)
+        if d is not None and self._last_step is not None:
+            self._distance.add(self._last_step, d)
+        snr = _finite(gradient_snr)
+        if snr is not None:
+            self._gradient_snr = snr
+        if closed or self._nonfinite_run >= NONFINITE_RUN or self.state == "diverging":
+            self._evaluate()
+        return self.state
+
+    def _transform(self, value: float) -> float:
+        if self.scale == "log":
+            if value <= 0:
+                self.n_nonpositive += 1
+                value = LOG_FLOOR
+            y = math.log(value)
+        else:
+            y = value
+        return -y if self.mode == "max" else y
+
+    # -- deciding ---------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        assert self._first_step is not None and self._last_step is not None
+        gap = self._min_gap if math.isfinite(self._min_gap) else 1.0
+        return self._last_step - self._first_step + gap
+
+    def _window_sizes(self, available: int) -> list[int]:
+        sizes: list[int] = []
+        n = float(self.min_points)
+        while int(n) < available:
+            if not sizes or int(n) != sizes[-1]:
+                sizes.append(int(n))
+            n *= math.sqrt(2.0)
+        sizes.append(available)
+        recent = max(self.min_points, int(available * RECENT_FRACTION))
+        if recent not in sizes and recent <= available:
+            sizes.append(recent)
+        return sorted(set(sizes))
+
+    def _evaluate(self) -> None:
+        step = int(self._last_step) if self._last_step is not None else 0
+        if self._nonfinite_run >= NONFINITE_RUN:
+            self._stats = {"reason": "nonfinite", "nonfinite_run": self._nonfinite_run}
+            self._set_state("diverging", step)
+            return
+        bins = self._bins.arrays()
+        x, y = bins["x"], bins["y"]
+        if x.size < self.min_points or np.ptp(x) <= 0:
+            self._set_state("unknown", step)
+            return
+        horizon = self._elapsed()
+        if self.scale == "log":
+            unit = 1.0
+        else:
+            unit = max(float(np.ptp(y)), abs(float(np.median(y))), 1e-12)
+
+        def decrease(slope: float) -> float:
+            return -slope * horizon / unit
+
+        sizes = self._window_sizes(int(x.size))
+        trends = dict(zip(sizes, theil_sen_windows(x, y, sizes, self.z)))
+        recent_n = max(self.min_points, int(x.size * RECENT_FRACTION))
+        recent = trends[recent_n]
+        rx, ry = x[-recent_n:], y[-recent_n:]
+        resid = ry - recent.fitted(rx)
+        # Bin means average white minibatch noise away; what is left around the trend is
+        # structure: swings slower than a bin, i.e. oscillation.
+        spread = float(np.std(resid)) / unit
+        centred = resid - resid.mean()
+        denom = float(np.dot(centred, centred))
+        autocorr = float(np.dot(centred[1:], centred[:-1])) / denom if denom > 0 else 0.0
+        level_now = float(recent.fitted(x[-1:])[0])
+        best = float(np.min(y))
+        stats: dict[str, Any] = {
+            "points": self.n_points,
+            "bins": int(x.size),
+            "bin_width": self._bins.width,
+            "horizon": horizon,
+            "recent_window": recent_n,
+            "recent_decrease": decrease(recent.slope),
+            "recent_decrease_low": decrease(recent.high),
+            "recent_decrease_high": decrease(recent.low),
+            "spread": spread,
+            "autocorr": autocorr,
+            "epsilon": self.epsilon,
+            "nonfinite": self.n_nonfinite,
+            "hidden_progress_check": "distance" if len(self._distance) else "unavailable",
+        }
+        self._stats = stats
+
+        # Diverging: a significant rise far above the best level reached.
+        rising = decrease(recent.high) < -self.epsilon  # even the fastest fall is a rise
+        if rising and (level_now - best) / unit > DIVERGE_RISE:
+            self._set_state("diverging", step)
+            return
+
+        # An open plateau holds until the series clearly falls again (hysteresis).
+        current = self.current
+        waiting = current is not None or self.state == "hidden_progress"
+        if waiting and self._fell_again(x, y, recent, decrease, current):
+            self._set_state("improving", step)
+            return
+
+        # Plateau test: the longest trailing window, after the last plateau, whose upper bound
+        # on the projected decrease is below epsilon.
+        after = self._boundary
+        passing: tuple[int, Trend] | None = None
+        longest_start = float(bins["last"][-1]) - MIN_PLATEAU_FRACTION * horizon
+        for n in sizes:
+            first_step = bins["first"][-n]
+            if after is not None and first_step <= after:
+                break
+            if first_step > longest_start or n < 2 * self.min_points:
+                continue  # too short a share of the run to be more than a pause
+            if decrease(trends[n].low) < self.epsilon:
+                passing = (n, trends[n])
+        oscillating = (
+            spread > self.oscillation_sigma
+            and abs(autocorr) > OSCILLATION_AUTOCORR
+            and decrease(recent.low) < 2 * self.epsilon
+        )
+        if oscillating and current is None:
+            self._set_state("oscillating", step)
+            return
+        if passing is None and current is not None:
+            self._set_state("plateau", step)  # grey zone: not flat enough to call, not falling
+            return
+        if passing is not None:
+            n, trend = passing
+            start = int(bins["first"][-n])
+            stats["plateau_window"] = n
+            stats["plateau_decrease_high"] = decrease(trend.low)
+            se = max((trend.high - trend.low) * horizon / unit / (2 * self.z), 1e-12)
+            confidence = 0.5 * (1 + math.erf((self.epsilon - decrease(trend.slope)) / se / 2**0.5))
+            hidden = self._hidden_progress(start if current is None else current.start)
+            if hidden:
+                self._set_state("hidden_progress", step)
+                return
+            if current is None:
+                kind = self._kind(x, y, start)
+                self.plateaus.append(
+                    Plateau(self.series, start, None, kind, round(confidence, 4), step)
+                )
+            self._set_state("plateau", step)
+            return
+        # Neither flat nor oscillating nor diverging: improving or slow.
+        significant = decrease(recent.high) > 0
+        if significant and decrease(recent.slope) >= 2 * self.epsilon:
+            self._set_state("improving", step)
+        else:
+            self._set_state("slow", step)
+
+    def _fell_again(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        recent: Trend,
+        decrease: Any,
+        current: Plateau | None,
+    ) -> bool:
+        if decrease(recent.high) > self.epsilon:
+            return True
+        if current is None:
+            return False
+        on = y[(x >= current.start)]
+        if on.size < self.min_points:
+            return False
+        level = float(np.median(on[: max(on.size // 2, 1)]))
+        noise = 1.4826 * float(np.median(np.abs(on - np.median(on))))
+        tail = y[-(self.min_points // 2) :]
+        return bool(np.all(tail < level - max(EARLY_DROP, 3 * noise)))
+
+    def _hidden_progress(self, start: int) -> bool:
+        if not len(self._distance):
+            return False
+        d = self._distance.arrays()
+        keep = d["x"] >= start
+        if int(keep.sum()) < 4:  # sparse distance samples: judge the latest motion instead
+            keep = np.zeros_like(keep)
+            keep[-4:] = True
+        dx, dy = d["x"][keep], d["y"][keep]
+        if dx.size < 4 or np.ptp(dx) <= 0:
+            return False
+        trend = theil_sen(dx, dy, self.z)
+        if trend.low <= 0 < trend.high:
+            return False
+        ref = max(abs(float(trend.fitted(dx[:1])[0])), float(np.max(np.abs(dy))) * 1e-3, 1e-12)
+        moved = abs(trend.slope) * float(np.ptp(dx)) / ref
+        self._stats["distance_moved"] = moved
+        return moved >= self.hidden_progress_growth
+
+    def _kind(self, x: np.ndarray, y: np.ndarray, start: int) -> str:
+        before = y[x < start]
+        if before.size < 2:
+            return "early"
+        head = float(np.median(y[: min(4, y.size)]))
+        fell = head - float(np.min(before))
+        if self.scale != "log":
+            fell /= max(float(np.ptp(y)), abs(head), 1e-12)
+        if fell < EARLY_DROP:
+            return "early"
+        if self._gradient_snr is not None:
+            return "near_convergence" if self._gradient_snr < 1.0 else "mid"
+        return "near_convergence" if fell >= NEAR_CONVERGENCE_DROP else "mid"
+
+    def _close_plateau(self, step: int) -> None:
+        current = self.current
+        if current is not None:
+            self.plateaus[-1] = dataclasses.replace(current, end=step)
+
+    def _set_state(self, state: str, step: int) -> None:
+        if state != "plateau" and self.current is not None:
+            self._close_plateau(step)
+            if state != "hidden_progress":
+                # The series moved on: the next plateau is judged on what comes after.
+                # (A plateau that turned out to be hidden progress sets no boundary, so the
+                # same flat stretch keeps being judged as one.)
+                self._boundary = step
+        self.state = state
+
+    # -- reading ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Numbers behind the last decision (for the run store and the report)."""
+        return dict(self._stats)
+
+    # -- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Primitives only; a detector loaded from it continues exactly as this one."""
+        return {
+            "version": STATE_VERSION,
+            "series": self.series,
+            "mode": self.mode,
+            "scale": self.scale,
+            "bins": self._bins.state_dict(),
+            "distance": self._distance.state_dict(),
+            "state": self.state,
+            "plateaus": [p.to_dict() for p in self.plateaus],
+            "n_points": self.n_points,
+            "n_nonfinite": self.n_nonfinite,
+            "n_nonpositive": self.n_nonpositive,
+            "nonfinite_run": self._nonfinite_run,
+            "first_step": self._first_step,
+            "last_step": self._last_step,
+            "min_gap": self._min_gap if math.isfinite(self._min_gap) else None,
+            "gradient_snr": self._gradient_snr,
+            "boundary": self._boundary,
+            "stats": dict(self._stats),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"PlateauDetector.load_state_dict: version {state.get('version')!r} is not "
+                f"{STATE_VERSION}; the state was saved by an incompatible unstuck"
+            )
+        self.mode = str(state["mode"])
+        self.scale = str(state["scale"])
+        self._bins.load_state_dict(state["bins"])
+        self._distance.load_state_dict(state["distance"])
+        self.state = str(state["state"])
+        self.plateaus = [Plateau.from_dict(p) for p in state["plateaus"]]
+        self.n_points = int(state["n_points"])
+        self.n_nonfinite = int(state["n_nonfinite"])
+        self.n_nonpositive = int(state["n_nonpositive"])
+        self._nonfinite_run = int(state["nonfinite_run"])
+        self._first_step = state["first_step"]
+        self._last_step = state["last_step"]
+        gap = state["min_gap"]
+        self._min_gap = math.inf if gap is None else float(gap)
+        snr = state["gradient_snr"]
+        self._gradient_snr = None if snr is None else float(snr)
+        boundary = state.get("boundary")
+        self._boundary = None if boundary is None else int(boundary)
+        self._stats = dict(state["stats"])
+
+
+def detect_plateaus(
+    steps: Sequence[int | float] | np.ndarray,
+    values: Sequence[Any] | np.ndarray,
+    *,
+    series: str = "train",
+    mode: str = "min",
+    distance: tuple[Sequence[float], Sequence[float]] | None = None,
+    **options: Any,
+) -> tuple[list[Plateau], list[tuple[int, str]]]:
+    """Run the streaming detector over a whole recorded series (offline logs).
+
+    ``distance`` is an optional ``(steps, distances)`` pair for the hidden-progress check.
+    Returns the plateaus and the state changes as ``(step, state)``.
+    """
+    detector = PlateauDetector(series, mode, **options)
+    d_steps = np.asarray(distance[0], dtype=float) if distance is not None else np.zeros(0)
+    d_vals = np.asarray(distance[1], dtype=float) if distance is not None else np.zeros(0)
+    j = 0
+    changes: list[tuple[int, str]] = []
+    for s, v in zip(steps, values):
+        dist = None
+        while j < d_steps.size and d_steps[j] <= float(s):
+            dist = d_vals[j]
+            j += 1
+        before = detector.state
+        state = detector.update(s, v, distance=dist)
+        if state != before:
+            changes.append((int(float(s)), state))
+    return detector.plateaus, changes

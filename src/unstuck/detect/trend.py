@@ -1,0 +1,100 @@
+"""Robust trend estimates with confidence intervals, in pure numpy.
+
+The detector asks one question of a stretch of (log) loss: *how fast is it still falling, and
+how sure are we?* The Theil–Sen estimator answers the first (median of all pairwise slopes; a
+spike moves it only if it covers ~29 % of the points, Sen 1968), and Sen's rank-based interval
+the second: the order statistics of the sorted pairwise slopes at ``(N ∓ C)/2`` with
+``C = z·sqrt(n(n−1)(2n+5)/18)`` bound the true slope at the level of ``z`` when the residuals
+are independent. The detector feeds it batch means (bins of consecutive points), which is what
+makes the residuals close to independent on minibatch losses (the batch-means idea of SASA,
+Lang et al. 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Trend", "pairwise_slopes", "theil_sen", "theil_sen_windows"]
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Slope of a stretch with its confidence interval (units of y per step)."""
+
+    slope: float
+    low: float
+    high: float
+    n: int
+    intercept: float  # y at x = x_mean, so ``intercept + slope·(x − x_mean)`` is the fit
+    x_mean: float
+
+    def fitted(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * (np.asarray(x, dtype=float) - self.x_mean)
+
+
+def pairwise_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Matrix ``S[i, j] = (y[j] − y[i]) / (x[j] − x[i])`` (only ``i < j`` is meaningful)."""
+    dx = x[None, :] - x[:, None]
+    dy = y[None, :] - y[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return dy / dx  # type: ignore[no-any-return]
+
+
+def _interval(slopes: np.ndarray, n: int, z: float) -> tuple[float, float, float]:
+    """Median and Sen's confidence bounds from an unsorted 1-D array of pairwise slopes."""
+    count = slopes.size
+    c = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    lo_rank = math.floor((count - c) / 2.0)
+    hi_rank = math.ceil((count + c) / 2.0)
+    lo_rank = min(max(lo_rank, 0), count - 1)
+    hi_rank = min(max(hi_rank, 0), count - 1)
+    mid_lo, mid_hi = (count - 1) // 2, count // 2
+    kth = sorted({lo_rank, hi_rank, mid_lo, mid_hi})
+    part = np.partition(slopes, kth)
+    median = 0.5 * (float(part[mid_lo]) + float(part[mid_hi]))
+    return median, float(part[lo_rank]), float(part[hi_rank])
+
+
+def theil_sen(x: np.ndarray, y: np.ndarray, z: float = 1.96) -> Trend:
+    """Theil–Sen slope of ``y`` against ``x`` with Sen's interval at the level of ``z``."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n = x.size
+    if n < 3:
+        raise ValueError(f"theil_sen needs at least 3 points, got {n}")
+    iu = np.triu_indices(n, k=1)
+    slopes = pairwise_slopes(x, y)[iu]
+    slopes = slopes[np.isfinite(slopes)]
+    if slopes.size == 0:
+        raise ValueError("theil_sen needs at least two distinct x values")
+    median, low, high = _interval(slopes, n, z)
+    x_mean = float(x.mean())
+    intercept = float(np.median(y - median * (x - x_mean)))
+    return Trend(median, low, high, n, intercept, x_mean)
+
+
+def theil_sen_windows(x: np.ndarray, y: np.ndarray, sizes: list[int], z: float) -> list[Trend]:
+    """Theil–Sen trends of the last ``n`` points for each ``n`` in ``sizes``, sharing one matrix.
+
+    The pairwise-slope matrix of the longest window is computed once; each shorter window is its
+    lower-right block, so checking ten window lengths costs little more than checking one.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    longest = max(sizes)
+    xs, ys = x[-longest:], y[-longest:]
+    matrix = pairwise_slopes(xs, ys)
+    trends = []
+    for n in sizes:
+        block = matrix[longest - n :, longest - n :]
+        slopes = block[np.triu_indices(n, k=1)]
+        slopes = slopes[np.isfinite(slopes)]
+        wx, wy = xs[longest - n :], ys[longest - n :]
+        median, low, high = _interval(slopes, n, z)
+        x_mean = float(wx.mean())
+        intercept = float(np.median(wy - median * (wx - x_mean)))
+        trends.append(Trend(median, low, high, n, intercept, x_mean))
+    return trends
