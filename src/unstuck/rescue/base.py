@@ -66,7 +66,9 @@ def _discover() -> dict[str, Action]:
         classes = [
             obj
             for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, Action) and obj is not Action
+            if isinstance(obj, type)
+            and issubclass(obj, Action)
+            and obj is not Action
             and obj.__module__ == module.__name__
         ]
         if len(classes) != 1:

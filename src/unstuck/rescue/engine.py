@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -77,12 +77,17 @@ class RescueEngine:
         state: str,
         findings: Sequence[Finding],
         loss: tuple[np.ndarray, np.ndarray],
+        plateau_kind: str | None = None,
     ) -> ActionRecord | None:
         """Ask the policy and, if it proposes something, snapshot and apply it."""
         if not self.policy.acts or self.pending is not None or step < self.quiet_until:
             return None
         proposal = self.policy.propose(
-            step=step, state=state, findings=findings, tried=frozenset(self.tried)
+            step=step,
+            state=state,
+            findings=findings,
+            tried=frozenset(self.tried),
+            plateau_kind=plateau_kind,
         )
         if proposal is None:
             return None
@@ -139,10 +144,23 @@ class RescueEngine:
         return p.record
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and primitives only; includes the pending action and its snapshot, so a
+        resumed run verifies (and can roll back) an action taken before the checkpoint."""
+        p = self.pending
+        pending = None
+        if p is not None:
+            pending = {
+                "record": p.record.to_dict(),
+                "snapshot": {f.name: getattr(p.snapshot, f.name) for f in fields(Snapshot)},
+                "token": dict(p.token),
+                "before": [float(v) for v in p.before],
+                "due": p.due,
+            }
         return {
             "quiet_until": self.quiet_until,
             "tried": sorted(self.tried),
             "episode": self.episode,
+            "pending": pending,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,3 +168,13 @@ class RescueEngine:
         self.tried = set(state.get("tried", []))
         episode = state.get("episode")
         self.episode = None if episode is None else int(episode)
+        pending = state.get("pending")
+        self.pending = None
+        if pending is not None:
+            self.pending = _Pending(
+                record=ActionRecord.from_dict(pending["record"]),
+                snapshot=Snapshot(**pending["snapshot"]),
+                token=dict(pending["token"]),
+                before=np.asarray(pending["before"], dtype=np.float64),
+                due=int(pending["due"]),
+            )

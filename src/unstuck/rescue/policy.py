@@ -16,6 +16,8 @@ __all__ = ["Ladder", "Observe", "Policy", "Proposal", "make_policy"]
 
 ACT_ON_STATES = frozenset({"plateau", "oscillating", "diverging"})
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
+UNSTABLE_STATES = frozenset({"oscillating", "diverging"})
+FALLBACK_KINDS = frozenset({"mid", "near_convergence"})
 FALLBACK_CUT = 0.3  # ≈ 10^-0.5: half a decade, gentler than ReduceLROnPlateau's 0.1 default
 
 
@@ -46,7 +48,9 @@ class Policy:
         state: str,
         findings: Sequence[Finding],
         tried: frozenset[str],
+        plateau_kind: str | None = None,
     ) -> Proposal | None:
+        """The next action to try, or ``None``. ``plateau_kind`` is the open plateau's kind."""
         raise NotImplementedError
 
 
@@ -57,7 +61,13 @@ class Observe(Policy):
     acts: ClassVar[bool] = False
 
     def propose(
-        self, *, step: int, state: str, findings: Sequence[Finding], tried: frozenset[str]
+        self,
+        *,
+        step: int,
+        state: str,
+        findings: Sequence[Finding],
+        tried: frozenset[str],
+        plateau_kind: str | None = None,
     ) -> Proposal | None:
         return None
 
@@ -65,6 +75,7 @@ class Observe(Policy):
 class Ladder(Policy):
     """Wait on hidden progress; else apply the top finding's automatic remedy; else cut the LR.
 
+    The blind LR cut (no cause found) is kept for mid and near-convergence plateaus.
     Acts on a plateau, an oscillation or a divergence of the training loss, and on a slow
     descent only when a confident finding names an automatic remedy (an LR far too low creeps,
     it does not stop). A remedy that was rolled back is not tried again on the same plateau.
@@ -73,17 +84,29 @@ class Ladder(Policy):
     name: ClassVar[str] = "rescue"
 
     def propose(
-        self, *, step: int, state: str, findings: Sequence[Finding], tried: frozenset[str]
+        self,
+        *,
+        step: int,
+        state: str,
+        findings: Sequence[Finding],
+        tried: frozenset[str],
+        plateau_kind: str | None = None,
     ) -> Proposal | None:
-        if state == "hidden_progress":
-            return None
         confident = [f for f in findings if f.confidence >= MIN_CONFIDENCE]
-        if state not in ACT_ON_STATES and not (state == "slow" and confident):
+        # Hidden progress means "wait": never cut there (that blocks the escape), but a
+        # confident LR-too-low finding may still speed the motion up; it is verified anyway.
+        waiting = state == "hidden_progress"
+        if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
         for finding in confident:
             for remedy in finding.remedies:
                 if not remedy.automatic:
                     continue
+                raises = _raises_lr(remedy.action, remedy.params)
+                if waiting and not raises:
+                    continue
+                if state in UNSTABLE_STATES and raises:
+                    continue  # never raise the LR of a run that oscillates or diverges
                 proposal = Proposal(
                     remedy.action,
                     dict(remedy.params),
@@ -92,13 +115,20 @@ class Ladder(Policy):
                 )
                 if proposal.key not in tried:
                     return proposal
-        if state == "plateau":
+        # The blind cut is the classic annealing move, so only after the loss has fallen: on an
+        # early plateau (nothing learned yet) a cut is the ReduceLROnPlateau mistake.
+        if state == "plateau" and plateau_kind in FALLBACK_KINDS:
             proposal = Proposal(
                 "lr_scale", {"factor": FALLBACK_CUT}, reason="plateau with no fixable cause found"
             )
             if proposal.key not in tried:
                 return proposal
         return None
+
+
+def _raises_lr(action: str, params: dict[str, Any]) -> bool:
+    factor = params.get("factor")
+    return action == "lr_scale" and isinstance(factor, (int, float)) and factor > 1
 
 
 def make_policy(policy: str | Policy) -> Policy:

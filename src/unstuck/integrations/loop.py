@@ -1,0 +1,502 @@
+"""``Guard``: unstuck over a plain PyTorch training loop, in two lines.
+
+>>> guard = unstuck.Guard(model, optimizer)          # doctest: +SKIP
+>>> for x, y in loader:                              # doctest: +SKIP
+...     loss = loss_fn(model(x), y)
+...     optimizer.zero_grad(); loss.backward(); optimizer.step()
+...     guard.step(loss)
+
+Gradients and updates are read through the optimizer's step hooks, so ``guard.step`` only hands
+over the loss. Every ``flush_every`` steps the gathered values cross to the host in one
+transfer; detection, diagnosis and rescue run then, never in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from unstuck.detect import PlateauDetector
+from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.record.console import ensure_console_handler, format_event_line
+from unstuck.record.store import RunStore
+from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
+from unstuck.rescue.engine import DEFAULT_COOLDOWN, DEFAULT_HORIZON
+from unstuck.rescue.policy import Policy
+from unstuck.signals import (
+    GradNormTap,
+    LossTap,
+    LRTap,
+    ParamDistanceTap,
+    SamplesTap,
+    SignalHub,
+    UpdateRatioTap,
+)
+from unstuck.types import ActionRecord, Finding, Plateau, primitive
+
+__all__ = ["Guard"]
+
+logger = logging.getLogger("unstuck")
+
+STATE_VERSION = 1
+# Defaults chosen by bench/overhead.py (docs/signals.md has the figures): one host transfer per
+# 50 steps keeps the sync cost far below 1 % of a step; update ratios copy the parameters, so
+# they are sampled every 25 optimizer steps.
+DEFAULT_FLUSH_EVERY = 50
+DEFAULT_GRAD_NORM_EVERY = 1
+DEFAULT_UPDATE_RATIO_EVERY = 25
+REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
+DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
+NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
+
+
+def _check_type(name: str, value: Any, expected: type, hint: str) -> None:
+    if not isinstance(value, expected):
+        raise TypeError(
+            f"Guard: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
+        )
+
+
+class Guard:
+    """Watches a training run: detects plateaus, diagnoses causes, and (optionally) rescues.
+
+    Args:
+        model: the module being trained (used for parameter names and snapshots).
+        optimizer: the ``torch.optim.Optimizer`` that steps it.
+        scheduler: the user's LR scheduler, if any; included in snapshots and rollbacks.
+        policy: ``"observe"`` (change nothing), ``"rescue"`` (the default ladder) or a
+            :class:`unstuck.rescue.Policy`.
+        run_dir: directory for the run store (``unstuck.sqlite``); ``None`` touches no disk.
+        dataset_size: number of distinct samples, to check epoch coverage when ``ids`` are given.
+        scaler: a ``torch.amp.GradScaler``, included in snapshots.
+        flush_every: steps between host transfers (and between decisions).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        policy: str | Policy = "observe",
+        run_dir: str | Path | None = None,
+        dataset_size: int | None = None,
+        *,
+        scaler: Any = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        grad_norm_every: int = DEFAULT_GRAD_NORM_EVERY,
+        update_ratio_every: int = DEFAULT_UPDATE_RATIO_EVERY,
+        horizon: int = DEFAULT_HORIZON,
+        cooldown: int = DEFAULT_COOLDOWN,
+        console: bool = True,
+        detector_options: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_type("model", model, torch.nn.Module, "pass the nn.Module you train")
+        _check_type(
+            "optimizer",
+            optimizer,
+            torch.optim.Optimizer,
+            "pass the torch.optim optimizer that steps the model",
+        )
+        if not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"Guard: flush_every must be a positive int, got {flush_every!r}")
+        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
+            raise ValueError(f"Guard: dataset_size must be a positive int, got {dataset_size!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.flush_every = flush_every
+        self._policy = make_policy(policy)
+        self._closed = False
+        if console:
+            ensure_console_handler()
+
+        # Everything that can reject an argument runs before the store opens and the optimizer
+        # gets hooks, so a bad argument leaves neither a half-recorded run nor stray hooks.
+        taps = [
+            LossTap(),
+            GradNormTap(grad_norm_every),
+            LRTap(),
+            UpdateRatioTap(update_ratio_every),
+            ParamDistanceTap(),
+            SamplesTap(dataset_size),
+        ]
+        options = dict(detector_options or {})
+        self._detectors = {
+            "train": PlateauDetector("train", **options),
+            "val": PlateauDetector("val", **options),
+        }
+        if horizon < 1 or cooldown < 0:
+            raise ValueError(f"horizon must be >= 1 and cooldown >= 0, got {horizon}, {cooldown}")
+
+        # A store that cannot be written fails here, before any training step.
+        self._store = (
+            RunStore(run_dir, meta={"policy": self._policy.name, **dict(meta or {})})
+            if run_dir is not None
+            else None
+        )
+
+        self._hub = SignalHub(model, optimizer, taps)
+        # Registered after the hub's hooks, so the LR tap records the user's own schedule.
+        self._lr = LRMultiplier(optimizer)
+        self._engine = RescueEngine(
+            Controls(model, optimizer, self._lr, scheduler, scaler),
+            self._policy,
+            horizon=horizon,
+            cooldown=cooldown,
+            capture_extra=self._capture_extra,
+            restore_extra=self._restore_extra,
+        )
+        self._evidence = EvidenceBuilder()
+        ctx = self._hub.ctx
+        self._evidence.set("param_names", list(ctx.names))
+        self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
+        self._evidence.set("optimizer_type", type(optimizer).__name__)
+        self._evidence.set("params_not_in_optimizer", self._params_outside_optimizer())
+        self._findings: list[Finding] = []
+        self._actions: list[ActionRecord] = []
+        self._last_found: dict[str, int] = {}
+        self._current_findings: list[Finding] = []
+        self._val_points = 0
+        self._diagnose(step=0, state="unknown", series="train")
+
+    # -- construction helpers -----------------------------------------------------------------
+    def _params_outside_optimizer(self) -> list[str]:
+        in_optimizer = {id(p) for p in self._hub.ctx.params}
+        missing = [
+            name
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and id(p) not in in_optimizer
+        ]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            warnings.warn(
+                f"unstuck: {len(missing)} parameter tensors require grad but are in no optimizer "
+                f"group and will never be updated: {shown}",
+                stacklevel=3,
+            )
+        return missing
+
+    # -- the user's calls ---------------------------------------------------------------------
+    def step(
+        self,
+        loss: torch.Tensor | float,
+        *,
+        ids: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> None:
+        """Record this step's loss (after ``optimizer.step()``). No host sync happens here.
+
+        ``loss`` is the scalar training loss, or per-sample losses (``reduction="none"``)
+        together with ``ids`` (dataset indices) and optionally ``targets`` (class labels).
+        """
+        if self._closed:
+            raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
+        if not isinstance(loss, torch.Tensor):
+            if isinstance(loss, (int, float)):
+                loss = torch.tensor(float(loss))
+            else:
+                raise TypeError(
+                    f"guard.step(loss) needs a tensor or a float, got {type(loss).__name__}"
+                )
+        loss = loss.detach()
+        if loss.numel() == 1:
+            loss = loss.reshape(())
+        elif ids is None:
+            raise ValueError(
+                f"guard.step got a loss of shape {tuple(loss.shape)}: pass the scalar loss, or "
+                "per-sample losses (loss_fn(..., reduction='none')) with ids=<dataset indices> "
+                "and optionally targets=<labels>"
+            )
+        else:
+            loss = loss.reshape(-1)
+            ids = self._check_per_sample("ids", ids, loss)
+            if targets is not None:
+                targets = self._check_per_sample("targets", targets, loss)
+        self._hub.on_loss(loss, ids, targets)
+        if self._hub.step % self.flush_every == 0:
+            self._flush()
+
+    @staticmethod
+    def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        tensor = tensor.detach().reshape(-1)
+        if tensor.numel() != loss.numel():
+            raise ValueError(
+                f"guard.step: {name} has {tensor.numel()} entries but the loss has "
+                f"{loss.numel()}; pass one {name[:-1]} per sample"
+            )
+        return tensor
+
+    def validate(self, val_loss: torch.Tensor | float, step: int | None = None) -> None:
+        """Record a validation loss (a host read: call it when you evaluate, not every step)."""
+        if self._closed:
+            raise RuntimeError(
+                "Guard.validate() after close(): create a new Guard to keep monitoring"
+            )
+        value = (
+            float(val_loss.detach().float().mean())
+            if isinstance(val_loss, torch.Tensor)
+            else float(val_loss)
+        )
+        at = max(self._hub.step - 1, 0) if step is None else int(step)
+        self._val_points += 1
+        detector = self._detectors["val"]
+        before = detector.state
+        state = detector.update(at, value)
+        self._evidence.add_series("val_loss", [at], [value])
+        if self._store is not None:
+            self._store.log_metrics([("val_loss", at, value)])
+        self._after_detect("val", at, before, state)
+
+    def flush(self) -> None:
+        """Run the pipeline now and wait until the run store holds everything recorded so far.
+
+        The automatic flush every ``flush_every`` steps hands its batch to the store's writer
+        thread and returns at once; this call also waits for the commit, so a process killed
+        after it returns loses nothing recorded before it.
+        """
+        if self._closed:
+            raise RuntimeError("Guard.flush() after close(): create a new Guard to keep monitoring")
+        self._flush()
+        if self._store is not None:
+            self._store.flush(wait=True)
+
+    # -- the pipeline -------------------------------------------------------------------------
+    def _flush(self) -> None:
+        frame = self._hub.flush()
+        step = max(frame.step - 1, 0)
+        self._evidence.add_frame(frame)
+        if self._store is not None:
+            self._store.log_metrics(self._metric_rows(frame.signals, step))
+        loss = frame.signals.get("loss")
+        if loss is not None:
+            distance = frame.signals.get("param_distance")
+            detector = self._detectors["train"]
+            before = detector.state
+            state = detector.update_many(
+                loss[0], loss[1], distance=distance[1][-1] if distance else None
+            )
+            self._after_detect("train", step, before, state)
+        if self._store is not None:
+            self._store.flush(wait=False)  # committed by the writer thread, off the step
+
+    def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
+        rows: list[tuple[str, int, float]] = []
+        for name, value in signals.items():
+            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
+                rows += [(name, int(s), float(v)) for s, v in zip(value[0], value[1])]
+        rows.append(("lr_multiplier", step, self._lr.value))
+        per_tensor = signals.get("grad_norm_per_tensor")
+        if isinstance(per_tensor, np.ndarray) and per_tensor.size:
+            means = per_tensor.mean(axis=0)
+            rows += [(f"grad_norm/{n}", step, float(v)) for n, v in zip(self._hub.ctx.names, means)]
+        return rows
+
+    def _after_detect(self, series: str, step: int, before: str, state: str) -> None:
+        detector = self._detectors[series]
+        plateau = detector.current
+        changed = state != before
+        if changed and self._store is not None:
+            self._store.log_event(
+                "state",
+                step,
+                {
+                    "series": series,
+                    "from": before,
+                    "to": state,
+                    "plateau": plateau.to_dict() if plateau else None,
+                    "stats": primitive(detector.stats()),
+                },
+            )
+        resolved = self._engine.verify(step, self._loss_history()) if series == "train" else None
+        new_findings = self._diagnose(step, state, series)
+        action = None
+        if series == "train":
+            self._engine.new_episode(plateau.start if plateau is not None else None)
+            action = self._engine.maybe_act(
+                step,
+                state,
+                self._current_findings,
+                self._loss_history(),
+                plateau_kind=plateau.kind if plateau is not None else None,
+            )
+            if action is not None:
+                self._actions.append(action)
+                self._record_event("action", step, action.to_dict())
+        if resolved is not None:
+            self._record_event("action_outcome", step, resolved.to_dict())
+        shown_state = (
+            state if changed and (state in NOTABLE_STATES or before in NOTABLE_STATES) else None
+        )
+        acted = [a for a in (resolved, action) if a is not None]
+        if shown_state is not None or new_findings or acted:
+            line = format_event_line(
+                step,
+                series=series,
+                state=shown_state,
+                plateau=plateau,
+                findings=new_findings,
+                actions=acted,
+            )
+            logger.info(line)
+        elif changed:
+            logger.debug("step %d %s (%s)", step, state, series)
+
+    def _diagnose(self, step: int, state: str, series: str) -> list[Finding]:
+        extra = {
+            "detector_state": state,
+            "detector_series": series,
+            "detector_stats": primitive(self._detectors[series].stats()) if step else {},
+            "lr_multiplier": self._lr.value,
+        }
+        evidence = self._evidence.build(step, extra)
+        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON)
+        findings = [
+            Finding(**{**f.__dict__, "series": series}) if f.series != series else f
+            for f in findings
+        ]
+        self._current_findings = findings
+        new = []
+        for finding in findings:
+            last = self._last_found.get(finding.cause)
+            if last is not None and step - last < REFIND_AFTER:
+                continue
+            self._last_found[finding.cause] = step
+            self._findings.append(finding)
+            self._record_event("finding", step, finding.to_dict())
+            new.append(finding)
+        return new
+
+    def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
+        if self._store is not None:
+            self._store.log_event(kind, step, payload)
+
+    def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
+        ev = self._evidence.build(0)
+        return ev.steps_of("loss"), ev.values_of("loss")
+
+    def _capture_extra(self) -> dict[str, Any]:
+        return {
+            "lr": self._lr.state_dict(),
+            "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
+        }
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        self._lr.load_state_dict(extra["lr"])
+        for name, state in extra["detectors"].items():
+            self._detectors[name].load_state_dict(state)
+
+    # -- what the user reads ------------------------------------------------------------------
+    @property
+    def plateaus(self) -> list[Plateau]:
+        """Every plateau found so far on train and validation loss, by start step."""
+        found = [p for d in self._detectors.values() for p in d.plateaus]
+        return sorted(found, key=lambda p: (p.start, p.series))
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding recorded so far, in order."""
+        return list(self._findings)
+
+    @property
+    def actions(self) -> list[ActionRecord]:
+        """Every action taken so far; ``outcome`` says whether it was kept or rolled back."""
+        return list(self._actions)
+
+    @property
+    def state(self) -> str:
+        """The training-loss detector's current state."""
+        return self._detectors["train"].state
+
+    @property
+    def lr_multiplier(self) -> float:
+        """unstuck's factor over the user's LR schedule (1.0 until an LR action)."""
+        return self._lr.value
+
+    @property
+    def steps(self) -> int:
+        return self._hub.step
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self._store.path.parent if self._store is not None else None
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to decide as this one would; tensors and primitives."""
+        return {
+            "version": STATE_VERSION,
+            "hub": self._hub.state_dict(),
+            "evidence": self._evidence.state_dict(),
+            "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
+            "lr": self._lr.state_dict(),
+            "engine": self._engine.state_dict(),
+            "findings": [f.to_dict() for f in self._findings],
+            "actions": [a.to_dict() for a in self._actions],
+            "last_found": dict(self._last_found),
+            "val_points": self._val_points,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        version = state.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(
+                f"Guard.load_state_dict: state version {version!r} is not {STATE_VERSION}; "
+                "it was saved by an incompatible unstuck"
+            )
+        self._hub.load_state_dict(dict(state["hub"]))
+        self._evidence.load_state_dict(state["evidence"])
+        for name, det_state in state["detectors"].items():
+            self._detectors[name].load_state_dict(det_state)
+        self._lr.load_state_dict(dict(state["lr"]))
+        self._engine.load_state_dict(dict(state["engine"]))
+        self._findings = [Finding.from_dict(f) for f in state["findings"]]
+        self._actions = [ActionRecord.from_dict(a) for a in state["actions"]]
+        pending = self._engine.pending
+        if pending is not None and self._actions and self._actions[-1] == pending.record:
+            self._actions[-1] = pending.record  # one object: its verdict shows in .actions
+        self._last_found = {str(k): int(v) for k, v in state["last_found"].items()}
+        self._val_points = int(state.get("val_points", 0))
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Run the pipeline on the last partial window, then release hooks and the store."""
+        if self._closed:
+            return
+        try:
+            if self._hub.step % self.flush_every:
+                self._flush()
+        finally:
+            self._closed = True
+            self._hub.close()
+            self._lr.close()
+            if self._store is not None:
+                self._store.update_meta(steps=self._hub.step)
+                self._store.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, state={self.state!r}, "
+            f"plateaus={len(self.plateaus)}, findings={len(self._findings)}, "
+            f"actions={len(self._actions)}, lr_multiplier={self._lr.value:g})"
+        )
