@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 import torch
-from conftest import regression_batch, tiny_mlp
 
+from conftest import regression_batch, tiny_mlp
 from unstuck.diagnose import Evidence, all_rules
 from unstuck.rescue import Controls, LRMultiplier, all_actions
 from unstuck.types import Finding
@@ -35,8 +35,10 @@ def test_rule_conformance(code):
 def _full_state(model, optimizer, multiplier):
     return (
         [p.detach().clone() for p in model.parameters()],
-        {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()}
-         for k, s in optimizer.state_dict()["state"].items()},
+        {
+            k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()}
+            for k, s in optimizer.state_dict()["state"].items()
+        },
         [dict((k, v) for k, v in g.items() if k != "params") for g in optimizer.param_groups],
         multiplier.value,
     )

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import regression_batch, tiny_mlp
 
+from conftest import regression_batch, tiny_mlp
 from unstuck.rescue import LRMultiplier, restore_snapshot, take_snapshot
 from unstuck.rescue.verify import compare_windows
 
@@ -24,7 +24,7 @@ def _train_steps(model, opt, n, scheduler=None, seed=0):
         opt.step()
         if scheduler is not None:
             scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -39,7 +39,9 @@ def test_restore_is_bitwise_and_following_steps_identical(optimizer_cls):
     random.seed(3)
     snap = take_snapshot(5, model, opt, scheduler)
     params_at_snap = [p.detach().clone() for p in model.parameters()]
-    state_at_snap = {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state_dict()["state"].items()}
+    state_at_snap = {
+        k: {n: v.clone() for n, v in s.items()} for k, s in opt.state_dict()["state"].items()
+    }
     first = _train_steps(model, opt, 4, scheduler, seed=100)
     first_np, first_py = np.random.rand(), random.random()
     restore_snapshot(snap, model, opt, scheduler)

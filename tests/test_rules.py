@@ -17,9 +17,7 @@ def _series(values, start=0, stride=1):
 
 
 def test_lr_too_low_fires_on_tiny_updates_with_healthy_gradients():
-    ev = Evidence(
-        {"update_ratio": _series([2e-6] * 8), "grad_norm": _series([0.5] * 32)}, step=400
-    )
+    ev = Evidence({"update_ratio": _series([2e-6] * 8), "grad_norm": _series([0.5] * 32)}, step=400)
     finding = get_rule("lr_too_low").check(ev)
     assert finding is not None and finding.cause == "lr_too_low"
     assert finding.confidence > 0.8

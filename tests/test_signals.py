@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import regression_batch, tiny_mlp
 
+from conftest import regression_batch, tiny_mlp
 from unstuck.signals import (
     GradNormTap,
     LossTap,
@@ -112,7 +112,10 @@ def test_param_groups_frozen_layers_and_missing_grads():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3), torch.nn.Linear(3, 3))
     model[0].requires_grad_(False)  # frozen: not in the optimizer at all
     opt = torch.optim.SGD(
-        [{"params": model[1].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.01}]
+        [
+            {"params": model[1].parameters(), "lr": 0.1},
+            {"params": model[2].parameters(), "lr": 0.01},
+        ]
     )
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     hub = _hub(model, opt)
@@ -148,7 +151,7 @@ def test_per_sample_losses_ids_and_epoch_coverage():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     hub = _hub(model, opt, dataset_size=8)
     # Two nominal epochs that only ever see ids 0..3 (half the data): coverage 0.5 each.
-    for epoch in range(2):
+    for _epoch in range(2):
         for start in (0, 2):
             ids = torch.arange(start, start + 2)
             losses = torch.tensor([0.1, 0.2]) if start == 0 else torch.tensor([0.3, 4.0])

@@ -67,7 +67,9 @@ def _discover() -> dict[str, Rule]:
         classes = [
             obj
             for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, Rule) and obj is not Rule
+            if isinstance(obj, type)
+            and issubclass(obj, Rule)
+            and obj is not Rule
             and obj.__module__ == module.__name__
         ]
         if len(classes) != 1:

@@ -13,7 +13,7 @@ import numpy as np
 
 from unstuck.signals.hub import Frame
 
-__all__ = ["Evidence", "EvidenceBuilder", "HISTORY_POINTS"]
+__all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
 
 HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
 

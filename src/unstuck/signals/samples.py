@@ -82,7 +82,7 @@ class SamplesTap(Tap):
             finite = losses[np.isfinite(losses)]
             if finite.size and step is not None:
                 ordered = np.sort(finite)[::-1]
-                k = max(1, int(round(TOP_FRACTION * ordered.size)))
+                k = max(1, round(TOP_FRACTION * ordered.size))
                 total = float(ordered.sum())
                 out["per_sample"] = {
                     "step": step,

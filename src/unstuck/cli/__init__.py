@@ -1,0 +1,1 @@
+"""The ``unstuck`` command line: ``demo`` (and, as they land, ``analyze`` and ``report``)."""

@@ -1,0 +1,88 @@
+"""The ``unstuck`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unstuck",
+        description="Detect, diagnose and rescue loss plateaus in deep-learning training.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from unstuck.cli.demo import DEFAULT_TASK, TASKS
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a plateau-prone model twice, without and with unstuck, and compare",
+        description=(
+            "Trains a plateau-prone model on a bundled real dataset (scikit-learn digits) on the "
+            "CPU twice from the same seed — without unstuck and with policy='rescue' — then "
+            "prints what unstuck detected, diagnosed and did, and both runs' final losses."
+        ),
+    )
+    demo.add_argument("--task", choices=sorted(TASKS), default=DEFAULT_TASK, help="the task")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per run")
+    demo.add_argument("--seed", type=int, default=0, help="seed for data split, init and batches")
+    demo.add_argument(
+        "--run-dir",
+        default="unstuck-demo",
+        help="where the run store goes (default: ./unstuck-demo); 'none' records nothing",
+    )
+    demo.add_argument("--quick", action="store_true", help="fewer steps (a few seconds)")
+    demo.add_argument("--json", action="store_true", help="print the result as JSON only")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from unstuck.cli.demo import format_demo, run_demo
+
+    run_dir = None if str(args.run_dir).lower() == "none" else args.run_dir
+    if args.json:
+        logging.getLogger("unstuck").setLevel(logging.WARNING)
+    try:
+        result = run_demo(
+            args.task,
+            steps=args.steps,
+            seed=args.seed,
+            run_dir=run_dir,
+            quick=args.quick,
+            progress=not (args.no_progress or args.json),
+        )
+    except ValueError as exc:
+        print(f"unstuck demo: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in format_demo(result):
+            print(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from unstuck import __version__
+
+        print(__version__)
+        return 0
+    if args.command == "demo":
+        return _demo(args)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
