@@ -168,6 +168,7 @@ def test_recorded_signals_match_a_hand_computed_reference(tmp_path: pathlib.Path
         scheduler,
         run_dir=tmp_path,
         flush_every=10,
+        grad_norm_every=1,
         update_ratio_every=4,
         dataset_size=64,
     )
@@ -227,7 +228,7 @@ def test_gradient_accumulation_records_the_accumulated_gradient(tmp_path: pathli
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     micro = 4
-    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, flush_every=5)
+    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, flush_every=5, grad_norm_every=1)
     expected_norms, expected_losses = [], []
     for step in range(10):
         optimizer.zero_grad()

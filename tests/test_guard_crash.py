@@ -34,7 +34,8 @@ CHILD = textwrap.dedent(
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model[2].parameters(), lr=0.05)  # model[0] left out: a finding
     guard = unstuck.Guard(
-        model, optimizer, run_dir=run_dir, flush_every=flush_every, meta={"kind": "crash"}
+        model, optimizer, run_dir=run_dir, flush_every=flush_every, grad_norm_every=1,
+        meta={"kind": "crash"},
     )
     step = 0
     while True:

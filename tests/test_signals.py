@@ -43,7 +43,7 @@ def test_loss_and_grad_norms_match_manual_reference():
         expected_norms.append([float(p.grad.norm()) for p in model.parameters()])
         opt.step()
         hub.on_loss(loss.detach(), None, None)
-        expected_losses.append(float(loss))
+        expected_losses.append(float(loss.detach()))
     frame = hub.flush()
     steps, losses = frame.signals["loss"]
     assert steps == [0, 1, 2, 3, 4]

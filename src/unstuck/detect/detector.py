@@ -50,7 +50,8 @@ __all__ = [
 DEFAULT_EPSILON = 0.05  # least projected log-decrease per elapsed-span that still counts
 DEFAULT_Z = 1.96  # Sen interval level for every trend decision
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
-DEFAULT_CAPACITY = 128  # bins kept: between 128 and 256 over the whole run
+DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
+WINDOW_GROWTH = 1.5  # trailing windows tested: min_points, ×1.5, ×2.25 ... up to the whole run
 RECENT_FRACTION = 0.25  # the "recent" window for improving/slow/oscillating/diverging
 OSCILLATION_SIGMA = 0.1  # spread of bin means around the trend (log units, ≈ ±10 %) ...
 OSCILLATION_AUTOCORR = 0.3  # ... with |lag-1 autocorrelation| above this: structure, not noise
@@ -232,7 +233,7 @@ class PlateauDetector:
         while int(n) < available:
             if not sizes or int(n) != sizes[-1]:
                 sizes.append(int(n))
-            n *= math.sqrt(2.0)
+            n *= WINDOW_GROWTH
         sizes.append(available)
         recent = max(self.min_points, int(available * RECENT_FRACTION))
         if recent not in sizes and recent <= available:
@@ -259,9 +260,20 @@ class PlateauDetector:
         def decrease(slope: float) -> float:
             return -slope * horizon / unit
 
-        sizes = self._window_sizes(int(x.size))
-        trends = dict(zip(sizes, theil_sen_windows(x, y, sizes, self.z)))
+        # The windows a plateau may be dated by: long enough to be more than a pause (a share of
+        # the run and 2·min_points bins), and after the last plateau the series left.
+        after = self._boundary
+        longest_start = float(bins["last"][-1]) - MIN_PLATEAU_FRACTION * horizon
+        eligible = []
+        for n in self._window_sizes(int(x.size)):
+            first_step = bins["first"][-n]
+            if after is not None and first_step <= after:
+                break
+            if first_step <= longest_start and n >= 2 * self.min_points:
+                eligible.append(n)
         recent_n = max(self.min_points, int(x.size * RECENT_FRACTION))
+        sizes = sorted({recent_n, *eligible})
+        trends = dict(zip(sizes, theil_sen_windows(x, y, sizes, self.z, bins["count"])))
         recent = trends[recent_n]
         rx, ry = x[-recent_n:], y[-recent_n:]
         resid = ry - recent.fitted(rx)
@@ -305,15 +317,8 @@ class PlateauDetector:
 
         # Plateau test: the longest trailing window, after the last plateau, whose upper bound
         # on the projected decrease is below epsilon.
-        after = self._boundary
         passing: tuple[int, Trend] | None = None
-        longest_start = float(bins["last"][-1]) - MIN_PLATEAU_FRACTION * horizon
-        for n in sizes:
-            first_step = bins["first"][-n]
-            if after is not None and first_step <= after:
-                break
-            if first_step > longest_start or n < 2 * self.min_points:
-                continue  # too short a share of the run to be more than a pause
+        for n in eligible:
             if decrease(trends[n].low) < self.epsilon:
                 passing = (n, trends[n])
         oscillating = (

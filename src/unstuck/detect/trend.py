@@ -12,12 +12,13 @@ Lang et al. 2019).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Trend", "pairwise_slopes", "theil_sen", "theil_sen_windows"]
+__all__ = ["Trend", "coarsen", "pairwise_slopes", "theil_sen", "theil_sen_windows"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ def pairwise_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return dy / dx  # type: ignore[no-any-return]
 
 
+@functools.lru_cache(maxsize=64)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``i < j`` of ``n`` points (cached: the detector asks for the same sizes)."""
+    return np.triu_indices(n, k=1)  # type: ignore[return-value]
+
+
 def _interval(slopes: np.ndarray, n: int, z: float) -> tuple[float, float, float]:
     """Median and Sen's confidence bounds from an unsorted 1-D array of pairwise slopes."""
     count = slopes.size
@@ -65,8 +72,10 @@ def theil_sen(x: np.ndarray, y: np.ndarray, z: float = 1.96) -> Trend:
     n = x.size
     if n < 3:
         raise ValueError(f"theil_sen needs at least 3 points, got {n}")
-    iu = np.triu_indices(n, k=1)
-    slopes = pairwise_slopes(x, y)[iu]
+    i, j = _pairs(n)
+    dx = x[j] - x[i]
+    keep = dx != 0
+    slopes = (y[j] - y[i])[keep] / dx[keep]
     slopes = slopes[np.isfinite(slopes)]
     if slopes.size == 0:
         raise ValueError("theil_sen needs at least two distinct x values")
@@ -76,25 +85,36 @@ def theil_sen(x: np.ndarray, y: np.ndarray, z: float = 1.96) -> Trend:
     return Trend(median, low, high, n, intercept, x_mean)
 
 
-def theil_sen_windows(x: np.ndarray, y: np.ndarray, sizes: list[int], z: float) -> list[Trend]:
-    """Theil–Sen trends of the last ``n`` points for each ``n`` in ``sizes``, sharing one matrix.
+def coarsen(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge consecutive points into at most ``points`` weighted means (coarser batch means)."""
+    if x.size <= points:
+        return x, y
+    starts = np.linspace(0, x.size, points + 1).astype(int)[:-1]
+    w = np.add.reduceat(weight, starts)
+    return np.add.reduceat(x * weight, starts) / w, np.add.reduceat(y * weight, starts) / w
 
-    The pairwise-slope matrix of the longest window is computed once; each shorter window is its
-    lower-right block, so checking ten window lengths costs little more than checking one.
+
+def theil_sen_windows(
+    x: np.ndarray,
+    y: np.ndarray,
+    sizes: list[int],
+    z: float,
+    weight: np.ndarray | None = None,
+    max_points: int = 48,
+) -> list[Trend]:
+    """Theil–Sen trends of the last ``n`` points for each ``n`` in ``sizes``.
+
+    A window longer than ``max_points`` is first coarsened into ``max_points`` weighted batch
+    means, which bounds the cost (the pairwise slopes grow with the square of the points) and
+    keeps the residuals of long windows close to independent.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    longest = max(sizes)
-    xs, ys = x[-longest:], y[-longest:]
-    matrix = pairwise_slopes(xs, ys)
+    w = np.ones_like(x) if weight is None else np.asarray(weight, dtype=float)
     trends = []
     for n in sizes:
-        block = matrix[longest - n :, longest - n :]
-        slopes = block[np.triu_indices(n, k=1)]
-        slopes = slopes[np.isfinite(slopes)]
-        wx, wy = xs[longest - n :], ys[longest - n :]
-        median, low, high = _interval(slopes, n, z)
-        x_mean = float(wx.mean())
-        intercept = float(np.median(wy - median * (wx - x_mean)))
-        trends.append(Trend(median, low, high, n, intercept, x_mean))
+        wx, wy = coarsen(x[-n:], y[-n:], w[-n:], max_points)
+        trends.append(theil_sen(wx, wy, z))
     return trends

@@ -60,6 +60,7 @@ class _Series:
         self.capacity = capacity
         self.steps: list[int] = []
         self.values: list[float] = []
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     def extend(self, steps: list[int], values: list[float]) -> None:
         self.steps.extend(int(s) for s in steps)
@@ -67,9 +68,17 @@ class _Series:
         if len(self.steps) > self.capacity:
             del self.steps[: len(self.steps) - self.capacity]
             del self.values[: len(self.values) - self.capacity]
+        self._arrays = None
 
     def pair(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.steps, dtype=np.int64), np.asarray(self.values, dtype=np.float64)
+        # Cached until the next extend: rules read every series at every decision.
+        if self._arrays is None:
+            steps = np.asarray(self.steps, dtype=np.int64)
+            values = np.asarray(self.values, dtype=np.float64)
+            steps.flags.writeable = False
+            values.flags.writeable = False
+            self._arrays = (steps, values)
+        return self._arrays
 
 
 class EvidenceBuilder:
@@ -98,6 +107,13 @@ class EvidenceBuilder:
                 self.add_series(name, value[0], value[1])
             else:
                 self._latest[name] = value
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One recorded series as read-only ``(steps, values)`` arrays (empty if never seen)."""
+        found = self._series.get(name)
+        if found is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return found.pair()
 
     def build(self, step: int, extra: Mapping[str, Any] | None = None) -> Evidence:
         data: dict[str, Any] = {name: s.pair() for name, s in self._series.items() if s.steps}

@@ -46,11 +46,12 @@ __all__ = ["Guard"]
 logger = logging.getLogger("unstuck")
 
 STATE_VERSION = 1
-# Defaults chosen by bench/overhead.py (docs/signals.md has the figures): one host transfer per
-# 50 steps keeps the sync cost far below 1 % of a step; update ratios copy the parameters, so
-# they are sampled every 25 optimizer steps.
+# Defaults chosen by bench/overhead.py (docs/signals.md has the figures). A flush (host transfer
+# plus one decision) costs ~1 ms of Python whatever the model, so it runs every 50 steps. The
+# gradient norms read every gradient once (about half an SGD step's memory traffic), so they are
+# sampled every 4th optimizer step; update ratios copy the parameters, so every 25th.
 DEFAULT_FLUSH_EVERY = 50
-DEFAULT_GRAD_NORM_EVERY = 1
+DEFAULT_GRAD_NORM_EVERY = 4
 DEFAULT_UPDATE_RATIO_EVERY = 25
 REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
 DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
@@ -381,8 +382,7 @@ class Guard:
             self._store.log_event(kind, step, payload)
 
     def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
-        ev = self._evidence.build(0)
-        return ev.steps_of("loss"), ev.values_of("loss")
+        return self._evidence.series("loss")
 
     def _capture_extra(self) -> dict[str, Any]:
         return {

@@ -70,7 +70,7 @@ class GradNormTap(Tap):
         if every < 1:
             raise ValueError(f"grad_norm_every must be >= 1, got {every!r}")
         self.every = every
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]] = []
         self._steps: list[int] = []
         self._missing = 0  # optimizer parameters that had no gradient on a sampled step
         self._plan: NormPlan | None = None
@@ -84,15 +84,35 @@ class GradNormTap(Tap):
         if opt_step % self.every or self._plan is None:
             return
         grads = [p.grad for p in ctx.params]
-        self._missing += sum(g is None for g in grads)
-        self._rows.append(self._plan.norms(grads))
+        missing = sum(g is None for g in grads)
+        self._missing += missing
+        if self._plan.single and not missing:
+            # The hot path: keep the per-tensor norms as they come and stack them all once at
+            # the flush, so a step costs one _foreach_norm and nothing else.
+            self._rows.append(torch._foreach_norm(grads))  # type: ignore[arg-type]
+        else:
+            self._rows.append(self._plan.norms(grads))
         self._steps.append(self.current_step)
 
     def collect(self) -> Packet:
         if not self._rows:
             return Packet()
+        plan = self._plan
+        assert plan is not None
+        if all(isinstance(r, (tuple, list)) for r in self._rows):
+            flat = torch.stack([n for row in self._rows for n in row])
+            table = flat.to(device=plan.home, dtype=torch.float32).reshape(len(self._rows), -1)
+        else:
+            table = torch.stack(
+                [
+                    torch.stack(list(r)).to(device=plan.home, dtype=torch.float32)
+                    if isinstance(r, (tuple, list))
+                    else r
+                    for r in self._rows
+                ]
+            )
         packet = Packet(
-            tensors={"grad_norms": torch.stack(self._rows)},
+            tensors={"grad_norms": table},
             host={"steps": self._steps, "missing": self._missing},
         )
         self._rows, self._steps, self._missing = [], [], 0
