@@ -47,7 +47,7 @@ def pairwise_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs ``i < j`` of ``n`` points (cached: the detector asks for the same sizes)."""
-    return np.triu_indices(n, k=1)  # type: ignore[return-value]
+    return np.triu_indices(n, k=1)
 
 
 def _interval(slopes: np.ndarray, n: int, z: float) -> tuple[float, float, float]:
