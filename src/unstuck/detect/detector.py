@@ -9,7 +9,7 @@ it, and a slow descent looks like a stall. This detector instead asks a trend qu
   Theil–Sen slope with Sen's confidence interval on bin means (``trend.py``, ``history.py``).
   ``D`` is scale-free in steps and loss: a power law ``t^−α`` has ``D = α`` at every length.
 * **Plateau** = an equivalence test (one-sided TOST): the upper confidence bound of ``D`` is
-  below ``epsilon`` (default 0.05, i.e. "running twice as long would gain less than ~5 %") on
+  below ``epsilon`` (default 0.1, i.e. "running twice as long would gain less than ~10 %") on
   some trailing window of at least ``min_points`` bins; the longest such window dates the start.
   Noise widens the interval, so a noisy series needs more evidence: windows adapt to the noise
   by construction, and to the logging cadence because they are fractions of the run.
@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 # Calibrated once on the generated curves of bench/detection.py (docs/detection.md):
-DEFAULT_EPSILON = 0.05  # least projected log-decrease per elapsed-span that still counts
-DEFAULT_Z = 1.96  # Sen interval level for every trend decision
+DEFAULT_EPSILON = 0.1  # least projected log-decrease over the elapsed span that is progress
+DEFAULT_Z = 1.96  # Sen interval level (two-sided 95 %) for every trend decision
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
 DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
 WINDOW_GROWTH = 1.5  # trailing windows tested: min_points, ×1.5, ×2.25 ... up to the whole run
@@ -56,6 +56,8 @@ RECENT_FRACTION = 0.25  # the "recent" window for improving/slow/oscillating/div
 OSCILLATION_SIGMA = 0.1  # spread of bin means around the trend (log units, ≈ ±10 %) ...
 OSCILLATION_AUTOCORR = 0.3  # ... with |lag-1 autocorrelation| above this: structure, not noise
 MIN_PLATEAU_FRACTION = 1 / 6  # a flat stretch shorter than this share of the run is a pause
+MIN_WINDOW_FACTOR = 2  # a plateau window holds at least 2·min_points bins ...
+WARMUP_FACTOR = 2  # ... and no plateau is called before 2·min_points points were seen
 DIVERGE_RISE = math.log(2.0)  # a rise to twice the best level, significant, is divergence
 NONFINITE_RUN = 3  # non-finite values in a row that mean the run has diverged
 EARLY_DROP = 0.1  # the series "fell meaningfully" once it dropped 10 % below its start
@@ -269,7 +271,11 @@ class PlateauDetector:
             first_step = bins["first"][-n]
             if after is not None and first_step <= after:
                 break
-            if first_step <= longest_start and n >= 2 * self.min_points:
+            if (
+                first_step <= longest_start
+                and n >= MIN_WINDOW_FACTOR * self.min_points
+                and self.n_points >= WARMUP_FACTOR * self.min_points
+            ):
                 eligible.append(n)
         recent_n = max(self.min_points, int(x.size * RECENT_FRACTION))
         sizes = sorted({recent_n, *eligible})
@@ -303,7 +309,7 @@ class PlateauDetector:
         self._stats = stats
 
         # Diverging: a significant rise far above the best level reached.
-        rising = decrease(recent.high) < -self.epsilon  # even the fastest fall is a rise
+        rising = decrease(recent.low) < -self.epsilon  # even the fastest fall bound is a rise
         if rising and (level_now - best) / unit > DIVERGE_RISE:
             self._set_state("diverging", step)
             return
