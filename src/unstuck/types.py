@@ -129,7 +129,7 @@ class Remedy:
 class Finding:
     """A diagnosed cause with the numbers behind it.
 
-    ``cause`` is a catalog code (see ``docs/causes.md``); ``confidence`` is in [0, 1];
+    ``cause`` is a catalog code (see ``docs/diagnosis.md``); ``confidence`` is in [0, 1];
     ``evidence`` maps names to the measured values that made the rule fire.
     """
 

@@ -46,7 +46,7 @@ __all__ = ["Guard"]
 logger = logging.getLogger("unstuck")
 
 STATE_VERSION = 1
-# Defaults chosen by bench/overhead.py (docs/signals.md has the figures). A flush (host transfer
+# Defaults chosen by bench/overhead.py (run it for the figures). A flush (host transfer
 # plus one decision) costs ~1 ms of Python whatever the model, so it runs every 50 steps. The
 # gradient norms read every gradient once (about half an SGD step's memory traffic), so they are
 # sampled every 4th optimizer step; update ratios copy the parameters, so every 25th.

@@ -20,7 +20,7 @@ def read_lr(group: dict[str, Any]) -> float | torch.Tensor:
 
 
 class LRTap(Tap):
-    """The LR per param group, recorded where it changes (and at every flush).
+    """The LR per param group, recorded where it changes (tensor LRs: at every step).
 
     This is the user's schedule; unstuck's own multiplier is recorded beside it as
     ``lr_multiplier``, so the report can show both. Tensor LRs (fused/capturable optimizers) stay
