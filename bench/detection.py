@@ -201,7 +201,10 @@ def run_curve(args: tuple[Curve, str | None]) -> list[dict[str, Any]]:
     curve, spec = args
     detectors: dict[str, Any] = {}
     if spec:
-        detectors["unstuck"] = _factory(spec)(series=curve.series, mode="min")
+        # A live run knows it records the parameter distance; so does a curve that has one.
+        detectors["unstuck"] = _factory(spec)(
+            series=curve.series, mode="min", distance_signal=curve.distance is not None
+        )
     detectors.update(make_baselines(curve.series, "min"))
     rows = []
     for name, det in detectors.items():

@@ -62,6 +62,7 @@ DIVERGE_RISE = math.log(2.0)  # a rise to twice the best level, significant, is 
 NONFINITE_RUN = 3  # non-finite values in a row that mean the run has diverged
 EARLY_DROP = 0.1  # the series "fell meaningfully" once it dropped 10 % below its start
 NEAR_CONVERGENCE_DROP = math.log(10.0)  # without a gradient SNR: an order of magnitude fallen
+MIN_DISTANCE_POINTS = 4  # distance samples the hidden-progress trend needs
 HIDDEN_PROGRESS_GROWTH = 0.05  # relative move of ‖θ − θ₀‖ over the plateau window
 LOG_FLOOR = 1e-12  # values ≤ 0 on a log scale are treated as this
 
@@ -89,6 +90,11 @@ class PlateauDetector:
         z: confidence level of every trend interval, as a normal quantile.
         min_points: fewest bins (= points, early in a run) before any verdict.
         capacity: bins kept; the history holds between ``capacity`` and ``2·capacity``.
+        distance_signal: ``True`` when ``distance`` will be passed (a live run): no plateau is
+            called before the hidden-progress check has ``MIN_DISTANCE_POINTS`` samples, so a
+            run whose weights are moving is not first called stuck and then un-called.
+        distance_scale: the size of the parameters (``‖θ₀‖``), if known; hidden progress then
+            needs the weights to move by ``hidden_progress_growth`` of at least that much.
     """
 
     def __init__(
@@ -103,6 +109,8 @@ class PlateauDetector:
         capacity: int = DEFAULT_CAPACITY,
         hidden_progress_growth: float = HIDDEN_PROGRESS_GROWTH,
         oscillation_sigma: float = OSCILLATION_SIGMA,
+        distance_signal: bool = False,
+        distance_scale: float | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"PlateauDetector: mode must be 'min' or 'max', got {mode!r}")
@@ -128,6 +136,15 @@ class PlateauDetector:
         self.min_points = min_points
         self.hidden_progress_growth = float(hidden_progress_growth)
         self.oscillation_sigma = float(oscillation_sigma)
+        self.distance_signal = bool(distance_signal)
+        if distance_scale is not None and not (
+            distance_scale >= 0 and math.isfinite(distance_scale)
+        ):
+            raise ValueError(
+                "PlateauDetector: distance_scale must be a finite number ≥ 0, "
+                f"got {distance_scale!r}"
+            )
+        self.distance_scale = None if distance_scale is None else float(distance_scale)
         self._bins = BinnedSeries(capacity)
         self._distance = BinnedSeries(max(capacity // 2, 8))
         self.state = "unknown"
@@ -172,7 +189,8 @@ class PlateauDetector:
     ) -> str:
         """Add several points (one flush of a live run) and decide once.
 
-        ``distance`` (``‖θ − θ₀‖``) and ``gradient_snr`` are taken as of the last step.
+        ``distance`` (``‖θ − θ₀‖``) is a number taken as of the last step, or a
+        ``(steps, distances)`` pair of samples; ``gradient_snr`` is as of the last step.
         Steps that go backwards are clamped to the last step seen.
         """
         steps_list = list(steps)
@@ -203,9 +221,15 @@ class PlateauDetector:
             self._nonfinite_run = 0
             self.n_points += 1
             closed |= self._bins.add(step, self._transform(value))
-        d = _finite(distance)
-        if d is not None and self._last_step is not None:
-            self._distance.add(self._last_step, d)
+        if isinstance(distance, tuple) and len(distance) == 2:
+            for d_step, d_value in zip(*distance):
+                ds, dv = _finite(d_step), _finite(d_value)
+                if ds is not None and dv is not None:
+                    self._distance.add(ds, dv)
+        else:
+            d = _finite(distance)
+            if d is not None and self._last_step is not None:
+                self._distance.add(self._last_step, d)
         snr = _finite(gradient_snr)
         if snr is not None:
             self._gradient_snr = snr
@@ -324,6 +348,8 @@ class PlateauDetector:
         # Plateau test: the longest trailing window, after the last plateau, whose upper bound
         # on the projected decrease is below epsilon.
         passing: tuple[int, Trend] | None = None
+        if self.distance_signal and len(self._distance) < MIN_DISTANCE_POINTS:
+            eligible = []  # cannot tell a stall from hidden progress yet
         for n in eligible:
             if decrease(trends[n].low) < self.epsilon:
                 passing = (n, trends[n])
@@ -388,16 +414,23 @@ class PlateauDetector:
             return False
         d = self._distance.arrays()
         keep = d["x"] >= start
-        if int(keep.sum()) < 4:  # sparse distance samples: judge the latest motion instead
+        if int(keep.sum()) < MIN_DISTANCE_POINTS:  # sparse samples: judge the latest motion
             keep = np.zeros_like(keep)
-            keep[-4:] = True
+            keep[-MIN_DISTANCE_POINTS:] = True
         dx, dy = d["x"][keep], d["y"][keep]
-        if dx.size < 4 or np.ptp(dx) <= 0:
+        if dx.size < MIN_DISTANCE_POINTS or np.ptp(dx) <= 0:
             return False
         trend = theil_sen(dx, dy, self.z)
         if trend.low <= 0 < trend.high:
             return False
-        ref = max(abs(float(trend.fitted(dx[:1])[0])), float(np.max(np.abs(dy))) * 1e-3, 1e-12)
+        # Motion relative to how far the weights had come, or to their own size when the
+        # caller knows it: a creep at a tiny LR doubles a tiny distance without going anywhere.
+        ref = max(
+            abs(float(trend.fitted(dx[:1])[0])),
+            self.distance_scale or 0.0,
+            float(np.max(np.abs(dy))) * 1e-3,
+            1e-12,
+        )
         moved = abs(trend.slope) * float(np.ptp(dx)) / ref
         self._stats["distance_moved"] = moved
         return moved >= self.hidden_progress_growth

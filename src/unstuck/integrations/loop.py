@@ -130,7 +130,9 @@ class Guard:
             ParamDistanceTap(),
             SamplesTap(dataset_size),
         ]
-        options = dict(detector_options or {})
+        distance_tap = taps[4]
+        assert isinstance(distance_tap, ParamDistanceTap)
+        options = {"distance_signal": True, **dict(detector_options or {})}
         self._detectors = {
             "train": PlateauDetector("train", **options),
             "val": PlateauDetector("val", **options),
@@ -146,6 +148,12 @@ class Guard:
         )
 
         self._hub = SignalHub(model, optimizer, taps)
+        if "distance_scale" not in options:
+            # Hidden progress means the weights moved by a share of their own size, not of a
+            # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
+            scale = distance_tap.reference_norm()
+            for detector in self._detectors.values():
+                detector.distance_scale = scale
         # Registered after the hub's hooks, so the LR tap records the user's own schedule.
         self._lr = LRMultiplier(optimizer)
         self._engine = RescueEngine(
@@ -252,7 +260,10 @@ class Guard:
         self._val_points += 1
         detector = self._detectors["val"]
         before = detector.state
-        state = detector.update(at, value)
+        # The latest parameter distance (from the last flush) lets the validation series see
+        # hidden progress too: grokking is a flat validation loss while the weights move.
+        distances = self._evidence.series("param_distance")[1]
+        state = detector.update(at, value, distance=distances[-1] if distances.size else None)
         self._evidence.add_series("val_loss", [at], [value])
         if self._store is not None:
             self._store.log_metrics([("val_loss", at, value)])
@@ -283,9 +294,7 @@ class Guard:
             distance = frame.signals.get("param_distance")
             detector = self._detectors["train"]
             before = detector.state
-            state = detector.update_many(
-                loss[0], loss[1], distance=distance[1][-1] if distance else None
-            )
+            state = detector.update_many(loss[0], loss[1], distance=distance)
             self._after_detect("train", step, before, state)
         if self._store is not None:
             self._store.flush(wait=False)  # committed by the writer thread, off the step

@@ -96,6 +96,7 @@ class SignalHub:
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         for tap in self._post_taps:
+            tap.current_step = self.step  # type: ignore[attr-defined]
             tap.on_post_step(self.ctx, self.opt_steps)
         self.opt_steps += 1
 

@@ -21,6 +21,9 @@ from unstuck.signals.base import CostTier, Packet, StepContext, Tap
 __all__ = ["DEFAULT_MAX_ELEMENTS", "ParamDistanceTap"]
 
 DEFAULT_MAX_ELEMENTS = 1 << 20  # 4 MiB of float32 reference at most; exact below that size
+# Every 10th optimizer step: the detector's hidden-progress trend needs a few samples before its
+# first decision (one flush), and one distance costs about one optimizer step's arithmetic.
+DEFAULT_EVERY = 10
 
 
 class ParamDistanceTap(Tap):
@@ -29,9 +32,16 @@ class ParamDistanceTap(Tap):
     name: ClassVar[str] = "param_distance"
     tier: ClassVar[CostTier] = "always"
 
-    def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0) -> None:
+    def __init__(
+        self, every: int = DEFAULT_EVERY, max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0
+    ) -> None:
         if max_elements < 1:
             raise ValueError(f"distance_max_elements must be >= 1, got {max_elements!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"distance_every must be a positive int, got {every!r}")
+        self.every = every
+        self._rows: list[torch.Tensor] = []
+        self._steps: list[int] = []
         self.max_elements = max_elements
         self.seed = seed
         self._params: list[torch.Tensor] = []
@@ -68,19 +78,42 @@ class ParamDistanceTap(Tap):
         """Take the current parameters as the new reference point."""
         self._reference = [v.clone() for v in self._view()]
 
-    def collect(self) -> Packet:
-        if not self._params:
-            return Packet()
+    def reference_norm(self) -> float:
+        """``‖θ_ref‖`` (estimated like the distance): the scale the distance is judged against.
+
+        A host read; called once at construction, never on the hot path.
+        """
+        if not self._reference:
+            return 0.0
+        squared = sum(float(r.double().pow(2).sum()) for r in self._reference)
+        return math.sqrt(squared) * self._scale
+
+    def _distance(self) -> torch.Tensor:
         deltas = torch._foreach_sub(self._view(), self._reference)
         norms = torch._foreach_norm(deltas)
         squared = sum((n.float().to(norms[0].device) ** 2 for n in norms), torch.zeros(()))
-        distance = torch.sqrt(squared) * self._scale
-        return Packet(tensors={"distance": distance.reshape(1)}, host={"step": self.current_step})
+        return (torch.sqrt(squared) * self._scale).reshape(())
+
+    def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
+        if opt_step % self.every == 0 and self._params:
+            self._rows.append(self._distance())
+            self._steps.append(self.current_step)
+
+    def collect(self) -> Packet:
+        if not self._params:
+            return Packet()
+        if not self._steps or self._steps[-1] != self.current_step:
+            self._rows.append(self._distance())  # the flush step itself, always
+            self._steps.append(self.current_step)
+        packet = Packet(tensors={"distance": torch.stack(self._rows)}, host={"steps": self._steps})
+        self._rows, self._steps = [], []
+        return packet
 
     def finish(self, host: dict[str, Any]) -> dict[str, Any]:
         if "distance" not in host:
             return {}
-        return {"param_distance": ([host["step"]], [float(host["distance"][0])])}
+        values = [float(v) for v in host["distance"]]
+        return {"param_distance": (list(host["steps"]), values)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"reference": [r.detach().cpu().clone() for r in self._reference]}
