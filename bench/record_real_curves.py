@@ -19,7 +19,8 @@ recorded distance), applied to a "noise-free" curve defined as the centered roll
 the log loss with window ``max(5, 2 % of the number of points)`` (odd; the window shrinks
 symmetrically at both ends instead of padding). The recorded distance is noisy (SGD jitters in
 its noise ball), so for real runs the exception asks for a *steady* move: over the second half
-of the interval, scipy's Theil–Sen slope of the recorded distance samples (at least 4) has a
+of the interval (or over the last 4 samples when the half holds fewer), scipy's Theil–Sen slope of
+the recorded distance samples has a
 95 % interval above zero and a fitted growth of at least 5 % (the same threshold as the
 generated curves). Values are rounded to 6 significant digits; non-finite values are null.
 
@@ -496,7 +497,10 @@ def _steady_move(dist_steps: np.ndarray, dist: np.ndarray, iv: tuple[int, int]) 
     mid = 0.5 * (s + e)
     d_steps = np.asarray(dist_steps, dtype=np.float64)
     d = np.asarray(dist, dtype=np.float64)
-    keep = (d_steps >= mid) & (d_steps <= e) & np.isfinite(d)
+    usable = (d_steps <= e) & np.isfinite(d)
+    keep = usable & (d_steps >= mid)
+    if keep.sum() < 4 <= usable.sum():  # few samples in the second half: the latest 4, as
+        keep = usable & (d_steps >= np.sort(d_steps[usable])[-4])  # the detector does
     if keep.sum() < 4:
         return False
     x, y = d_steps[keep], d[keep]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from unstuck.detect.history import BinnedSeries
-from unstuck.detect.trend import Trend, theil_sen, theil_sen_windows
+from unstuck.detect.trend import Trend, robust_trend, theil_sen_windows
 from unstuck.types import Plateau
 
 __all__ = [
@@ -64,6 +64,7 @@ EARLY_DROP = 0.1  # the series "fell meaningfully" once it dropped 10 % below it
 NEAR_CONVERGENCE_DROP = math.log(10.0)  # without a gradient SNR: an order of magnitude fallen
 MIN_DISTANCE_POINTS = 4  # distance samples the hidden-progress trend needs
 HIDDEN_PROGRESS_GROWTH = 0.05  # relative move of ‖θ − θ₀‖ over the plateau window
+VALUE_BOUND = 1e150  # linear-scale values are clipped here (their squares must stay finite)
 LOG_FLOOR = 1e-12  # values ≤ 0 on a log scale are treated as this
 
 STATE_VERSION = 1
@@ -225,11 +226,11 @@ class PlateauDetector:
             for d_step, d_value in zip(*distance):
                 ds, dv = _finite(d_step), _finite(d_value)
                 if ds is not None and dv is not None:
-                    self._distance.add(ds, dv)
+                    self._distance.add(ds, min(max(dv, -VALUE_BOUND), VALUE_BOUND))
         else:
             d = _finite(distance)
             if d is not None and self._last_step is not None:
-                self._distance.add(self._last_step, d)
+                self._distance.add(self._last_step, min(max(d, -VALUE_BOUND), VALUE_BOUND))
         snr = _finite(gradient_snr)
         if snr is not None:
             self._gradient_snr = snr
@@ -244,7 +245,8 @@ class PlateauDetector:
                 value = LOG_FLOOR
             y = math.log(value)
         else:
-            y = value
+            # Bounded so that sums of squares stay finite: beyond this nothing is a plateau.
+            y = min(max(value, -VALUE_BOUND), VALUE_BOUND)
         return -y if self.mode == "max" else y
 
     # -- deciding ---------------------------------------------------------------------------
@@ -420,7 +422,7 @@ class PlateauDetector:
         dx, dy = d["x"][keep], d["y"][keep]
         if dx.size < MIN_DISTANCE_POINTS or np.ptp(dx) <= 0:
             return False
-        trend = theil_sen(dx, dy, self.z)
+        trend = robust_trend(dx, dy, self.z)
         if trend.low <= 0 < trend.high:
             return False
         # Motion relative to how far the weights had come, or to their own size when the

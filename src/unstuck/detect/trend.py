@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Trend", "coarsen", "pairwise_slopes", "theil_sen", "theil_sen_windows"]
+__all__ = [
+    "Trend",
+    "coarsen",
+    "pairwise_slopes",
+    "robust_trend",
+    "theil_sen",
+    "theil_sen_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -116,5 +123,19 @@ def theil_sen_windows(
     trends = []
     for n in sizes:
         wx, wy = coarsen(x[-n:], y[-n:], w[-n:], max_points)
-        trends.append(theil_sen(wx, wy, z))
+        trends.append(robust_trend(wx, wy, z))
     return trends
+
+
+def robust_trend(x: np.ndarray, y: np.ndarray, z: float) -> Trend:
+    """:func:`theil_sen`, or an uninformative trend (slope 0, interval ±inf) where the data
+    cannot give one (repeated steps, non-finite values): a detector must decide, not raise."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    try:
+        return theil_sen(x[ok], y[ok], z)
+    except ValueError:
+        x_mean = float(x[ok].mean()) if ok.any() else 0.0
+        y_mean = float(y[ok].mean()) if ok.any() else 0.0
+        return Trend(0.0, -math.inf, math.inf, int(ok.sum()), y_mean, x_mean)
