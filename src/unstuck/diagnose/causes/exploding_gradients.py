@@ -7,7 +7,10 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes.vanishing_gradients import first_last_weight_norms
+from unstuck.diagnose.causes.vanishing_gradients import (
+    first_last_weight_norms,
+    layer_ratio_evidence,
+)
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import EXPLODING_LAYER_RATIO
 from unstuck.types import Finding, Remedy
@@ -31,8 +34,6 @@ class ExplodingGradients(Rule):
         if pair is None:
             return None
         first_name, first, last_name, last = pair
-        if not np.isfinite(first) or not np.isfinite(last) or last <= 0:
-            return None
         ratio = first / last
         if ratio <= EXPLODING_LAYER_RATIO:
             return None
@@ -40,14 +41,7 @@ class ExplodingGradients(Rule):
         return Finding(
             cause=self.code,
             confidence=float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95)),
-            evidence={
-                "first_layer": first_name,
-                "first_grad_norm": first,
-                "last_layer": last_name,
-                "last_grad_norm": last,
-                "ratio": ratio,
-                "threshold": EXPLODING_LAYER_RATIO,
-            },
+            evidence=layer_ratio_evidence(pair, EXPLODING_LAYER_RATIO),
             step=ev.step,
             summary=f"gradient norm of {first_name} is {ratio:.0f} × that of {last_name}",
             remedies=(

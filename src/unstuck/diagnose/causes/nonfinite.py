@@ -19,8 +19,9 @@ class NonFinite(Rule):
         "A loss or gradient value was NaN or infinite. Common causes: a learning rate so high the "
         "weights overflow, log(0) or division by zero in the loss, fp16 overflow without a "
         "GradScaler, or bad input values. unstuck records the values (never crashes) and, under "
-        "policy='rescue', rolls back to the last good snapshot and lowers the LR. Check the data "
-        "for NaNs and the loss for unguarded log/div first."
+        "policy='rescue', lowers the LR ×0.1 and verifies the effect; it does not yet restore "
+        "weights from before the first non-finite value, so check the data for NaNs and the "
+        "loss for unguarded log/div first."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
@@ -39,5 +40,5 @@ class NonFinite(Rule):
             step=ev.step,
             summary=f"{int(loss_bad)} non-finite losses and {int(grad_bad)} steps with "
             "non-finite gradients in the latest window",
-            remedies=(Remedy("lr_scale", {"factor": 0.1}, automatic=True, note="and roll back"),),
+            remedies=(Remedy("lr_scale", {"factor": 0.1}, automatic=True),),
         )

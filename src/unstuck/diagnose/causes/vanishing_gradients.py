@@ -13,7 +13,10 @@ from unstuck.types import Finding, Remedy
 
 
 def first_last_weight_norms(ev: Evidence) -> tuple[str, float, str, float] | None:
-    """Gradient norms of the first and last weight matrices (ndim ≥ 2), in model order."""
+    """Gradient norms of the first and last weight matrices (ndim ≥ 2), in model order.
+
+    ``None`` when they are unknown, not finite, or the last one is 0 (no ratio to judge).
+    """
     norms = ev.get("grad_norm_per_tensor")
     names = ev.get("param_names")
     ndims = ev.get("param_ndims")
@@ -25,7 +28,25 @@ def first_last_weight_norms(ev: Evidence) -> tuple[str, float, str, float] | Non
     if len(weights) < 2:
         return None
     first, last = weights[0], weights[-1]
-    return names[first], float(row[first]), names[last], float(row[last])
+    first_norm, last_norm = float(row[first]), float(row[last])
+    if not (np.isfinite(first_norm) and np.isfinite(last_norm)) or last_norm <= 0:
+        return None
+    return names[first], first_norm, names[last], last_norm
+
+
+def layer_ratio_evidence(
+    pair: tuple[str, float, str, float], threshold: float
+) -> dict[str, float | str]:
+    """The evidence both gradient-flow rules record: the two layers, their norms, the ratio."""
+    first_name, first, last_name, last = pair
+    return {
+        "first_layer": first_name,
+        "first_grad_norm": first,
+        "last_layer": last_name,
+        "last_grad_norm": last,
+        "ratio": first / last,
+        "threshold": threshold,
+    }
 
 
 class VanishingGradients(Rule):
@@ -46,8 +67,6 @@ class VanishingGradients(Rule):
         if pair is None:
             return None
         first_name, first, last_name, last = pair
-        if not (np.isfinite(first) and np.isfinite(last)) or last <= 0:
-            return None
         ratio = first / last
         if ratio >= VANISHING_LAYER_RATIO or first >= VANISHING_FIRST_NORM:
             return None
@@ -55,14 +74,7 @@ class VanishingGradients(Rule):
         return Finding(
             cause=self.code,
             confidence=float(np.clip(0.7 + 0.1 * decades, 0.0, 0.95)),
-            evidence={
-                "first_layer": first_name,
-                "first_grad_norm": first,
-                "last_layer": last_name,
-                "last_grad_norm": last,
-                "ratio": ratio,
-                "threshold": VANISHING_LAYER_RATIO,
-            },
+            evidence=layer_ratio_evidence(pair, VANISHING_LAYER_RATIO),
             step=ev.step,
             summary=f"gradient norm of {first_name} is {ratio:.1e} × that of {last_name}",
             remedies=(
