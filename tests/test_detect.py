@@ -4,8 +4,8 @@ Property tests (hypothesis) fuzz the streaming API with garbage and with curves 
 improving by the detector's own definition; unit tests pin the documented behaviour on the
 shapes users complain about (slow descents, spikes, hidden progress, cadence).
 
-Tests marked ``BUG:`` fail on purpose: they reproduce a defect in ``src/`` that is reported,
-not fixed, here.
+Tests marked ``Regression:`` reproduce defects this file found (a ValueError out of update() on
+repeated steps and on huge finite values), fixed in 09b4004.
 """
 
 from __future__ import annotations
@@ -118,7 +118,14 @@ def _fuzz_run(data, mode, scale, stream, chunked, with_distance):
             i = 0
             while i < len(steps):
                 k = data.draw(st.integers(1, 40))
-                dist = data.draw(any_float) if with_distance else None
+                dist = None
+                if with_distance:  # a number as of the last step, or (steps, distances) samples
+                    dist = data.draw(
+                        st.one_of(
+                            any_float,
+                            st.tuples(st.lists(st.integers(), max_size=5), st.lists(any_float)),
+                        )
+                    )
                 det.update_many(steps[i : i + k], vals[i : i + k], distance=dist)
                 _check_invariants(det)
                 i += k
@@ -156,12 +163,10 @@ def test_never_raises_on_garbage_values_with_increasing_steps(
     _fuzz_run(data, mode, scale, stream, chunked, with_distance)
 
 
-# BUG: repeated or backward steps (clamped to the last step, as update_many documents) and
-# finite values near the float maximum both make update() raise (so do strictly increasing
-# int steps beyond 2**53, which collapse to one float: the same root cause as repeated steps)
-# "ValueError: theil_sen needs at least two distinct x values" (see the two regression tests
-# below for minimal reproductions). The explicit examples make this test fail deterministically
-# until the detector handles them; the test above covers everything else.
+# Regression: repeated or backward steps (clamped to the last step, as update_many documents),
+# strictly increasing int steps beyond 2**53 (they collapse to one float) and finite values
+# near the float maximum all made update() raise "ValueError: theil_sen needs at least two
+# distinct x values" before 09b4004. The explicit examples are the minimal reproductions.
 @FUZZ
 @given(
     data=st.data(),
@@ -191,10 +196,10 @@ def test_never_raises_on_arbitrary_input(data, mode, scale, stream, chunked, wit
     _fuzz_run(data, mode, scale, stream, chunked, with_distance)
 
 
-# BUG (minimal reproduction): a step logged again and again after the run started (several
+# Regression (fixed in 09b4004): a step logged again and again after the run started (several
 # metrics logged under one global step, or a resumed run whose step counter restarted and is
 # clamped to the last step seen) crashes the detector as soon as the recent window (8 bins)
-# holds a single distinct step:
+# held a single distinct step:
 #     d = PlateauDetector(); d.update(0, 1.0)
 #     for _ in range(8): d.update(1, 1.0)   # -> ValueError: theil_sen needs at least two
 #                                           #    distinct x values
@@ -211,12 +216,12 @@ def test_repeated_or_backward_steps_do_not_raise(backwards):
     assert det.state in DETECTOR_STATES
 
 
-# BUG (minimal reproduction): on a linear scale (the default for mode="max"), finite values
+# Regression (fixed in 09b4004): on a linear scale (the default for mode="max"), finite values
 # near the float maximum overflow the bin/coarsening sums to ±inf, every pairwise slope is then
-# non-finite, and theil_sen raises:
+# non-finite, and theil_sen raised:
 #     d = PlateauDetector(mode="max")
 #     for s in range(100): d.update(s, 1e308)    # -> ValueError at s == 94
-# The same happens through the distance history on any scale:
+# The same happened through the distance history on any scale:
 #     d = PlateauDetector()
 #     for s in range(100): d.update(s, 1.0, distance=1e308)   # -> ValueError at s == 63
 # Expected: never raises (such a value is absurd, but a guard must not crash a training loop).
@@ -270,11 +275,15 @@ def test_three_nonfinite_in_one_flush_diverge_and_are_counted():
 
 
 # A curve that is truly improving by the detector's definition: the projected log-decrease
-# over the elapsed span H, D = −slope·H, is ≥ 0.3 on every window it tests (3× epsilon = 0.1).
-#  * power law a·(t+t0)^−α: D ≈ α·H/(t+t0) ≥ 0.3 once t ≥ 16 logged points with t0 ≤ 5 steps
-#    of logging and α ≥ 0.3 (the full-run window sees α·ln(T/t0), far more);
-#  * exponential a·exp(−r·t): D = r·H grows with the run; at the earliest verdict (16 points,
-#    H ≈ 16·k) it is 16·r·k ≥ 0.64 for r·k ≥ 0.04. r·t stays ≤ 600 (no underflow to 0).
+# over the elapsed span H, D = −slope·H, stays ≈ 3× epsilon (0.1) or more. A plateau needs
+# even the *upper* confidence bound of D below epsilon on a window of ≥ 16 bins reaching back
+# ≥ H/6, so these curves must never be called one:
+#  * power law a·(t+t0)^−α (t0 ≤ 5 logging intervals): the local D ≈ α·H/(t+t0) is ≥ 0.76·α
+#    at the first possible verdict (16 points) and tends to α ≥ 0.3; a window [s, T] sees
+#    α·ln((T+t0)/(s+t0))·H/(T−s), more than that;
+#  * exponential a·exp(−r·t) (steps every k): D = r·H grows with the run; at the first
+#    possible verdict (H ≈ 16·k) it is ≥ 16·r·k ≥ 0.64 for r·k ≥ 0.04. r·t stays ≤ 600, so the
+#    values never underflow to 0 (which the log scale would floor into a flat line).
 @settings(max_examples=30, deadline=None)
 @given(
     family=st.sampled_from(["power", "exp"]),
@@ -569,6 +578,21 @@ def test_hidden_progress_after_a_drop_holds_no_open_plateau():
     assert states[-1] == "hidden_progress"
     assert det.current is None
     assert all(p.end is not None for p in det.plateaus)
+
+
+def test_hidden_progress_from_flushed_distance_samples():
+    # update_many also takes the distance as (steps, distances) samples of the flush
+    rng = np.random.default_rng(8)
+    t = np.arange(3000)
+    y = np.exp(0.02 * rng.standard_normal(t.size))
+    for dist, expected in ((1.0 + 0.01 * t, "hidden_progress"), (np.full(t.size, 5.0), "plateau")):
+        det = PlateauDetector()
+        for i in range(0, t.size, 50):
+            sl = slice(i, i + 50)
+            d_steps = t[sl][::10]
+            det.update_many(t[sl], y[sl], distance=(list(d_steps), list(dist[d_steps])))
+        assert det.state == expected
+        assert det.stats()["hidden_progress_check"] == "distance"
 
 
 @pytest.mark.parametrize(
