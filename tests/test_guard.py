@@ -170,6 +170,7 @@ def test_recorded_signals_match_a_hand_computed_reference(tmp_path: pathlib.Path
         flush_every=10,
         grad_norm_every=1,
         update_ratio_every=4,
+        distance_every=10,
         dataset_size=64,
     )
     losses, norms, per_tensor, ratios, lrs, distances = [], [], [], {}, [], {}

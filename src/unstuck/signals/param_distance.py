@@ -21,9 +21,10 @@ from unstuck.signals.base import CostTier, Packet, StepContext, Tap
 __all__ = ["DEFAULT_MAX_ELEMENTS", "ParamDistanceTap"]
 
 DEFAULT_MAX_ELEMENTS = 1 << 20  # 4 MiB of float32 reference at most; exact below that size
-# Every 10th optimizer step: the detector's hidden-progress trend needs a few samples before its
-# first decision (one flush), and one distance costs about one optimizer step's arithmetic.
-DEFAULT_EVERY = 10
+# The detector's hidden-progress trend needs a few samples before it decides, so the distance is
+# sampled between flushes too; one sample costs about one optimizer step's arithmetic. The Guard
+# passes its own cadence (``distance_every``).
+DEFAULT_EVERY = 16
 
 
 class ParamDistanceTap(Tap):
