@@ -12,6 +12,8 @@ The demo trains the same model twice from the same seed, without and with unstuc
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -140,7 +142,7 @@ def _train(
     guard_factory: Callable[[torch.nn.Module, torch.optim.Optimizer], unstuck.Guard] | None,
     progress: bool,
 ) -> tuple[RunResult, unstuck.Guard | None]:
-    x_train, y_train, x_val, y_val = data
+    _, _, x_val, y_val = data
     model = _model(task, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=task.lr)
     guard = guard_factory(model, optimizer) if guard_factory is not None else None
@@ -149,6 +151,43 @@ def _train(
     start = time.perf_counter()
     recent: list[torch.Tensor] = []
     val_every = max(steps // 20, 1)
+    with _log_above(bar):
+        _loop(task, steps, data, model, optimizer, guard, batches, bar, recent, val_every)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    if guard is not None:
+        guard.close()
+    val_loss, accuracy = _evaluate(model, x_val, y_val)
+    train_loss = float(torch.stack(recent[-100:]).mean())
+    return RunResult(train_loss, val_loss, accuracy, wall), guard
+
+
+def _log_above(bar: Any) -> contextlib.AbstractContextManager[Any]:
+    """Print unstuck's console lines above the progress bar instead of through it."""
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    redirect: contextlib.AbstractContextManager[Any] = logging_redirect_tqdm(
+        loggers=[logging.getLogger("unstuck")]
+    )
+    return redirect
+
+
+def _loop(
+    task: Task,
+    steps: int,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    guard: unstuck.Guard | None,
+    batches: torch.Generator,
+    bar: Any,
+    recent: list[torch.Tensor],
+    val_every: int,
+) -> None:
+    x_train, y_train, x_val, y_val = data
     for step in range(steps):
         index = torch.randint(0, len(x_train), (task.batch_size,), generator=batches)
         loss = torch.nn.functional.cross_entropy(model(x_train[index]), y_train[index])
@@ -165,14 +204,6 @@ def _train(
             if bar is not None:
                 bar.set_postfix(loss=f"{float(torch.stack(recent[-100:]).mean()):.3f}")
                 bar.update(val_every)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
-    if guard is not None:
-        guard.close()
-    val_loss, accuracy = _evaluate(model, x_val, y_val)
-    train_loss = float(torch.stack(recent[-100:]).mean())
-    return RunResult(train_loss, val_loss, accuracy, wall), guard
 
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
