@@ -662,26 +662,25 @@ def test_max_mode_finds_the_plateau_of_a_rising_then_flat_accuracy():
 
 
 @pytest.mark.parametrize("every", [1, 50])
-def test_overfitting_validation_rise(every):
-    # Validation falls, then rises. The plateau test is one-sided (an equivalence test on the
-    # projected *decrease*): a rise has D < 0 < epsilon, so it passes and the series is on a
-    # "plateau" (no progress). Only a significant rise to twice the best level is "diverging".
+def test_validation_that_stops_falling_or_rises(every):
+    # Validation falls, then either stays flat (a plateau on "val") or rises while it should
+    # fall (overfitting). The plateau test is two-sided, so a significant rise is not a plateau:
+    # it is "diverging", the validation curve pulling away, and it closes any open plateau.
     rng = np.random.default_rng(6)
     t = np.arange(0, 3000, every)
-    states_by_rise = {}
+    noise = np.exp(0.01 * rng.standard_normal(t.size))
+    flat = np.where(t < 1000, (t + 1.0) ** -0.3, 1000**-0.3)
+    det = PlateauDetector("val")
+    states = _feed(det, t, flat * noise)
+    assert states[-1] == "plateau" and det.current is not None
+    assert det.current.series == "val" and 800 <= det.current.start < 1300  # t^-0.3 is slow by 800
     for rise in (0.0002, 0.002):  # to ~1.4× and ~5× the best level by the end
         clean = np.where(t < 1000, (t + 1.0) ** -0.3, 1000**-0.3 * (1 + rise * (t - 1000)))
-        val = clean * np.exp(0.01 * rng.standard_normal(t.size))
         det = PlateauDetector("val")
-        states = _feed(det, t, val)
-        assert det.plateaus and det.plateaus[0].series == "val"
-        assert det.plateaus[0].start < 1200  # dated from where validation stopped falling
-        states_by_rise[rise] = (states[-1], det)
-    state, det = states_by_rise[0.0002]
-    assert state == "plateau" and det.current is not None
-    state, det = states_by_rise[0.002]
-    assert state == "diverging"
-    assert det.current is None and det.plateaus[0].end is not None  # diverging closes it
+        states = _feed(det, t, clean * noise)
+        assert states[-1] == "diverging"
+        assert det.current is None  # no plateau is open while the series rises
+        assert det.stats()["above_best"] > 0.2  # the rise above the best level, in log units
 
 
 def test_detect_plateaus_matches_streaming_and_passes_distance():

@@ -8,20 +8,22 @@ it, and a slow descent looks like a stall. This detector instead asks a trend qu
   still fall if training ran as long again as it has (``H`` is the elapsed steps), from a
   Theil–Sen slope with Sen's confidence interval on bin means (``trend.py``, ``history.py``).
   ``D`` is scale-free in steps and loss: a power law ``t^−α`` has ``D = α`` at every length.
-* **Plateau** = an equivalence test (one-sided TOST): the upper confidence bound of ``D`` is
-  below ``epsilon`` (default 0.1, i.e. "running twice as long would gain less than ~10 %") on
-  some trailing window of at least ``min_points`` bins; the longest such window dates the start.
+* **Plateau** = an equivalence test (TOST): the confidence interval of ``D`` lies inside
+  ``(−epsilon, epsilon)`` (default 0.15: "running twice as long would change the loss by less
+  than ~15 %", neither way) on some trailing window of at least ``2·min_points`` bins and 1/6
+  of the run; the longest such window dates the start.
   Noise widens the interval, so a noisy series needs more evidence: windows adapt to the noise
   by construction, and to the logging cadence because they are fractions of the run.
 * The plateau ends when the series falls again: a significant, meaningful decrease on the
-  shortest window, or the last bins all clearly below the plateau's level.
+  recent window, or the last bins all clearly below the plateau's level.
 * **Hidden progress**: when the loss passes the plateau test but the parameter distance
   ``‖θ − θ₀‖`` has a significant trend that moved it by at least ``hidden_progress_growth``
   (relative) over the same window, the state is ``hidden_progress`` (wait; do not act).
   Without a distance signal (offline logs) this check is skipped and ``stats()`` says so.
-* **Oscillating**: no meaningful progress and a spread around the trend above
-  ``oscillation_sigma`` (in log units). **Diverging**: a significant rise to twice the best
-  level, or ``nonfinite_run`` non-finite values in a row.
+* **Oscillating**: no meaningful progress and structured swings (spread above
+  ``oscillation_sigma`` in log units with a lag-1 autocorrelation of magnitude above 0.3),
+  between bins or inside them. **Diverging**: even the most favourable bound of the recent
+  trend is a rise larger than ``epsilon``, or ``nonfinite_run`` non-finite values in a row.
 
 docs/detection.md has the derivation, the defaults and how they were calibrated.
 """
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 # Calibrated once on the generated curves of bench/detection.py (docs/detection.md):
-DEFAULT_EPSILON = 0.1  # least projected log-decrease over the elapsed span that is progress
+DEFAULT_EPSILON = 0.15  # least projected log-decrease over the elapsed span that is progress
 DEFAULT_Z = 1.96  # Sen interval level (two-sided 95 %) for every trend decision
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
 DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
@@ -58,7 +60,7 @@ OSCILLATION_AUTOCORR = 0.3  # ... with |lag-1 autocorrelation| above this: struc
 MIN_PLATEAU_FRACTION = 1 / 6  # a flat stretch shorter than this share of the run is a pause
 MIN_WINDOW_FACTOR = 2  # a plateau window holds at least 2·min_points bins ...
 WARMUP_FACTOR = 2  # ... and no plateau is called before 2·min_points points were seen
-DIVERGE_RISE = math.log(2.0)  # a rise to twice the best level, significant, is divergence
+MIN_WITHIN_POINTS = 8  # points a bin needs before its own spread and autocorrelation count
 NONFINITE_RUN = 3  # non-finite values in a row that mean the run has diverged
 EARLY_DROP = 0.1  # the series "fell meaningfully" once it dropped 10 % below its start
 NEAR_CONVERGENCE_DROP = math.log(10.0)  # without a gradient SNR: an order of magnitude fallen
@@ -315,6 +317,9 @@ class PlateauDetector:
         centred = resid - resid.mean()
         denom = float(np.dot(centred, centred))
         autocorr = float(np.dot(centred[1:], centred[:-1])) / denom if denom > 0 else 0.0
+        # Swings faster than a bin average out of the bin means but not out of the bins: the
+        # within-bin spread and lag-1 autocorrelation, less the part the trend explains.
+        within, within_autocorr = self._within_bins(bins, recent_n, recent.slope, unit)
         level_now = float(recent.fitted(x[-1:])[0])
         best = float(np.min(y))
         stats: dict[str, Any] = {
@@ -328,15 +333,18 @@ class PlateauDetector:
             "recent_decrease_high": decrease(recent.low),
             "spread": spread,
             "autocorr": autocorr,
+            "within_spread": within,
+            "within_autocorr": within_autocorr,
             "epsilon": self.epsilon,
             "nonfinite": self.n_nonfinite,
             "hidden_progress_check": "distance" if len(self._distance) else "unavailable",
         }
         self._stats = stats
 
-        # Diverging: a significant rise far above the best level reached.
-        rising = decrease(recent.low) < -self.epsilon  # even the fastest fall bound is a rise
-        if rising and (level_now - best) / unit > DIVERGE_RISE:
+        # Diverging: even the most favourable bound of the recent trend is a meaningful rise.
+        # (On a validation series this is the curve pulling away from the training loss.)
+        stats["above_best"] = (level_now - best) / unit
+        if decrease(recent.low) < -self.epsilon:
             self._set_state("diverging", step)
             return
 
@@ -353,13 +361,19 @@ class PlateauDetector:
         if self.distance_signal and len(self._distance) < MIN_DISTANCE_POINTS:
             eligible = []  # cannot tell a stall from hidden progress yet
         for n in eligible:
-            if decrease(trends[n].low) < self.epsilon:
+            # Equivalence, two-sided: the whole interval of D inside (−ε, ε). A window whose
+            # interval allows a meaningful rise (a spike at its end) is not flat either.
+            if decrease(trends[n].low) < self.epsilon and decrease(trends[n].high) > -self.epsilon:
                 passing = (n, trends[n])
-        oscillating = (
-            spread > self.oscillation_sigma
-            and abs(autocorr) > OSCILLATION_AUTOCORR
-            and decrease(recent.low) < 2 * self.epsilon
+        structured_between = (
+            spread > self.oscillation_sigma and abs(autocorr) > OSCILLATION_AUTOCORR
         )
+        structured_within = (
+            within > self.oscillation_sigma and abs(within_autocorr) > OSCILLATION_AUTOCORR
+        )
+        oscillating = (structured_between or structured_within) and decrease(
+            recent.low
+        ) < 2 * self.epsilon
         if oscillating and current is None:
             self._set_state("oscillating", step)
             return
@@ -390,6 +404,26 @@ class PlateauDetector:
             self._set_state("improving", step)
         else:
             self._set_state("slow", step)
+
+    @staticmethod
+    def _within_bins(
+        bins: dict[str, np.ndarray], n: int, slope: float, unit: float
+    ) -> tuple[float, float]:
+        """Pooled within-bin spread and lag-1 autocorrelation over the last ``n`` bins."""
+        count = bins["count"][-n:]
+        multi = count >= MIN_WITHIN_POINTS  # the estimator's bias is −1/(n−1): few points lie
+        if not multi.any():
+            return 0.0, 0.0
+        span = (bins["last"][-n:] - bins["first"][-n:])[multi]
+        trend_var = slope * slope * span * span / 12.0  # a line's variance over the bin
+        var = np.maximum(bins["var"][-n:][multi] - trend_var, 0.0)
+        lag = bins["lag_cov"][-n:][multi] - trend_var
+        weights = count[multi]
+        pooled_var = float(np.average(var, weights=weights))
+        if pooled_var <= 0:
+            return 0.0, 0.0
+        pooled_lag = float(np.average(lag, weights=weights - 1))
+        return math.sqrt(pooled_var) / unit, pooled_lag / pooled_var
 
     def _fell_again(
         self,

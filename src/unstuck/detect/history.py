@@ -17,7 +17,11 @@ import numpy as np
 
 __all__ = ["BinnedSeries"]
 
-_FIELDS = ("count", "first", "last", "sum_x", "sum_y", "sum_yy")
+# Per bin: points, first/last step, sums of step, value, value², and for the lag-1
+# autocorrelation inside the bin (swings faster than a bin), the first and last value and the
+# sum of products of consecutive values.
+_FIELDS = ("count", "first", "last", "sum_x", "sum_y", "sum_yy", "y_first", "y_last", "sum_lag")
+_EMPTY = (0.0,) * len(_FIELDS)
 
 
 class BinnedSeries:
@@ -30,7 +34,7 @@ class BinnedSeries:
         self.width = 1
         self.total = 0
         self._closed: dict[str, list[float]] = {f: [] for f in _FIELDS}
-        self._open: list[float] = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self._open: list[float] = list(_EMPTY)
 
     def __len__(self) -> int:
         return len(self._closed["count"])
@@ -40,17 +44,21 @@ class BinnedSeries:
         o = self._open
         if o[0] == 0:
             o[1] = step
+            o[6] = value
+        else:
+            o[8] += o[7] * value
         o[0] += 1
         o[2] = step
         o[3] += step
         o[4] += value
         o[5] += value * value
+        o[7] = value
         self.total += 1
         if o[0] < self.width:
             return False
         for name, v in zip(_FIELDS, o):
             self._closed[name].append(v)
-        self._open = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self._open = list(_EMPTY)
         if len(self) >= 2 * self.capacity:
             self._merge()
         return True
@@ -64,6 +72,11 @@ class BinnedSeries:
             merged[name] = (arr[0::2] + arr[1::2]).tolist()
         merged["first"] = c["first"][:n:2]
         merged["last"] = c["last"][1:n:2]
+        merged["y_first"] = c["y_first"][:n:2]
+        merged["y_last"] = c["y_last"][1:n:2]
+        lag = np.asarray(c["sum_lag"][:n])
+        boundary = np.asarray(c["y_last"][:n:2]) * np.asarray(c["y_first"][1:n:2])
+        merged["sum_lag"] = (lag[0::2] + lag[1::2] + boundary).tolist()
         self._closed = {f: merged[f] for f in _FIELDS}
         self.width *= 2
 
@@ -73,20 +86,23 @@ class BinnedSeries:
         count = c["count"]
         if count.size == 0:
             empty = np.zeros(0)
-            return {
-                "x": empty,
-                "y": empty,
-                "var": empty,
-                "count": empty,
-                "first": empty,
-                "last": empty,
-            }
+            return {k: empty for k in ("x", "y", "var", "lag_cov", "count", "first", "last")}
         mean = c["sum_y"] / count
         var = np.maximum(c["sum_yy"] / count - mean * mean, 0.0)
+        # Σ over consecutive pairs of (y_t − m)(y_{t−1} − m), divided by the pairs (0 for 1 point)
+        pairs = count - 1
+        lag_sum = (
+            c["sum_lag"]
+            - mean * (c["sum_y"] - c["y_first"])
+            - mean * (c["sum_y"] - c["y_last"])
+            + pairs * mean * mean
+        )
+        lag_cov = np.where(pairs > 0, lag_sum / np.maximum(pairs, 1), 0.0)
         return {
             "x": c["sum_x"] / count,
             "y": mean,
             "var": var,
+            "lag_cov": lag_cov,
             "count": count,
             "first": c["first"],
             "last": c["last"],
