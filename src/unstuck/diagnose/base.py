@@ -7,11 +7,10 @@ A broken rule module fails loudly at import; it is never skipped silently.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import ClassVar
 
 from unstuck.diagnose.evidence import Evidence
+from unstuck.plugins import discover_plugins
 from unstuck.types import Finding
 
 __all__ = ["Rule", "all_rules", "get_rule", "run_rules"]
@@ -60,22 +59,9 @@ def _discover() -> dict[str, Rule]:
     from unstuck.diagnose import causes
 
     found: dict[str, Rule] = {}
-    for info in pkgutil.iter_modules(causes.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{causes.__name__}.{info.name}")
-        classes = [
-            obj
-            for obj in vars(module).values()
-            if isinstance(obj, type)
-            and issubclass(obj, Rule)
-            and obj is not Rule
-            and obj.__module__ == module.__name__
-        ]
-        if len(classes) != 1:
-            raise ImportError(f"causes/{info.name}.py must define exactly one Rule subclass")
-        _validate(classes[0], info.name)
-        found[info.name] = classes[0]()
+    for name, cls in discover_plugins(causes, Rule, "causes").items():
+        _validate(cls, name)
+        found[name] = cls()
     _REGISTRY.update(found)
     return _REGISTRY
 

@@ -7,13 +7,12 @@ a full snapshot before every action, so a rollback never depends on an action's 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from unstuck.plugins import discover_plugins
 from unstuck.rescue.lr_multiplier import LRMultiplier
 
 __all__ = ["Action", "Controls", "all_actions", "get_action"]
@@ -59,29 +58,15 @@ def _discover() -> dict[str, Action]:
         return _REGISTRY
     from unstuck.rescue import actions
 
-    for info in pkgutil.iter_modules(actions.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{actions.__name__}.{info.name}")
-        classes = [
-            obj
-            for obj in vars(module).values()
-            if isinstance(obj, type)
-            and issubclass(obj, Action)
-            and obj is not Action
-            and obj.__module__ == module.__name__
-        ]
-        if len(classes) != 1:
-            raise ImportError(f"actions/{info.name}.py must define exactly one Action subclass")
-        cls = classes[0]
-        if getattr(cls, "name", None) != info.name:
+    for module_name, cls in discover_plugins(actions, Action, "actions").items():
+        if getattr(cls, "name", None) != module_name:
             raise ImportError(
                 f"action {cls.__name__} has name {getattr(cls, 'name', None)!r}; "
-                f"it must equal its module name {info.name!r}"
+                f"it must equal its module name {module_name!r}"
             )
         if not (cls.__doc__ or "").strip() or not cls.explanation.strip():
-            raise ImportError(f"action {info.name!r} needs a docstring and an explanation")
-        _REGISTRY[info.name] = cls()
+            raise ImportError(f"action {module_name!r} needs a docstring and an explanation")
+        _REGISTRY[module_name] = cls()
     return _REGISTRY
 
 
