@@ -8,6 +8,7 @@ import torch
 
 from conftest import regression_batch, tiny_mlp
 from unstuck.signals import (
+    GradNoiseTap,
     GradNormTap,
     LossTap,
     LRTap,
@@ -24,7 +25,7 @@ def _hub(model, optimizer, **kw):
         GradNormTap(kw.get("grad_every", 1)),
         LRTap(),
         UpdateRatioTap(kw.get("update_every", 1)),
-        ParamDistanceTap(kw.get("max_elements", 1 << 20)),
+        ParamDistanceTap(max_elements=kw.get("max_elements", 1 << 20)),
         SamplesTap(kw.get("dataset_size")),
     ]
     return SignalHub(model, optimizer, taps)
@@ -194,3 +195,52 @@ def test_hub_close_removes_hooks():
     torch.nn.functional.mse_loss(model(x), y).backward()
     opt.step()
     assert hub.opt_steps == 0
+
+
+@pytest.mark.parametrize("max_elements", [1 << 20, 40])
+def test_gradient_snr_matches_hand_computed_estimate(max_elements):
+    # Known gradients, lr=0 so the parameters stay put: the tap's estimate must equal the
+    # unbiased formula tr Σ = k/(k−1)(mean‖g‖² − ‖ḡ‖²), ‖G‖² = ‖ḡ‖² − tr Σ/k, snr = ‖G‖²/tr Σ
+    # (exact when every coordinate is kept; on a subset, close to it).
+    model = torch.nn.Linear(10, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    hub = SignalHub(model, opt, [LossTap(), GradNoiseTap(every=1, max_elements=max_elements)])
+    g = torch.Generator().manual_seed(0)
+    mean = [torch.randn(p.shape, generator=g) for p in model.parameters()]
+    flat = []
+    for _ in range(6):
+        for p, m in zip(model.parameters(), mean):
+            p.grad = m + 0.7 * torch.randn(p.shape, generator=g)
+        flat.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        opt.step()
+        hub.on_loss(torch.tensor(1.0), None, None)
+    frame = hub.flush()
+    grads = torch.stack(flat).double()
+    k = grads.shape[0]
+    mean_square = grads.pow(2).sum(dim=1).mean()
+    mean_vector = grads.mean(dim=0).pow(2).sum()
+    noise = k / (k - 1) * (mean_square - mean_vector)
+    expected = float((mean_vector - noise / k) / noise)
+    assert frame.signals["grad_snr"][0] == [5]
+    got = frame.signals["grad_snr"][1][0]
+    if max_elements >= 110:
+        assert got == pytest.approx(expected, rel=1e-5)
+    else:
+        assert got == pytest.approx(expected, rel=0.5)  # 40 of 110 coordinates
+
+
+def test_gradient_snr_tells_signal_from_noise():
+    model = torch.nn.Linear(10, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(1)
+    snrs = []
+    for noise_scale in (0.1, 10.0):
+        hub = SignalHub(model, opt, [LossTap(), GradNoiseTap(every=1)])
+        for _ in range(8):
+            for p in model.parameters():
+                p.grad = torch.ones_like(p) + noise_scale * torch.randn(p.shape, generator=g)
+            opt.step()
+            hub.on_loss(torch.tensor(1.0), None, None)
+        snrs.append(hub.flush().signals["grad_snr"][1][0])
+        hub.close()
+    assert snrs[0] > 10 > 1 > snrs[1]  # clean gradients: signal ≫ noise; noisy: below it

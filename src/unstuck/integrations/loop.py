@@ -31,6 +31,7 @@ from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.engine import DEFAULT_COOLDOWN, DEFAULT_HORIZON
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
+    GradNoiseTap,
     GradNormTap,
     LossTap,
     LRTap,
@@ -50,13 +51,15 @@ STATE_VERSION = 1
 # figures). A flush (host transfer plus one decision) is a fixed Python cost whatever the model,
 # so it runs every 50 steps. Sampled signals make their step slower, and a median step time moves
 # with the share of steps that carry one: gradient norms (every gradient read once) are taken
-# every 8th optimizer step, the parameter distance every 16th and update ratios (a parameter
-# copy) every 32nd: multiples of 8, so one step in eight carries all the sampled work. That kept
+# every 8th optimizer step, the parameter distance and the gradient-noise sums every 16th and
+# update ratios (a parameter copy) every 32nd: multiples of 8, so one step in eight carries all
+# the sampled work. That kept
 # the 1 ms MLP case under a 3 % median overhead. Pass 1 to record every step.
 DEFAULT_FLUSH_EVERY = 50
 DEFAULT_GRAD_NORM_EVERY = 8
 DEFAULT_UPDATE_RATIO_EVERY = 32
 DEFAULT_DISTANCE_EVERY = 16
+DEFAULT_GRAD_NOISE_EVERY = 16
 REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
 DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
 NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
@@ -98,6 +101,7 @@ class Guard:
         grad_norm_every: int = DEFAULT_GRAD_NORM_EVERY,
         update_ratio_every: int = DEFAULT_UPDATE_RATIO_EVERY,
         distance_every: int = DEFAULT_DISTANCE_EVERY,
+        grad_noise_every: int = DEFAULT_GRAD_NOISE_EVERY,
         horizon: int = DEFAULT_HORIZON,
         cooldown: int = DEFAULT_COOLDOWN,
         console: bool = True,
@@ -134,6 +138,7 @@ class Guard:
             UpdateRatioTap(update_ratio_every),
             ParamDistanceTap(distance_every),
             SamplesTap(dataset_size),
+            GradNoiseTap(grad_noise_every),
         ]
         distance_tap = taps[4]
         assert isinstance(distance_tap, ParamDistanceTap)
@@ -299,7 +304,10 @@ class Guard:
             distance = frame.signals.get("param_distance")
             detector = self._detectors["train"]
             before = detector.state
-            state = detector.update_many(loss[0], loss[1], distance=distance)
+            snr = frame.signals.get("grad_snr")
+            state = detector.update_many(
+                loss[0], loss[1], distance=distance, gradient_snr=snr[1][-1] if snr else None
+            )
             self._after_detect("train", step, before, state)
         if self._store is not None:
             self._store.flush(wait=False)  # committed by the writer thread, off the step

@@ -1,6 +1,7 @@
 """Signals: cheap taps on the training step, flushed to the host in one transfer every k steps."""
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.grad_noise import GradNoiseTap
 from unstuck.signals.grad_norm import GradNormTap, NormPlan
 from unstuck.signals.hub import Frame, SignalHub, optimizer_parameters
 from unstuck.signals.loss import LossTap
@@ -12,6 +13,7 @@ from unstuck.signals.update_ratio import UpdateRatioTap
 __all__ = [
     "CostTier",
     "Frame",
+    "GradNoiseTap",
     "GradNormTap",
     "LRTap",
     "LossTap",

@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS, CoordinateSample
 
 __all__ = ["DEFAULT_MAX_ELEMENTS", "ParamDistanceTap"]
 
-DEFAULT_MAX_ELEMENTS = 1 << 20  # 4 MiB of float32 reference at most; exact below that size
 # The detector's hidden-progress trend needs a few samples before it decides, so the distance is
 # sampled between flushes too; one sample costs about one optimizer step's arithmetic. The Guard
 # passes its own cadence (``distance_every``).
@@ -46,34 +46,20 @@ class ParamDistanceTap(Tap):
         self.max_elements = max_elements
         self.seed = seed
         self._params: list[torch.Tensor] = []
-        self._index: list[torch.Tensor | None] = []
+        self._sample: CoordinateSample | None = None
         self._reference: list[torch.Tensor] = []
         self._scale = 1.0
         self.current_step = 0
 
     def bind(self, ctx: StepContext) -> None:
         self._params = list(ctx.params)
-        total = sum(p.numel() for p in self._params)
-        generator = torch.Generator().manual_seed(self.seed)
-        self._index = []
-        sampled = 0
-        for p in self._params:
-            if total <= self.max_elements:
-                self._index.append(None)
-                sampled += p.numel()
-                continue
-            k = max(1, round(p.numel() * self.max_elements / total))
-            idx = torch.randperm(p.numel(), generator=generator)[:k].to(p.device)
-            self._index.append(idx)
-            sampled += k
-        self._scale = math.sqrt(total / max(sampled, 1))
+        self._sample = CoordinateSample(self._params, self.max_elements, self.seed)
+        self._scale = self._sample.scale
         self.reanchor()
 
     def _view(self) -> list[torch.Tensor]:
-        return [
-            p.detach().reshape(-1) if i is None else p.detach().reshape(-1).index_select(0, i)
-            for p, i in zip(self._params, self._index)
-        ]
+        assert self._sample is not None
+        return self._sample.view(self._params)
 
     def reanchor(self) -> None:
         """Take the current parameters as the new reference point."""
