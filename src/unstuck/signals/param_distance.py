@@ -78,8 +78,10 @@ class ParamDistanceTap(Tap):
     def _distance(self) -> torch.Tensor:
         deltas = torch._foreach_sub(self._view(), self._reference)
         norms = torch._foreach_norm(deltas)
-        squared = sum((n.float().to(norms[0].device) ** 2 for n in norms), torch.zeros(()))
-        return (torch.sqrt(squared) * self._scale).reshape(())
+        home = norms[0].device
+        stacked = torch.stack([n.float().to(home) for n in norms])  # one kernel, not one per tensor
+        distance: torch.Tensor = torch.linalg.vector_norm(stacked) * self._scale
+        return distance.reshape(())
 
     def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
         if opt_step % self.every == 0 and self._params:
