@@ -752,3 +752,30 @@ def test_validation_loss_is_recorded_at_the_current_step(tmp_path: pathlib.Path)
     steps, values = read_metrics(tmp_path, names=["val_loss"])["val_loss"]
     assert steps == [11, 40]
     assert values == [1.0, 0.75]
+
+
+def test_a_converged_run_is_a_near_convergence_plateau_with_gradient_below_noise(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Linear regression with noisy targets: SGD reaches the noise floor within a few dozen
+    # steps and then the gradient is pure minibatch noise. The Guard's grad_snr must say so
+    # (below 1) and the plateau must be dated near_convergence, not early.
+    torch.manual_seed(0)
+    w_true = torch.randn(20, 1)
+    model = torch.nn.Linear(20, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, console=False)
+    for _ in range(1500):
+        x = torch.randn(32, 20, generator=g)
+        y = x @ w_true + 0.5 * torch.randn(32, 1, generator=g)
+        loss = F.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        guard.step(loss)
+    guard.close()
+    snr = np.asarray(read_metrics(tmp_path, names=["grad_snr"])["grad_snr"][1])
+    assert snr.size >= 20 and float(np.median(snr[-10:])) < 1.0
+    assert guard.state == "plateau"
+    assert [p.kind for p in guard.plateaus if p.series == "train"] == ["near_convergence"]

@@ -472,11 +472,16 @@ class PlateauDetector:
         return moved >= self.hidden_progress_growth
 
     def _kind(self, x: np.ndarray, y: np.ndarray, start: int) -> str:
-        before = y[x < start]
-        if before.size < 2:
-            return "early"
+        # How far the series had fallen from its start to the plateau's level. The level, not
+        # the start step: a robust window may date a plateau from the very first point when a
+        # fast initial drop is only a few of its bins.
         head = float(np.median(y[: min(4, y.size)]))
-        fell = head - float(np.min(before))
+        on = y[x >= start]
+        lowest = float(np.median(on)) if on.size else float(y[-1])
+        before = y[x < start]
+        if before.size:
+            lowest = min(lowest, float(np.min(before)))
+        fell = head - lowest
         if self.scale != "log":
             fell /= max(float(np.ptp(y)), abs(head), 1e-12)
         if fell < EARLY_DROP:
