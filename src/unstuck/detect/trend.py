@@ -21,7 +21,6 @@ import numpy as np
 __all__ = [
     "Trend",
     "coarsen",
-    "pairwise_slopes",
     "robust_trend",
     "theil_sen",
     "theil_sen_windows",
@@ -41,14 +40,6 @@ class Trend:
 
     def fitted(self, x: np.ndarray) -> np.ndarray:
         return self.intercept + self.slope * (np.asarray(x, dtype=float) - self.x_mean)
-
-
-def pairwise_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Matrix ``S[i, j] = (y[j] − y[i]) / (x[j] − x[i])`` (only ``i < j`` is meaningful)."""
-    dx = x[None, :] - x[:, None]
-    dy = y[None, :] - y[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return dy / dx  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=64)

@@ -131,17 +131,16 @@ class Guard:
 
         # Everything that can reject an argument runs before the store opens and the optimizer
         # gets hooks, so a bad argument leaves neither a half-recorded run nor stray hooks.
+        distance_tap = ParamDistanceTap(distance_every)
         taps = [
             LossTap(),
             GradNormTap(grad_norm_every),
             LRTap(),
             UpdateRatioTap(update_ratio_every),
-            ParamDistanceTap(distance_every),
+            distance_tap,
             SamplesTap(dataset_size),
             GradNoiseTap(grad_noise_every),
         ]
-        distance_tap = taps[4]
-        assert isinstance(distance_tap, ParamDistanceTap)
         options = {"distance_signal": True, **dict(detector_options or {})}
         self._detectors = {
             "train": PlateauDetector("train", **options),
