@@ -7,13 +7,17 @@ A broken rule module fails loudly at import; it is never skipped silently.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from unstuck.diagnose.evidence import Evidence
 from unstuck.plugins import discover_plugins
 from unstuck.types import Finding
 
-__all__ = ["Rule", "all_rules", "get_rule", "run_rules"]
+__all__ = ["EXPLAINED_FACTOR", "ROOT_CONFIDENCE", "Rule", "all_rules", "get_rule", "run_rules"]
+
+ROOT_CONFIDENCE = 0.5  # a root cause found at least this confident explains its symptoms
+EXPLAINED_FACTOR = 0.5  # an explained symptom keeps this share of its confidence
 
 
 class Rule:
@@ -27,6 +31,9 @@ class Rule:
     requires: ClassVar[frozenset[str]] = frozenset()
     continuous: ClassVar[bool] = False
     explanation: ClassVar[str] = ""
+    # Causes that explain this one when found with it: a symptom ranks below its root cause
+    # (tiny updates are lr_too_low only if over-clipping or saturation does not explain them).
+    symptom_of: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, ev: Evidence) -> Finding | None:
         raise NotImplementedError
@@ -51,6 +58,8 @@ def _validate(rule_cls: type[Rule], module_name: str) -> None:
         raise ImportError(f"rule {code!r} has no explanation; unstuck.explain needs one")
     if not isinstance(rule_cls.requires, frozenset):
         raise ImportError(f"rule {code!r}: requires must be a frozenset of signal names")
+    if not isinstance(rule_cls.symptom_of, frozenset):
+        raise ImportError(f"rule {code!r}: symptom_of must be a frozenset of cause codes")
 
 
 def _discover() -> dict[str, Rule]:
@@ -80,8 +89,9 @@ def get_rule(code: str) -> Rule:
 
 def run_rules(ev: Evidence, *, continuous_only: bool = False) -> list[Finding]:
     """Run the applicable rules and return their findings, most confident first."""
+    rules = _discover()
     findings = []
-    for rule in _discover().values():
+    for rule in rules.values():
         if continuous_only and not rule.continuous:
             continue
         if not rule.applicable(ev):
@@ -89,5 +99,23 @@ def run_rules(ev: Evidence, *, continuous_only: bool = False) -> list[Finding]:
         finding = rule.check(ev)
         if finding is not None:
             findings.append(finding)
+    findings = _demote_symptoms(findings, rules)
     findings.sort(key=lambda f: (-f.confidence, f.cause))
     return findings
+
+
+def _demote_symptoms(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
+    """Rank a symptom below the root cause that explains it (its evidence names the root)."""
+    roots = {f.cause for f in findings if f.confidence >= ROOT_CONFIDENCE}
+    out = []
+    for finding in findings:
+        rule = rules.get(finding.cause)
+        explained = sorted(rule.symptom_of & roots) if rule is not None else []
+        if explained:
+            finding = dataclasses.replace(
+                finding,
+                confidence=finding.confidence * EXPLAINED_FACTOR,
+                evidence={**finding.evidence, "explained_by": explained},
+            )
+        out.append(finding)
+    return out

@@ -31,14 +31,22 @@ from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.engine import DEFAULT_COOLDOWN, DEFAULT_HORIZON
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
+    ActivationTap,
+    ClipTap,
+    CurvatureProbe,
     GradNoiseTap,
     GradNormTap,
+    LossComponentsTap,
     LossTap,
     LRTap,
+    OptimizerStateTap,
     ParamDistanceTap,
+    PrecisionTap,
+    RankChecksumTap,
     SamplesTap,
     SignalHub,
     UpdateRatioTap,
+    WeightNormTap,
 )
 from unstuck.types import ActionRecord, Finding, Plateau, primitive
 
@@ -60,6 +68,14 @@ DEFAULT_GRAD_NORM_EVERY = 8
 DEFAULT_UPDATE_RATIO_EVERY = 32
 DEFAULT_DISTANCE_EVERY = 16
 DEFAULT_GRAD_NOISE_EVERY = 16
+# Forward hooks, optimizer-state reads and zero-gradient counts cost a pass over activations or
+# state: every 32nd step, on the same steps as the update ratio.
+DEFAULT_ACTIVATION_EVERY = 32
+DEFAULT_OPTIMIZER_STATE_EVERY = 32
+DEFAULT_PRECISION_EVERY = 32
+DEFAULT_CURVATURE_HVPS = 40  # Hessian-vector products per curvature probe (~2 backward passes each)
+PROBE_KEEP_EVERY = 64  # steps between refreshes of the kept probe batch (a clone of one batch)
+REFIND_RISE = 0.1  # a finding recorded again sooner when its confidence rose by this much
 REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
 DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
 NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
@@ -70,6 +86,37 @@ def _check_type(name: str, value: Any, expected: type, hint: str) -> None:
         raise TypeError(
             f"Guard: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
         )
+
+
+def _clone_batch(batch: Any) -> Any:
+    """A detached copy of a (nested) batch, so later in-place edits by the loader do not leak."""
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().clone()
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_clone_batch(b) for b in batch)
+    if isinstance(batch, Mapping):
+        return {k: _clone_batch(v) for k, v in batch.items()}
+    return batch
+
+
+def _component_tensors(components: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in components.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(
+                    f"guard.step: component {name!r} has shape {tuple(value.shape)}; pass one "
+                    "scalar per loss term"
+                )
+            out[str(name)] = value.detach().reshape(())
+        elif isinstance(value, (int, float)):
+            out[str(name)] = torch.tensor(float(value))
+        else:
+            raise TypeError(
+                f"guard.step: component {name!r} must be a tensor or a float, "
+                f"got {type(value).__name__}"
+            )
+    return out
 
 
 class Guard:
@@ -83,8 +130,14 @@ class Guard:
             :class:`unstuck.rescue.Policy`.
         run_dir: directory for the run store (``unstuck.sqlite``); ``None`` touches no disk.
         dataset_size: number of distinct samples, to check epoch coverage when ``ids`` are given.
-        scaler: a ``torch.amp.GradScaler``, included in snapshots.
+        scaler: a ``torch.amp.GradScaler``, included in snapshots; its scale and skipped steps
+            are signals for the precision-underflow rule.
         flush_every: steps between host transfers (and between decisions).
+        loss_fn: ``loss_fn(model(inputs), targets)`` recomputes the loss on a batch kept from
+            ``guard.step(loss, batch=(inputs, targets))``; the curvature probe needs it (or
+            ``probe_fn``).
+        probe_fn: ``probe_fn(model) -> loss`` recomputes a loss on data of your choice; takes
+            precedence over ``loss_fn``.
     """
 
     def __init__(
@@ -102,6 +155,12 @@ class Guard:
         update_ratio_every: int = DEFAULT_UPDATE_RATIO_EVERY,
         distance_every: int = DEFAULT_DISTANCE_EVERY,
         grad_noise_every: int = DEFAULT_GRAD_NOISE_EVERY,
+        activation_every: int = DEFAULT_ACTIVATION_EVERY,
+        optimizer_state_every: int = DEFAULT_OPTIMIZER_STATE_EVERY,
+        precision_every: int = DEFAULT_PRECISION_EVERY,
+        loss_fn: Any = None,
+        probe_fn: Any = None,
+        curvature_hvps: int = DEFAULT_CURVATURE_HVPS,
         horizon: int = DEFAULT_HORIZON,
         cooldown: int = DEFAULT_COOLDOWN,
         console: bool = True,
@@ -132,6 +191,8 @@ class Guard:
         # Everything that can reject an argument runs before the store opens and the optimizer
         # gets hooks, so a bad argument leaves neither a half-recorded run nor stray hooks.
         distance_tap = ParamDistanceTap(distance_every)
+        self._clip_tap = ClipTap()
+        self._components_tap = LossComponentsTap()
         taps = [
             LossTap(),
             GradNormTap(grad_norm_every),
@@ -140,6 +201,13 @@ class Guard:
             distance_tap,
             SamplesTap(dataset_size),
             GradNoiseTap(grad_noise_every),
+            ActivationTap(activation_every),
+            OptimizerStateTap(optimizer_state_every),
+            PrecisionTap(precision_every, scaler),
+            self._clip_tap,
+            self._components_tap,
+            WeightNormTap(),
+            RankChecksumTap(),
         ]
         options = {"distance_signal": True, **dict(detector_options or {})}
         self._detectors = {
@@ -175,6 +243,15 @@ class Guard:
         )
         self._evidence = EvidenceBuilder()
         ctx = self._hub.ctx
+        if probe_fn is not None and not callable(probe_fn):
+            raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
+        self._curvature = CurvatureProbe(
+            model, list(ctx.params), loss_fn=loss_fn, probe_fn=probe_fn, max_hvps=curvature_hvps
+        )
+        self._probe_batch: Any = None
+        self._curvature_for: int | None = None  # start step of the plateau last probed
         self._evidence.set("param_names", list(ctx.names))
         self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
         self._evidence.set("optimizer_type", type(optimizer).__name__)
@@ -182,6 +259,7 @@ class Guard:
         self._findings: list[Finding] = []
         self._actions: list[ActionRecord] = []
         self._last_found: dict[str, int] = {}
+        self._last_confidence: dict[str, float] = {}
         self._current_findings: list[Finding] = []
         self._val_points = 0
         self._diagnose(step=0, state="unknown", series="train")
@@ -210,11 +288,16 @@ class Guard:
         *,
         ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        batch: Any = None,
+        components: Mapping[str, torch.Tensor | float] | None = None,
     ) -> None:
         """Record this step's loss (after ``optimizer.step()``). No host sync happens here.
 
         ``loss`` is the scalar training loss, or per-sample losses (``reduction="none"``)
         together with ``ids`` (dataset indices) and optionally ``targets`` (class labels).
+        ``batch=(inputs, targets)`` lets the Guard keep a probe batch now and then (with
+        ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
+        values this step (for the loss-component-dominance rule).
         """
         if self._closed:
             raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
@@ -239,9 +322,27 @@ class Guard:
             ids = self._check_per_sample("ids", ids, loss)
             if targets is not None:
                 targets = self._check_per_sample("targets", targets, loss)
+        if batch is not None and self._hub.step % PROBE_KEEP_EVERY == 0:
+            self._probe_batch = _clone_batch(batch)
+        if components:
+            self._components_tap.record(self._hub.step, _component_tensors(components))
         self._hub.on_loss(loss, ids, targets)
         if self._hub.step % self.flush_every == 0:
             self._flush()
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters, recorded.
+
+        Call it where you would call torch's (after ``backward``, before ``optimizer.step``);
+        the pre-clip norm stays on the device and feeds the over-clipping rule.
+        """
+        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
+            raise ValueError(
+                f"clip_grad_norm_: max_norm must be a positive number, got {max_norm!r}"
+            )
+        total = torch.nn.utils.clip_grad_norm_(self._hub.ctx.params, max_norm, norm_type)
+        self._clip_tap.record(self._hub.step, total, float(max_norm))
+        return total
 
     @staticmethod
     def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
@@ -373,7 +474,26 @@ class Guard:
         elif changed:
             logger.debug("step %d %s (%s)", step, state, series)
 
+    def _probe_curvature(self, state: str, series: str) -> None:
+        """Measure curvature once per training-loss plateau; forget it when the plateau ends."""
+        plateau = self._detectors["train"].current
+        if series != "train":
+            return
+        if state != "plateau" or plateau is None:
+            if self._curvature_for is not None:
+                self._evidence.set("curvature", None)
+                self._curvature_for = None
+            return
+        if self._curvature_for == plateau.start:
+            return
+        self._curvature_for = plateau.start
+        result = self._curvature.run(self._probe_batch)
+        result["plateau_start"] = plateau.start
+        self._evidence.set("curvature", result)
+        self._record_event("probe", self._hub.step, {"probe": "curvature", **primitive(result)})
+
     def _diagnose(self, step: int, state: str, series: str) -> list[Finding]:
+        self._probe_curvature(state, series)
         extra = {
             "detector_state": state,
             "detector_series": series,
@@ -390,9 +510,15 @@ class Guard:
         new = []
         for finding in findings:
             last = self._last_found.get(finding.cause)
-            if last is not None and step - last < REFIND_AFTER:
+            last_conf = self._last_confidence.get(finding.cause, 0.0)
+            if (
+                last is not None
+                and step - last < REFIND_AFTER
+                and finding.confidence < last_conf + REFIND_RISE
+            ):
                 continue
             self._last_found[finding.cause] = step
+            self._last_confidence[finding.cause] = finding.confidence
             self._findings.append(finding)
             self._record_event("finding", step, finding.to_dict())
             new.append(finding)
@@ -464,6 +590,7 @@ class Guard:
             "findings": [f.to_dict() for f in self._findings],
             "actions": [a.to_dict() for a in self._actions],
             "last_found": dict(self._last_found),
+            "last_confidence": dict(self._last_confidence),
             "val_points": self._val_points,
         }
 
@@ -486,6 +613,9 @@ class Guard:
         if pending is not None and self._actions and self._actions[-1] == pending.record:
             self._actions[-1] = pending.record  # one object: its verdict shows in .actions
         self._last_found = {str(k): int(v) for k, v in state["last_found"].items()}
+        self._last_confidence = {
+            str(k): float(v) for k, v in state.get("last_confidence", {}).items()
+        }
         self._val_points = int(state.get("val_points", 0))
 
     # -- lifetime -----------------------------------------------------------------------------

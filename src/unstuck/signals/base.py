@@ -28,6 +28,7 @@ class StepContext:
     names: list[str]  # their qualified names in the model (same order)
     group_index: list[int]  # the optimizer param group of each parameter
     optimizer: torch.optim.Optimizer
+    model: torch.nn.Module | None = None  # for taps that hook the forward pass (activations)
 
 
 @dataclass

@@ -74,7 +74,9 @@ class SignalHub:
         taps: list[Tap],
     ) -> None:
         params, names, groups = optimizer_parameters(model, optimizer)
-        self.ctx = StepContext(params=params, names=names, group_index=groups, optimizer=optimizer)
+        self.ctx = StepContext(
+            params=params, names=names, group_index=groups, optimizer=optimizer, model=model
+        )
         self.taps = taps
         self.step = 0  # Guard steps seen (calls to on_loss)
         self.opt_steps = 0  # optimizer steps seen through the hooks
