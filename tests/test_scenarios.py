@@ -1,0 +1,44 @@
+"""Every diagnosis scenario in its shortened form: the seeded fault is named first; a healthy
+control gets no finding of confidence ≥ 0.5. The full runs are ``bench/diagnosis.py``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from scenarios import load_scenarios  # noqa: E402
+
+SCENARIOS = load_scenarios()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_short_run_names_its_cause(name: str) -> None:
+    logging.getLogger("unstuck").setLevel(logging.WARNING)
+    scenario = SCENARIOS[name]
+    result = scenario.run(0, True)
+    ranking = result.ranking()
+    if scenario.expected is None:
+        strong = [(c, p) for c, p in ranking if p >= 0.5]
+        assert not strong, f"healthy control {name} got findings {strong}"
+    else:
+        assert ranking, f"{name}: no finding at all (expected {scenario.expected})"
+        assert ranking[0][0] == scenario.expected, (
+            f"{name}: expected {scenario.expected} first, got {ranking[:3]}"
+        )
+
+
+def test_scenarios_cover_the_catalog_and_the_architectures() -> None:
+    from unstuck.diagnose import all_rules
+
+    expected = {s.expected for s in SCENARIOS.values() if s.expected is not None}
+    missing = sorted(set(all_rules()) - expected)
+    assert not missing, f"causes without a scenario: {missing}"
+    assert sum(s.expected is None for s in SCENARIOS.values()) >= 8
+    assert len([s for s in SCENARIOS.values() if s.expected is not None]) >= 25
+    assert {"mlp", "cnn", "transformer", "rnn"} <= {s.arch for s in SCENARIOS.values()}
+    assert {"sgd", "momentum", "adam", "adamw"} <= {s.optimizer for s in SCENARIOS.values()}
