@@ -81,6 +81,9 @@ class Tap:
         """Turn host values (tensors already moved, as lists) into named signals."""
         return host
 
+    def close(self) -> None:
+        """Remove any hook the tap installed itself (the hub's optimizer hooks are its own)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

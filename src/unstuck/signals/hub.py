@@ -137,6 +137,8 @@ class SignalHub:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for tap in self.taps:
+            tap.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {
