@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from unstuck.diagnose import Evidence, all_rules
 from unstuck.rescue import Controls, LRMultiplier, all_actions
 from unstuck.types import Finding
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 RULES = all_rules()
 ACTIONS = all_actions()
 
@@ -30,6 +32,10 @@ def test_rule_conformance(code):
     assert (type(rule).__doc__ or "").strip() and rule.explanation.strip()
     assert isinstance(rule.requires, frozenset)
     assert rule.check(Evidence({})) is None  # no evidence, no finding — and no exception
+    assert rule.symptom_of <= set(RULES) - {code}, "symptom_of names other known causes"
+    page = DOCS / "causes" / f"{code}.md"
+    assert page.is_file(), f"every cause has a docs page: {page} is missing"
+    assert f"`{code}`" in page.read_text() or code in page.read_text()
 
 
 def _full_state(model, optimizer, multiplier):

@@ -87,8 +87,14 @@ def get_rule(code: str) -> Rule:
     return rules[code]
 
 
-def run_rules(ev: Evidence, *, continuous_only: bool = False) -> list[Finding]:
-    """Run the applicable rules and return their findings, most confident first."""
+def run_rules(
+    ev: Evidence, *, continuous_only: bool = False, known_roots: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """Run the applicable rules and return their findings, most confident first.
+
+    ``known_roots`` are causes found (confidently) at earlier decisions that still explain
+    today's symptoms, such as exploding gradients measured at the start of a plateau.
+    """
     rules = _discover()
     findings = []
     for rule in rules.values():
@@ -99,14 +105,16 @@ def run_rules(ev: Evidence, *, continuous_only: bool = False) -> list[Finding]:
         finding = rule.check(ev)
         if finding is not None:
             findings.append(finding)
-    findings = _demote_symptoms(findings, rules)
+    findings = _demote_symptoms(findings, rules, known_roots)
     findings.sort(key=lambda f: (-f.confidence, f.cause))
     return findings
 
 
-def _demote_symptoms(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
+def _demote_symptoms(
+    findings: list[Finding], rules: dict[str, Rule], known_roots: frozenset[str] = frozenset()
+) -> list[Finding]:
     """Rank a symptom below the root cause that explains it (its evidence names the root)."""
-    roots = {f.cause for f in findings if f.confidence >= ROOT_CONFIDENCE}
+    roots = {f.cause for f in findings if f.confidence >= ROOT_CONFIDENCE} | set(known_roots)
     out = []
     for finding in findings:
         rule = rules.get(finding.cause)

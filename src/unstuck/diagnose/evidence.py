@@ -16,6 +16,7 @@ from unstuck.signals.hub import Frame
 __all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
 
 HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
+INITIAL_POINTS = 8  # finite losses whose median is the run's starting level (``loss_initial``)
 
 
 class Evidence(Mapping[str, Any]):
@@ -89,9 +90,19 @@ class EvidenceBuilder:
         self._series: dict[str, _Series] = {}
         self._latest: dict[str, Any] = {}
         self._totals: dict[str, float] = {}
+        self._head: list[float] = []
 
     def add_series(self, name: str, steps: list[int], values: list[float]) -> None:
         self._series.setdefault(name, _Series(self.capacity)).extend(steps, values)
+        if name == "loss" and "loss_initial" not in self._latest:
+            self._note_initial_loss(values)
+
+    def _note_initial_loss(self, values: list[float]) -> None:
+        # The level the run started from, kept for good: the bounded history forgets it, and
+        # "how far has the loss fallen" (converged vs capacity limit) needs the real start.
+        self._head.extend(v for v in values if np.isfinite(v))
+        if len(self._head) >= INITIAL_POINTS:
+            self._latest["loss_initial"] = float(np.median(self._head[:INITIAL_POINTS]))
 
     def set(self, name: str, value: Any) -> None:
         """Record a non-series value (latest wins)."""
@@ -126,10 +137,14 @@ class EvidenceBuilder:
         return {
             "series": {n: [list(s.steps), list(s.values)] for n, s in self._series.items()},
             "totals": dict(self._totals),
+            "loss_initial": self._latest.get("loss_initial"),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._series = {}
+        initial = state.get("loss_initial")
+        if initial is not None:
+            self._latest["loss_initial"] = float(initial)
         for name, (steps, values) in state.get("series", {}).items():
             self.add_series(name, list(steps), list(values))
         self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}

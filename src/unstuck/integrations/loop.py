@@ -25,6 +25,7 @@ import torch
 
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.diagnose.base import ROOT_CONFIDENCE
 from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
@@ -475,20 +476,25 @@ class Guard:
             logger.debug("step %d %s (%s)", step, state, series)
 
     def _probe_curvature(self, state: str, series: str) -> None:
-        """Measure curvature once per training-loss plateau; forget it when the plateau ends."""
-        plateau = self._detectors["train"].current
+        """Measure curvature once per training-loss stall; forget it when the stall ends.
+
+        A stall is a plateau, or hidden progress: a saddle escape looks like hidden progress
+        (the weights grow out of it slowly), so the curvature is measured there too.
+        """
         if series != "train":
             return
-        if state != "plateau" or plateau is None:
+        plateau = self._detectors["train"].current
+        if state not in ("plateau", "hidden_progress"):
             if self._curvature_for is not None:
                 self._evidence.set("curvature", None)
                 self._curvature_for = None
             return
-        if self._curvature_for == plateau.start:
+        key = plateau.start if plateau is not None else -1
+        if self._curvature_for == key:
             return
-        self._curvature_for = plateau.start
+        self._curvature_for = key
         result = self._curvature.run(self._probe_batch)
-        result["plateau_start"] = plateau.start
+        result["plateau_start"] = plateau.start if plateau is not None else None
         self._evidence.set("curvature", result)
         self._record_event("probe", self._hub.step, {"probe": "curvature", **primitive(result)})
 
@@ -501,7 +507,14 @@ class Guard:
             "lr_multiplier": self._lr.value,
         }
         evidence = self._evidence.build(step, extra)
-        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON)
+        # A root cause found recently still explains today's symptoms (exploding gradients at
+        # the start of a plateau explain the noisy steps measured later in it).
+        roots = frozenset(
+            f.cause
+            for f in self._findings
+            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
+        )
+        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON, known_roots=roots)
         findings = [
             Finding(**{**f.__dict__, "series": series}) if f.series != series else f
             for f in findings

@@ -30,6 +30,8 @@ class LRTooHigh(Rule):
     )
 
     def check(self, ev: Evidence) -> Finding | None:
+        if ev.get("detector_series", "train") != "train":
+            return None  # a validation loss rising while train falls is overfitting, not the LR
         ratios = ev.values_of("update_ratio")[-RECENT_POINTS:]
         ratios = ratios[np.isfinite(ratios)]
         state = str(ev.get("detector_state", ""))

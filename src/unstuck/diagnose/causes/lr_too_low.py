@@ -7,12 +7,33 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.diagnose.base import Rule
+from unstuck.diagnose.causes._landscape import NEAR_CONVERGENCE_DROP, loss_drop, recent_median
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HEALTHY_UPDATE_RATIO, LOW_UPDATE_RATIO, RECENT_POINTS
 from unstuck.types import Finding, Remedy
 
 MAX_RAISE = 100.0  # never raise the LR by more than two decades in one action
 MIN_RAISE = 2.0
+ANNEALED = 0.1  # a schedule at a tenth of its peak LR is annealing on purpose (cosine, step decay)
+
+
+def _schedule_annealed(ev: Evidence) -> bool:
+    """Your own schedule brought the LR a decade or more below its peak: small steps by design."""
+    for name in ev:
+        if name.startswith("lr/"):
+            values = ev.values_of(name)
+            values = values[np.isfinite(values)]
+            if values.size and values.max() > 0 and values[-1] <= ANNEALED * values.max():
+                return True
+    return False
+
+
+def _converged(ev: Evidence) -> bool:
+    """The loss fell by the detector's near-convergence drop and the gradient is below its
+    noise: small steps are what convergence looks like (``converged``), not a too-small LR."""
+    drop = loss_drop(ev)
+    snr = recent_median(ev, "grad_snr")
+    return drop is not None and snr is not None and drop[2] >= NEAR_CONVERGENCE_DROP and snr < 1
 
 
 class LRTooLow(Rule):
@@ -20,6 +41,18 @@ class LRTooLow(Rule):
 
     code: ClassVar[str] = "lr_too_low"
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio", "grad_norm"})
+    # Tiny steps with healthy gradients are these causes' symptom, not a too-small LR.
+    # A flat landscape or a saddle makes small steps too; their remedies raise the LR as well.
+    symptom_of: ClassVar[frozenset[str]] = frozenset(
+        {
+            "over_clipping",
+            "stale_optimizer_state",
+            "precision_underflow",
+            "flat_region",
+            "saddle_point",
+            "saturated_activations",
+        }
+    )
     explanation: ClassVar[str] = (
         "Each optimizer step moves the weights by a tiny fraction of their size (the update/weight "
         "ratio is far below the ~1e-3 that healthy runs show), while the gradients themselves are "
@@ -38,6 +71,8 @@ class LRTooLow(Rule):
         ratio = float(np.median(ratios))
         grad = float(np.median(grads))
         if ratio >= LOW_UPDATE_RATIO or ratio <= 0.0 or grad <= 0.0:
+            return None
+        if _schedule_annealed(ev) or _converged(ev):
             return None
         decades_below = float(np.log10(LOW_UPDATE_RATIO / ratio))
         factor = float(np.clip(HEALTHY_UPDATE_RATIO / ratio, MIN_RAISE, MAX_RAISE))

@@ -54,6 +54,11 @@ class VanishingGradients(Rule):
 
     code: ClassVar[str] = "vanishing_gradients"
     requires: ClassVar[frozenset[str]] = frozenset({"grad_norm_per_tensor", "param_names"})
+    # Root causes that starve the early layers of gradient; when one of them is found the
+    # vanishing gradient is its symptom and ranks below it.
+    symptom_of: ClassVar[frozenset[str]] = frozenset(
+        {"dead_relu", "saturated_activations", "poor_initialization", "input_scale"}
+    )
     explanation: ClassVar[str] = (
         "The gradient reaching the first layers is a thousandth of the one at the output or less, "
         "so early layers barely learn and the loss stalls early. Typical with deep stacks of "
@@ -69,6 +74,10 @@ class VanishingGradients(Rule):
         first_name, first, last_name, last = pair
         ratio = first / last
         if ratio >= VANISHING_LAYER_RATIO or first >= VANISHING_FIRST_NORM:
+            return None
+        if first == 0.0:
+            # Exactly zero is a cut path (dead ReLUs, a detached input, a frozen layer), not a
+            # signal shrinking multiplicatively through depth: the rules for those name it.
             return None
         decades = float(np.log10(VANISHING_LAYER_RATIO / max(ratio, 1e-30)))
         return Finding(

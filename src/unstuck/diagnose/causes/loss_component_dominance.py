@@ -1,0 +1,92 @@
+"""One loss term swamps the others: the smaller terms stay where they started."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from unstuck.diagnose.base import Rule
+from unstuck.diagnose.causes._data import ORDER_OF_MAGNITUDE, finite_number, ramp
+from unstuck.diagnose.evidence import Evidence
+from unstuck.signals.components import COMPONENT_PREFIX
+from unstuck.types import Finding, Remedy
+
+RECENT_STEPS = 50  # one default flush of per-step component values: a robust recent median
+STALLED_SHARE = 0.5  # a term still at ≥ half its starting value has not been learned
+
+
+class LossComponentDominance(Rule):
+    """One term is ≥ 10× the sum of the others, which still sit at ≥ half their start value."""
+
+    code: ClassVar[str] = "loss_component_dominance"
+    requires: ClassVar[frozenset[str]] = frozenset({"loss_components_start"})
+    explanation: ClassVar[str] = (
+        "The loss is a sum of terms and one of them is an order of magnitude larger than all "
+        "the others together, so it sets the gradient (and, for SGD, the largest learning rate "
+        "that is stable): the smaller terms barely move from where they started. Typical causes "
+        "are terms on different scales: a reconstruction or regression loss with "
+        "reduction='sum' or on unnormalised targets next to a cross-entropy, or a fixed weight "
+        "copied from another setup. Normalise each term (reduction='mean', standardised "
+        "targets), weight them so they start comparable, or learn the weights (uncertainty "
+        "weighting, Kendall et al. 2018; GradNorm, Chen et al. 2018)."
+    )
+
+    def check(self, ev: Evidence) -> Finding | None:
+        start_raw = ev.get("loss_components_start")
+        if not isinstance(start_raw, dict) or len(start_raw) < 2:
+            return None
+        recent: dict[str, float] = {}
+        start: dict[str, float] = {}
+        for name, first in start_raw.items():
+            first_value = finite_number(first)
+            values = ev.values_of(COMPONENT_PREFIX + str(name))[-RECENT_STEPS:]
+            values = values[np.isfinite(values)]
+            if first_value is None or values.size == 0:
+                continue
+            recent[str(name)] = float(np.median(np.abs(values)))
+            start[str(name)] = abs(first_value)
+        if len(recent) < 2:
+            return None
+        dominant = max(recent, key=lambda k: recent[k])
+        others = sum(v for k, v in recent.items() if k != dominant)
+        if others <= 0.0:
+            return None
+        ratio = recent[dominant] / others
+        if ratio < ORDER_OF_MAGNITUDE:
+            return None
+        stalled = sorted(
+            k
+            for k in recent
+            if k != dominant and start[k] > 0.0 and recent[k] >= STALLED_SHARE * start[k]
+        )
+        if not stalled:
+            return None  # the small terms are being learned: a scale gap, but nothing stalls
+        progress = {k: recent[k] / start[k] for k in stalled}
+        confidence = 0.6 + 0.25 * ramp(float(np.log10(ratio)), 1.0, 3.0)
+        confidence += 0.1 * ramp(min(progress.values()), STALLED_SHARE, 1.0)
+        return Finding(
+            cause=self.code,
+            confidence=round(min(confidence, 0.95), 4),
+            evidence={
+                "dominant": dominant,
+                "ratio": ratio,
+                "threshold": ORDER_OF_MAGNITUDE,
+                "components": recent,
+                "stalled": stalled,
+                "stalled_vs_start": progress,
+            },
+            step=ev.step,
+            summary=f"loss term '{dominant}' ({recent[dominant]:.3g}) is {ratio:.0f}x the "
+            f"others together; {', '.join(stalled)} still at "
+            f"{min(progress.values()):.0%}+ of their starting value",
+            remedies=(
+                Remedy(
+                    "reweight_loss_terms",
+                    {"dominant": dominant, "ratio": round(ratio, 3)},
+                    automatic=False,
+                    note="normalise each term (reduction='mean', standardised targets) or "
+                    "weight them to comparable scales",
+                ),
+            ),
+        )

@@ -1,0 +1,301 @@
+"""The optimizer-and-gradient rules on hand-built evidence: fire, stay quiet, edges, NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unstuck.diagnose import Evidence, get_rule, run_rules
+
+OPTIM_RULES = [
+    "stale_optimizer_state",
+    "precision_underflow",
+    "over_clipping",
+    "over_regularization",
+    "batch_size",
+]
+
+
+def _s(values, start=0, stride=8):
+    values = np.asarray(values, dtype=float)
+    return (np.arange(start, start + stride * values.size, stride), values)
+
+
+@pytest.mark.parametrize("code", OPTIM_RULES)
+def test_empty_and_nan_evidence_give_none(code):
+    rule = get_rule(code)
+    assert rule.check(Evidence({})) is None
+    nan = {
+        "optimizer_type": "Adam",
+        "second_moment_sum": _s([np.nan] * 4),
+        "grad_norm": _s([np.nan] * 32),
+        "param_dtypes": {"float16": 1.0},
+        "zero_grad_fraction": _s([np.nan] * 8),
+        "clip_rate": _s([np.nan] * 8),
+        "weight_norm": _s([np.nan] * 4),
+        "weight_decay": [np.nan],
+        "grad_snr": _s([np.nan] * 8),
+        "update_ratio": _s([np.nan] * 8),
+    }
+    assert rule.check(Evidence(nan, step=100)) is None
+
+
+# -- stale_optimizer_state ----------------------------------------------------------------------
+
+
+def _stale(v_hat, grad=0.1):
+    return Evidence(
+        {
+            "optimizer_type": "Adam",
+            "second_moment_sum": _s([v_hat] * 3, start=32, stride=32),
+            "second_moment_beta": 0.999,
+            "grad_norm": _s([grad] * 16),
+        },
+        step=128,
+    )
+
+
+def test_stale_fires_when_second_moment_dwarfs_recent_gradients():
+    f = get_rule("stale_optimizer_state").check(_stale(v_hat=1000 * 0.01))
+    assert f is not None and f.cause == "stale_optimizer_state"
+    assert f.evidence["ratio"] == pytest.approx(1000.0)
+    assert 0.7 < f.confidence < 0.8  # 0.6 + 0.15 · one decade above 100
+    assert not any(r.automatic for r in f.remedies)
+
+
+@pytest.mark.parametrize(("ratio", "fires"), [(99.0, False), (100.5, True), (20.0, False)])
+def test_stale_threshold_edge(ratio, fires):
+    f = get_rule("stale_optimizer_state").check(_stale(v_hat=ratio * 0.01))
+    assert (f is not None) == fires
+    if f is not None:
+        assert f.confidence == pytest.approx(0.6, abs=1e-3)
+
+
+def test_stale_reference_is_the_averaging_window_only():
+    ev = _stale(v_hat=10.0)
+    steps = np.arange(0, 8 * 400, 8)
+    norms = np.where(steps < 2000, 10.0, 0.1)  # big gradients long ago, small ones lately
+    data = dict(ev)
+    data["grad_norm"] = (steps, norms)
+    data["second_moment_sum"] = _s([10.0], start=int(steps[-1]))
+    f = get_rule("stale_optimizer_state").check(Evidence(data, step=int(steps[-1])))
+    assert f is not None and f.evidence["grad_sq_median"] == pytest.approx(0.01)
+    data["second_moment_beta"] = 0.9999  # a 10,000-step window holds the big ones
+    assert get_rule("stale_optimizer_state").check(Evidence(data, step=3000)) is None
+
+
+def test_stale_reports_empty_state_and_lagging_step_count():
+    rule = get_rule("stale_optimizer_state")
+    empty = Evidence({"optimizer_type": "Adam", "optimizer_state_empty": _s([0.0, 1.0])}, step=64)
+    f = rule.check(empty)
+    assert f is not None and f.confidence == pytest.approx(0.7)
+    lag = Evidence(
+        {
+            "optimizer_type": "Adam",
+            "optimizer_state_empty": _s([0.0]),
+            "optimizer_state_step": _s([32.0]),
+            "optimizer_step_lag": _s([1000.0]),
+        },
+        step=1032,
+    )
+    f = rule.check(lag)
+    assert f is not None and "32 steps" in f.summary
+    fine = Evidence({**dict(lag), "optimizer_step_lag": _s([0.0])}, step=32)
+    assert rule.check(fine) is None
+
+
+# -- precision_underflow --------------------------------------------------------------------------
+
+
+def test_precision_needs_low_precision():
+    fp32 = Evidence({"param_dtypes": {"float32": 1.0}, "zero_grad_fraction": _s([0.9] * 8)})
+    assert get_rule("precision_underflow").check(fp32) is None
+    fp16 = Evidence({"param_dtypes": {"float16": 1.0}, "zero_grad_fraction": _s([0.9] * 8)})
+    f = get_rule("precision_underflow").check(fp16)
+    assert f is not None and f.confidence == pytest.approx(0.6 + 0.3 * 0.8)
+
+
+@pytest.mark.parametrize(("share", "fires"), [(0.49, False), (0.5, True), (0.1, False)])
+def test_precision_zero_share_edge(share, fires):
+    ev = Evidence(
+        {
+            "param_dtypes": {"float16": 1.0},
+            "zero_grad_fraction": _s([share / 2] * 8),
+            "subnormal_grad_fraction": _s([share / 2] * 8),
+        }
+    )
+    assert (get_rule("precision_underflow").check(ev) is not None) == fires
+
+
+def test_precision_scaler_collapse_and_skips():
+    base = {"param_dtypes": {"float32": 1.0}, "grad_scaler": True, "output_dtype": "float16"}
+    healthy = Evidence({**base, "loss_scale": _s([65536.0]), "skipped_step_share": _s([0.0] * 4)})
+    assert get_rule("precision_underflow").check(healthy) is None
+    collapsed = Evidence({**base, "loss_scale": _s([2.0**-20]), "skipped_step_share": _s([1.0])})
+    f = get_rule("precision_underflow").check(collapsed)
+    assert f is not None and f.confidence > 0.9
+    assert "skipped" in f.summary and "loss scale" in f.summary
+
+
+def test_precision_unchanged_weights():
+    ev = Evidence({"param_dtypes": {"float16": 1.0}, "unchanged_weight_fraction": _s([0.75] * 8)})
+    f = get_rule("precision_underflow").check(ev)
+    assert f is not None and f.evidence["unchanged_weight_share"] == pytest.approx(0.75)
+
+
+# -- over_clipping --------------------------------------------------------------------------------
+
+
+def _clip(rate, pre=1.0, limit=0.01, opt="SGD"):
+    return Evidence(
+        {
+            "grad_norm": _s([limit] * 32),
+            "clip_rate": _s([rate] * 8),
+            "clip_pre_norm": _s([pre] * 8),
+            "clip_threshold": _s([limit] * 8),
+            "optimizer_type": opt,
+        }
+    )
+
+
+def test_over_clipping_fires_above_ninety_percent():
+    f = get_rule("over_clipping").check(_clip(1.0))
+    assert f is not None and f.confidence == pytest.approx(0.95)
+    assert f.remedies[0].params["max_norm"] == pytest.approx(1.0)
+    assert get_rule("over_clipping").check(_clip(0.9)) is None
+    assert get_rule("over_clipping").check(_clip(0.5)) is None
+
+
+def test_over_clipping_capped_for_adam():
+    f = get_rule("over_clipping").check(_clip(1.0, opt="Adam"))
+    assert f is not None and f.confidence < 0.5
+
+
+def test_over_clipping_from_pinned_grad_norms_without_the_helper():
+    rule = get_rule("over_clipping")
+    pinned = Evidence({"grad_norm": _s([0.25 * (1 - 1e-7)] * 30 + [0.1, 0.2])})
+    f = rule.check(pinned)
+    assert f is not None and f.evidence["source"] == "pinned gradient norms"
+    rng = np.random.default_rng(0)
+    free = Evidence({"grad_norm": _s(rng.uniform(0.1, 1.0, 32))})
+    assert rule.check(free) is None
+
+
+# -- over_regularization -------------------------------------------------------------------------
+
+
+def _reg(decay, norm_now, norm_start=10.0, grad=0.5, snr=1.0, decoupled=False, ratio=1e-3):
+    return Evidence(
+        {
+            "weight_decay": [decay],
+            "weight_norm_per_group": [norm_now],
+            "weight_norm": _s([norm_start * 0.95, norm_now], stride=50),
+            "weight_norm_initial": norm_start,
+            "grad_norm": _s([grad] * 32),
+            "grad_snr": _s([snr] * 8),
+            "weight_decay_decoupled": [decoupled],
+            "weight_decay_lr": [1e-3],
+            "update_ratio": _s([ratio] * 8),
+        }
+    )
+
+
+def test_over_regularization_at_the_decay_equilibrium():
+    # λ‖θ‖ = 0.1·5 = 0.5 against ‖G‖ = 0.5·√(1/2) ≈ 0.35: ratio ≈ 1.4, weights at half their start
+    f = get_rule("over_regularization").check(_reg(0.1, 5.0))
+    assert f is not None and f.evidence["decay_over_gradient"] == pytest.approx(0.5 / 0.5**1.5)
+    assert f.evidence["shrink"] == pytest.approx(0.5)
+    assert f.remedies[0].params["weight_decay"] == pytest.approx(0.01)
+
+
+def test_over_regularization_quiet_when_weights_grew_or_decay_small():
+    assert get_rule("over_regularization").check(_reg(0.1, 12.0)) is None  # grew from 10
+    assert get_rule("over_regularization").check(_reg(5e-4, 5.0)) is None  # decay 1 % of grad
+    assert get_rule("over_regularization").check(_reg(0.0, 5.0)) is None
+
+
+def test_over_regularization_decoupled_compares_steps():
+    # AdamW: lr·λ·‖θ‖ = 1e-3·0.1·5 = 5e-4 against ‖Δθ‖ = 1e-4·5: decay is the whole step
+    f = get_rule("over_regularization").check(_reg(0.1, 5.0, decoupled=True, ratio=1e-4))
+    assert f is not None and f.evidence["decay_kind"] == "decoupled"
+    assert get_rule("over_regularization").check(_reg(0.1, 5.0, decoupled=True)) is None
+
+
+# -- batch_size -----------------------------------------------------------------------------------
+
+
+def _batch(snr, ratio=3e-3, batch=2, state="plateau", weight=100.0, grad=1.0, loss=1.0):
+    # noise-floor share = ratio·‖θ‖·‖g‖ / (4 L) = 3e-3·100·1/4 = 0.075 by default
+    return Evidence(
+        {
+            "grad_snr": _s([snr] * 8),
+            "update_ratio": _s([ratio] * 8),
+            "input_stats": {"batch_size": batch},
+            "weight_norm": _s([weight] * 8),
+            "grad_norm": _s([grad] * 32),
+            "loss": _s([loss] * 64),
+            "detector_state": state,
+            "detector_series": "train",
+        }
+    )
+
+
+def test_batch_size_too_small_names_the_noise_scale_and_floor():
+    f = get_rule("batch_size").check(_batch(0.01, weight=400.0))  # share 0.3
+    assert f is not None and f.evidence["kind"] == "small"
+    assert f.evidence["noise_scale"] == pytest.approx(200.0)
+    assert f.evidence["noise_floor_share"] == pytest.approx(0.3)
+    assert f.remedies[0].params["batch_size"] == 200
+    assert 0.6 < f.confidence <= 0.9
+
+
+@pytest.mark.parametrize(
+    ("snr", "weight", "fires"),
+    [
+        (0.1, 400.0, False),  # B = B_noise/10 exactly: not far enough below
+        (0.099, 400.0, True),
+        (0.01, 210.0, True),  # share 0.1575: just above the detector's plateau margin 0.15
+        (0.01, 190.0, False),  # share 0.1425: within the margin, a minimum as far as we can tell
+        (0.01, 100.0, False),
+    ],
+)
+def test_batch_size_needs_a_noise_floor_above_the_plateau_margin(snr, weight, fires):
+    assert (get_rule("batch_size").check(_batch(snr, weight=weight)) is not None) == fires
+
+
+def test_batch_size_only_where_the_run_stalls_short_of_convergence():
+    rule = get_rule("batch_size")
+    assert rule.check(_batch(0.01, weight=400.0, state="improving")) is None
+    assert rule.check(_batch(0.01, weight=400.0, state="slow")) is not None  # a noisy crawl
+    assert rule.check(_batch(0.01, ratio=0.2, weight=400.0)) is None  # steps that big: the LR
+    # the loss already fell an order of magnitude: convergence, not a batch problem
+    fallen = dict(_batch(0.01, weight=400.0))
+    fallen["loss_initial"] = 20.0
+    assert rule.check(Evidence(fallen)) is None
+    fallen["loss_initial"] = 5.0
+    assert rule.check(Evidence(fallen)) is not None
+
+
+def test_batch_size_too_large_is_reported_below_half():
+    f = get_rule("batch_size").check(_batch(50.0, batch=1024))
+    assert f is not None and f.confidence < 0.5 and f.evidence["kind"] == "large"
+
+
+def test_batch_size_from_samples_seen():
+    data = dict(_batch(0.01, weight=400.0))
+    del data["input_stats"]
+    data["samples_seen"] = (np.array([49, 99]), np.array([800.0, 1600.0]))
+    f = get_rule("batch_size").check(Evidence(data))
+    assert f is not None and f.evidence["batch_size"] == pytest.approx(16.0)
+
+
+# -- symptoms ------------------------------------------------------------------------------
+
+
+def test_tiny_updates_from_over_clipping_are_not_lr_too_low():
+    data = dict(_clip(1.0))
+    data["update_ratio"] = _s([1e-6] * 8)
+    findings = run_rules(Evidence(data, step=500))
+    by_cause = {f.cause: f for f in findings}
+    assert findings[0].cause == "over_clipping"
+    assert by_cause["lr_too_low"].evidence["explained_by"] == ["over_clipping"]
