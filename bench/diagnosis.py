@@ -66,6 +66,16 @@ def run_one(job: tuple[str, int, bool]) -> dict[str, Any]:
         "seed": seed,
         "expected": scenario.expected,
         "ranking": result.ranking(),
+        "findings": [
+            {
+                "cause": f.cause,
+                "confidence": round(f.confidence, 3),
+                "step": f.step,
+                "series": f.series,
+                "summary": f.summary,
+            }
+            for f in result.findings
+        ],
         "plateaus": len(result.plateaus),
         "final_loss": result.final_loss,
         "seconds": time.perf_counter() - t0,
@@ -133,7 +143,11 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {b['top1']:.3f} | {b['top3']:.3f} | {b['healthy_false_rate']:.3f} |"
         )
-    lines += ["", "| expected cause | runs | top-1 | top-3 | named first |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| expected cause | runs | top-1 | top-3 | named first |",
+        "|---|---|---|---|---|",
+    ]
     for cause, c in result["per_cause"].items():
         named = ", ".join(f"{k} ×{v}" for k, v in sorted(c["named_first"].items()))
         lines.append(f"| {cause} | {c['runs']} | {c['top1']:.2f} | {c['top3']:.2f} | {named} |")
@@ -156,7 +170,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     _init_worker()
     from scenarios import load_scenarios
-
     from unstuck.diagnose import all_rules
 
     scenarios = load_scenarios()

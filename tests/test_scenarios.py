@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from scenarios import load_scenarios  # noqa: E402
+from scenarios import load_scenarios
 
 SCENARIOS = load_scenarios()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 import unstuck
 from unstuck.types import Finding, Plateau
@@ -187,8 +187,8 @@ def mlp(
 
 def default_loss(data: Data) -> Callable[..., torch.Tensor]:
     if data.task == "classification":
-        return F.cross_entropy
-    return F.mse_loss
+        return functional.cross_entropy
+    return functional.mse_loss
 
 
 def train(
@@ -277,8 +277,12 @@ def train(
         if scheduler is not None:
             scheduler.step()
         if per is not None:
-            guard.step(per.detach(), ids=idx, targets=y if data.task == "classification" else None,
-                       batch=(x, y))
+            guard.step(
+                per.detach(),
+                ids=idx,
+                targets=y if data.task == "classification" else None,
+                batch=(x, y),
+            )
         else:
             guard.step(loss, batch=(x, y), components=terms)
         if val_every and (step + 1) % val_every == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from scenarios._common import RunResult, Scenario, digits, mlp, train
 
 
