@@ -15,7 +15,7 @@ def run(seed: int, short: bool) -> RunResult:
     # weight by ~0.1 and push most hidden units negative for every input (CS231n: "as much as
     # 40% of your network can be dead" with a high learning rate); they never fire again.
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    return train(model, opt, data, steps=400 if short else 1500, batch_size=32, seed=seed)
+    return train(model, opt, data, steps=700 if short else 1500, batch_size=32, seed=seed)
 
 
 SCENARIO = Scenario(

@@ -55,31 +55,38 @@ class Evidence(Mapping[str, Any]):
 
 
 class _Series:
-    """A bounded (steps, values) history."""
+    """A bounded (steps, values) history, kept as read-only numpy arrays.
+
+    Rules read every series at every decision, so the arrays are what is stored; extending one
+    concatenates in C instead of converting a Python list of up to ``capacity`` points.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.steps: list[int] = []
-        self.values: list[float] = []
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._steps = np.zeros(0, dtype=np.int64)
+        self._values = np.zeros(0, dtype=np.float64)
 
     def extend(self, steps: list[int], values: list[float]) -> None:
-        self.steps.extend(int(s) for s in steps)
-        self.values.extend(float(v) for v in values)
-        if len(self.steps) > self.capacity:
-            del self.steps[: len(self.steps) - self.capacity]
-            del self.values[: len(self.values) - self.capacity]
-        self._arrays = None
+        new_steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+        new_values = np.asarray(values, dtype=np.float64).reshape(-1)
+        self._steps = np.concatenate([self._steps, new_steps])[-self.capacity :]
+        self._values = np.concatenate([self._values, new_values])[-self.capacity :]
+        self._steps.flags.writeable = False
+        self._values.flags.writeable = False
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(s) for s in self._steps]
+
+    @property
+    def values(self) -> list[float]:
+        return [float(v) for v in self._values]
+
+    def __len__(self) -> int:
+        return int(self._steps.size)
 
     def pair(self) -> tuple[np.ndarray, np.ndarray]:
-        # Cached until the next extend: rules read every series at every decision.
-        if self._arrays is None:
-            steps = np.asarray(self.steps, dtype=np.int64)
-            values = np.asarray(self.values, dtype=np.float64)
-            steps.flags.writeable = False
-            values.flags.writeable = False
-            self._arrays = (steps, values)
-        return self._arrays
+        return self._steps, self._values
 
 
 class EvidenceBuilder:
@@ -127,7 +134,7 @@ class EvidenceBuilder:
         return found.pair()
 
     def build(self, step: int, extra: Mapping[str, Any] | None = None) -> Evidence:
-        data: dict[str, Any] = {name: s.pair() for name, s in self._series.items() if s.steps}
+        data: dict[str, Any] = {name: s.pair() for name, s in self._series.items() if len(s)}
         data.update(self._latest)
         if extra:
             data.update(extra)

@@ -183,10 +183,6 @@ class ActivationTap(Tap):
         if (step + 1) % self.every == 0:
             self._arm(step + 1)
 
-    def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
-        if self._handles or self._current is not None:
-            self._finalize()  # the sampled forward has run; backward hooks are never needed
-
     # -- hooks (run only during a sampled forward) ----------------------------------------------
     def _sample(self) -> _Sample | None:
         if not torch.is_grad_enabled():

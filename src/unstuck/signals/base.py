@@ -29,6 +29,8 @@ class StepContext:
     group_index: list[int]  # the optimizer param group of each parameter
     optimizer: torch.optim.Optimizer
     model: torch.nn.Module | None = None  # for taps that hook the forward pass (activations)
+    steps: int = 0  # Guard steps so far (the hub keeps it current)
+    opt_steps: int = 0  # optimizer steps so far (GradScaler skips show as the difference)
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Tap:
     name: ClassVar[str]
     tier: ClassVar[CostTier]
     reduction: ClassVar[Literal["mean", "sum", "max", "none"]] = "mean"  # across ranks
+    # The hub calls on_pre_step/on_post_step only on optimizer steps that are multiples of
+    # ``every``: a sampled tap costs nothing at all on the other steps, not even a call.
+    every: int = 1
 
     def bind(self, ctx: StepContext) -> None:
         """Called once when the hub starts, with the parameters to watch."""

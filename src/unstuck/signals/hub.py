@@ -92,22 +92,28 @@ class SignalHub:
 
     # -- hooks (hot path) -------------------------------------------------------------------
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        n = self.opt_steps
         for tap in self._pre_taps:
+            if n % tap.every:
+                continue
             tap.current_step = self.step  # type: ignore[attr-defined]
-            tap.on_pre_step(self.ctx, self.opt_steps)
+            tap.on_pre_step(self.ctx, n)
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        n = self.opt_steps
         for tap in self._post_taps:
+            if n % tap.every:
+                continue
             tap.current_step = self.step  # type: ignore[attr-defined]
-            tap.on_post_step(self.ctx, self.opt_steps)
-        self.opt_steps += 1
+            tap.on_post_step(self.ctx, n)
+        self.opt_steps = self.ctx.opt_steps = n + 1
 
     def on_loss(
         self, loss: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor | None
     ) -> None:
         for tap in self._loss_taps:
             tap.on_loss(self.step, loss, ids, targets)
-        self.step += 1
+        self.step = self.ctx.steps = self.step + 1
 
     # -- flush ------------------------------------------------------------------------------
     def flush(self) -> Frame:
@@ -148,7 +154,7 @@ class SignalHub:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state.get("step", 0))
-        self.opt_steps = int(state.get("opt_steps", 0))
+        self.step = self.ctx.steps = int(state.get("step", 0))
+        self.opt_steps = self.ctx.opt_steps = int(state.get("opt_steps", 0))
         for tap in self.taps:
             tap.load_state_dict(state.get("taps", {}).get(tap.name, {}))

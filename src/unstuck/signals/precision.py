@@ -61,8 +61,9 @@ class PrecisionTap(Tap):
             raise ValueError(f"precision_every must be a positive int, got {every!r}")
         self.every = every
         self.scaler = scaler
-        self._guard_steps = 0  # Guard steps in the current flush window
-        self._opt_steps = 0  # optimizer steps in the current flush window
+        self._ctx: StepContext | None = None
+        self._steps_mark = 0  # Guard steps at the last collect
+        self._opt_mark = 0  # optimizer steps at the last collect
         self._last_step = 0
         self._zero_rows: list[torch.Tensor] = []  # per sampled step: [zeros, subnormals]
         self._zero_steps: list[int] = []
@@ -78,6 +79,8 @@ class PrecisionTap(Tap):
         self.current_step = 0
 
     def bind(self, ctx: StepContext) -> None:
+        self._ctx = ctx
+        self._steps_mark, self._opt_mark = ctx.steps, ctx.opt_steps
         sizes: Counter[str] = Counter()
         for p in ctx.params:
             sizes[_dtype_name(p.dtype)] += p.numel()
@@ -107,13 +110,11 @@ class PrecisionTap(Tap):
     def on_loss(
         self, step: int, loss: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor | None
     ) -> None:
-        self._guard_steps += 1
         self._last_step = step
         if (step + 1) % self.every == 0:
             self._arm()
 
     def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
-        self._opt_steps += 1
         before = self._before
         if before is None:
             return
@@ -151,10 +152,13 @@ class PrecisionTap(Tap):
         self._zero_steps.append(self.current_step)
 
     def collect(self) -> Packet:
+        ctx = self._ctx
+        steps = ctx.steps if ctx is not None else 0
+        opt_steps = ctx.opt_steps if ctx is not None else 0
         packet = Packet(
             host={
-                "guard_steps": self._guard_steps,
-                "opt_steps": self._opt_steps,
+                "guard_steps": steps - self._steps_mark,
+                "opt_steps": opt_steps - self._opt_mark,
                 "last_step": self._last_step,
                 "param_dtypes": dict(self._param_dtypes),
                 "output_dtypes": dict(self._output_dtypes),
@@ -170,7 +174,7 @@ class PrecisionTap(Tap):
             packet.tensors["unchanged"] = torch.stack(self._unchanged)
             packet.host["unchanged_steps"] = list(self._unchanged_steps)
         self._unchanged, self._unchanged_steps = [], []
-        self._guard_steps = self._opt_steps = 0
+        self._steps_mark, self._opt_mark = steps, opt_steps
         self._zero_rows, self._zero_steps = [], []
         self._output_dtypes = Counter()
         return packet
