@@ -23,4 +23,5 @@ SCENARIO = Scenario(
     description="batch_size=1 (streaming one sample at a time) with SGD lr=0.02 from a batch-64 "
     "recipe on a noisy regression: the gradient noise holds the loss well above its floor.",
     run=run,
+    quick=True,
 )

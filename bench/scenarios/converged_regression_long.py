@@ -27,4 +27,5 @@ SCENARIO = Scenario(
     "under a cosine schedule: the loss falls ~100x to the noise floor, and the remaining steps "
     "only average noise.",
     run=run,
+    quick=True,
 )

@@ -26,4 +26,5 @@ SCENARIO = Scenario(
     description="Hidden ReLU biases initialised to -1 instead of a small positive value: most "
     "units never fire, so no gradient reaches them and the loss stalls.",
     run=run,
+    quick=True,
 )

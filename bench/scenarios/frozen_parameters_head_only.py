@@ -46,4 +46,5 @@ SCENARIO = Scenario(
     "(requires_grad=True) is never updated, so the run plateaus at a linear probe of random "
     "features.",
     run=run,
+    quick=True,
 )

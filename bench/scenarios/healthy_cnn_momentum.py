@@ -28,4 +28,5 @@ SCENARIO = Scenario(
         " trains well."
     ),
     run=run,
+    quick=True,
 )

@@ -23,4 +23,5 @@ SCENARIO = Scenario(
     optimizer="adam",
     description=("Adam at lr=3e-3 on a one-layer GRU over 8,000 token sequences: trains well."),
     run=run,
+    quick=True,
 )

@@ -31,4 +31,5 @@ SCENARIO = Scenario(
         "Encoder over 8,000 length-6 token sequences: trains well."
     ),
     run=run,
+    quick=True,
 )

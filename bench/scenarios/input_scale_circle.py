@@ -23,4 +23,5 @@ SCENARIO = Scenario(
     description="AUTOTRAINER's Circle problem with inputs ×100 (coordinates in ±100): the first "
     "layer's effective step is 10^4 times too large and the ReLU MLP cannot fit the circles.",
     run=run,
+    quick=True,
 )

@@ -27,4 +27,5 @@ SCENARIO = Scenario(
     description="20 % of the training labels are a random wrong class (a broken annotation "
     "export): the MLP learns the digits and those samples stay confidently wrong.",
     run=run,
+    quick=True,
 )

@@ -26,4 +26,5 @@ SCENARIO = Scenario(
     description="SGD lr=0.05 with clip_grad_norm_(max_norm=0.01): every step is cut to length "
     "5e-4 whatever the gradient, ~50x shorter than the unclipped step.",
     run=run,
+    quick=True,
 )

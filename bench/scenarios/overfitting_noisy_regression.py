@@ -25,4 +25,5 @@ SCENARIO = Scenario(
     "noise 1.0: the training loss falls far below the noise floor 1.0 while the "
     "validation loss turns and climbs.",
     run=run,
+    quick=True,
 )

@@ -39,4 +39,5 @@ SCENARIO = Scenario(
     description="`x, y = next(iter(loader))` inside the loop with shuffle=False: the GRU sees the "
     "same 64 sequences every step and memorises them.",
     run=run,
+    quick=True,
 )

@@ -29,4 +29,5 @@ SCENARIO = Scenario(
     "origin is a saddle and SGD waits ~ln(1/init)/(lr·strength) steps before each mode drops "
     "(Saxe et al. 2014).",
     run=run,
+    quick=True,
 )

@@ -26,4 +26,5 @@ SCENARIO = Scenario(
     description="Sigmoid MLP with weights from normal(0, 1): most pre-activations lie beyond ±5, "
     "the sigmoids are flat there and pass almost no gradient.",
     run=run,
+    quick=True,
 )

@@ -44,4 +44,5 @@ SCENARIO = Scenario(
     description="Adam resumed with its saved state after the loss went from reduction='sum' to "
     "the batch mean: v̂ is ~1000x the new squared gradients, so every step is ~30x too small.",
     run=run,
+    quick=True,
 )

@@ -190,13 +190,14 @@ def _loop(
     x_train, y_train, x_val, y_val = data
     for step in range(steps):
         index = torch.randint(0, len(x_train), (task.batch_size,), generator=batches)
-        loss = torch.nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+        x, y = x_train[index], y_train[index]
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         recent.append(loss.detach())
         if guard is not None:
-            guard.step(loss)
+            guard.step(loss, batch=(x, y))  # a batch to keep, for the curvature probe
         if (step + 1) % val_every == 0:
             val_loss, _ = _evaluate(model, x_val, y_val)
             if guard is not None:
@@ -238,7 +239,12 @@ def run_demo(
 
     def factory(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> unstuck.Guard:
         return unstuck.Guard(
-            model, optimizer, policy="rescue", run_dir=run_dir, meta={"demo_task": task_name}
+            model,
+            optimizer,
+            policy="rescue",
+            run_dir=run_dir,
+            meta={"demo_task": task_name},
+            loss_fn=torch.nn.functional.cross_entropy,
         )
 
     with_unstuck, guard = _train(

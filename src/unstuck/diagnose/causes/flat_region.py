@@ -17,7 +17,7 @@ from unstuck.signals.curvature import FLAT_FELT_CURVATURE, classify
 from unstuck.types import Finding, Remedy
 
 MIN_RAISE = 2.0
-MAX_RAISE = 10.0  # one decade at most: a flat region can end at a cliff
+MAX_RAISE = 100.0  # two decades at most, as lr_too_low; a cliff beyond is caught by verification
 
 
 GRADIENT_UNIT = 1.0  # ours, global: ‖g‖·‖θ‖/L = 1, the natural unit of a dimensionless gradient
