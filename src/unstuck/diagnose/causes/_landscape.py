@@ -13,6 +13,7 @@ import numpy as np
 from unstuck.detect.detector import NEAR_CONVERGENCE_DROP
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
+from unstuck.signals.curvature import classify
 
 __all__ = [
     "FLAT_STATES",
@@ -26,6 +27,7 @@ __all__ = [
     "effective_step",
     "generalization_loss",
     "known_causes",
+    "landscape",
     "loss_drop",
     "recent_median",
 ]
@@ -88,6 +90,24 @@ def effective_step(ev: Evidence, probe: dict[str, float]) -> float | None:
         if math.isfinite(eta) and eta > 0:
             return eta
     return probe.get("step_size")
+
+
+def landscape(ev: Evidence) -> tuple[str, dict[str, float], float | None] | None:
+    """What the curvature probe makes of this stall: (``classify``'s verdict, the probe's
+    numbers, the effective step η), or None when no probe succeeded."""
+    probe = curvature(ev)
+    if probe is None:
+        return None
+    eta = effective_step(ev, probe)
+    kind = classify(
+        probe["lambda_max"],
+        probe["lambda_min"],
+        probe["grad_norm"],
+        probe["loss"],
+        eta,
+        snr=recent_median(ev, "grad_snr"),
+    )
+    return kind, probe, eta
 
 
 def loss_drop(ev: Evidence) -> tuple[float, float, float] | None:

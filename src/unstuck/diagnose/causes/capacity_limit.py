@@ -13,16 +13,14 @@ from unstuck.diagnose.causes._landscape import (
     GL_THRESHOLD,
     NEAR_CONVERGENCE_DROP,
     NOISE_SNR,
-    curvature,
-    effective_step,
     generalization_loss,
     known_causes,
+    landscape,
     loss_drop,
     recent_median,
 )
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HIGH_UPDATE_RATIO, LOW_UPDATE_RATIO, RECENT_POINTS
-from unstuck.signals.curvature import classify
 from unstuck.types import Finding, Remedy
 
 # A model at the best it can do is an end state, like a converged run, and from the loss alone
@@ -99,19 +97,10 @@ class CapacityLimit(Rule):
         gl = generalization_loss(ev)
         if gl is not None and gl["gl"] > GL_THRESHOLD:
             return None  # validation rising: overfitting, the opposite of too little capacity
-        probe = curvature(ev)
-        kind = None
-        if probe is not None:
-            kind = classify(
-                probe["lambda_max"],
-                probe["lambda_min"],
-                probe["grad_norm"],
-                probe["loss"],
-                effective_step(ev, probe),
-                snr=recent_median(ev, "grad_snr"),
-            )
-            if kind != "minimum":
-                return None  # a saddle or a flat region: the landscape, not the model's size
+        seen = landscape(ev)
+        kind = seen[0] if seen is not None else None
+        if kind is not None and kind != "minimum":
+            return None  # the probe sees a saddle, a flat region or a noise floor
         snr = recent_median(ev, "grad_snr", 3)
         # 0.3 on the plateau and the loss level alone; each independent confirmation adds.
         confidence = 0.3

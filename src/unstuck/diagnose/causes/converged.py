@@ -11,14 +11,12 @@ from unstuck.diagnose.causes._landscape import (
     GL_THRESHOLD,
     NEAR_CONVERGENCE_DROP,
     NOISE_SNR,
-    curvature,
-    effective_step,
     generalization_loss,
+    landscape,
     loss_drop,
     recent_median,
 )
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.curvature import classify
 from unstuck.types import Finding, Remedy
 
 # A finished run is good news, not an alarm: the finding stays below ROOT_CONFIDENCE so it never
@@ -62,19 +60,10 @@ class Converged(Rule):
         gl = generalization_loss(ev)
         if gl is not None and gl["gl"] > GL_THRESHOLD:
             return None  # validation rising: that is overfitting, not a finished run
-        probe = curvature(ev)
-        kind = None
-        if probe is not None:
-            kind = classify(
-                probe["lambda_max"],
-                probe["lambda_min"],
-                probe["grad_norm"],
-                probe["loss"],
-                effective_step(ev, probe),
-                snr=recent_median(ev, "grad_snr"),
-            )
-            if kind != "minimum":
-                return None
+        seen = landscape(ev)
+        kind = seen[0] if seen is not None else None
+        if kind is not None and kind != "minimum":
+            return None  # the probe sees a saddle, a flat region or a noise floor
         # Each independent confirmation (validation flat, curvature a minimum) adds a little.
         confidence = 0.35 + 0.05 * (gl is not None) + 0.05 * (kind == "minimum")
         confidence = min(confidence, MAX_CONFIDENCE)

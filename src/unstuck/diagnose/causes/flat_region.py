@@ -6,14 +6,9 @@ import math
 from typing import ClassVar
 
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes._landscape import (
-    curvature,
-    effective_step,
-    known_causes,
-    recent_median,
-)
+from unstuck.diagnose.causes._landscape import known_causes, landscape
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.curvature import FLAT_FELT_CURVATURE, classify
+from unstuck.signals.curvature import FLAT_FELT_CURVATURE
 from unstuck.types import Finding, Remedy
 
 MIN_RAISE = 2.0
@@ -53,21 +48,13 @@ class FlatRegion(Rule):
     )
 
     def check(self, ev: Evidence) -> Finding | None:
-        probe = curvature(ev)
-        if probe is None:
+        seen = landscape(ev)
+        if seen is None:
             return None
-        eta = effective_step(ev, probe)
+        kind, probe, eta = seen
         if eta is None:
-            return None
+            return None  # without a step size nothing can be called flat
         lam_max, lam_min = probe["lambda_max"], probe["lambda_min"]
-        kind = classify(
-            lam_max,
-            lam_min,
-            probe["grad_norm"],
-            probe["loss"],
-            eta,
-            snr=recent_median(ev, "grad_snr"),
-        )
         if kind != "flat_region":
             return None
         # "Gradient tiny" in the landscape's own units: moving the weights by their own size

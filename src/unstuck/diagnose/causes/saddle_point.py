@@ -6,9 +6,9 @@ import math
 from typing import ClassVar
 
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes._landscape import curvature, effective_step, recent_median
+from unstuck.diagnose.causes._landscape import landscape
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.curvature import SADDLE_RATIO, classify
+from unstuck.signals.curvature import SADDLE_RATIO
 from unstuck.types import Finding, Remedy
 
 LR_BUMP = 3.0  # ≈ 10^0.5: escape time ∝ 1/(η·|λ_min|), so half a decade shortens it ~3×
@@ -35,19 +35,11 @@ class SaddlePoint(Rule):
     )
 
     def check(self, ev: Evidence) -> Finding | None:
-        probe = curvature(ev)
-        if probe is None:
+        seen = landscape(ev)
+        if seen is None:
             return None
+        kind, probe, eta = seen
         lam_max, lam_min = probe["lambda_max"], probe["lambda_min"]
-        eta = effective_step(ev, probe)
-        kind = classify(
-            lam_max,
-            lam_min,
-            probe["grad_norm"],
-            probe["loss"],
-            eta,
-            snr=recent_median(ev, "grad_snr"),
-        )
         if kind != "saddle_point":
             return None
         ratio = -lam_min / max(abs(lam_max), 1e-30)
