@@ -135,6 +135,12 @@ def test_calls_after_close_are_clear_errors(call: str) -> None:
         ({"horizon": 0}, ValueError, "horizon must be >= 1"),
         ({"cooldown": -1}, ValueError, "cooldown >= 0"),
         ({"detector_options": {"no_such_option": 1}}, TypeError, "no_such_option"),
+        ({"probe_fn": 3}, TypeError, "probe_fn must be callable"),
+        ({"loss_fn": "mse"}, TypeError, "loss_fn must be callable"),
+        ({"curvature_hvps": 1}, ValueError, "curvature_hvps must be an int >= 2"),
+        ({"activation_every": 0}, ValueError, "activation_every"),
+        ({"optimizer_state_every": 0}, ValueError, "optimizer_state_every"),
+        ({"precision_every": 0}, ValueError, "precision_every"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, match, tmp_path: pathlib.Path) -> None:
@@ -144,6 +150,7 @@ def test_bad_constructor_arguments(kwargs, error, match, tmp_path: pathlib.Path)
     with pytest.raises(error, match=match):
         unstuck.Guard(**args)
     assert _no_step_hooks(optimizer)  # nothing half-installed
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert not (tmp_path / "run").exists()  # and no store left behind
 
 

@@ -218,6 +218,12 @@ class Guard:
             "train": PlateauDetector("train", **options),
             "val": PlateauDetector("val", **options),
         }
+        if probe_fn is not None and not callable(probe_fn):
+            raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
+        if not isinstance(curvature_hvps, int) or curvature_hvps < 2:
+            raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
         if horizon < 1 or cooldown < 0:
             raise ValueError(f"horizon must be >= 1 and cooldown >= 0, got {horizon}, {cooldown}")
 
@@ -247,10 +253,6 @@ class Guard:
         )
         self._evidence = EvidenceBuilder()
         ctx = self._hub.ctx
-        if probe_fn is not None and not callable(probe_fn):
-            raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
         self._curvature = CurvatureProbe(
             model, list(ctx.params), loss_fn=loss_fn, probe_fn=probe_fn, max_hvps=curvature_hvps
         )
