@@ -6,6 +6,7 @@ import math
 import numbers
 
 from unstuck.detect.detector import EARLY_DROP
+from unstuck.diagnose.evidence import Evidence
 
 # The catalog (DESIGN.md) says "a small subset holds most loss": most = more than half.
 MOST_LOSS_SHARE = 0.5  # DESIGN.md cause catalog: the group holds "most" (> 1/2) of the loss
@@ -36,6 +37,30 @@ def finite_number(value: object) -> float | None:
         return None
     out = float(value)
     return out if math.isfinite(out) else None
+
+
+GROUP_FIELDS = ("fraction", "share", "median", "rest_median", "change")
+
+
+def group_reading(ev: Evidence, group: str, *extra: str) -> dict[str, float] | None:
+    """One group of ``sample_groups`` (``unlearned`` or ``wrong``) as finite numbers, or None.
+
+    Returns ``n``, ``chance_loss`` and ``wrong_of_unlearned`` with the group's own fields
+    (``fraction``, ``share``, ``median``, ``rest_median``, ``change`` and any ``extra``) under
+    their bare names; None when the evidence is absent or any of them is missing or non-finite.
+    """
+    groups = ev.get("sample_groups")
+    if not isinstance(groups, dict):
+        return None
+    keys = {"n": "n", "chance_loss": "chance_loss", "wrong_of_unlearned": "wrong_of_unlearned"}
+    keys.update({field: f"{group}_{field}" for field in (*GROUP_FIELDS, *extra)})
+    out = {}
+    for name, key in keys.items():
+        value = finite_number(groups.get(key))
+        if value is None:
+            return None
+        out[name] = value
+    return out
 
 
 def ramp(value: float, low: float, high: float) -> float:

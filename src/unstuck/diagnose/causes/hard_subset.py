@@ -15,7 +15,7 @@ from unstuck.diagnose.causes._data import (
     ORDER_OF_MAGNITUDE,
     PURE_CLASS,
     UNLEARNED_LOSS,
-    finite_number,
+    group_reading,
     ramp,
 )
 from unstuck.diagnose.evidence import Evidence
@@ -41,25 +41,13 @@ class HardSubset(Rule):
     )
 
     def check(self, ev: Evidence) -> Finding | None:
-        groups = ev.get("sample_groups")
-        if not isinstance(groups, dict):
+        g = group_reading(ev, "unlearned", "purity")
+        if g is None:
             return None
-        n = finite_number(groups.get("n"))
-        fraction = finite_number(groups.get("unlearned_fraction"))
-        share = finite_number(groups.get("unlearned_share"))
-        median = finite_number(groups.get("unlearned_median"))
-        purity = finite_number(groups.get("unlearned_purity"))
-        chance = finite_number(groups.get("chance_loss"))
-        of_unlearned = finite_number(groups.get("wrong_of_unlearned"))
-        rest = finite_number(groups.get("unlearned_rest_median"))
-        values = (n, fraction, share, median, purity, chance, of_unlearned, rest)
-        if any(v is None for v in values):
-            return None
-        assert n is not None and fraction is not None and share is not None
-        assert median is not None and purity is not None and chance is not None
-        assert of_unlearned is not None and rest is not None
-        change = finite_number(groups.get("unlearned_change"))
-        if change is None or change <= FLAT_CHANGE:  # the group is still being learned
+        n, fraction, share, median = g["n"], g["fraction"], g["share"], g["median"]
+        purity, chance, of_unlearned = g["purity"], g["chance_loss"], g["wrong_of_unlearned"]
+        rest, change = g["rest_median"], g["change"]
+        if change <= FLAT_CHANGE:  # the group is still being learned
             return None
         if n < MIN_GROUP_SAMPLES or not MIN_HARD_FRACTION <= fraction <= MAX_SUBSET_FRACTION:
             return None

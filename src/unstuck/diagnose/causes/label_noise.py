@@ -12,7 +12,7 @@ from unstuck.diagnose.causes._data import (
     MIN_NOISE_FRACTION,
     MOST_LOSS_SHARE,
     ORDER_OF_MAGNITUDE,
-    finite_number,
+    group_reading,
     ramp,
 )
 from unstuck.diagnose.evidence import Evidence
@@ -38,23 +38,13 @@ class LabelNoise(Rule):
     )
 
     def check(self, ev: Evidence) -> Finding | None:
-        groups = ev.get("sample_groups")
-        if not isinstance(groups, dict):
+        g = group_reading(ev, "wrong")
+        if g is None:
             return None
-        n = finite_number(groups.get("n"))
-        fraction = finite_number(groups.get("wrong_fraction"))
-        share = finite_number(groups.get("wrong_share"))
-        median = finite_number(groups.get("wrong_median"))
-        chance = finite_number(groups.get("chance_loss"))
-        of_unlearned = finite_number(groups.get("wrong_of_unlearned"))
-        rest = finite_number(groups.get("wrong_rest_median"))
-        if None in (n, fraction, share, median, chance, of_unlearned, rest):
-            return None
-        assert n is not None and fraction is not None and share is not None
-        assert median is not None and chance is not None and of_unlearned is not None
-        assert rest is not None
-        change = finite_number(groups.get("wrong_change"))
-        if change is None or change <= FLAT_CHANGE:  # the group is still being learned
+        n, fraction, share, median = g["n"], g["fraction"], g["share"], g["median"]
+        chance, of_unlearned = g["chance_loss"], g["wrong_of_unlearned"]
+        rest, change = g["rest_median"], g["change"]
+        if change <= FLAT_CHANGE:  # the group is still being learned
             return None
         if n < MIN_GROUP_SAMPLES or chance <= 0:
             return None
@@ -67,7 +57,7 @@ class LabelNoise(Rule):
             return None
         margin = median / chance  # 1: just worse than chance; 2: p(label) < 1/C²
         confidence = 0.6 + 0.2 * ramp(share, MOST_LOSS_SHARE, 0.9) + 0.15 * ramp(margin, 1.0, 2.0)
-        ids = groups.get("wrong_ids", [])
+        ids = ev["sample_groups"].get("wrong_ids", [])
         ids = [int(i) for i in ids] if isinstance(ids, list) else []
         evidence: dict[str, Any] = {
             "wrong_fraction": fraction,
