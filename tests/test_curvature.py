@@ -221,3 +221,23 @@ def test_classify_reads_gradient_noise():
     assert classify(1.0, -1.0, 0.01, 1.0, 0.5, snr=0.05) == "minimum"
     # a consistent but stalled gradient with negative curvature is a saddle
     assert classify(1.0, -1.0, 0.01, 1.0, 0.5, snr=5.0) == "saddle_point"
+
+
+def test_guard_keeps_a_probe_batch_only_when_the_probe_would_read_it():
+    def run(**kwargs):
+        model = torch.nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        guard = unstuck.Guard(model, opt, console=False, **kwargs)
+        x, y = torch.randn(4, 3), torch.randn(4, 1)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        guard.step(loss, batch=(x, y))
+        kept = guard._probe_batch
+        guard.close()
+        return kept
+
+    assert run() is None  # no loss_fn: the probe never reads a batch, so none is cloned
+    assert run(probe_fn=lambda m: m.weight.sum()) is None
+    kept = run(loss_fn=torch.nn.functional.mse_loss)
+    assert kept is not None and kept[0].shape == (4, 3)

@@ -330,7 +330,11 @@ class Guard:
             ids = self._check_per_sample("ids", ids, loss)
             if targets is not None:
                 targets = self._check_per_sample("targets", targets, loss)
-        if batch is not None and self._hub.step % PROBE_KEEP_EVERY == 0:
+        if (
+            batch is not None
+            and self._hub.step % PROBE_KEEP_EVERY == 0
+            and self._curvature.needs_batch  # no clone the probe would never read
+        ):
             self._probe_batch = _clone_batch(batch)
         if components:
             self._components_tap.record(self._hub.step, _component_tensors(components))

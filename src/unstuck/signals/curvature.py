@@ -182,6 +182,11 @@ class CurvatureProbe:
         self.lr = lr
 
     # -- the loss -----------------------------------------------------------------------------
+    @property
+    def needs_batch(self) -> bool:
+        """Whether ``run`` reads the batch it is given (loss_fn without probe_fn)."""
+        return self.probe_fn is None and self.loss_fn is not None
+
     def _loss(self, batch: Any) -> torch.Tensor | str:
         if self.probe_fn is not None:
             return self.probe_fn(self.model)
