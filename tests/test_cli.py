@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -145,6 +146,7 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
         "findings",
         "actions",
         "run_dir",
+        "report",
     }
     assert result["task"] == DEFAULT_TASK
     assert result["steps"] == DEMO_STEPS
@@ -165,6 +167,12 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
         assert a["outcome"] in {"pending", "kept", "rolled_back", "failed"}
         assert "label" in a["params"]
     assert (cwd / result["run_dir"]).resolve() == (cwd / "out").resolve()
+    if importlib.util.find_spec("plotly") is not None:  # the report needs unstuck[report]
+        report = cwd / result["report"]
+        assert report == cwd / "out" / "report.html"
+        assert report.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    else:
+        assert result["report"] is None
 
 
 def test_demo_store_matches_the_json(demo_run) -> None:

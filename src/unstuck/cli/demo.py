@@ -79,6 +79,8 @@ class DemoResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
     run_dir: str | None = None
+    report: str | None = None  # the HTML report written into run_dir, if any
+    report_note: str = ""  # why there is no report, when run_dir is set
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class DemoResult:
             "findings": self.findings,
             "actions": self.actions,
             "run_dir": self.run_dir,
+            "report": self.report,
         }
 
 
@@ -223,8 +226,13 @@ def run_demo(
     run_dir: str | Path | None = "unstuck-demo",
     quick: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> DemoResult:
-    """Train the task without and with unstuck and return what happened."""
+    """Train the task without and with unstuck and return what happened.
+
+    With a ``run_dir`` and ``report=True`` the guarded run's HTML report is written to
+    ``run_dir/report.html`` (when plotly is installed; otherwise ``report_note`` says why not).
+    """
     if task_name not in TASKS:
         raise ValueError(f"unknown demo task {task_name!r}; known: {', '.join(TASKS)}")
     task = TASKS[task_name]
@@ -251,7 +259,7 @@ def run_demo(
         task, n_steps, seed, data, "with unstuck   ", guard_factory=factory, progress=progress
     )
     assert guard is not None
-    return DemoResult(
+    result = DemoResult(
         task=task_name,
         steps=n_steps,
         seed=seed,
@@ -262,6 +270,24 @@ def run_demo(
         actions=[a.to_dict() for a in guard.actions],
         run_dir=str(guard.run_dir) if guard.run_dir is not None else None,
     )
+    if report and guard.run_dir is not None:
+        result.report, result.report_note = _write_report(guard.run_dir)
+    return result
+
+
+def _write_report(run_dir: Path) -> tuple[str | None, str]:
+    """The demo's report: written after the run, never a reason for the demo to fail."""
+    from unstuck.record.report import REPORT_FILENAME, write_report
+    from unstuck.record.rundata import load_run
+
+    try:
+        path = write_report(load_run(run_dir), run_dir / REPORT_FILENAME)
+    except ImportError as exc:
+        return None, str(exc)
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("unstuck demo: no report written: %s", exc)
+        return None, f"not written ({exc})"
+    return str(path), ""
 
 
 def format_demo(result: DemoResult) -> Iterator[str]:
@@ -295,5 +321,9 @@ def format_demo(result: DemoResult) -> Iterator[str]:
         yield f"  validation loss {w.val_loss:.3f} → {u.val_loss:.3f} with unstuck"
     if result.run_dir:
         yield f"  run store: {Path(result.run_dir) / 'unstuck.sqlite'}"
+    if result.report:
+        yield f"  report:    {result.report}  (open it in a browser)"
+    elif result.run_dir and result.report_note:
+        yield f"  report:    {result.report_note}"
     if result.findings:
         yield "  (unstuck.explain('<cause>') tells more about each finding)"
