@@ -41,6 +41,13 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer steps (a few seconds)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON only")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    from unstuck.cli import report
+
+    report.register(sub)
+    from unstuck.cli import analyze
+
+    analyze.register(sub)
     return parser
 
 
@@ -80,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    if args.command == "report":
+        return int(args.handler(args))
+    if args.command == "analyze":
+        return int(args.handler(args))
     parser.print_help()
     return 0
 

@@ -14,10 +14,31 @@ from unstuck.diagnose.evidence import Evidence
 from unstuck.plugins import discover_plugins
 from unstuck.types import Finding
 
-__all__ = ["EXPLAINED_FACTOR", "ROOT_CONFIDENCE", "Rule", "all_rules", "get_rule", "run_rules"]
+__all__ = [
+    "EXPLAINED_FACTOR",
+    "ROOT_CONFIDENCE",
+    "Rule",
+    "all_rules",
+    "get_rule",
+    "inputs_present",
+    "run_rules",
+]
 
 ROOT_CONFIDENCE = 0.5  # a root cause found at least this confident explains its symptoms
 EXPLAINED_FACTOR = 0.5  # an explained symptom keeps this share of its confidence
+
+
+def inputs_present(ev: Evidence, names: frozenset[str]) -> bool:
+    """Every name is in the evidence; a name ending in ``/*`` needs one name with that prefix
+    (``lr/*``: some ``lr/<group>`` series)."""
+    for name in names:
+        if name.endswith("/*"):
+            prefix = name[:-1]
+            if not any(key.startswith(prefix) for key in ev):
+                return False
+        elif name not in ev:
+            return False
+    return True
 
 
 class Rule:
@@ -25,10 +46,17 @@ class Rule:
 
     ``continuous`` rules are cheap and run at every flush (non-finite values, frozen parameters);
     the others run when the detector reports a plateau, an oscillation or a divergence.
+
+    A rule runs when all of its ``requires`` are in the evidence, or all of one set in
+    ``requires_any``: the inputs of a weaker reading that the rule falls back on when its main
+    inputs are absent (the log-level path of ``unstuck analyze``, where no framework logs
+    update ratios or per-tensor norms). ``check`` takes the weaker reading only when the main
+    signal it stands in for is absent, so a run that has it decides as before.
     """
 
     code: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
+    requires_any: ClassVar[tuple[frozenset[str], ...]] = ()
     continuous: ClassVar[bool] = False
     explanation: ClassVar[str] = ""
     # Causes that explain this one when found with it: a symptom ranks below its root cause
@@ -39,7 +67,9 @@ class Rule:
         raise NotImplementedError
 
     def applicable(self, ev: Evidence) -> bool:
-        return all(name in ev for name in self.requires)
+        return inputs_present(ev, self.requires) or any(
+            inputs_present(ev, names) for names in self.requires_any
+        )
 
 
 _REGISTRY: dict[str, Rule] = {}
@@ -58,6 +88,11 @@ def _validate(rule_cls: type[Rule], module_name: str) -> None:
         raise ImportError(f"rule {code!r} has no explanation; unstuck.explain needs one")
     if not isinstance(rule_cls.requires, frozenset):
         raise ImportError(f"rule {code!r}: requires must be a frozenset of signal names")
+    alternatives = rule_cls.requires_any
+    if not isinstance(alternatives, tuple) or not all(
+        isinstance(a, frozenset) for a in alternatives
+    ):
+        raise ImportError(f"rule {code!r}: requires_any must be a tuple of frozensets")
     if not isinstance(rule_cls.symptom_of, frozenset):
         raise ImportError(f"rule {code!r}: symptom_of must be a frozenset of cause codes")
 

@@ -16,6 +16,7 @@ from unstuck.diagnose.causes._landscape import (
     loss_drop,
     recent_median,
 )
+from unstuck.diagnose.causes._logs import LOG_MAX_CONFIDENCE, latest_lrs
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
 
@@ -23,6 +24,10 @@ from unstuck.types import Finding, Remedy
 # explains away a fault found with it, never out-ranks one found at ≥ 0.5 and triggers nothing.
 MAX_CONFIDENCE = ROOT_CONFIDENCE - 0.05  # ours, global: just below the "problem" bar
 SNR_POINTS = 3  # grad_snr comes once per flush: the median of the latest 3 windows
+# From a log (no gradient SNR): a flat training loss after it fell an order of magnitude, the
+# detector's own near-convergence plateau. Without the SNR a converged run cannot be told from a
+# noise floor the LR holds it on, so the reading starts lower than the SNR's (0.35).
+LOG_BASE = 0.3  # as capacity_limit's reading from the plateau and the loss level alone
 
 
 class Converged(Rule):
@@ -30,6 +35,8 @@ class Converged(Rule):
 
     code: ClassVar[str] = "converged"
     requires: ClassVar[frozenset[str]] = frozenset({"loss", "grad_snr", "detector_state"})
+    # From a log: the training loss and the detector's state on it (``_from_loss``).
+    requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"loss", "detector_state"}),)
     explanation: ClassVar[str] = (
         "The run has reached a good plateau: the training loss fell by more than an order of "
         "magnitude from where it started, the minibatch gradient is now indistinguishable from "
@@ -50,6 +57,8 @@ class Converged(Rule):
             or ev.get("detector_series") != "train"
         ):
             return None
+        if "grad_snr" not in ev:
+            return self._from_loss(ev)  # a log: no gradient SNR
         drop = loss_drop(ev)
         snr = recent_median(ev, "grad_snr", SNR_POINTS)
         if drop is None or snr is None:
@@ -84,7 +93,59 @@ class Converged(Rule):
             f"({head:.3g} → {level:.3g}) and the gradient is below its noise (SNR {snr:.2f} "
             f"< {NOISE_SNR:g})",
             remedies=(
-                Remedy("keep_best_and_stop", {}, note="nothing left to gain at this LR"),
+                Remedy(
+                    "keep_best_and_stop",
+                    {},
+                    automatic=True,
+                    note="nothing left to gain at this LR",
+                ),
                 Remedy("lr_decay", {}, note="a smaller step averages the gradient noise"),
+            ),
+        )
+
+    def _from_loss(self, ev: Evidence) -> Finding | None:
+        """No gradient SNR (a log): a plateau, with no trend, after the loss fell an order of
+        magnitude (the detector's near-convergence kind); validation not rising."""
+        if ev.get("detector_state") not in FLAT_STATES:
+            return None  # "slow" counts only when the SNR says the progress left is noise
+        lrs = latest_lrs(ev)
+        if lrs and all(lr == 0 for lr in lrs.values()):
+            return None  # an LR of 0 takes no step: flat by construction, not converged
+        drop = loss_drop(ev)
+        if drop is None:
+            return None
+        head, level, fell = drop
+        if fell < NEAR_CONVERGENCE_DROP:
+            return None  # a higher plateau is capacity_limit's business
+        gl = generalization_loss(ev)
+        if gl is not None and gl["gl"] > GL_THRESHOLD:
+            return None  # validation rising: that is overfitting, not a finished run
+        seen = landscape(ev)
+        kind = seen[0] if seen is not None else None
+        if kind is not None and kind != "minimum":
+            return None
+        confidence = LOG_BASE + 0.05 * (gl is not None) + 0.05 * (kind == "minimum")
+        confidence = min(confidence, MAX_CONFIDENCE, LOG_MAX_CONFIDENCE)
+        decades = fell / math.log(10.0)
+        return Finding(
+            cause=self.code,
+            confidence=round(confidence, 4),
+            evidence={
+                "loss_start": head,
+                "loss_now": level,
+                "decades_fallen": decades,
+                "grad_snr": float("nan"),
+                "snr_threshold": NOISE_SNR,
+                "generalization_loss": gl["gl"] if gl is not None else float("nan"),
+                "curvature": kind or "not probed",
+                "source": "log",
+            },
+            step=ev.step,
+            summary=f"looks converged: the training loss fell {decades:.1f} decades ({head:.3g} "
+            f"→ {level:.3g}) and is flat (from the loss alone: without a gradient SNR this "
+            "cannot be told from a noise floor that a smaller LR would lower)",
+            remedies=(
+                Remedy("keep_best_and_stop", {}, note="if the loss is as low as you need"),
+                Remedy("lr_decay", {}, note="a smaller step lowers a noise floor"),
             ),
         )

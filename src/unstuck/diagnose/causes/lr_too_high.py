@@ -7,13 +7,48 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.diagnose.base import Rule
+from unstuck.diagnose.causes._logs import (
+    LOG_MAX_CONFIDENCE,
+    detector_stats,
+    finite_or_nan,
+    latest_lrs,
+    lr_text,
+    structured_swings,
+)
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HEALTHY_UPDATE_RATIO, HIGH_UPDATE_RATIO, RECENT_POINTS
 from unstuck.types import Finding, Remedy
 
 MIN_CUT = 0.01  # at most two decades down in one action
+STUCK_OR_UNSTABLE = frozenset({"plateau", "oscillating", "diverging"})
 MAX_CUT = 0.5
 OSCILLATION_CUT = 0.3  # ≈ 10^-0.5: half a decade when only the loss shape says "too high"
+
+# From a log (no update ratio): the detector's state on the training loss, and TheDeepChecker's
+# fluctuation check, "> 50 % slope sign flips, window 50" (REFERENCE.md §3): the share of
+# consecutive loss slopes (point-to-point differences) that change sign over the latest 50
+# points. Independent noise alone flips 2/3 of them, so the share is read only as confirmation
+# of the detector's oscillating/diverging call (step-to-step bouncing, the signature of
+# overshooting), never on its own.
+FLIP_WINDOW = 50  # TheDeepChecker: window of 50 losses
+FLIP_SHARE = 0.5  # TheDeepChecker: more than 50 % slope sign flips
+# Below the 0.5/0.6 the state earns with update ratios measured: on a log, the rules that would
+# claim the bouncing for another cause (per-layer exploding gradients, gradient noise for the
+# batch, stale optimizer state) cannot run, so the loss shape names the LR as a hint only.
+# A plateau whose swings pass the detector's oscillation test (``structured_swings``: the loss
+# bounces on a floor; the detector keeps an open plateau open) reads as oscillating.
+LOG_CONFIDENCE = {"oscillating": 0.35, "diverging": 0.4}
+FLIP_BONUS = 0.05  # the bouncing is step to step (> 50 % sign flips): capped at LOG_MAX_CONFIDENCE
+
+
+def slope_sign_flips(values: np.ndarray, window: int = FLIP_WINDOW) -> float | None:
+    """Share of consecutive slopes that change sign over the latest ``window`` finite points
+    (TheDeepChecker's fluctuation reading); None with fewer points than the window."""
+    values = values[np.isfinite(values)][-window:]
+    if values.size < window:
+        return None
+    rising = np.diff(values) > 0  # TheDeepChecker: a slope "rises" when loss[t+1]/loss[t] > 1
+    return float(np.count_nonzero(rising[1:] != rising[:-1])) / (rising.size - 1)
 
 
 class LRTooHigh(Rule):
@@ -21,6 +56,8 @@ class LRTooHigh(Rule):
 
     code: ClassVar[str] = "lr_too_high"
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio"})
+    # From a log: the training loss and the detector's state on it (``_from_loss``).
+    requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"loss", "detector_state"}),)
     explanation: ClassVar[str] = (
         "Each step changes the weights by more than a tenth of their size, or the loss bounces "
         "around a floor (slope signs flip, variance dominates the trend) or climbs. The optimizer "
@@ -32,11 +69,17 @@ class LRTooHigh(Rule):
     def check(self, ev: Evidence) -> Finding | None:
         if ev.get("detector_series", "train") != "train":
             return None  # a validation loss rising while train falls is overfitting, not the LR
+        if "update_ratio" not in ev:
+            return self._from_loss(ev)  # a log: no framework records update ratios
         ratios = ev.values_of("update_ratio")[-RECENT_POINTS:]
         ratios = ratios[np.isfinite(ratios)]
         state = str(ev.get("detector_state", ""))
         ratio = float(np.median(ratios)) if ratios.size else float("nan")
-        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO:
+        # A large ratio is evidence only where the loss shows the overshoot it causes: stuck
+        # (plateau), bouncing or climbing. While the loss still falls significantly ("slow",
+        # "hidden_progress"), big steps are working — a small-init student at the origin of a
+        # committee machine takes steps of 10 %+ of its weights and escapes just fine.
+        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and state in STUCK_OR_UNSTABLE:
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             factor = float(np.clip(HEALTHY_UPDATE_RATIO * 10 / ratio, MIN_CUT, MAX_CUT))
             confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
@@ -58,4 +101,51 @@ class LRTooHigh(Rule):
             step=ev.step,
             summary=summary,
             remedies=(Remedy("lr_scale", {"factor": round(factor, 3)}, automatic=True),),
+        )
+
+    def _from_loss(self, ev: Evidence) -> Finding | None:
+        """No update ratio (a log): the detector's oscillating/diverging call on the training
+        loss (or its oscillation test passing on an open plateau), confirmed by TheDeepChecker's
+        slope sign flips; a hint below 0.5."""
+        state = str(ev.get("detector_state", ""))
+        stats = detector_stats(ev)
+        if state == "plateau" and structured_swings(stats):
+            shape = "oscillating"
+            summary = "the training loss bounces on a plateau (structured swings)"
+        elif state in LOG_CONFIDENCE:
+            shape = state
+            summary = f"the training loss is {state}"
+        else:
+            return None
+        flips = slope_sign_flips(ev.values_of("loss"))
+        bouncing = flips is not None and flips > FLIP_SHARE
+        confidence = min(LOG_CONFIDENCE[shape] + FLIP_BONUS * bouncing, LOG_MAX_CONFIDENCE)
+        lrs = latest_lrs(ev)
+        if bouncing:
+            summary += (
+                f" ({flips:.0%} of its slopes flip sign over the latest {FLIP_WINDOW} points)"
+            )
+        summary += lr_text(ev) + ": the LR may be too high (from the loss alone; this log has "
+        summary += "no update/weight ratio)"
+        return Finding(
+            cause=self.code,
+            confidence=round(confidence, 4),
+            evidence={
+                "update_ratio_median": float("nan"),
+                "detector_state": state,
+                "slope_sign_flips": flips if flips is not None else float("nan"),
+                "flip_threshold": FLIP_SHARE,
+                "flip_window": FLIP_WINDOW,
+                "spread": finite_or_nan(stats.get("spread")),
+                "autocorr": finite_or_nan(stats.get("autocorr")),
+                "within_spread": finite_or_nan(stats.get("within_spread")),
+                "within_autocorr": finite_or_nan(stats.get("within_autocorr")),
+                "lr": next(iter(lrs.values())) if lrs else float("nan"),
+                "lr_series": next(iter(lrs)) if lrs else "",
+                "suggested_factor": OSCILLATION_CUT,
+                "source": "log",
+            },
+            step=ev.step,
+            summary=summary,
+            remedies=(Remedy("lr_scale", {"factor": OSCILLATION_CUT}, automatic=True),),
         )

@@ -1,0 +1,90 @@
+"""What every reader shares: the error type, the list of known formats, lazy imports, and
+turning raw named points into a :class:`RunData` with canonical names."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from unstuck.analyze.names import canonical_names
+from unstuck.record.rundata import RunData
+
+__all__ = [
+    "FORMATS",
+    "KNOWN_FORMATS",
+    "LogFormatError",
+    "build_run",
+    "require",
+    "to_float",
+    "to_step",
+]
+
+FORMATS: tuple[str, ...] = ("tensorboard", "hf", "lightning", "keras", "mlflow", "unstuck")
+
+# One line, appended to every "cannot read" error: what unstuck analyze reads and how to pass it.
+KNOWN_FORMATS = (
+    "unstuck analyze reads: a TensorBoard log dir or events.out.tfevents.* file; "
+    "an HF trainer_state.json (or the Trainer's output_dir); a Lightning CSVLogger "
+    "metrics.csv (or its version_N dir); a Keras CSVLogger .csv; unstuck's run_dir or its "
+    "unstuck.sqlite; an MLflow run as mlflow:RUN_ID with --tracking-uri URI, or an MLflow "
+    ".db file with --run RUN_ID; force one with --format {" + ",".join(FORMATS) + "}"
+)
+
+
+class LogFormatError(ValueError):
+    """A log that cannot be read: the message says why and which formats are known."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional framework at the point of use, naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"reading this log needs {module.split('.')[0]}: pip install 'unstuck[{extra}]'"
+        ) from exc
+
+
+def to_float(value: Any) -> float | None:
+    """A logged cell as a float: numbers and numeric strings (``nan``/``inf`` included); empty
+    cells, ``NA`` and anything else non-numeric are missing (None)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or text.upper() in ("NA", "N/A", "NONE", "NULL"):
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def to_step(value: Any) -> int | None:
+    """A step or epoch cell as an int (CSV writers may print ``12.0``)."""
+    number = to_float(value)
+    if number is None or not math.isfinite(number):
+        return None
+    return round(number)
+
+
+def build_run(
+    source: str,
+    fmt: str,
+    raw: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    meta: Mapping[str, Any] | None = None,
+) -> RunData:
+    """A RunData whose series carry canonical names; ``meta["names"]`` maps raw -> canonical."""
+    names = canonical_names(raw)
+    run = RunData(source=source, format=fmt, meta=dict(meta or {}))
+    for raw_name, (steps, values) in raw.items():
+        if len(steps):
+            run.add_series(names[raw_name], steps, values)
+    run.meta["names"] = {k: v for k, v in names.items() if k in raw and len(raw[k][0])}
+    return run

@@ -1,0 +1,341 @@
+"""Offline analysis: the live pipeline's detector and rules, run over the series a log holds.
+
+Nothing here has thresholds of its own. Each loss-like series (``loss`` as ``train``,
+``val_loss`` as ``val``, any other series with "loss" in its name under its own name) goes
+point by point, in step order, through a default :class:`PlateauDetector`, exactly as a live
+run's would. Wherever a detector changes state, where a loss value is non-finite, and at the
+last point of each series, the rules run on an :class:`Evidence` holding the series up to that
+step (plus ``detector_state``, ``detector_series`` and ``detector_stats``, as the Guard builds
+it): every rule when the state is one the Guard diagnoses on, else only the continuous ones.
+
+Which rules can run is decided by their own ``requires`` (or ``requires_any``, the inputs of a
+rule's log-level reading): a log from another tool gives the evidence ``loss``, ``val_loss``,
+``grad_norm``, ``lr/*`` and ``nonfinite_loss`` (1 where a logged loss is NaN/inf), so
+``capacity_limit``, ``overfitting`` and ``nonfinite`` run as on a live run, and
+``lr_too_high``, ``lr_too_low``, ``converged`` and ``exploding_gradients`` run their log-level
+readings (hints from the loss shape, the LR and the global gradient norm; docs/analyze.md);
+``over_clipping`` is left out (:data:`LEFT_OUT_ON_LOGS` says why). unstuck's own run store gives
+every series the Guard recorded, so every rule whose inputs were recorded runs. The findings
+are kept once per (cause, series), at their highest confidence. The detector's oscillating and
+diverging stretches of each series are reported as ``episodes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR, PlateauDetector
+from unstuck.diagnose.base import EXPLAINED_FACTOR, all_rules, inputs_present, run_rules
+from unstuck.diagnose.evidence import (
+    HISTORY_POINTS,
+    INITIAL_POINTS,
+    Evidence,
+    EvidenceBuilder,
+)
+from unstuck.record.rundata import RunData
+from unstuck.types import Finding, Plateau, primitive
+
+__all__ = [
+    "DIAGNOSE_ON",
+    "EPISODE_STATES",
+    "LEFT_OUT_ON_LOGS",
+    "LOG_EVIDENCE",
+    "MIN_PLATEAU_POINTS",
+    "NOT_LOSS_PREFIXES",
+    "NOT_LOSS_WORDS",
+    "SERIES_LABELS",
+    "analyze",
+    "loss_series",
+    "summary",
+]
+
+SERIES_LABELS = {"loss": "train", "val_loss": "val"}  # the Guard's detector names
+# The states at which the Guard runs every rule (integrations/loop.py); at the others only the
+# continuous rules (non-finite values, frozen parameters) run.
+DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
+# States reported as stretches of their own (plateaus are reported as Plateau objects): the loss
+# bouncing or climbing, what lr_too_high reads on a log.
+EPISODE_STATES = ("oscillating", "diverging")
+# The detector calls no plateau before 2·min_points points, on a window of 2·min_points bins.
+MIN_PLATEAU_POINTS = WARMUP_FACTOR * DEFAULT_MIN_POINTS
+NOT_LOSS_PREFIXES = ("lr/", "nonfinite_")  # names with "loss" in them that are no loss ...
+NOT_LOSS_WORDS = ("scale",)  # ... nor is a mixed-precision "loss_scale"
+LOG_EVIDENCE = ("loss", "val_loss", "grad_norm")  # plus every lr/* series, and nonfinite_loss
+# Rules whose inputs a log seems to hold but not with the meaning the rule needs (the docs say
+# more, docs/analyze.md).
+LEFT_OUT_ON_LOGS: dict[str, str] = {
+    "over_clipping": (
+        "needs the post-clip gradient norm; logs hold the pre-clip one (clip_grad_norm_'s "
+        "return value, HF's grad_norm)"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decision:
+    step: int
+    series: str
+    state: str
+    stats: dict[str, Any]
+
+
+def loss_series(run: RunData) -> list[str]:
+    """The series the detector runs on: ``loss``, ``val_loss``, then every other series with
+    "loss" in its name (not ``lr/*``, unstuck's ``nonfinite_loss`` or a ``loss_scale``)."""
+    names = [n for n in SERIES_LABELS if n in run.series]
+    for name in sorted(run.series):
+        low = name.lower()
+        if (
+            name not in SERIES_LABELS
+            and "loss" in low
+            and not low.startswith(NOT_LOSS_PREFIXES)
+            and not any(word in low for word in NOT_LOSS_WORDS)
+        ):
+            names.append(name)
+    return names
+
+
+def _upto(pair: tuple[np.ndarray, np.ndarray], step: int) -> tuple[list[int], list[float]]:
+    """The points at or before ``step``, at most the ``HISTORY_POINTS`` the Guard keeps."""
+    steps, values = pair
+    k = int(np.searchsorted(steps, step, side="right"))
+    start = max(k - HISTORY_POINTS, 0)
+    return steps[start:k].tolist(), values[start:k].tolist()
+
+
+def _detect(
+    name: str,
+    run: RunData,
+    options: Mapping[str, Any],
+) -> tuple[PlateauDetector, list[_Decision]]:
+    """Feed one series to a fresh detector point by point; note where it should be diagnosed."""
+    label = SERIES_LABELS.get(name, name)
+    steps, values = run.series[name]
+    # unstuck's own store holds the parameter distance and gradient SNR the Guard fed its
+    # detectors; other logs do not, and the detector then skips those checks (and says so).
+    dist = run.series.get("param_distance") if run.format == "unstuck" else None
+    snr = run.series.get("grad_snr") if run.format == "unstuck" and label == "train" else None
+    opts = {"distance_signal": dist is not None, **dict(options)}
+    detector = PlateauDetector(label, **opts)
+    decisions: list[_Decision] = []
+    j = k = 0
+    was_finite = True
+    for s, v in zip(steps.tolist(), values.tolist()):
+        distance = None
+        if dist is not None:
+            j0 = j
+            while j < dist[0].size and dist[0][j] <= s:
+                j += 1
+            if j > j0:
+                distance = (dist[0][j0:j].tolist(), dist[1][j0:j].tolist())
+        gradient_snr = None
+        if snr is not None:
+            while k < snr[0].size and snr[0][k] <= s:
+                gradient_snr = float(snr[1][k])
+                k += 1
+        before = detector.state
+        state = detector.update(s, v, distance=distance, gradient_snr=gradient_snr)
+        finite = math.isfinite(v)
+        if state != before or (was_finite and not finite):
+            decisions.append(_Decision(int(s), label, state, primitive(detector.stats())))
+        was_finite = finite
+    if steps.size and (not decisions or decisions[-1].step != int(steps[-1])):
+        decisions.append(
+            _Decision(int(steps[-1]), label, detector.state, primitive(detector.stats()))
+        )
+    return detector, decisions
+
+
+def _evidence_series(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if run.format == "unstuck":
+        return dict(run.series)
+    out = {n: run.series[n] for n in LOG_EVIDENCE if n in run.series}
+    out.update({n: s for n, s in run.series.items() if n.startswith("lr/")})
+    if "loss" in run.series:
+        steps, values = run.series["loss"]
+        out["nonfinite_loss"] = (steps, (~np.isfinite(values)).astype(np.float64))
+    return out
+
+
+def _restore_left_out(findings: list[Finding], left_out: frozenset[str]) -> list[Finding]:
+    """Drop the left-out rules' findings and undo the demotions they caused."""
+    out = []
+    for f in findings:
+        if f.cause in left_out:
+            continue
+        explained = f.evidence.get("explained_by")
+        if isinstance(explained, list) and explained:
+            kept = [c for c in explained if c not in left_out]
+            if len(kept) != len(explained):
+                evidence = {k: v for k, v in f.evidence.items() if k != "explained_by"}
+                confidence = f.confidence
+                if kept:
+                    evidence["explained_by"] = kept
+                else:
+                    confidence = min(f.confidence / EXPLAINED_FACTOR, 1.0)
+                f = dataclasses.replace(f, confidence=confidence, evidence=evidence)
+        out.append(f)
+    return out
+
+
+def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) -> RunData:
+    """Detect plateaus on every loss-like series of ``run`` and diagnose what its series allow.
+
+    Fills ``run.plateaus``, ``run.findings`` and ``run.meta["analysis"]`` (per-series points,
+    final state and plateau count; the rules that ran, those left out and why, and those whose
+    inputs the log lacks). Returns ``run``.
+
+    >>> from unstuck.analyze import load
+    >>> run = analyze(load("logs/trainer_state.json"))  # doctest: +SKIP
+    >>> [(p.series, p.start, p.end) for p in run.plateaus]  # doctest: +SKIP
+    """
+    options = dict(detector_options or {})
+    rules = all_rules()
+    left_out = frozenset() if run.format == "unstuck" else frozenset(LEFT_OUT_ON_LOGS)
+    evidence_series = _evidence_series(run)
+    plateaus: list[Plateau] = []
+    decisions: list[_Decision] = []
+    per_series: dict[str, dict[str, Any]] = {}
+    for name in loss_series(run):
+        detector, changes = _detect(name, run, options)
+        steps, values = run.series[name]
+        plateaus += detector.plateaus
+        decisions += changes
+        per_series[name] = {
+            "label": SERIES_LABELS.get(name, name),
+            "episodes": _episodes(changes, int(steps[-1]) if steps.size else 0),
+            "nonfinite": int((~np.isfinite(values)).sum()),
+            "first_step": int(steps[0]) if steps.size else None,
+            "last_step": int(steps[-1]) if steps.size else None,
+            "final_state": detector.state,
+            "plateaus": len(detector.plateaus),
+            "too_few_points": bool(detector.n_points < MIN_PLATEAU_POINTS),
+        }
+    best: dict[tuple[str, str], Finding] = {}
+    ran: set[str] = set()
+    missing: dict[str, list[str]] = {}
+    for d in sorted(decisions, key=lambda d: (d.step, d.series)):
+        extra = {"detector_state": d.state, "detector_series": d.series, "detector_stats": d.stats}
+        ev = _build(evidence_series, d.step, extra)
+        continuous_only = d.state not in DIAGNOSE_ON
+        for code, rule in rules.items():
+            if code in left_out or (continuous_only and not rule.continuous):
+                continue
+            if rule.applicable(ev):
+                ran.add(code)
+        found = _restore_left_out(run_rules(ev, continuous_only=continuous_only), left_out)
+        for f in found:
+            if f.series != d.series:
+                f = dataclasses.replace(f, series=d.series)
+            key = (f.cause, f.series)
+            if key not in best or f.confidence > best[key].confidence:
+                best[key] = f
+    final_ev = _build(
+        evidence_series, _last_step(run), {"detector_state": "", "detector_series": ""}
+    )
+    for code, rule in rules.items():
+        if code not in ran and code not in left_out:
+            missing[code] = sorted(
+                n for n in rule.requires if not inputs_present(final_ev, frozenset({n}))
+            )
+    run.plateaus = sorted(plateaus, key=lambda p: (p.start, p.series))
+    run.findings = sorted(best.values(), key=lambda f: (-f.confidence, f.cause, f.series))
+    run.meta["analysis"] = {
+        "series": per_series,
+        "rules_run": sorted(ran),
+        "rules_left_out": {c: LEFT_OUT_ON_LOGS[c] for c in sorted(left_out)},
+        "rules_missing_inputs": {c: m for c, m in sorted(missing.items()) if m},
+        "min_plateau_points": MIN_PLATEAU_POINTS,
+        "evidence": sorted(evidence_series),
+    }
+    return run
+
+
+def _episodes(changes: list[_Decision], last: int) -> list[dict[str, Any]]:
+    """The stretches a series spent in an :data:`EPISODE_STATES` state: ``state``, ``start``
+    (the step the detector entered it), ``end`` (the step it left it; None when still in it at
+    the series' last step) and ``last`` (that last step)."""
+    out: list[dict[str, Any]] = []
+    for d in changes:
+        if out and out[-1]["end"] is None and d.state != out[-1]["state"]:
+            out[-1]["end"] = d.step
+        if d.state in EPISODE_STATES and (
+            not out or out[-1]["end"] is not None or out[-1]["state"] != d.state
+        ):
+            out.append({"state": d.state, "start": d.step, "end": None, "last": last})
+    return out
+
+
+def _last_step(run: RunData) -> int:
+    ends = [int(s[-1]) for s, _ in run.series.values() if s.size]
+    return max(ends) if ends else 0
+
+
+def _build(
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]], step: int, extra: Mapping[str, Any]
+) -> Evidence:
+    builder = EvidenceBuilder()
+    loss = series.get("loss")
+    if loss is not None:
+        # The run's starting level, as the Guard keeps it for good while its history forgets.
+        head = loss[1][: int(np.searchsorted(loss[0], step, side="right"))]
+        head = head[np.isfinite(head)][:INITIAL_POINTS]
+        if head.size >= INITIAL_POINTS:
+            builder.set("loss_initial", float(np.median(head)))
+    for name, pair in series.items():
+        steps, values = _upto(pair, step)
+        if steps:
+            builder.add_series(name, steps, values)
+    return builder.build(step, extra)
+
+
+def _finite(value: Any) -> Any:
+    """JSON without NaN/Infinity tokens (strict parsers reject them): non-finite -> None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def summary(run: RunData, report: str | None = None) -> dict[str, Any]:
+    """What ``unstuck analyze --json`` prints: the analysis of ``run`` as plain JSON values."""
+    analysis = run.meta.get("analysis", {})
+    analyzed = loss_series(run)
+    order = analyzed + sorted(n for n in run.series if n not in analyzed)
+    series = []
+    for name in order:
+        steps = run.series[name][0]
+        entry: dict[str, Any] = {
+            "name": name,
+            "points": int(steps.size),
+            "first_step": int(steps[0]) if steps.size else None,
+            "last_step": int(steps[-1]) if steps.size else None,
+        }
+        entry.update(analysis.get("series", {}).get(name, {}))
+        series.append(entry)
+    out = {
+        "source": run.source,
+        "format": run.format,
+        "step_unit": run.meta.get("step_unit", "step"),
+        "series": series,
+        "plateaus": [p.to_dict() for p in run.plateaus],
+        "findings": [f.to_dict() for f in run.findings],
+        "rules_run": analysis.get("rules_run", []),
+        "rules_left_out": analysis.get("rules_left_out", {}),
+        "rules_missing_inputs": analysis.get("rules_missing_inputs", {}),
+        "min_plateau_points": analysis.get("min_plateau_points", MIN_PLATEAU_POINTS),
+        "names": run.meta.get("names", {}),
+        "notes": list(run.meta.get("notes", [])),
+        "recorded": run.meta.get("recorded"),
+        "report": report,
+    }
+    result: dict[str, Any] = _finite(primitive(out))
+    return result

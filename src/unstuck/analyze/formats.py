@@ -1,0 +1,193 @@
+"""Which reader a path needs (``detect_format``), and reading it (``load``).
+
+Recognition, in this order (docs/analyze.md has the table):
+
+* ``mlflow:RUN_ID`` -> ``mlflow``;
+* a folder holding ``unstuck.sqlite`` -> ``unstuck``; ``trainer_state.json`` (or
+  ``checkpoint-N/trainer_state.json``) -> ``hf``; ``metrics.csv`` (or a single
+  ``version_N/metrics.csv``) -> ``lightning``; any ``events.out.tfevents.*`` below ->
+  ``tensorboard``;
+* a file named ``events.out.tfevents.*`` -> ``tensorboard``; a SQLite file -> ``unstuck`` (it has
+  the run store's ``schema_info`` table) or ``mlflow`` (``experiments`` and ``alembic_version``);
+  JSON (``.json`` or a first character ``{``) -> ``hf``; a CSV whose header has ``step`` ->
+  ``lightning``, else one with ``epoch`` -> ``keras``.
+
+Anything else, and any file its reader cannot parse, is a :class:`LogFormatError` whose one-line
+message says why and lists the formats and how to pass each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from unstuck.analyze._common import FORMATS, KNOWN_FORMATS, LogFormatError
+from unstuck.analyze._csv import csv_header
+from unstuck.analyze.hf_trainer import find_state_file, read_hf
+from unstuck.analyze.keras_csv import read_keras
+from unstuck.analyze.lightning_csv import read_lightning
+from unstuck.analyze.mlflow_run import MLFLOW_PREFIX, read_mlflow, sqlite_uri
+from unstuck.analyze.names import use_series
+from unstuck.analyze.run_store import read_store
+from unstuck.analyze.tensorboard_events import EVENT_PREFIX, event_dirs, read_tensorboard
+from unstuck.record.rundata import RunData
+from unstuck.record.store import STORE_FILENAME
+
+__all__ = ["detect_format", "load"]
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEAD_BYTES = 4096
+
+
+def _fail(path: object, why: str, fmt: str | None = None) -> LogFormatError:
+    what = f"{path} as {fmt}" if fmt else f"{path}"
+    why = " ".join(why.splitlines())  # the CLI prints one line
+    return LogFormatError(f"cannot read {what}: {why}. {KNOWN_FORMATS}")
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return set()
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError:
+        return set()
+    finally:
+        conn.close()
+    return {str(r[0]) for r in rows}
+
+
+def _detect_dir(path: Path) -> str:
+    if (path / STORE_FILENAME).is_file():
+        return "unstuck"
+    if find_state_file(path) is not None:
+        return "hf"
+    if (path / "metrics.csv").is_file():
+        return "lightning"
+    versions = sorted(path.glob("version_*/metrics.csv"))
+    if len(versions) == 1:
+        return "lightning"
+    if len(versions) > 1:
+        listed = ", ".join(v.parent.name for v in versions)
+        raise LogFormatError(
+            f"{len(versions)} Lightning runs in {path}: {listed}; pass one version_N folder"
+        )
+    if event_dirs(path):
+        return "tensorboard"
+    raise _fail(path, "a folder with no log in it that unstuck knows")
+
+
+def _detect_file(path: Path) -> str:
+    if path.name.startswith(EVENT_PREFIX):
+        return "tensorboard"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError as exc:
+        raise _fail(path, exc.strerror or str(exc)) from None
+    if head.startswith(SQLITE_MAGIC):
+        tables = _sqlite_tables(path)
+        if {"schema_info", "runs", "metrics", "events"} <= tables:
+            return "unstuck"
+        if {"experiments", "alembic_version"} <= tables:
+            return "mlflow"
+        raise _fail(path, "a SQLite file that is neither an unstuck run store nor MLflow's")
+    if not head.strip():
+        raise _fail(path, "the file is empty")
+    if path.suffix.lower() == ".json" or head.lstrip().startswith(b"{"):
+        return "hf"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
+            raise _fail(path, "a binary file") from None
+    header = [h.strip().lower() for h in csv_header(path)]
+    if "step" in header:
+        return "lightning"
+    if "epoch" in header:
+        return "keras"
+    raise _fail(
+        path,
+        "a text file that is no known log (a CSV needs a 'step' column, Lightning, "
+        "or an 'epoch' column, Keras)",
+    )
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of ``path``: one of ``FORMATS``, or a :class:`LogFormatError`.
+
+    >>> detect_format("lightning_logs/version_0/metrics.csv")  # doctest: +SKIP
+    'lightning'
+    """
+    text = os.fspath(path)
+    if text.startswith(MLFLOW_PREFIX):
+        return "mlflow"
+    p = Path(text)
+    if not p.exists():
+        raise _fail(text, "no such file or folder")
+    return _detect_dir(p) if p.is_dir() else _detect_file(p)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    run: str | None = None,
+    tracking_uri: str | None = None,
+    loss: str | None = None,
+    val_loss: str | None = None,
+) -> RunData:
+    """Read ``path`` into a :class:`RunData` with canonical series names (``names.py``).
+
+    ``fmt`` forces a reader (default: :func:`detect_format`); ``run`` picks a run in a source
+    holding several (a TensorBoard sub-folder, a run store's run_id, an MLflow run id);
+    ``tracking_uri`` is MLflow's, for ``mlflow:RUN_ID``; ``loss`` / ``val_loss`` name the series
+    to analyse as the training / validation loss when the name table does not know them.
+    """
+    text = os.fspath(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    fmt = fmt or detect_format(text)
+    try:
+        data = _read(text, fmt, run, tracking_uri)
+    except LogFormatError as exc:
+        if KNOWN_FORMATS in str(exc):
+            raise
+        raise _fail(text, str(exc), fmt) from None
+    except (OSError, ValueError, sqlite3.Error, json.JSONDecodeError) as exc:
+        raise _fail(text, f"{type(exc).__name__}: {exc}", fmt) from None
+    for canonical, name in (("loss", loss), ("val_loss", val_loss)):
+        if name is not None:
+            try:
+                use_series(data, canonical, name)
+            except ValueError as exc:
+                raise LogFormatError(f"--{canonical.replace('_', '-')}: {exc}") from None
+    return data
+
+
+def _read(text: str, fmt: str, run: str | None, tracking_uri: str | None) -> RunData:
+    if fmt == "mlflow":
+        if text.startswith(MLFLOW_PREFIX):
+            run_id = text[len(MLFLOW_PREFIX) :] or run
+            return read_mlflow(run_id, tracking_uri, source=text)
+        return read_mlflow(run, tracking_uri or sqlite_uri(text), source=text)
+    if fmt == "unstuck":
+        return read_store(text, run)
+    if fmt == "tensorboard":
+        return read_tensorboard(text, run)
+    if fmt == "hf":
+        return read_hf(text)
+    if fmt == "lightning":
+        p = Path(text)
+        if p.is_dir() and not (p / "metrics.csv").is_file():
+            versions = sorted(p.glob("version_*/metrics.csv"))
+            if len(versions) == 1:
+                return read_lightning(versions[0])
+        return read_lightning(text)
+    if fmt == "keras":
+        return read_keras(text)
+    raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")

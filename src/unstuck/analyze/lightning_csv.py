@@ -1,0 +1,63 @@
+"""Lightning ``metrics.csv`` -> RunData.
+
+**Lightning** (``CSVLogger``): one header of sorted columns with ``epoch`` and ``step``; rows are
+sparse (each ``log_metrics`` call writes only its own columns, the rest are empty). Each column
+becomes a series over ``step`` from the rows where it has a value. A metric logged with
+``on_step=True, on_epoch=True`` appears twice, ``<name>_step`` and ``<name>_epoch``: the
+``_step`` column is the per-step series and takes the plain name (``train_loss_step`` ->
+``train_loss`` -> ``loss``); the ``_epoch`` one keeps its name. ``lr-<Optimizer>`` columns
+(``LearningRateMonitor``) become ``lr/<Optimizer>``. Validation rows are separate rows whose
+``step`` is the global step when validation ran.
+
+A last line cut off by a killed run is skipped and noted in ``meta["notes"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from unstuck.analyze._common import LogFormatError, build_run, to_float, to_step
+from unstuck.analyze._csv import csv_rows
+from unstuck.record.rundata import RunData
+
+__all__ = ["read_lightning"]
+
+
+def read_lightning(path: str | os.PathLike[str]) -> RunData:
+    """Read a Lightning ``metrics.csv`` (or the ``version_N`` folder holding one)."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / "metrics.csv"
+    header, rows, notes = csv_rows(file)
+    if "step" not in header:
+        raise LogFormatError(f"{file} has no 'step' column: not a Lightning metrics.csv")
+    rename = {}
+    for col in header:
+        if col.endswith("_step") and col[: -len("_step")] + "_epoch" in header:
+            rename[col] = col[: -len("_step")]
+    raw: dict[str, tuple[list[int], list[float]]] = {}
+    epochs: dict[int, float] = {}
+    for row in rows:
+        step = to_step(row.get("step"))
+        if step is None:
+            continue
+        for col, cell in row.items():
+            if col == "step":
+                continue
+            value = to_float(cell)
+            if value is None:
+                continue
+            if col == "epoch":
+                epochs.setdefault(step, value)
+                continue
+            steps, values = raw.setdefault(rename.get(col, col), ([], []))
+            steps.append(step)
+            values.append(value)
+    if epochs:
+        raw["epoch"] = (list(epochs), list(epochs.values()))
+    meta: dict[str, Any] = {"step_unit": "step", "file": str(file), "columns": header}
+    if notes:
+        meta["notes"] = notes
+    return build_run(os.fspath(path), "lightning", raw, meta)

@@ -1,0 +1,130 @@
+"""The one table that maps the names logs use to unstuck's canonical series names.
+
+Every reader (TensorBoard tags, HF ``log_history`` keys, Lightning and Keras CSV columns,
+MLflow metric keys) passes its raw names through :func:`canonical_names`, so a new alias is
+added here once and every format knows it. Matching ignores case. When a log holds several
+aliases of one canonical name (``train/loss`` and ``loss``), the first in the table's order
+wins and the others keep their own names. docs/analyze.md prints this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unstuck.record.rundata import RunData
+
+__all__ = ["ALIASES", "LR_NAMES", "LR_PREFIXES", "canonical_names", "use_series"]
+
+# canonical name -> the names logs use for it, most specific first
+ALIASES: dict[str, tuple[str, ...]] = {
+    "loss": (
+        "train/loss",  # HF's TensorBoard/W&B names, many hand-written loops
+        "train_loss",  # Lightning (``self.log("train_loss")``), MLflow examples
+        "loss/train",  # ``add_scalar("Loss/train", ...)``, PyTorch's TensorBoard tutorial
+        "train/epoch_loss",  # Keras' TensorBoard callback, ``train/`` run folder
+        "training_loss",
+        "train/loss_step",
+        "loss",  # Keras CSVLogger, HF ``log_history`` train rows, unstuck's run store
+        "epoch_loss",
+    ),
+    "val_loss": (
+        "val_loss",  # Keras CSVLogger, Lightning, unstuck's run store
+        "val/loss",
+        "eval/loss",  # HF's TensorBoard names
+        "eval_loss",  # HF ``log_history`` eval rows
+        "validation/loss",
+        "valid/loss",
+        "valid_loss",
+        "validation_loss",
+        "loss/val",
+        "loss/valid",
+        "loss/validation",
+        "validation/epoch_loss",  # Keras' TensorBoard callback, ``validation/`` run folder
+        "val/epoch_loss",
+    ),
+    "grad_norm": (
+        "grad_norm",  # HF ``log_history`` and TensorBoard (``train/grad_norm``), unstuck
+        "train/grad_norm",
+        "gradient_norm",
+        "grad_norm/total",
+        "grad_2.0_norm_total",  # Lightning's ``grad_norm`` utility
+    ),
+}
+
+# A learning rate without a group becomes ``lr/0`` (group 0, as the Guard names it) ...
+LR_NAMES: tuple[str, ...] = (
+    "lr",
+    "learning_rate",  # HF ``log_history``, Keras 3 CSVLogger
+    "train/learning_rate",  # HF's TensorBoard names
+    "train/lr",
+    "epoch_learning_rate",  # Keras' TensorBoard callback
+    "train/epoch_learning_rate",
+    "epoch_lr",
+)
+# ... and one with a group keeps it: ``lr-SGD`` (Lightning's LearningRateMonitor) -> ``lr/SGD``,
+# ``lr-Adam/pg1`` -> ``lr/Adam/pg1``, ``lr/1`` -> ``lr/1``.
+LR_PREFIXES: tuple[str, ...] = ("lr-", "lr/", "learning_rate/", "learning_rate-")
+
+
+def _lr_name(raw: str) -> str | None:
+    low = raw.lower()
+    if low in LR_NAMES:
+        return "lr/0"
+    for prefix in LR_PREFIXES:
+        if low.startswith(prefix) and len(raw) > len(prefix):
+            return "lr/" + raw[len(prefix) :]
+    return None
+
+
+def canonical_names(raw_names: Iterable[str]) -> dict[str, str]:
+    """Map each raw name to the name its series gets in a :class:`RunData`.
+
+    >>> canonical_names(["train/loss", "eval/loss", "train/learning_rate", "acc"])
+    {'train/loss': 'loss', 'eval/loss': 'val_loss', 'train/learning_rate': 'lr/0', 'acc': 'acc'}
+    """
+    names = list(dict.fromkeys(raw_names))
+    lower = {n.lower(): n for n in reversed(names)}  # the first spelling of each wins
+    out: dict[str, str] = {}
+    for canonical, aliases in ALIASES.items():
+        for alias in aliases:
+            raw = lower.get(alias)
+            if raw is not None and raw not in out:
+                out[raw] = canonical
+                break
+    taken = set(out.values())
+    for raw in names:
+        if raw in out:
+            continue
+        lr = _lr_name(raw)
+        if lr is not None and lr not in taken:
+            out[raw] = lr
+        elif raw in taken or raw in ALIASES or (lr is not None and raw == lr):
+            out[raw] = f"{raw} (raw)"  # a raw name that collides with a canonical one
+        else:
+            out[raw] = raw
+        taken.add(out[raw])
+    return out
+
+
+def use_series(run: RunData, canonical: str, name: str) -> None:
+    """Analyse the series ``name`` as ``canonical`` (``loss`` or ``val_loss``): for tags the
+    table does not know (``Loss/total``). A series already holding that name goes back to its
+    raw name. ``meta["names"]`` and ``meta["notes"]`` record the choice."""
+    if canonical not in ALIASES:
+        raise ValueError(f"use_series: {canonical!r} is not one of {', '.join(ALIASES)}")
+    if name not in run.series:
+        known = ", ".join(sorted(run.series))
+        raise ValueError(f"no series {name!r} in {run.source}; its series: {known}")
+    if name == canonical:
+        return
+    names: dict[str, str] = run.meta.setdefault("names", {})
+    if canonical in run.series:
+        raw = next((r for r, c in names.items() if c == canonical), canonical + " (was)")
+        moved = raw if raw not in run.series and raw not in ALIASES else f"{raw} (raw)"
+        run.series[moved] = run.series.pop(canonical)
+        names.update({r: moved for r, c in names.items() if c == canonical})
+    run.series[canonical] = run.series.pop(name)
+    names.update({r: canonical for r, c in names.items() if c == name} or {name: canonical})
+    run.meta.setdefault("notes", []).append(f"{name} analysed as {canonical}")
