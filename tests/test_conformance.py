@@ -10,7 +10,8 @@ import torch
 
 from conftest import regression_batch, tiny_mlp
 from unstuck.diagnose import Evidence, all_rules
-from unstuck.rescue import Controls, LRMultiplier, all_actions
+from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
+from unstuck.rescue.controls import AccumulationControl, ClipControl
 from unstuck.types import Finding
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -38,49 +39,116 @@ def test_rule_conformance(code):
     assert f"`{code}`" in page.read_text() or code in page.read_text()
 
 
-def _full_state(model, optimizer, multiplier):
-    return (
-        [p.detach().clone() for p in model.parameters()],
-        {
+def _full_state(controls):
+    """Everything an action may touch, as comparable copies."""
+    model, optimizer = controls.model, controls.optimizer
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "state": {
             k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()}
             for k, s in optimizer.state_dict()["state"].items()
         },
-        [dict((k, v) for k, v in g.items() if k != "params") for g in optimizer.param_groups],
-        multiplier.value,
-    )
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        "multiplier": controls.lr.state_dict(),
+        "clip": controls.clip.state_dict(),
+        "accumulation": controls.accumulation.state_dict(),
+        "stop": controls.stop.state_dict(),
+    }
 
 
 def _assert_same(a, b):
-    params_a, state_a, groups_a, mult_a = a
-    params_b, state_b, groups_b, mult_b = b
-    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b))
-    assert state_a.keys() == state_b.keys()
-    for k in state_a:
-        for n in state_a[k]:
-            va, vb = state_a[k][n], state_b[k][n]
+    assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert a["state"][k].keys() == b["state"][k].keys()
+        for n in a["state"][k]:
+            va, vb = a["state"][k][n], b["state"][k][n]
             assert torch.equal(va, vb) if torch.is_tensor(va) else va == vb
-    assert groups_a == groups_b and mult_a == mult_b
+    for key in ("groups", "multiplier", "clip", "accumulation", "stop"):
+        assert a[key] == b[key], key
+
+
+def _train(model, optimizer, steps, seed=0):
+    for i in range(steps):
+        x, y = regression_batch(seed=seed + i)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+
+def _owned_controls():
+    """Controls with every handle owned, a best snapshot that differs from the live state, and
+    a restore that, like the Guard's, also puts back unstuck's multiplier."""
+    model = tiny_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    multiplier = LRMultiplier(optimizer)
+    _train(model, optimizer, 2)
+    best = take_snapshot(2, model, optimizer, extra={"lr": {"value": 0.5, "shape": None}})
+    _train(model, optimizer, 2, seed=10)
+    multiplier.set(1.5)  # not 1, so a product and a replacement differ
+
+    def restore(snap):
+        restore_snapshot(snap, model, optimizer)
+        if "lr" in snap.extra:
+            multiplier.load_state_dict(snap.extra["lr"])
+
+    clip = ClipControl()
+    clip.owned = True
+    return Controls(
+        model,
+        optimizer,
+        multiplier,
+        clip=clip,
+        accumulation=AccumulationControl(2),
+        best=lambda: best,
+        restore=restore,
+    )
+
+
+# One bad value per parameter an action reads (every action with params is covered).
+BAD_PARAMS = {
+    "lr_scale": [{"factor": 0.0}, {"factor": float("nan")}],
+    "warm_restart": [{"peak": 1.0}, {"end": 5.0}, {"length": 1}, {"length": 2.5}],
+    "cyclical_bump": [{"peak": 0.5}, {"length": 0}],
+    "clip_adjust": [{"factor": -1.0}, {"factor": "10"}, {"factr": 10.0}],
+    "accumulation_change": [{"factor": 1.0}, {"factor": 0.0}, {"factor": True}],
+    "reset_optimizer_state": [{"factor": 2.0}],
+    "keep_best_and_stop": [{"best_step": -1}, {"steps": 3}],
+    "lr_range_test": [{"steps": 5}, {"low": 0.0}, {"low": 10.0, "high": 1.0}, {"high": "x"}],
+}
+
+
+def test_every_action_has_bad_params_listed():
+    assert set(ACTIONS) <= set(BAD_PARAMS)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIONS))
-def test_action_apply_then_undo_restores_exactly(name):
+def test_action_rejects_bad_params(name):
+    action = ACTIONS[name]
+    for bad in BAD_PARAMS.get(name, []):
+        with pytest.raises(ValueError, match=name):
+            action.validate(bad)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIONS))
+def test_action_apply_then_undo_restores_exactly(name, tmp_path):
     action = ACTIONS[name]
     assert (type(action).__doc__ or "").strip() and action.explanation.strip()
-    model = tiny_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    x, y = regression_batch()
-    torch.nn.functional.mse_loss(model(x), y).backward()
-    optimizer.step()
-    multiplier = LRMultiplier(optimizer)
-    controls = Controls(model, optimizer, multiplier)
-    before = _full_state(model, optimizer, multiplier)
+    controls = _owned_controls()
+    before = _full_state(controls)
     params = dict(action.example_params)
     action.validate(params)
+    assert action.unavailable(controls, params) is None
+    duration = action.duration(params)
+    assert isinstance(duration, int) and duration >= 0
     token = action.apply(controls, params)
-    torch.save(token, "/dev/null")  # tokens are primitives
-    assert isinstance(action.describe(params), str)
+    path = tmp_path / "token.pt"
+    torch.save(token, path)
+    token = torch.load(path, weights_only=True)  # undo from what a checkpoint gives back
+    assert isinstance(action.describe(params), str) and action.describe(params)
     action.undo(controls, token)
-    _assert_same(before, _full_state(model, optimizer, multiplier))
+    _assert_same(before, _full_state(controls))
+    assert controls.stop.requested is False
 
 
 def test_findings_are_primitives_for_weights_only(tmp_path):

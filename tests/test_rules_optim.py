@@ -60,7 +60,8 @@ def test_stale_fires_when_second_moment_dwarfs_recent_gradients():
     assert f is not None and f.cause == "stale_optimizer_state"
     assert f.evidence["ratio"] == pytest.approx(1000.0)
     assert 0.7 < f.confidence < 0.8  # 0.6 + 0.15 · one decade above 100
-    assert not any(r.automatic for r in f.remedies)
+    # Resetting the state is reversible (the engine snapshots first), so it is automatic.
+    assert [r.action for r in f.remedies if r.automatic] == ["reset_optimizer_state"]
 
 
 @pytest.mark.parametrize(("ratio", "fires"), [(99.0, False), (100.5, True), (20.0, False)])
@@ -161,7 +162,12 @@ def _clip(rate, pre=1.0, limit=0.01, opt="SGD"):
 def test_over_clipping_fires_above_ninety_percent():
     f = get_rule("over_clipping").check(_clip(1.0))
     assert f is not None and f.confidence == pytest.approx(0.95)
-    assert f.remedies[0].params["max_norm"] == pytest.approx(1.0)
+    remedies = {r.action: r for r in f.remedies}
+    assert remedies["raise_clip_norm"].params["max_norm"] == pytest.approx(1.0)
+    adjust = remedies["clip_adjust"]  # automatic: applied when the loop clips through the guard
+    assert adjust.automatic
+    expected = min(max(f.evidence["pre_over_max"], 2.0), 100.0)
+    assert adjust.params["factor"] == pytest.approx(expected)
     assert get_rule("over_clipping").check(_clip(0.9)) is None
     assert get_rule("over_clipping").check(_clip(0.5)) is None
 
@@ -245,7 +251,13 @@ def test_batch_size_too_small_names_the_noise_scale_and_floor():
     assert f is not None and f.evidence["kind"] == "small"
     assert f.evidence["noise_scale"] == pytest.approx(200.0)
     assert f.evidence["noise_floor_share"] == pytest.approx(0.3)
-    assert f.remedies[0].params["batch_size"] == 200
+    remedies = {r.action: r for r in f.remedies}
+    assert remedies["raise_batch_size"].params["batch_size"] == 200
+    accumulate = remedies["accumulation_change"]  # automatic where the Guard owns accumulation
+    assert accumulate.automatic
+    assert accumulate.params["factor"] == min(
+        max(round(1 / f.evidence["batch_over_noise_scale"]), 2), 8
+    )
     assert 0.6 < f.confidence <= 0.9
 
 

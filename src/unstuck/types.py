@@ -47,7 +47,21 @@ DETECTOR_STATES: tuple[str, ...] = (
 )
 PLATEAU_KINDS: tuple[str, ...] = ("early", "mid", "near_convergence")
 SERIES: tuple[str, ...] = ("train", "val")
-ACTION_OUTCOMES: tuple[str, ...] = ("pending", "kept", "rolled_back", "failed")
+# pending → kept | rolled_back (verified after the horizon) | unverified (the run ended first);
+# probes: probing → restored (range test measured and put back) | kept | control_kept (branch
+# trial) | interrupted (the run ended or was resumed mid-probe); skipped: could not run here.
+ACTION_OUTCOMES: tuple[str, ...] = (
+    "pending",
+    "kept",
+    "rolled_back",
+    "failed",
+    "unverified",
+    "probing",
+    "restored",
+    "control_kept",
+    "interrupted",
+    "skipped",
+)
 
 
 def primitive(value: Any) -> Any:

@@ -29,7 +29,13 @@ from unstuck.diagnose.base import ROOT_CONFIDENCE
 from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
-from unstuck.rescue.engine import DEFAULT_COOLDOWN, DEFAULT_HORIZON
+from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
+from unstuck.rescue.engine import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_HORIZON,
+    DEFAULT_PROBE_BUDGET,
+    DEFAULT_SNAPSHOT_MEMORY,
+)
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
     ActivationTap,
@@ -78,7 +84,13 @@ DEFAULT_ACTIVATION_EVERY = 128
 DEFAULT_OPTIMIZER_STATE_EVERY = 64
 DEFAULT_PRECISION_EVERY = 64
 DEFAULT_CURVATURE_HVPS = 40  # Hessian-vector products per curvature probe (~2 backward passes each)
-PROBE_KEEP_EVERY = 64  # steps between refreshes of the kept probe batch (a clone of one batch)
+PROBE_KEEP_EVERY = 64  # steps between refreshes of a kept probe batch (a clone of one batch)
+DEFAULT_PROBE_BATCHES = 4  # batches kept for scoring branch trials (the latest feeds curvature)
+# Optimizers that set their own step size: unstuck leaves their LR alone (see docs/rescue.md).
+SELF_TUNING_OPTIMIZERS = {
+    "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
+    "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
+}
 REFIND_RISE = 0.1  # a finding recorded again sooner when its confidence rose by this much
 REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
 DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
@@ -142,6 +154,19 @@ class Guard:
             ``probe_fn``).
         probe_fn: ``probe_fn(model) -> loss`` recomputes a loss on data of your choice; takes
             precedence over ``loss_fn``.
+        accumulation_steps: let unstuck own gradient accumulation: the loop calls
+            ``guard.should_step()`` before ``optimizer.step()``, and unstuck averages the summed
+            gradients itself (do not divide the loss). Lets the rescue change the effective batch.
+        probe_budget: the largest share of the steps so far that probes (LR range tests, branch
+            trials) may spend.
+        snapshot_memory: bytes of snapshots kept in memory; beyond it they are written to
+            ``run_dir/snapshots`` (or a temporary directory) and read back on restore.
+        probe_batches: batches kept (cloned from ``batch=``) to score branch trials on.
+        tensorboard: a directory: mirror metrics, findings and actions to TensorBoard there.
+        mlflow: ``True`` mirrors them to the active MLflow run (and the report as an artifact
+            at close); a :class:`unstuck.record.sinks.MlflowSink` to choose the run yourself.
+        report: write ``run_dir/report.html`` at ``close()`` (needs plotly; skipped with a note
+            when it is missing). Only with a ``run_dir``.
     """
 
     def __init__(
@@ -167,6 +192,13 @@ class Guard:
         curvature_hvps: int = DEFAULT_CURVATURE_HVPS,
         horizon: int = DEFAULT_HORIZON,
         cooldown: int = DEFAULT_COOLDOWN,
+        accumulation_steps: int | None = None,
+        probe_budget: float = DEFAULT_PROBE_BUDGET,
+        snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY,
+        probe_batches: int = DEFAULT_PROBE_BATCHES,
+        tensorboard: str | Path | None = None,
+        mlflow: Any = False,
+        report: bool = True,
         console: bool = True,
         detector_options: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
@@ -226,15 +258,45 @@ class Guard:
             raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
         if horizon < 1 or cooldown < 0:
             raise ValueError(f"horizon must be >= 1 and cooldown >= 0, got {horizon}, {cooldown}")
+        if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
+            raise ValueError(f"Guard: probe_budget must be a share in [0, 1], got {probe_budget!r}")
+        if not isinstance(snapshot_memory, int) or snapshot_memory < 0:
+            raise ValueError(
+                f"Guard: snapshot_memory must be a number of bytes >= 0, got {snapshot_memory!r}"
+            )
+        if not isinstance(probe_batches, int) or probe_batches < 1:
+            raise ValueError(f"Guard: probe_batches must be an int >= 1, got {probe_batches!r}")
+        self._accumulation = AccumulationControl(accumulation_steps)  # validates the argument
+        self._clip = ClipControl()
+        self._stop = StopControl()
+        self._loss_fn = loss_fn
+        self._probe_fn = probe_fn
+        self._probe_batches_max = probe_batches
 
-        # A store that cannot be written fails here, before any training step.
-        self._store = (
-            RunStore(run_dir, meta={"policy": self._policy.name, **dict(meta or {})})
-            if run_dir is not None
+        # Sinks and a store that cannot be written fail here, before any training step.
+        self._sinks = self._make_sinks(tensorboard, mlflow)
+        try:
+            self._store = (
+                RunStore(run_dir, meta={"policy": self._policy.name, **dict(meta or {})})
+                if run_dir is not None
+                else None
+            )
+        except BaseException:
+            for sink in self._sinks:
+                sink.close()
+            raise
+        self._write_report = bool(report)
+
+        # Registered before the hub's hooks, so every signal reads the averaged gradient.
+        self._accumulated = 0  # micro-batches summed into .grad since the last optimizer step
+        self._average_hook = (
+            optimizer.register_step_pre_hook(self._average_accumulated)
+            if self._accumulation.owned
             else None
         )
-
         self._hub = SignalHub(model, optimizer, taps)
+        if self._accumulation.owned:
+            self._hub.ctx.intended_opt_steps = 0
         if "distance_scale" not in options:
             # Hidden progress means the weights moved by a share of their own size, not of a
             # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
@@ -243,20 +305,40 @@ class Guard:
                 detector.distance_scale = scale
         # Registered after the hub's hooks, so the LR tap records the user's own schedule.
         self._lr = LRMultiplier(optimizer)
+        controls = Controls(
+            model,
+            optimizer,
+            self._lr,
+            scheduler,
+            scaler,
+            clip=self._clip,
+            accumulation=self._accumulation,
+            stop=self._stop,
+            lr_locked=self._lr_lock_reason(optimizer),
+        )
+        if controls.lr_locked and self._policy.acts:
+            logger.warning("unstuck: %s", controls.lr_locked)
         self._engine = RescueEngine(
-            Controls(model, optimizer, self._lr, scheduler, scaler),
+            controls,
             self._policy,
             horizon=horizon,
             cooldown=cooldown,
+            probe_budget=probe_budget,
+            snapshot_memory=snapshot_memory,
+            spill_dir=self._store.path.parent / "snapshots" if self._store is not None else None,
             capture_extra=self._capture_extra,
             restore_extra=self._restore_extra,
+            evaluate=self._score_probe_set,
         )
         self._evidence = EvidenceBuilder()
         ctx = self._hub.ctx
         self._curvature = CurvatureProbe(
             model, list(ctx.params), loss_fn=loss_fn, probe_fn=probe_fn, max_hvps=curvature_hvps
         )
-        self._probe_batch: Any = None
+        self._probe_batch: Any = None  # the latest kept batch (the curvature probe reads it)
+        self._kept_batches: list[Any] = []  # the probe set branch trials are scored on
+        self._next_flush = flush_every
+        self._flushed_at = 0
         self._curvature_for: int | None = None  # start step of the plateau last probed
         self._evidence.set("param_names", list(ctx.names))
         self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
@@ -271,6 +353,43 @@ class Guard:
         self._diagnose(step=0, state="unknown", series="train")
 
     # -- construction helpers -----------------------------------------------------------------
+    @staticmethod
+    def _make_sinks(tensorboard: Any, mlflow: Any) -> list[Any]:
+        from unstuck.record.sinks import MlflowSink, Sink, TensorBoardSink
+
+        sinks: list[Any] = []
+        if tensorboard is not None:
+            if not isinstance(tensorboard, (str, Path)):
+                raise TypeError(
+                    f"Guard: tensorboard must be a directory path, got {type(tensorboard).__name__}"
+                )
+            sinks.append(TensorBoardSink(tensorboard))
+        if isinstance(mlflow, Sink):
+            sinks.append(mlflow)
+        elif mlflow is True:
+            try:
+                sinks.append(MlflowSink())
+            except BaseException:
+                for sink in sinks:
+                    sink.close()
+                raise
+        elif mlflow not in (False, None):
+            raise TypeError(
+                f"Guard: mlflow must be True, False or an MlflowSink, got {type(mlflow).__name__}"
+            )
+        return sinks
+
+    @staticmethod
+    def _lr_lock_reason(optimizer: torch.optim.Optimizer) -> str | None:
+        package = type(optimizer).__module__.split(".")[0]
+        why = SELF_TUNING_OPTIMIZERS.get(package)
+        if why is None:
+            return None
+        return (
+            f"{type(optimizer).__name__} sets its own step size ({why}); unstuck detects and "
+            "diagnoses but leaves its LR alone (LR actions are skipped with this reason)"
+        )
+
     def _params_outside_optimizer(self) -> list[str]:
         in_optimizer = {id(p) for p in self._hub.ctx.params}
         missing = [
@@ -333,14 +452,55 @@ class Guard:
         if (
             batch is not None
             and self._hub.step % PROBE_KEEP_EVERY == 0
-            and self._curvature.needs_batch  # no clone the probe would never read
+            and not self._engine.probing  # branches are scored on one fixed set
+            and (self._curvature.needs_batch or (self._policy.acts and self._loss_fn))
         ):
-            self._probe_batch = _clone_batch(batch)
+            self._keep_batch(_clone_batch(batch))
         if components:
             self._components_tap.record(self._hub.step, _component_tensors(components))
         self._hub.on_loss(loss, ids, targets)
-        if self._hub.step % self.flush_every == 0:
+        if self._hub.step >= self._next_flush:
             self._flush()
+
+    def _keep_batch(self, batch: Any) -> None:
+        """Keep a clone: the latest feeds the curvature probe, the last few score branches."""
+        self._probe_batch = batch
+        if self._policy.acts and self._loss_fn is not None and self._probe_fn is None:
+            self._kept_batches = [*self._kept_batches, batch][-self._probe_batches_max :]
+
+    def should_step(self) -> bool:
+        """With ``accumulation_steps``: whether to call ``optimizer.step()`` after this batch.
+
+        Call it once per micro-batch, after ``loss.backward()``. unstuck owns the accumulation:
+        gradients are summed by autograd and averaged by unstuck just before the step, so the
+        loss needs no division, and a rescue may change the number of micro-batches per step.
+        Without ``accumulation_steps`` it is always True.
+        """
+        if not self._accumulation.owned:
+            return True
+        self._accumulated += 1
+        if self._accumulated < self._accumulation.steps:
+            return False
+        ctx = self._hub.ctx
+        ctx.intended_opt_steps = (ctx.intended_opt_steps or 0) + 1
+        return True
+
+    def _average_accumulated(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        count, self._accumulated = self._accumulated, 0
+        if count <= 1:
+            return
+        grads = [p.grad for p in self._hub.ctx.params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / count)
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the rescue asked the loop to end (``keep_best_and_stop``)."""
+        return self._stop.requested
+
+    @property
+    def stop_reason(self) -> str:
+        return self._stop.reason
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
         """``torch.nn.utils.clip_grad_norm_`` over the optimizer's parameters, recorded.
@@ -352,8 +512,10 @@ class Guard:
             raise ValueError(
                 f"clip_grad_norm_: max_norm must be a positive number, got {max_norm!r}"
             )
-        total = torch.nn.utils.clip_grad_norm_(self._hub.ctx.params, max_norm, norm_type)
-        self._clip_tap.record(self._hub.step, total, float(max_norm))
+        self._clip.owned = True
+        threshold = float(max_norm) * self._clip.factor  # the rescue may have adjusted it
+        total = torch.nn.utils.clip_grad_norm_(self._hub.ctx.params, threshold, norm_type)
+        self._clip_tap.record(self._hub.step, total, threshold)
         return total
 
     @staticmethod
@@ -379,6 +541,11 @@ class Guard:
             else float(val_loss)
         )
         at = max(self._hub.step - 1, 0) if step is None else int(step)
+        if self._engine.probing:
+            # A probe's state is not the run's: record the value, decide nothing on it.
+            self._log_metrics([("val_loss_probe", at, value)])
+            return
+        self._engine.note_validation(at, value)
         self._val_points += 1
         detector = self._detectors["val"]
         before = detector.state
@@ -387,8 +554,7 @@ class Guard:
         distances = self._evidence.series("param_distance")[1]
         state = detector.update(at, value, distance=distances[-1] if distances.size else None)
         self._evidence.add_series("val_loss", [at], [value])
-        if self._store is not None:
-            self._store.log_metrics([("val_loss", at, value)])
+        self._log_metrics([("val_loss", at, value)])
         self._after_detect("val", at, before, state)
 
     def flush(self) -> None:
@@ -403,26 +569,43 @@ class Guard:
         self._flush()
         if self._store is not None:
             self._store.flush(wait=True)
+        for sink in self._sinks:
+            sink.flush()
 
     # -- the pipeline -------------------------------------------------------------------------
     def _flush(self) -> None:
         frame = self._hub.flush()
         step = max(frame.step - 1, 0)
-        self._evidence.add_frame(frame)
-        if self._store is not None:
-            self._store.log_metrics(self._metric_rows(frame.signals, step))
+        self._flushed_at = self._hub.step
+        self._log_metrics(self._metric_rows(frame.signals, step))
         loss = frame.signals.get("loss")
+        if self._engine.probing:
+            # Probe steps are recorded in the store but feed neither detection nor diagnosis:
+            # a sweep's blow-up or a losing branch is not the run's own trajectory.
+            if loss is not None:
+                events = self._engine.advance_probe(
+                    step, np.asarray(loss[0], dtype=np.int64), np.asarray(loss[1], dtype=float)
+                )
+                self._emit(step, "train", events)
+        else:
+            self._evidence.add_frame(frame)
+            self._detect_train(step, loss, frame.signals)
+        self._next_flush = self._hub.step + (self._engine.flush_hint(step) or self.flush_every)
+        if self._store is not None:
+            self._store.flush(wait=False)  # committed by the writer thread, off the step
+
+    def _detect_train(self, step: int, loss: Any, signals: Mapping[str, Any]) -> None:
+        frame_signals = signals
         if loss is not None:
-            distance = frame.signals.get("param_distance")
+            distance = frame_signals.get("param_distance")
             detector = self._detectors["train"]
             before = detector.state
-            snr = frame.signals.get("grad_snr")
+            snr = frame_signals.get("grad_snr")
             state = detector.update_many(
                 loss[0], loss[1], distance=distance, gradient_snr=snr[1][-1] if snr else None
             )
             self._after_detect("train", step, before, state)
-        if self._store is not None:
-            self._store.flush(wait=False)  # committed by the writer thread, off the step
+            self._engine.note_healthy(step, state, bool(np.all(np.isfinite(loss[1]))))
 
     def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
         rows: list[tuple[str, int, float]] = []
@@ -440,8 +623,8 @@ class Guard:
         detector = self._detectors[series]
         plateau = detector.current
         changed = state != before
-        if changed and self._store is not None:
-            self._store.log_event(
+        if changed:
+            self._record_event(
                 "state",
                 step,
                 {
@@ -452,27 +635,22 @@ class Guard:
                     "stats": primitive(detector.stats()),
                 },
             )
-        resolved = self._engine.verify(step, self._loss_history()) if series == "train" else None
+        events = self._engine.verify(step, self._loss_history()) if series == "train" else []
         new_findings = self._diagnose(step, state, series)
-        action = None
         if series == "train":
             self._engine.new_episode(plateau.start if plateau is not None else None)
-            action = self._engine.maybe_act(
+            events += self._engine.maybe_act(
                 step,
                 state,
                 self._current_findings,
                 self._loss_history(),
                 plateau_kind=plateau.kind if plateau is not None else None,
+                plateau_start=plateau.start if plateau is not None else None,
             )
-            if action is not None:
-                self._actions.append(action)
-                self._record_event("action", step, action.to_dict())
-        if resolved is not None:
-            self._record_event("action_outcome", step, resolved.to_dict())
+        acted = self._take_events(step, events)
         shown_state = (
             state if changed and (state in NOTABLE_STATES or before in NOTABLE_STATES) else None
         )
-        acted = [a for a in (resolved, action) if a is not None]
         if shown_state is not None or new_findings or acted:
             line = format_event_line(
                 step,
@@ -485,6 +663,31 @@ class Guard:
             logger.info(line)
         elif changed:
             logger.debug("step %d %s (%s)", step, state, series)
+
+    def _emit(self, step: int, series: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record the engine's events and print a console line for the actions among them."""
+        acted = self._take_events(step, events)
+        if acted:
+            logger.info(format_event_line(step, series=series, actions=acted))
+
+    def _take_events(
+        self, step: int, events: list[tuple[str, dict[str, Any]]]
+    ) -> list[ActionRecord]:
+        """Store the engine's events; keep ``.actions`` current (one entry per action)."""
+        acted = []
+        for kind, payload in events:
+            self._record_event(kind, step, payload)
+            if kind not in ("action", "action_outcome"):
+                continue
+            record = ActionRecord.from_dict(payload)
+            acted.append(record)
+            for i, known in enumerate(self._actions):
+                if known.name == record.name and known.step == record.step:
+                    self._actions[i] = record
+                    break
+            else:
+                self._actions.append(record)
+        return acted
 
     def _probe_curvature(self, state: str, series: str) -> None:
         """Measure curvature once per training-loss stall; forget it when the stall ends.
@@ -551,20 +754,52 @@ class Guard:
     def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         if self._store is not None:
             self._store.log_event(kind, step, payload)
+        for sink in self._sinks:
+            sink.log_event(kind, step, payload)
+
+    def _log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
+        if self._store is not None:
+            self._store.log_metrics(rows)
+        for sink in self._sinks:
+            sink.log_metrics(rows)
 
     def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
         return self._evidence.series("loss")
 
     def _capture_extra(self) -> dict[str, Any]:
+        """The Guard's own state that decides what happens next, for snapshots (besides the
+        handles the engine captures itself)."""
         return {
-            "lr": self._lr.state_dict(),
+            "accumulated": self._accumulated,
             "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
         }
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
-        self._lr.load_state_dict(extra["lr"])
+        """The engine restores the handles (LR multiplier, clip, accumulation, stop) itself."""
+        self._accumulated = int(extra.get("accumulated", 0))
         for name, state in extra["detectors"].items():
             self._detectors[name].load_state_dict(state)
+
+    def _score_probe_set(self) -> list[float] | None:
+        """The loss on the kept probe set (or ``probe_fn``), in eval mode, without gradients.
+
+        Branch trials compare remedies on these same batches. Eval mode keeps BatchNorm
+        statistics and dropout out of the score; every module's mode is put back after.
+        """
+        if self._probe_fn is None and (self._loss_fn is None or not self._kept_batches):
+            return None
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                if self._probe_fn is not None:
+                    values = [self._probe_fn(self.model)]
+                else:
+                    values = [self._loss_fn(self.model(b[0]), b[1]) for b in self._kept_batches]
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        return [float(torch.as_tensor(v).detach().float().mean()) for v in values]
 
     # -- what the user reads ------------------------------------------------------------------
     @property
@@ -611,6 +846,13 @@ class Guard:
             "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
             "lr": self._lr.state_dict(),
             "engine": self._engine.state_dict(),
+            "controls": {
+                "clip": self._clip.state_dict(),
+                "accumulation": self._accumulation.state_dict(),
+                "stop": self._stop.state_dict(),
+                "accumulated": self._accumulated,
+            },
+            "next_flush": self._next_flush,
             "findings": [f.to_dict() for f in self._findings],
             "actions": [a.to_dict() for a in self._actions],
             "last_found": dict(self._last_found),
@@ -630,12 +872,19 @@ class Guard:
         for name, det_state in state["detectors"].items():
             self._detectors[name].load_state_dict(det_state)
         self._lr.load_state_dict(dict(state["lr"]))
-        self._engine.load_state_dict(dict(state["engine"]))
+        controls = state.get("controls", {})
+        self._clip.load_state_dict(controls.get("clip", {}))
+        self._accumulation.load_state_dict(controls.get("accumulation", {}))
+        self._stop.load_state_dict(controls.get("stop", {}))
+        self._accumulated = int(controls.get("accumulated", 0))
+        self._next_flush = int(state.get("next_flush", self._hub.step + self.flush_every))
+        self._flushed_at = self._hub.step
         self._findings = [Finding.from_dict(f) for f in state["findings"]]
         self._actions = [ActionRecord.from_dict(a) for a in state["actions"]]
-        pending = self._engine.pending
-        if pending is not None and self._actions and self._actions[-1] == pending.record:
-            self._actions[-1] = pending.record  # one object: its verdict shows in .actions
+        interrupted = self._engine.load_state_dict(dict(state["engine"]))
+        self._take_events(
+            self._hub.step, [("action_outcome", record.to_dict()) for record in interrupted]
+        )
         self._last_found = {str(k): int(v) for k, v in state["last_found"].items()}
         self._last_confidence = {
             str(k): float(v) for k, v in state.get("last_confidence", {}).items()
@@ -648,15 +897,39 @@ class Guard:
         if self._closed:
             return
         try:
-            if self._hub.step % self.flush_every:
+            if self._hub.step > self._flushed_at:
                 self._flush()
+            step = max(self._hub.step - 1, 0)
+            # A run that ends inside a probe is put back; a pending action is judged on what
+            # there is, and undone if it already shows harm.
+            self._emit(step, "train", self._engine.finish(step, self._loss_history()))
         finally:
             self._closed = True
             self._hub.close()
             self._lr.close()
+            self._engine.close()
+            if self._average_hook is not None:
+                self._average_hook.remove()
+            report_path = None
             if self._store is not None:
                 self._store.update_meta(steps=self._hub.step)
                 self._store.close()
+                report_path = self._report()
+            for sink in self._sinks:
+                sink.close(report_path)
+
+    def _report(self) -> Path | None:
+        """Write ``run_dir/report.html`` from the closed store; a missing plotly is a note."""
+        if not self._write_report or self._store is None:
+            return None
+        try:
+            from unstuck.record.report import write_report
+            from unstuck.record.rundata import load_run
+
+            return write_report(load_run(self._store.path), self._store.path.parent / "report.html")
+        except ImportError as exc:
+            logger.info("unstuck: no HTML report (%s)", exc)
+            return None
 
     def __enter__(self) -> Guard:
         return self

@@ -1,18 +1,25 @@
 """The action interface and the registry that discovers one action per file in ``actions/``.
 
-An action changes the run in one reversible way. ``apply`` returns an undo token of primitives;
-``undo`` with that token puts back exactly what ``apply`` changed. The engine additionally takes
-a full snapshot before every action, so a rollback never depends on an action's undo alone.
+An action changes the run in one reversible way. ``apply`` returns an undo token (tensors and
+primitives, so ``torch.load(weights_only=True)`` reads it back); ``undo`` with that token puts
+back exactly what ``apply`` changed. The engine additionally takes a full snapshot before every
+action, so a rollback never depends on an action's undo alone.
+
+An action that needs a handle the user's loop does not route through unstuck (clipping,
+accumulation, a best snapshot) says so in ``unavailable``; the engine then skips it with that
+reason, and the policy moves on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from unstuck.plugins import discover_plugins
+from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.lr_multiplier import LRMultiplier
 
 __all__ = ["Action", "Controls", "all_actions", "get_action"]
@@ -20,13 +27,23 @@ __all__ = ["Action", "Controls", "all_actions", "get_action"]
 
 @dataclass
 class Controls:
-    """The handles an action may turn."""
+    """The handles an action may turn.
+
+    ``best`` returns the Guard's best-validation snapshot (or ``None``) and ``restore`` puts a
+    snapshot back into every live object, the Guard's own state included.
+    """
 
     model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     lr: LRMultiplier
     scheduler: Any = None
     scaler: Any = None
+    clip: ClipControl = field(default_factory=ClipControl)
+    accumulation: AccumulationControl = field(default_factory=AccumulationControl)
+    stop: StopControl = field(default_factory=StopControl)
+    best: Callable[[], Any] = lambda: None
+    restore: Callable[[Any], None] | None = None
+    lr_locked: str | None = None  # why LR actions must not run (schedule-free, Prodigy), if so
 
 
 class Action:
@@ -35,9 +52,16 @@ class Action:
     name: ClassVar[str]
     explanation: ClassVar[str] = ""
     example_params: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and conformance
+    probe: ClassVar[bool] = False  # measures over the next steps, then the engine restores
+    final: ClassVar[bool] = False  # ends the run's rescue (a stop): recorded, never verified
+    changes_lr: ClassVar[bool] = False  # skipped for optimizers that set their own step size
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise ValueError naming the bad value when ``params`` cannot be applied."""
+
+    def unavailable(self, controls: Controls, params: dict[str, Any]) -> str | None:
+        """Why this action cannot change this run (``None`` when it can)."""
+        return None
 
     def apply(self, controls: Controls, params: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -48,6 +72,15 @@ class Action:
     def describe(self, params: dict[str, Any]) -> str:
         """A short human label for the console, e.g. ``lr ×3``."""
         return self.name
+
+    def duration(self, params: dict[str, Any]) -> int:
+        """Optimizer steps during which the action's effect still changes after ``apply``.
+
+        The engine verifies an action only after ``max(horizon, duration)`` steps: judging a
+        warm restart halfway down its cosine would judge the peak, not the outcome. An instant
+        change (a new multiplier, a new clip factor) returns 0.
+        """
+        return 0
 
 
 _REGISTRY: dict[str, Action] = {}

@@ -1,24 +1,44 @@
-"""The rescue engine: snapshot, apply, verify after a horizon, keep or roll back.
+"""The rescue engine: snapshot, apply, verify after a horizon, keep or roll back; run probes.
 
 Every action is preceded by a full snapshot (model, optimizer, scheduler, scaler, RNG and the
-Guard's own state). After ``horizon`` steps the loss since the action is compared with the loss
-before it (:mod:`unstuck.rescue.verify`); if it is significantly worse, the snapshot is
-restored, the action is marked ``rolled_back`` and not tried again on this plateau.
+Guard's own state). After ``max(horizon, duration)`` steps the loss since the action is judged
+against the loss before it (:func:`unstuck.rescue.verify.judge`); if it is significantly worse,
+the snapshot is restored, the action is marked ``rolled_back`` and the policy's next rung is
+tried. Kept actions are followed by a cooldown.
+
+Two kinds of work span several of the user's steps, during which detection and diagnosis pause:
+
+* a **probe action** (the LR range test) measures over the next steps; the engine then
+  restores the snapshot and applies what the probe suggests as an ordinary, verified action;
+* a **branch trial** tries several remedies from one snapshot, each for a short horizon, scores
+  each on a fixed set of kept batches plus its training-loss trend, and keeps the winner only
+  when it beats the unchanged control significantly (:mod:`unstuck.rescue.branches`).
+
+Probe steps are real training steps spent measuring, so they are budgeted: at most
+``probe_budget`` (default 10 %) of the steps so far.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from unstuck.rescue.actions.lr_range_test import diverged, suggest, sweep_factors
 from unstuck.rescue.base import Controls, get_action
+from unstuck.rescue.branches import BranchTrial
 from unstuck.rescue.policy import Policy, Proposal
-from unstuck.rescue.snapshot import Snapshot, restore_snapshot, take_snapshot
-from unstuck.rescue.verify import compare_windows
+from unstuck.rescue.snapshot import (
+    Snapshot,
+    SnapshotStore,
+    restore_snapshot,
+    take_snapshot,
+)
+from unstuck.rescue.verify import judge
 from unstuck.types import ActionRecord, Finding
 
 __all__ = ["RescueEngine"]
@@ -26,17 +46,40 @@ __all__ = ["RescueEngine"]
 logger = logging.getLogger("unstuck")
 
 DEFAULT_HORIZON = 200  # steps an action runs before it is judged
-DEFAULT_COOLDOWN = 100  # steps after a verdict before the next action
+DEFAULT_COOLDOWN = 100  # steps after a kept action before the next one
+DEFAULT_PROBE_BUDGET = 0.1  # probe steps may be at most this share of the steps so far
+DEFAULT_SNAPSHOT_MEMORY = 1 << 30  # bytes of snapshots held in memory before spilling to disk
 PRE_WINDOW = 200  # loss points before the action that the verdict compares against
+PROBE_FLUSH = 10  # steps between reads of the loss during a range test (divergence stop)
+MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
+LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
+PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
+
+Event = tuple[str, dict[str, Any]]
 
 
 @dataclass
 class _Pending:
     record: ActionRecord
-    snapshot: Snapshot
-    token: dict[str, Any]
+    snapshot: str  # key in the snapshot store
+    before_steps: np.ndarray
     before: np.ndarray
     due: int
+
+
+@dataclass
+class _RangeTest:
+    record: ActionRecord
+    snapshot: str
+    start: int  # the last step before the sweep's first optimizer step
+    planned: int
+    low: float
+    high: float
+    every: int  # Guard steps per optimizer step (owned accumulation)
+    before_steps: np.ndarray
+    before: np.ndarray
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
 
 
 class RescueEngine:
@@ -49,27 +92,113 @@ class RescueEngine:
         *,
         horizon: int = DEFAULT_HORIZON,
         cooldown: int = DEFAULT_COOLDOWN,
+        probe_budget: float = DEFAULT_PROBE_BUDGET,
+        snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY,
+        spill_dir: Any = None,
         capture_extra: Callable[[], dict[str, Any]] | None = None,
         restore_extra: Callable[[dict[str, Any]], None] | None = None,
+        evaluate: Callable[[], list[float] | None] | None = None,
     ) -> None:
         if horizon < 1 or cooldown < 0:
             raise ValueError(f"horizon must be >= 1 and cooldown >= 0, got {horizon}, {cooldown}")
+        if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
+            raise ValueError(f"probe_budget must be a share in [0, 1], got {probe_budget!r}")
         self.controls = controls
         self.policy = policy
         self.horizon = horizon
         self.cooldown = cooldown
+        self.probe_budget = float(probe_budget)
+        self.snapshots = SnapshotStore(snapshot_memory, spill_dir)
         self._capture_extra = capture_extra or dict
         self._restore_extra = restore_extra or (lambda extra: None)
+        self.evaluate = evaluate or (lambda: None)
+        controls.restore = self.restore
+        controls.best = self.best_snapshot
         self.pending: _Pending | None = None
+        self.range_test: _RangeTest | None = None
+        self.branches: BranchTrial | None = None
         self.quiet_until = 0
         self.tried: set[str] = set()
+        self._budget_noted: set[str] = set()  # budget skips already recorded on this plateau
         self.episode: int | None = None  # start step of the plateau the tried set belongs to
+        self.probe_steps = 0  # steps spent measuring so far (range tests, losing branches)
+        self._best: str | None = None
+        self._best_value = math.inf
+        self._last_good: str | None = None
+        self._last_good_step = -LAST_GOOD_EVERY
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def capture(self, step: int) -> Snapshot:
+        c = self.controls
+        handles = {
+            "lr": c.lr.state_dict(),
+            "clip": c.clip.state_dict(),
+            "accumulation": c.accumulation.state_dict(),
+            "stop": c.stop.state_dict(),
+        }
+        extra = {"controls": handles, **self._capture_extra()}
+        return take_snapshot(step, c.model, c.optimizer, c.scheduler, c.scaler, extra=extra)
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put every live object back as it was in ``snap``, the Guard's own state included."""
+        c = self.controls
+        restore_snapshot(snap, c.model, c.optimizer, c.scheduler, c.scaler)
+        handles = snap.extra.get("controls")
+        if handles is not None:
+            c.lr.load_state_dict(handles["lr"])
+            c.clip.load_state_dict(handles["clip"])
+            c.accumulation.load_state_dict(handles["accumulation"])
+            c.stop.load_state_dict(handles["stop"])
+        self._restore_extra(snap.extra)
+
+    def best_snapshot(self) -> Snapshot | None:
+        return self.snapshots.get(self._best) if self._best is not None else None
+
+    def note_validation(self, step: int, value: float) -> None:
+        """Keep a snapshot at each new best validation loss (for ``keep_best_and_stop``)."""
+        if not self.policy.acts or not math.isfinite(value) or value >= self._best_value:
+            return
+        if self.probing:
+            return  # a probe's state is not the run's
+        self._best_value = value
+        self.snapshots.drop(self._best)
+        self._best = self.snapshots.put(self.capture(step))
+
+    def note_healthy(self, step: int, state: str, finite: bool) -> None:
+        """Refresh the last-good snapshot now and then while the loss is finite."""
+        if not self.policy.acts or self.probing or not finite:
+            return
+        if state in ("diverging", "oscillating", "unknown"):
+            return
+        if step - self._last_good_step < LAST_GOOD_EVERY:
+            return
+        self.snapshots.drop(self._last_good)
+        self._last_good = self.snapshots.put(self.capture(step))
+        self._last_good_step = step
+
+    # -- decisions ----------------------------------------------------------------------------
+    @property
+    def probing(self) -> bool:
+        return self.range_test is not None or self.branches is not None
+
+    def flush_hint(self, step: int) -> int | None:
+        """Steps until the engine wants the next flush during a probe (``None``: no opinion)."""
+        if self.range_test is not None:
+            return PROBE_FLUSH
+        if self.branches is not None:
+            return max(self.branches.steps_left(step), 1)
+        return None
+
+    def probe_allowance(self, step: int) -> int:
+        """Probe steps still allowed by the budget at ``step``."""
+        return max(int(self.probe_budget * max(step, 0)) - self.probe_steps, 0)
 
     def new_episode(self, start: int | None) -> None:
         """A new plateau began: remedies rolled back on the last one may be tried again."""
         if start != self.episode:
             self.episode = start
             self.tried = set()
+            self._budget_noted = set()
 
     def maybe_act(
         self,
@@ -78,103 +207,367 @@ class RescueEngine:
         findings: Sequence[Finding],
         loss: tuple[np.ndarray, np.ndarray],
         plateau_kind: str | None = None,
-    ) -> ActionRecord | None:
-        """Ask the policy and, if it proposes something, snapshot and apply it."""
-        if not self.policy.acts or self.pending is not None or step < self.quiet_until:
-            return None
-        proposal = self.policy.propose(
-            step=step,
-            state=state,
-            findings=findings,
-            tried=frozenset(self.tried),
-            plateau_kind=plateau_kind,
-        )
-        if proposal is None:
-            return None
-        return self._apply(step, proposal, loss)
+        plateau_start: int | None = None,
+    ) -> list[Event]:
+        """Ask the policy and, if it proposes something it can do, snapshot and start it."""
+        events: list[Event] = []
+        if (
+            not self.policy.acts
+            or self.pending is not None
+            or self.probing
+            or step < self.quiet_until
+            or self.controls.stop.requested
+        ):
+            return events
+        waiting: set[str] = set()  # out of probe budget now; may run at a later flush
+        for _ in range(PROPOSALS_PER_DECISION):
+            proposal = self.policy.propose(
+                step=step,
+                state=state,
+                findings=findings,
+                tried=frozenset(self.tried | waiting),
+                plateau_kind=plateau_kind,
+                plateau_start=plateau_start,
+            )
+            if proposal is None:
+                return events
+            why_not = self._why_not(step, proposal)
+            over_budget = why_not is not None and why_not.startswith("probe budget")
+            if over_budget:
+                waiting.add(proposal.key)
+            else:
+                self.tried.add(proposal.key)
+            if why_not is not None:
+                if over_budget and proposal.key in self._budget_noted:
+                    continue  # said once on this plateau; the budget grows with the steps
+                self._budget_noted.add(proposal.key)
+                record = self._record(step, proposal, outcome="skipped")
+                record.evidence["skipped_because"] = why_not
+                record.verified_step = step
+                events.append(("action", record.to_dict()))
+                continue
+            events += self._start(step, proposal, loss, findings)
+            return events
+        return events
 
-    def _apply(
-        self, step: int, proposal: Proposal, loss: tuple[np.ndarray, np.ndarray]
-    ) -> ActionRecord | None:
+    def _why_not(self, step: int, proposal: Proposal) -> str | None:
+        if proposal.action == "branch_trial":
+            need = BranchTrial.budget_needed(proposal.params, self.horizon)
+            if self.probe_allowance(step) < need:
+                return (
+                    f"probe budget: {self.probe_allowance(step)} steps left of "
+                    f"{self.probe_budget:.0%} of {step}, a branch trial needs {need}"
+                )
+            return None
         action = get_action(proposal.action)
         action.validate(proposal.params)
-        c = self.controls
-        snapshot = take_snapshot(
-            step, c.model, c.optimizer, c.scheduler, c.scaler, extra=self._capture_extra()
+        if action.changes_lr and self.controls.lr_locked:
+            return self.controls.lr_locked
+        reason = action.unavailable(self.controls, proposal.params)
+        if reason is not None:
+            return reason
+        if action.probe and self.probe_allowance(step) < MIN_RANGE_STEPS:
+            return (
+                f"probe budget: {self.probe_allowance(step)} steps left of "
+                f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
+            )
+        return None
+
+    def _record(self, step: int, proposal: Proposal, outcome: str = "pending") -> ActionRecord:
+        label = (
+            "branch trial"
+            if proposal.action == "branch_trial"
+            else get_action(proposal.action).describe(proposal.params)
         )
-        token = action.apply(c, dict(proposal.params))
-        record = ActionRecord(
+        return ActionRecord(
             name=proposal.action,
             step=step,
             reason=proposal.reason,
-            params={**proposal.params, "label": action.describe(proposal.params)},
-            evidence={"cause": proposal.cause or "", **token},
+            outcome=outcome,
+            params={**proposal.params, "label": label},
+            evidence={"cause": proposal.cause or ""},
         )
-        self.tried.add(proposal.key)
-        steps, values = loss
-        before = values[steps > step - PRE_WINDOW] if steps.size else values
-        self.pending = _Pending(record, snapshot, token, before, step + self.horizon)
-        return record
 
-    def verify(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> ActionRecord | None:
+    def _start(
+        self,
+        step: int,
+        proposal: Proposal,
+        loss: tuple[np.ndarray, np.ndarray],
+        findings: Sequence[Finding],
+    ) -> list[Event]:
+        restored_from: int | None = None
+        if proposal.cause == "nonfinite" and self._last_good is not None:
+            # Retry from the last state whose loss was finite, not from the broken one.
+            snap = self.snapshots.get(self._last_good)
+            self.restore(snap)
+            restored_from = snap.step
+        snapshot = self.snapshots.put(self.capture(step))
+        if proposal.action == "branch_trial":
+            trial = BranchTrial(self, step, snapshot, proposal, self.horizon)
+            self.branches = trial
+            record = trial.record
+            trial.begin(step)
+            return [("action", record.to_dict())]
+        action = get_action(proposal.action)
+        params = dict(proposal.params)
+        if action.probe:
+            params["steps"] = min(int(params.get("steps", 100)), self.probe_allowance(step))
+            proposal = Proposal(proposal.action, params, proposal.reason, proposal.cause)
+        record = self._record(step, proposal)
+        if restored_from is not None:
+            record.evidence["restored_last_good_step"] = restored_from
+        token = action.apply(self.controls, params)
+        record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
+        if action.probe:
+            record.outcome = "probing"
+            self.range_test = _RangeTest(
+                record,
+                snapshot,
+                start=step,
+                planned=int(params["steps"]),
+                low=float(params.get("low", 1e-2)),
+                high=float(params.get("high", 1e4)),
+                every=self.controls.accumulation.steps if self.controls.accumulation.owned else 1,
+                before_steps=_before_window(step, loss)[0],
+                before=_before_window(step, loss)[1],
+            )
+            return [("action", record.to_dict())]
+        if action.final:
+            record.outcome = "kept"
+            record.verified_step = step
+            self.snapshots.drop(snapshot)
+            return [("action", record.to_dict())]
+        self.pending = _Pending(
+            record,
+            snapshot,
+            *_before_window(step, loss),
+            step + max(self.horizon, action.duration(params)),
+        )
+        return [("action", record.to_dict())]
+
+    # -- probes -------------------------------------------------------------------------------
+    def advance_probe(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
+        """Feed the losses of the steps since the last flush to the running probe."""
+        if self.range_test is not None:
+            return self._advance_range_test(step, steps, values)
+        if self.branches is not None:
+            events = self.branches.advance(step, steps, values)
+            if self.branches.done:
+                self.probe_steps += self.branches.spent
+                self.branches = None
+            return events
+        return []
+
+    def _advance_range_test(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
+        rt = self.range_test
+        assert rt is not None
+        rt.steps += [int(s) for s in steps]
+        rt.losses += [float(v) for v in values]
+        # Loss at Guard step start+1+j reflects the parameters after sweep step j−1.
+        offsets = (np.asarray(rt.steps) - rt.start - 1) // rt.every
+        usable = (offsets >= 1) & (offsets <= rt.planned)
+        losses = np.asarray(rt.losses)[usable]
+        done = step - rt.start >= (rt.planned + 1) * rt.every or diverged(losses, rt.planned)
+        if not done:
+            return []
+        self.range_test = None
+        spent = step - rt.start
+        self.probe_steps += spent
+        factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
+        result = suggest(factors, losses, rt.planned)
+        snap = self.snapshots.get(rt.snapshot)
+        self.restore(snap)
+        record = rt.record
+        record.outcome = "restored"
+        record.verified_step = step
+        record.evidence.update(
+            {
+                "probe_steps": spent,
+                "suggested_factor": result.factor,
+                "method": result.method,
+                "confident": result.confident,
+                "steepest": result.steepest,
+                "valley": result.valley,
+                "diverged_at": result.diverged_at,
+                "drop": result.drop,
+            }
+        )
+        events: list[Event] = [
+            ("action_outcome", record.to_dict()),
+            ("probe", {"probe": "lr_range_test", "step": step, **result.to_dict()}),
+        ]
+        if result.factor is None:
+            self.snapshots.drop(rt.snapshot)
+            return events
+        proposal = Proposal(
+            "lr_scale",
+            {"factor": float(result.factor)},
+            reason=(
+                f"LR range test: ×{result.factor:.3g} ({result.method}; steepest "
+                f"×{_fmt(result.steepest)}, valley ×{_fmt(result.valley)}, diverged at "
+                f"×{_fmt(result.diverged_at)})"
+            ),
+            cause=record.evidence.get("cause") or None,
+        )
+        follow = self._record(step, proposal)
+        token = get_action("lr_scale").apply(self.controls, dict(proposal.params))
+        follow.evidence.update(token)
+        follow.evidence["range_test_step"] = rt.record.step
+        # The verdict compares with the loss before the sweep (the restored state).
+        self.pending = _Pending(
+            follow, rt.snapshot, rt.before_steps, rt.before, step + self.horizon
+        )
+        events.append(("action", follow.to_dict()))
+        return events
+
+    # -- verification -------------------------------------------------------------------------
+    def verify(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
         """Judge the pending action once its horizon has passed; roll back if it hurt."""
         p = self.pending
-        if p is None or step < p.due:
-            return None
+        if p is None or step < p.due or self.probing:
+            return []
         steps, values = loss
         start = p.record.step + self.horizon // 2  # judge the second half: skip the transient
-        verdict = compare_windows(p.before, values[steps >= start])
+        after = steps >= start
+        verdict = judge(p.before_steps, p.before, steps[after], values[after])
         p.record.evidence.update(
             {
                 "verdict_change": verdict.change,
                 "verdict_stderr": verdict.stderr,
+                "verdict_projected_change": verdict.projected_change,
+                "verdict_projected_stderr": verdict.projected_stderr,
                 "verdict_log_scale": verdict.log,
             }
         )
         p.record.verified_step = step
         if verdict.worse:
-            c = self.controls
-            restore_snapshot(p.snapshot, c.model, c.optimizer, c.scheduler, c.scaler)
-            self._restore_extra(p.snapshot.extra)
+            self.restore(self.snapshots.get(p.snapshot))
             p.record.outcome = "rolled_back"
+            self.quiet_until = step  # the next rung may be tried at once
         else:
             p.record.outcome = "kept"
+            self.quiet_until = step + self.cooldown
+        self.snapshots.drop(p.snapshot)
         self.pending = None
-        self.quiet_until = step + self.cooldown
-        return p.record
+        return [("action_outcome", p.record.to_dict())]
 
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and primitives only; includes the pending action and its snapshot, so a
-        resumed run verifies (and can roll back) an action taken before the checkpoint."""
+    def finish(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
+        """The run is ending: undo a running probe; judge a pending action on what there is.
+
+        A sweep or a losing branch must not be the state a run ends in, so a probe in flight is
+        restored to its snapshot (outcome ``interrupted``). A pending action with at least a
+        quarter of its horizon behind it is judged on the second half of what it ran, and
+        rolled back if that already shows harm; with less it stays ``unverified``.
+        """
+        events: list[Event] = []
+        running = self.range_test or self.branches
+        if running is not None:
+            self.restore(self.snapshots.get(running.snapshot))
+            running.record.outcome = "interrupted"
+            running.record.verified_step = step
+            events.append(("action_outcome", running.record.to_dict()))
+            self.range_test = None
+            self.branches = None
         p = self.pending
+        if p is None:
+            return events
+        ran = step - p.record.step
+        if ran < max(self.horizon // 4, 1):
+            p.record.outcome = "unverified"
+            p.record.verified_step = step
+            events.append(("action_outcome", p.record.to_dict()))
+            self.pending = None
+            return events
+        p.due = step
+        saved_horizon = self.horizon
+        self.horizon = ran  # judge the second half of what it ran
+        try:
+            events += self.verify(step, loss)
+        finally:
+            self.horizon = saved_horizon
+        return events
+
+    def close(self) -> None:
+        self.snapshots.close()
+
+    # -- persistence --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and primitives only. Includes the pending action and its snapshot, so a
+        resumed run verifies (and can roll back) an action taken before the checkpoint. A probe
+        running at checkpoint time is saved as its snapshot: a resumed run restores it."""
         pending = None
+        p = self.pending
         if p is not None:
             pending = {
                 "record": p.record.to_dict(),
-                "snapshot": {f.name: getattr(p.snapshot, f.name) for f in fields(Snapshot)},
-                "token": dict(p.token),
+                "snapshot": self.snapshots.get(p.snapshot).to_dict(),
+                "before_steps": [float(v) for v in p.before_steps],
                 "before": [float(v) for v in p.before],
                 "due": p.due,
+            }
+        probe = None
+        running = self.range_test or self.branches
+        if running is not None:
+            probe = {
+                "record": running.record.to_dict(),
+                "snapshot": self.snapshots.get(running.snapshot).to_dict(),
             }
         return {
             "quiet_until": self.quiet_until,
             "tried": sorted(self.tried),
             "episode": self.episode,
             "pending": pending,
+            "probe": probe,
+            "probe_steps": self.probe_steps,
+            "best_value": self._best_value,
+            "best": best.to_dict() if (best := self.best_snapshot()) is not None else None,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> list[ActionRecord]:
+        """Load; returns records of probes that were interrupted and have now been undone."""
         self.quiet_until = int(state.get("quiet_until", 0))
         self.tried = set(state.get("tried", []))
         episode = state.get("episode")
         self.episode = None if episode is None else int(episode)
+        self.probe_steps = int(state.get("probe_steps", 0))
+        self._best_value = float(state.get("best_value", math.inf))
+        best = state.get("best")
+        self.snapshots.drop(self._best)
+        self._best = self.snapshots.put(Snapshot.from_dict(best)) if best else None
         pending = state.get("pending")
         self.pending = None
+        self.range_test = None
+        self.branches = None
         if pending is not None:
             self.pending = _Pending(
                 record=ActionRecord.from_dict(pending["record"]),
-                snapshot=Snapshot(**pending["snapshot"]),
-                token=dict(pending["token"]),
+                snapshot=self.snapshots.put(Snapshot.from_dict(pending["snapshot"])),
+                before_steps=np.asarray(pending.get("before_steps", []), dtype=np.float64),
                 before=np.asarray(pending["before"], dtype=np.float64),
                 due=int(pending["due"]),
             )
+            if self.pending.before_steps.size != self.pending.before.size:
+                self.pending.before_steps = np.arange(self.pending.before.size, dtype=np.float64)
+        interrupted = []
+        probe = state.get("probe")
+        if probe is not None:
+            self.restore(Snapshot.from_dict(probe["snapshot"]))
+            record = ActionRecord.from_dict(probe["record"])
+            record.outcome = "interrupted"
+            interrupted.append(record)
+        return interrupted
+
+
+def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The loss points of the ``PRE_WINDOW`` steps before ``step``: what a verdict compares to."""
+    steps, values = loss
+    keep = steps > step - PRE_WINDOW
+    return steps[keep].astype(np.float64), values[keep].astype(np.float64)
+
+
+def _is_primitive(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"

@@ -12,13 +12,14 @@ from typing import Any, ClassVar
 
 from unstuck.types import Finding
 
-__all__ = ["Ladder", "Observe", "Policy", "Proposal", "make_policy"]
+__all__ = ["ActionSequence", "Ladder", "Observe", "Policy", "Proposal", "make_policy"]
 
 ACT_ON_STATES = frozenset({"plateau", "oscillating", "diverging"})
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
 UNSTABLE_STATES = frozenset({"oscillating", "diverging"})
-FALLBACK_KINDS = frozenset({"mid", "near_convergence"})
-FALLBACK_CUT = 0.3  # ≈ 10^-0.5: half a decade, gentler than ReduceLROnPlateau's 0.1 default
+RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
+# A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
+WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class Policy:
         findings: Sequence[Finding],
         tried: frozenset[str],
         plateau_kind: str | None = None,
+        plateau_start: int | None = None,
     ) -> Proposal | None:
-        """The next action to try, or ``None``. ``plateau_kind`` is the open plateau's kind."""
+        """The next action to try, or ``None``. ``plateau_kind``/``plateau_start`` describe the
+        open plateau, if any; ``tried`` holds the keys of proposals already made on it."""
         raise NotImplementedError
 
 
@@ -68,20 +71,37 @@ class Observe(Policy):
         findings: Sequence[Finding],
         tried: frozenset[str],
         plateau_kind: str | None = None,
+        plateau_start: int | None = None,
     ) -> Proposal | None:
         return None
 
 
 class Ladder(Policy):
-    """Wait on hidden progress; else apply the top finding's automatic remedy; else cut the LR.
+    """The ladder the field recommends, driven by findings, one verified rung at a time.
 
-    The blind LR cut (no cause found) is kept for mid and near-convergence plateaus.
-    Acts on a plateau, an oscillation or a divergence of the training loss, and on a slow
-    descent only when a confident finding names an automatic remedy (an LR far too low creeps,
-    it does not stop). A remedy that was rolled back is not tried again on the same plateau.
+    1. *Wait* while the weights still move on a flat loss (``hidden_progress``: only a confident
+       LR-raising remedy may speed it up), and for ``patience`` steps into a plateau.
+    2. The top confident finding's automatic remedy.
+    3. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial).
+    4. Else a warm restart.
+
+    Each rung is verified by the engine and rolled back when it hurt; a rung already tried on
+    the current plateau is not proposed again, so a rollback moves to the next rung. It never
+    raises the LR of a run that oscillates or diverges, and on a slow descent it acts only on a
+    confident finding (an LR far too low creeps, it does not stop).
     """
 
     name: ClassVar[str] = "rescue"
+
+    def __init__(self, patience: int = 0, fallback: str = "lr_range_test") -> None:
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"Ladder: patience must be an int >= 0, got {patience!r}")
+        if fallback not in ("lr_range_test", "branch_trial"):
+            raise ValueError(
+                f"Ladder: fallback must be 'lr_range_test' or 'branch_trial', got {fallback!r}"
+            )
+        self.patience = patience
+        self.fallback = fallback
 
     def propose(
         self,
@@ -91,10 +111,9 @@ class Ladder(Policy):
         findings: Sequence[Finding],
         tried: frozenset[str],
         plateau_kind: str | None = None,
+        plateau_start: int | None = None,
     ) -> Proposal | None:
         confident = [f for f in findings if f.confidence >= MIN_CONFIDENCE]
-        # Hidden progress means "wait": never cut there (that blocks the escape), but a
-        # confident LR-too-low finding may still speed the motion up; it is verified anyway.
         waiting = state == "hidden_progress"
         if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
@@ -115,12 +134,62 @@ class Ladder(Policy):
                 )
                 if proposal.key not in tried:
                     return proposal
-        # The blind cut is the classic annealing move, so only after the loss has fallen: on an
-        # early plateau (nothing learned yet) a cut is the ReduceLROnPlateau mistake.
-        if state == "plateau" and plateau_kind in FALLBACK_KINDS:
-            proposal = Proposal(
-                "lr_scale", {"factor": FALLBACK_CUT}, reason="plateau with no fixable cause found"
-            )
+        if state != "plateau" and state not in UNSTABLE_STATES:
+            return None  # measuring and restarting are for a stopped run
+        if plateau_start is not None and step - plateau_start < self.patience:
+            return None
+        measure = Proposal(
+            self.fallback,
+            {"steps": RANGE_TEST_STEPS} if self.fallback == "lr_range_test" else {},
+            reason=f"{state} with no fixable cause found: measure",
+        )
+        if measure.key not in tried:
+            return measure
+        if state in UNSTABLE_STATES:
+            return None
+        restart = Proposal(
+            "warm_restart", dict(WARM_RESTART), reason="plateau; measuring found nothing better"
+        )
+        if restart.key not in tried:
+            return restart
+        return None
+
+
+class ActionSequence(Policy):
+    """Your own ladder: these actions in order, one per verified rung, on each plateau.
+
+    ``ActionSequence(["lr_range_test", ("lr_scale", {"factor": 0.5})])`` tries a range test on each
+    plateau (or oscillation, or divergence) and, if it finds nothing or is rolled back, halves
+    the LR. Findings are recorded but do not choose the action.
+    """
+
+    name: ClassVar[str] = "sequence"
+
+    def __init__(self, steps: Sequence[str | tuple[str, dict[str, Any]]]) -> None:
+        from unstuck.rescue.base import get_action
+
+        self.steps: list[Proposal] = []
+        for item in steps:
+            action, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+            if action != "branch_trial":
+                get_action(action).validate(params)  # unknown names raise KeyError here
+            self.steps.append(Proposal(action, params, reason=f"policy step {len(self.steps) + 1}"))
+        if not self.steps:
+            raise ValueError("a policy sequence needs at least one action")
+
+    def propose(
+        self,
+        *,
+        step: int,
+        state: str,
+        findings: Sequence[Finding],
+        tried: frozenset[str],
+        plateau_kind: str | None = None,
+        plateau_start: int | None = None,
+    ) -> Proposal | None:
+        if state not in ACT_ON_STATES:
+            return None
+        for proposal in self.steps:
             if proposal.key not in tried:
                 return proposal
         return None
@@ -131,14 +200,19 @@ def _raises_lr(action: str, params: dict[str, Any]) -> bool:
     return action == "lr_scale" and isinstance(factor, (int, float)) and factor > 1
 
 
-def make_policy(policy: str | Policy) -> Policy:
-    """``"observe"``, ``"rescue"`` or a :class:`Policy` instance."""
+def make_policy(policy: str | Policy | Sequence[Any]) -> Policy:
+    """``"observe"``, ``"rescue"``, ``"branch"``, a :class:`Policy`, or a sequence of actions."""
     if isinstance(policy, Policy):
         return policy
     if policy == "observe":
         return Observe()
     if policy == "rescue":
         return Ladder()
+    if policy == "branch":
+        return Ladder(fallback="branch_trial")
+    if isinstance(policy, (list, tuple)):
+        return ActionSequence(policy)
     raise ValueError(
-        f"policy must be 'observe', 'rescue' or an unstuck.rescue.Policy instance, got {policy!r}"
+        "policy must be 'observe', 'rescue', 'branch', a list of action names (or "
+        f"(name, params) pairs), or an unstuck.rescue.Policy instance, got {policy!r}"
     )

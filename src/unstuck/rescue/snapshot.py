@@ -9,14 +9,24 @@ Python. Kept in memory; the snapshot is a dict of tensors and primitives, so
 from __future__ import annotations
 
 import copy
+import os
+import pathlib
 import random
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Snapshot", "capture_rng", "restore_rng", "restore_snapshot", "take_snapshot"]
+__all__ = [
+    "Snapshot",
+    "SnapshotStore",
+    "capture_rng",
+    "restore_rng",
+    "restore_snapshot",
+    "take_snapshot",
+]
 
 
 def _clone(obj: Any) -> Any:
@@ -92,6 +102,17 @@ class Snapshot:
         visit([self.model, self.optimizer, self.scheduler, self.scaler])
         return total
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (no copy): tensors and primitives, so an undo token or a
+        checkpoint can hold it and ``torch.load(weights_only=True)`` reads it back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Snapshot:
+        """The inverse of :meth:`to_dict`; unknown keys are ignored, missing optional ones
+        take their defaults."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
 
 def take_snapshot(
     step: int,
@@ -133,3 +154,81 @@ def restore_snapshot(
         scaler.load_state_dict(_clone(snap.scaler))
     if snap.rng:
         restore_rng(snap.rng)
+
+
+class SnapshotStore:
+    """Holds the snapshots the engine needs, in memory up to a budget, spilled to disk past it.
+
+    A spilled snapshot is written with ``torch.save`` (tensors moved to the CPU) and read back
+    with ``weights_only=True``; tensors go back to the devices the live objects are on because
+    ``load_state_dict`` copies into them. ``memory_budget`` counts the bytes of tensors held in
+    memory by this store.
+    """
+
+    def __init__(self, memory_budget: int, spill_dir: str | os.PathLike[str] | None) -> None:
+        if not isinstance(memory_budget, int) or memory_budget < 0:
+            raise ValueError(f"snapshot memory budget must be an int >= 0, got {memory_budget!r}")
+        self.memory_budget = memory_budget
+        self._spill_dir = pathlib.Path(spill_dir) if spill_dir is not None else None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._memory: dict[str, Snapshot] = {}
+        self._disk: dict[str, pathlib.Path] = {}
+        self._counter = 0
+        self.spilled = 0  # snapshots written to disk so far
+
+    def _dir(self) -> pathlib.Path:
+        if self._spill_dir is None:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="unstuck-snapshots-")
+            return pathlib.Path(self._tmp.name)
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        return self._spill_dir
+
+    def held_bytes(self) -> int:
+        return sum(s.nbytes() for s in self._memory.values())
+
+    def put(self, snap: Snapshot) -> str:
+        """Keep ``snap``; returns the key to get it back by."""
+        self._counter += 1
+        key = f"s{self._counter}-step{snap.step}"
+        if self.held_bytes() + snap.nbytes() <= self.memory_budget:
+            self._memory[key] = snap
+            return key
+        path = self._dir() / f"{key}.pt"
+        torch.save(_to_cpu(snap.to_dict()), path)
+        self._disk[key] = path
+        self.spilled += 1
+        return key
+
+    def get(self, key: str) -> Snapshot:
+        if key in self._memory:
+            return self._memory[key]
+        if key in self._disk:
+            return Snapshot.from_dict(torch.load(self._disk[key], weights_only=True))
+        raise KeyError(f"no snapshot {key!r}")
+
+    def drop(self, key: str | None) -> None:
+        if key is None:
+            return
+        self._memory.pop(key, None)
+        path = self._disk.pop(key, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for key in list(self._memory) + list(self._disk):
+            self.drop(key)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj

@@ -1,8 +1,22 @@
-"""Did an action help? A two-sample test on block means of the loss before and after it.
+"""Did an action help? The loss after it against where the loss before it was heading.
 
-Losses within a window are autocorrelated, so the standard error comes from block means (the
-batch-means estimator SASA uses, Lang et al. 2019) rather than from raw points. The comparison
-is on log loss when every value is positive, so it reads as a relative change.
+The *before* window is summarised by the detector's own trend test (Theil–Sen on batch means
+with Sen's interval, :mod:`unstuck.detect.trend`): its level and slope project where the run
+would have been without the action. The *after* window (the second half of the horizon) is
+summarised by its mean and a batch-means standard error (8 blocks, the estimator SASA uses,
+Lang et al. 2019), because consecutive minibatch losses are autocorrelated. An action is
+
+* **worse** when the loss after it is above the old level by more than ``Z_WORSE`` standard
+  errors ("higher than before"), or when the old trend was a significant descent, the loss
+  after is above that descent's projection by as much, and the loss did not fall by the
+  detector's progress margin ε either ("slower than the descent it interrupted": an LR cut
+  that stalls a slow but real descent is rolled back, an action after which the loss fell by
+  more than ε is not, however steep the descent before it was);
+* **better** when it is below both the old level and the projection by as much.
+
+The projection's error grows with the distance it extrapolates (the slope's interval times the
+gap), so a far-fetched projection never condemns an action on its own. The comparison is on log
+loss when every value is positive, so it reads as a relative change.
 """
 
 from __future__ import annotations
@@ -12,19 +26,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Verdict", "compare_windows"]
+from unstuck.detect.detector import DEFAULT_EPSILON, DEFAULT_Z
+from unstuck.detect.trend import coarsen, robust_trend
+
+__all__ = ["Verdict", "compare_windows", "judge"]
 
 N_BLOCKS = 8  # batch means: enough blocks for a usable variance, long enough blocks to decorrelate
 Z_WORSE = 2.0  # ≈ one-sided 97.7 %: roll back only when "worse" is clear of the noise
+TREND_POINTS = 16  # batch means the pre-action trend is fitted on (the detector's 2·min_points)
 
 
 @dataclass(frozen=True)
 class Verdict:
     worse: bool
     better: bool
-    change: float  # post − pre, in log units when ``log`` else raw
+    change: float  # after − before level, in log units when ``log`` else raw
     stderr: float
     log: bool
+    projected_change: float = 0.0  # after − the old trend's projection (same units)
+    projected_stderr: float = math.inf
 
 
 def _block_mean_stats(values: np.ndarray) -> tuple[float, float]:
@@ -36,25 +56,73 @@ def _block_mean_stats(values: np.ndarray) -> tuple[float, float]:
 
 
 def compare_windows(before: np.ndarray, after: np.ndarray) -> Verdict:
-    """Compare the loss after an action with the loss before it."""
-    before = np.asarray(before, dtype=np.float64)
-    after = np.asarray(after, dtype=np.float64)
-    if after.size == 0 or not np.all(np.isfinite(after)):
-        return Verdict(worse=True, better=False, change=float("inf"), stderr=0.0, log=False)
-    before = before[np.isfinite(before)]
-    if before.size < 2:
-        return Verdict(worse=False, better=False, change=0.0, stderr=float("inf"), log=False)
-    use_log = bool(np.all(before > 0) and np.all(after > 0))
+    """Compare the levels of two loss windows (no trend): used where steps are not known."""
+    n_before = np.asarray(before, dtype=np.float64).size
+    n_after = np.asarray(after, dtype=np.float64).size
+    return judge(
+        np.arange(n_before, dtype=np.float64),
+        before,
+        np.arange(n_before, n_before + n_after, dtype=np.float64),
+        after,
+        use_trend=False,
+    )
+
+
+def judge(
+    before_steps: np.ndarray,
+    before: np.ndarray,
+    after_steps: np.ndarray,
+    after: np.ndarray,
+    *,
+    use_trend: bool = True,
+) -> Verdict:
+    """The verdict on an action from the loss before it and the loss after its transient."""
+    xb = np.asarray(before_steps, dtype=np.float64)
+    yb = np.asarray(before, dtype=np.float64)
+    xa = np.asarray(after_steps, dtype=np.float64)
+    ya = np.asarray(after, dtype=np.float64)
+    if ya.size == 0 or not np.all(np.isfinite(ya)):
+        return Verdict(worse=True, better=False, change=math.inf, stderr=0.0, log=False)
+    ok = np.isfinite(yb)
+    xb, yb = xb[ok], yb[ok]
+    if yb.size < 2:
+        return Verdict(worse=False, better=False, change=0.0, stderr=math.inf, log=False)
+    use_log = bool(np.all(yb > 0) and np.all(ya > 0))
     if use_log:
-        before, after = np.log(before), np.log(after)
-    m0, s0 = _block_mean_stats(before)
-    m1, s1 = _block_mean_stats(after)
+        yb, ya = np.log(yb), np.log(ya)
+    m0, s0 = _block_mean_stats(yb)
+    m1, s1 = _block_mean_stats(ya)
     se = math.sqrt(s0**2 + s1**2)
     change = m1 - m0
+    worse = change > Z_WORSE * se
+    better = change < -Z_WORSE * se
+    projected_change, projected_se = change, se
+    if use_trend and yb.size >= 3:
+        bx, by = coarsen(xb, yb, np.ones_like(xb), TREND_POINTS)
+        trend = robust_trend(bx, by, DEFAULT_Z)
+        if math.isfinite(trend.low) and math.isfinite(trend.high):
+            gap = float(xa.mean()) - trend.x_mean
+            slope_se = (trend.high - trend.low) / (2.0 * DEFAULT_Z)
+            projection = trend.intercept + trend.slope * gap
+            projected_change = m1 - projection
+            projected_se = math.sqrt(s0**2 + s1**2 + (gap * slope_se) ** 2)
+            # "Slower than the descent": only when the loss did not itself make the detector's
+            # meaningful progress (a fall of ε in log units) — a steep early descent projected
+            # far ahead would otherwise condemn an action after which the loss fell 4×.
+            slowed = (
+                use_log
+                and trend.high < 0
+                and projected_change > Z_WORSE * projected_se
+                and change > -DEFAULT_EPSILON
+            )
+            worse = worse or slowed
+            better = better and projected_change < -Z_WORSE * projected_se
     return Verdict(
-        worse=change > Z_WORSE * se,
-        better=change < -Z_WORSE * se,
-        change=change,
-        stderr=se,
+        worse=bool(worse),
+        better=bool(better),
+        change=float(change),
+        stderr=float(se),
         log=use_log,
+        projected_change=float(projected_change),
+        projected_stderr=float(projected_se),
     )

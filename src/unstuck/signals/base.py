@@ -31,6 +31,9 @@ class StepContext:
     model: torch.nn.Module | None = None  # for taps that hook the forward pass (activations)
     steps: int = 0  # Guard steps so far (the hub keeps it current)
     opt_steps: int = 0  # optimizer steps so far (GradScaler skips show as the difference)
+    # Optimizer steps the loop meant to take, when it is not one per Guard step (accumulation
+    # owned by the Guard counts its boundaries here); None means one per Guard step.
+    intended_opt_steps: int | None = None
 
 
 @dataclass

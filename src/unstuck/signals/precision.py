@@ -80,7 +80,7 @@ class PrecisionTap(Tap):
 
     def bind(self, ctx: StepContext) -> None:
         self._ctx = ctx
-        self._steps_mark, self._opt_mark = ctx.steps, ctx.opt_steps
+        self._steps_mark, self._opt_mark = self._intended(ctx), ctx.opt_steps
         sizes: Counter[str] = Counter()
         for p in ctx.params:
             sizes[_dtype_name(p.dtype)] += p.numel()
@@ -153,7 +153,7 @@ class PrecisionTap(Tap):
 
     def collect(self) -> Packet:
         ctx = self._ctx
-        steps = ctx.steps if ctx is not None else 0
+        steps = self._intended(ctx) if ctx is not None else 0
         opt_steps = ctx.opt_steps if ctx is not None else 0
         packet = Packet(
             host={
@@ -178,6 +178,11 @@ class PrecisionTap(Tap):
         self._zero_rows, self._zero_steps = [], []
         self._output_dtypes = Counter()
         return packet
+
+    @staticmethod
+    def _intended(ctx: StepContext) -> int:
+        """Optimizer steps the loop meant to take (Guard steps unless accumulation is owned)."""
+        return ctx.steps if ctx.intended_opt_steps is None else ctx.intended_opt_steps
 
     def _scale_tensor(self) -> torch.Tensor | None:
         scaler = self.scaler

@@ -153,6 +153,14 @@ class BatchSize(Rule):
         if kind == "small" and floor_share is not None:
             summary += f"; the noise keeps the loss ~{floor_share:.0%} above its floor"
         summary += f", update/weight {update:.1e}"
+        accumulate = Remedy(
+            "accumulation_change",
+            {"factor": float(min(max(round(factor), 2), 8))}
+            if math.isfinite(factor)
+            else {"factor": 2.0},
+            automatic=True,
+            note="applied when the Guard owns gradient accumulation (accumulation_steps=)",
+        )
         remedy = (
             Remedy(
                 "raise_batch_size",
@@ -181,5 +189,5 @@ class BatchSize(Rule):
             },
             step=ev.step,
             summary=summary,
-            remedies=(remedy,),
+            remedies=(accumulate, remedy) if kind == "small" else (remedy,),
         )

@@ -90,6 +90,14 @@ class OverClipping(Rule):
             summary=summary,
             remedies=(
                 Remedy(
+                    "clip_adjust",
+                    {"factor": float(min(max(factor, 2.0), 100.0))}
+                    if math.isfinite(factor)
+                    else {"factor": 10.0},
+                    automatic=True,
+                    note="applied when the loop clips through guard.clip_grad_norm_",
+                ),
+                Remedy(
                     "raise_clip_norm",
                     {"max_norm": round(suggestion, 4)} if math.isfinite(suggestion) else {},
                     note="set max_norm near the typical pre-clip gradient norm so only spikes "

@@ -66,8 +66,10 @@ class Overfitting(Rule):
             remedies=(
                 Remedy(
                     "keep_best_and_stop",
-                    {"best_step": gl["best_step"]},
-                    note="restore the checkpoint with the lowest validation loss",
+                    {},
+                    automatic=True,
+                    note=f"restore the weights with the lowest validation loss (step "
+                    f"{gl['best_step']}) and stop",
                 ),
                 Remedy("regularize", {}, note="weight decay, dropout, augmentation, more data"),
             ),

@@ -146,6 +146,7 @@ class StaleOptimizerState(Rule):
             remedies=(
                 Remedy(
                     "reset_optimizer_state",
+                    automatic=True,
                     note="optimizer.state.clear() (or a new optimizer) after a change of loss "
                     "scale; a smaller beta2 forgets spikes sooner",
                 ),

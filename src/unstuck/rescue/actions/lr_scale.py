@@ -15,6 +15,7 @@ class LRScale(Action):
     """Multiply unstuck's LR multiplier by ``factor`` (< 1 lowers, > 1 raises the LR)."""
 
     name: ClassVar[str] = "lr_scale"
+    changes_lr: ClassVar[bool] = True
     explanation: ClassVar[str] = (
         "Changes the effective learning rate by a factor while your scheduler keeps running: "
         "unstuck multiplies each group's LR just before optimizer.step and restores your value "

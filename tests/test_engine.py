@@ -1,0 +1,522 @@
+"""The rescue engine: range tests, rollbacks, branch trials, budgets, spills, stops, resumes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+import unstuck
+from conftest import regression_batch, tiny_mlp
+from unstuck.rescue import (
+    Controls,
+    Ladder,
+    LRMultiplier,
+    Policy,
+    Proposal,
+    RescueEngine,
+    SnapshotStore,
+    make_policy,
+    take_snapshot,
+)
+from unstuck.rescue.actions.lr_range_test import suggest, sweep_factors
+from unstuck.rescue.controls import AccumulationControl
+from unstuck.rescue.verify import judge
+from unstuck.types import Finding
+
+
+class _Propose(Policy):
+    """Proposes the given proposals in order, whatever the state (for driving the engine)."""
+
+    name = "test"
+
+    def __init__(self, *proposals: Proposal) -> None:
+        self.proposals = list(proposals)
+
+    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
+        for p in self.proposals:
+            if p.key not in tried:
+                return p
+        return None
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+class _Loop:
+    """A plain loop feeding an engine directly, flushing every ``flush`` steps."""
+
+    def __init__(self, lr=0.05, momentum=0.9, policy=None, **engine_kw):
+        torch.manual_seed(0)
+        self.model = tiny_mlp()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        self.lr = LRMultiplier(self.opt)
+        self.controls = Controls(self.model, self.opt, self.lr)
+        self.engine = RescueEngine(self.controls, policy or _Propose(), **engine_kw)
+        self.step = 0
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.window: list[tuple[int, float]] = []
+        self.events: list[tuple[str, dict]] = []
+
+    def batch(self, i):
+        return regression_batch(seed=1000 + i)
+
+    def train(self, n, flush=10):
+        for _ in range(n):
+            x, y = self.batch(self.step)
+            loss = F.mse_loss(self.model(x), y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.window.append((self.step, float(loss.detach())))
+            self.step += 1
+            if self.step % flush == 0:
+                self.flush()
+
+    def flush(self):
+        s = np.array([w[0] for w in self.window])
+        v = np.array([w[1] for w in self.window])
+        self.window = []
+        at = self.step - 1
+        if self.engine.probing:
+            self.events += self.engine.advance_probe(at, s, v)
+            return
+        self.steps += list(s)
+        self.losses += list(v)
+        hist = (np.array(self.steps), np.array(self.losses))
+        self.events += self.engine.verify(at, hist)
+        self.events += self.engine.maybe_act(at, "plateau", [], hist, "mid", 0)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_judge_flags_a_stalled_descent_and_a_higher_level():
+    rng = np.random.default_rng(0)
+    before_x = np.arange(200.0)
+    after_x = np.arange(300.0, 400.0)
+    # a slow but real descent (15 % over the window) that the action stalled
+    slow = np.exp(-0.0008 * before_x) * np.exp(0.01 * rng.standard_normal(200))
+    stalled = np.full(100, slow[-20:].mean()) * np.exp(0.01 * rng.standard_normal(100))
+    v = judge(before_x, slow, after_x, stalled)
+    assert v.worse and v.projected_change > 0  # slower than the descent it interrupted
+    assert not judge(before_x, slow, after_x, stalled, use_trend=False).worse  # level alone
+    # a steep descent projected far ahead does not condemn a loss that fell a lot after
+    steep = np.exp(-0.004 * before_x) * np.exp(0.01 * rng.standard_normal(200))
+    lower = np.full(100, steep[-20:].mean()) * np.exp(0.01 * rng.standard_normal(100))
+    assert not judge(before_x, steep, after_x, lower).worse
+    flat = np.exp(0.02 * rng.standard_normal(200))
+    higher = 1.2 * np.exp(0.02 * rng.standard_normal(100))
+    assert judge(before_x, flat, after_x, higher).worse
+    lower = 0.8 * np.exp(0.02 * rng.standard_normal(100))
+    v = judge(before_x, flat, after_x, lower)
+    assert v.better and not v.worse
+    same = np.exp(0.02 * rng.standard_normal(100))
+    v = judge(before_x, flat, after_x, same)
+    assert not v.worse and not v.better
+    assert judge(before_x, flat, after_x, np.array([1.0, math.nan])).worse
+
+
+# --------------------------------------------------------------------------- range test
+
+
+def test_suggest_reads_a_curve_and_falls_back_when_it_is_flat():
+    rng = np.random.default_rng(1)
+    n = 100
+    factors = sweep_factors(1e-2, 1e4, n)
+    loss, level = [], 1.0
+    for f in factors:
+        level *= math.exp(-0.05 * min(f / 10, 1) if f < 1000 else 0.3)
+        loss.append(level * math.exp(0.03 * rng.standard_normal()))
+    s = suggest(factors, np.array(loss), n)
+    assert s.method in ("agreed", "disagreed") and s.factor is not None
+    assert 1.0 < s.factor < 1000  # inside the region where the loss falls
+    assert s.diverged_at is not None and s.factor <= s.diverged_at / 10
+    flat = np.exp(0.03 * rng.standard_normal(n))
+    assert suggest(factors, flat, n).factor is None
+    assert suggest(factors, flat, n).method == "flat"
+    blown = flat.copy()
+    blown[70:] = math.nan
+    fallback = suggest(factors, blown, n)
+    assert fallback.method == "divergence_fallback"
+    assert fallback.factor == pytest.approx(factors[70] / 10)
+
+
+def test_range_test_sweeps_restores_exactly_and_applies_its_suggestion():
+    loop = _Loop(lr=1e-3)
+    loop.engine.probe_budget = 1.0
+    loop.train(100)
+    loop.engine.policy = _Propose(Proposal("lr_range_test", {"steps": 60}))
+    seen = []
+    loop.opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+    loop.train(10)
+    assert loop.engine.range_test is not None  # started at the flush of step 109
+    at_start = _params(loop.model)
+    state_at_start = copy.deepcopy(loop.opt.state_dict())
+    rng_at_start = torch.get_rng_state()
+    loop.train(70)
+    assert loop.engine.range_test is None
+    # the sweep ran the exponential ramp over the optimizer steps
+    ramp = np.array(seen[10 : 10 + 60]) / 1e-3
+    assert ramp == pytest.approx(sweep_factors(1e-2, 1e4, 60)[: ramp.size], rel=1e-6)
+    kinds = [(k, e.get("name"), e.get("outcome")) for k, e in loop.events]
+    assert ("action_outcome", "lr_range_test", "restored") in kinds
+    probe = next(e for k, e in loop.events if k == "probe")
+    assert probe["probe"] == "lr_range_test" and len(probe["factors"]) == len(probe["losses"])
+    follow = loop.engine.pending
+    assert follow is not None and follow.record.name == "lr_scale"
+    assert loop.lr.value == pytest.approx(probe["factor"])
+    assert follow.record.params["factor"] == pytest.approx(probe["factor"])
+    # the restore put back the pre-sweep state bit for bit: replay from a copy to compare
+    snap = loop.engine.snapshots.get(follow.snapshot)
+    assert _same([snap.model[k] for k in loop.model.state_dict()], at_start)
+    assert torch.equal(snap.rng["torch"], rng_at_start)
+    for key, state in state_at_start["state"].items():
+        for name, value in state.items():
+            assert torch.equal(snap.optimizer["state"][key][name], value)
+
+
+def test_range_test_needs_probe_budget():
+    loop = _Loop(policy=_Propose(Proposal("lr_range_test", {"steps": 60})))
+    loop.train(100)  # 10 % of 100 steps = 10 probe steps < 40
+    skipped = [e for k, e in loop.events if e.get("outcome") == "skipped"]
+    assert skipped and "probe budget" in skipped[0]["evidence"]["skipped_because"]
+    assert loop.engine.range_test is None and loop.lr.value == 1.0
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+def test_a_harmful_action_is_rolled_back_exactly_and_the_next_steps_replay():
+    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
+    loop.train(200)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 300.0}))
+    loop.train(10)
+    assert loop.engine.pending is not None
+    act_step = loop.engine.pending.record.step
+    twin_model = copy.deepcopy(loop.model)
+    twin_opt = torch.optim.SGD(twin_model.parameters(), lr=0.05, momentum=0.9)
+    twin_opt.load_state_dict(copy.deepcopy(loop.opt.state_dict()))
+    at_action = _params(loop.model)
+    loop.engine.policy = _Propose()
+    outcome: list[dict] = []
+    while not outcome and loop.step < act_step + 100:
+        loop.train(10)  # one flush at a time: stop right at the verdict
+        outcome = [e for k, e in loop.events if k == "action_outcome" and e["step"] == act_step]
+    assert outcome and outcome[-1]["outcome"] == "rolled_back"
+    assert loop.lr.value == pytest.approx(1.0)
+    assert _same(_params(loop.model), at_action)
+    for (_, a), (_, b) in zip(
+        loop.opt.state_dict()["state"].items(), twin_opt.state_dict()["state"].items()
+    ):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    # identical following steps on the same batches
+    for i in range(5):
+        for model, opt in ((loop.model, loop.opt), (twin_model, twin_opt)):
+            x, y = regression_batch(seed=5000 + i)
+            loss = F.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert _same(_params(loop.model), _params(twin_model))
+
+
+# --------------------------------------------------------------------------- branch trials
+
+
+_TEACHER = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
+
+
+def _teacher_batch(i):
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(i))
+    return x, x @ _TEACHER
+
+
+def _scored_loop(lr, candidates, horizon=40):
+    loop = _Loop(lr=lr, momentum=0.0, probe_budget=1.0)
+    loop.batch = _teacher_batch  # a learnable target: remedies can differ
+    loop.train(100)  # the budget is a share of the steps so far
+    loop.engine.policy = _Propose(
+        Proposal("branch_trial", {"candidates": candidates, "horizon": horizon})
+    )
+    probe = [_teacher_batch(10_000 + i) for i in range(4)]
+    loop.engine.evaluate = lambda: [float(F.mse_loss(loop.model(x), y).detach()) for x, y in probe]
+    return loop
+
+
+def _trial_outcome(loop):
+    return next(
+        e for k, e in loop.events if e.get("name") == "branch_trial" and k == "action_outcome"
+    )
+
+
+def test_branch_trial_keeps_a_winner_that_beats_control():
+    loop = _scored_loop(
+        1e-3,
+        [
+            {"action": "lr_scale", "params": {"factor": 0.3}},
+            {"action": "lr_scale", "params": {"factor": 30.0}},
+        ],
+    )
+    loop.train(10)
+    assert loop.engine.branches is not None
+    loop.train(3 * 40 + 10)
+    outcome = _trial_outcome(loop)
+    assert outcome["outcome"] == "kept"
+    assert outcome["evidence"]["winner"] == "lr ×30"
+    assert "faster than control" in outcome["evidence"]["summary"]
+    assert loop.lr.value == pytest.approx(30.0)
+    winner = [e for k, e in loop.events if k == "action" and e["name"] == "lr_scale"]
+    assert winner and winner[-1]["outcome"] == "kept"
+    assert loop.engine.probe_steps == 2 * 40
+
+
+def test_branch_trial_keeps_control_when_no_remedy_helps():
+    loop = _scored_loop(0.05, [{"action": "lr_scale", "params": {"factor": 50.0}}])
+    loop.train(10)
+    before = _params(loop.model)
+    loop.train(40)  # the candidate's branch
+    assert loop.engine.branches is not None and loop.engine.branches.index == 1
+    assert _same(_params(loop.model), before)  # restored for the control
+    loop.train(45)
+    outcome = _trial_outcome(loop)
+    assert outcome["outcome"] == "control_kept"
+    assert loop.lr.value == 1.0
+
+
+# --------------------------------------------------------------------------- snapshots on disk
+
+
+def test_snapshot_store_spills_past_its_budget(tmp_path):
+    model = tiny_mlp()
+    opt = torch.optim.Adam(model.parameters())
+    snap = take_snapshot(3, model, opt)
+    store = SnapshotStore(0, tmp_path)
+    key = store.put(snap)
+    files = list(tmp_path.iterdir())
+    assert store.spilled == 1 and len(files) == 1
+    back = store.get(key)
+    assert back.step == 3
+    assert all(torch.equal(back.model[k], v) for k, v in snap.model.items())
+    store.drop(key)
+    assert list(tmp_path.iterdir()) == []
+    roomy = SnapshotStore(1 << 30, tmp_path)
+    roomy.put(snap)
+    assert roomy.spilled == 0 and list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- guard integration
+
+
+def _plain_steps(model, opt, guard, start, n, *, val_every=0, val=None):
+    for i in range(start, start + n):
+        x, y = regression_batch(seed=i)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.step(loss, batch=(x, y))
+        if val_every and i % val_every == val_every - 1 and val is not None:
+            guard.validate(val(i))
+
+
+def test_closing_inside_a_range_test_restores_the_state_before_it(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    guard = unstuck.Guard(
+        model,
+        opt,
+        policy=[("lr_range_test", {"steps": 100})],
+        run_dir=tmp_path,
+        flush_every=25,
+        probe_budget=1.0,
+        console=False,
+        loss_fn=F.mse_loss,
+    )
+    before = None
+    for i in range(1500):
+        _plain_steps(model, opt, guard, i, 1)
+        if before is None and guard.actions and guard.actions[-1].outcome == "probing":
+            before = _params(model)
+            stop_at = i + 30
+        if before is not None and i >= stop_at:
+            break
+    assert before is not None, f"no range test started: {guard!r}"
+    assert not _same(_params(model), before)  # the sweep moved the weights
+    guard.close()
+    assert _same(_params(model), before)
+    assert guard.actions[-1].outcome == "interrupted"
+    spilled = tmp_path / "snapshots"
+    assert not spilled.exists() or not list(spilled.iterdir())  # snapshots are cleaned up
+
+
+def test_resuming_mid_probe_restores_the_state_before_it():
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    kw = {"flush_every": 25, "probe_budget": 1.0, "console": False, "loss_fn": F.mse_loss}
+    guard = unstuck.Guard(model, opt, policy=["lr_range_test"], **kw)
+    before = None
+    for i in range(1500):
+        _plain_steps(model, opt, guard, i, 1)
+        if guard.actions and guard.actions[-1].outcome == "probing":
+            before = _params(model)
+            _plain_steps(model, opt, guard, i + 1, 20)
+            break
+    assert before is not None
+    ckpt = copy.deepcopy(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "guard": guard.state_dict()}
+    )
+    guard.close()
+    model2 = tiny_mlp()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=1e-6)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    guard2 = unstuck.Guard(model2, opt2, policy=["lr_range_test"], **kw)
+    guard2.load_state_dict(ckpt["guard"])
+    assert _same(_params(model2), before)
+    assert guard2.actions[-1].outcome == "interrupted"
+    assert guard2.lr_multiplier == 1.0
+    guard2.close()
+
+
+def test_keep_best_and_stop_restores_the_best_validation_weights():
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    guard = unstuck.Guard(model, opt, policy=["keep_best_and_stop"], flush_every=25, console=False)
+    best = {}
+
+    def val(i):
+        value = 1.0 if i != 199 else 0.5  # the best validation loss is at step 199
+        if i == 199:
+            best["params"] = _params(model)
+        return value
+
+    for i in range(3000):
+        _plain_steps(model, opt, guard, i, 1, val_every=50, val=val)
+        if guard.should_stop:
+            break
+    assert guard.should_stop, f"never stopped: {guard!r}"
+    assert "keep_best_and_stop" in [a.name for a in guard.actions]
+    assert _same(_params(model), best["params"])
+    guard.close()
+
+
+def test_owned_accumulation_averages_like_a_divided_loss(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+    guard = unstuck.Guard(
+        model, opt, accumulation_steps=2, run_dir=tmp_path, flush_every=10, console=False
+    )
+    for i in range(40):
+        x, y = regression_batch(seed=i)
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        if guard.should_step():
+            opt.step()
+            opt.zero_grad()
+        guard.step(loss)
+        (F.mse_loss(twin(x), y) / 2).backward()
+        if i % 2 == 1:
+            twin_opt.step()
+            twin_opt.zero_grad()
+    guard.close()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    skipped = unstuck.record.read_metrics(tmp_path, names=["skipped_steps"])["skipped_steps"][1]
+    assert skipped and all(v == 0 for v in skipped)  # accumulation is not a skipped step
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        AccumulationControl(0)
+
+
+def test_self_tuning_optimizers_keep_their_lr(caplog):
+    schedulefree = pytest.importorskip("schedulefree")
+    model = tiny_mlp()
+    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-3)
+    opt.train()
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        guard = unstuck.Guard(model, opt, policy="rescue", console=False)
+    assert "sets its own step size" in caplog.text
+    controls = Controls(model, opt, LRMultiplier(opt), lr_locked="locked for the test")
+    engine = RescueEngine(controls, _Propose(Proposal("lr_scale", {"factor": 3.0})))
+    events = engine.maybe_act(10, "plateau", [], (np.arange(5), np.ones(5)), "mid")
+    assert events[0][1]["outcome"] == "skipped"
+    assert events[0][1]["evidence"]["skipped_because"] == "locked for the test"
+    guard.close()
+
+
+# --------------------------------------------------------------------------- the ladder
+
+
+def _finding(cause, action, factor):
+    remedy = unstuck.types.Remedy(action, {"factor": factor}, automatic=True)
+    return Finding(cause, 0.9, {}, 10, "s", remedies=(remedy,))
+
+
+def test_ladder_rungs_in_order():
+    ladder = Ladder()
+    low = [_finding("lr_too_low", "lr_scale", 10.0)]
+    first = ladder.propose(step=500, state="plateau", findings=low, tried=frozenset())
+    assert first is not None and first.action == "lr_scale" and first.cause == "lr_too_low"
+    second = ladder.propose(step=500, state="plateau", findings=low, tried=frozenset({first.key}))
+    assert second is not None and second.action == "lr_range_test"
+    third = ladder.propose(
+        step=500, state="plateau", findings=low, tried=frozenset({first.key, second.key})
+    )
+    assert third is not None and third.action == "warm_restart"
+    done = frozenset({first.key, second.key, third.key})
+    assert ladder.propose(step=500, state="plateau", findings=low, tried=done) is None
+    # never raise the LR of a diverging run; no warm restart there either
+    unstable = ladder.propose(step=500, state="diverging", findings=low, tried=frozenset())
+    assert unstable is not None and unstable.action == "lr_range_test"
+    assert (
+        ladder.propose(step=500, state="diverging", findings=low, tried=frozenset({unstable.key}))
+        is None
+    )
+    # wait on hidden progress unless a remedy raises the LR; wait within patience
+    assert ladder.propose(step=500, state="hidden_progress", findings=[], tried=frozenset()) is None
+    patient = Ladder(patience=300)
+    assert (
+        patient.propose(
+            step=500, state="plateau", findings=[], tried=frozenset(), plateau_start=400
+        )
+        is None
+    )
+    assert (
+        Ladder(fallback="branch_trial")
+        .propose(step=500, state="plateau", findings=[], tried=frozenset())
+        .action
+        == "branch_trial"
+    )
+
+
+def test_policies_by_name_and_sequence_errors():
+    assert make_policy("branch").fallback == "branch_trial"
+    seq = make_policy(["lr_range_test", ("lr_scale", {"factor": 0.5})])
+    p = seq.propose(step=1, state="plateau", findings=[], tried=frozenset())
+    assert p.action == "lr_range_test"
+    p2 = seq.propose(step=1, state="plateau", findings=[], tried=frozenset({p.key}))
+    assert p2.action == "lr_scale" and p2.params == {"factor": 0.5}
+    assert seq.propose(step=1, state="improving", findings=[], tried=frozenset()) is None
+    with pytest.raises(KeyError, match="unknown action"):
+        make_policy(["no_such_action"])
+    with pytest.raises(ValueError, match="factor"):
+        make_policy([("lr_scale", {"factor": -1})])
+    with pytest.raises(ValueError, match="policy must be"):
+        make_policy("aggressive")
