@@ -520,3 +520,47 @@ def test_policies_by_name_and_sequence_errors():
         make_policy([("lr_scale", {"factor": -1})])
     with pytest.raises(ValueError, match="policy must be"):
         make_policy("aggressive")
+
+
+def test_a_capped_lr_change_is_completed_by_verified_follow_ups():
+    loop = _Loop(lr=1e-4, momentum=0.0, horizon=40, cooldown=1000)
+    loop.batch = _teacher_batch
+    loop.train(100)
+    # the evidence asked for ×1000 but one action may do ×100: the rest follows once kept
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 100.0, "estimate": 1000.0}))
+    loop.train(10)
+    loop.engine.policy = _Propose()
+    loop.train(120)
+    scales = [e for k, e in loop.events if k == "action" and e["name"] == "lr_scale"]
+    assert [round(e["params"]["factor"], 6) for e in scales] == [100.0, 10.0]
+    assert scales[1]["reason"].startswith("follow-up")
+    outcomes = [e["outcome"] for k, e in loop.events if k == "action_outcome"]
+    assert outcomes[0] == "kept"
+    if outcomes[1:] == ["kept"]:
+        assert loop.lr.value == pytest.approx(1000.0)
+    # a finished estimate asks for nothing more
+    assert len(scales) == 2
+
+
+def test_a_cut_that_does_not_help_is_rolled_back_and_a_helpful_cut_is_kept():
+    # random targets: the loss is a noise floor no LR changes much — a cut there buys nothing
+    loop = _Loop(lr=0.01, momentum=0.0, horizon=60, cooldown=1000)
+    loop.train(300)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.5}))
+    loop.train(10)
+    loop.engine.policy = _Propose()
+    loop.train(80)
+    outcome = [e for k, e in loop.events if k == "action_outcome"][-1]
+    assert outcome["outcome"] == "rolled_back"
+    assert outcome["evidence"]["rolled_back_because"] == "a cut that did not make the loss better"
+    assert loop.lr.value == 1.0
+    # far too high an LR on a learnable target: the cut makes the loss clearly better
+    high = _Loop(lr=0.6, momentum=0.0, horizon=60, cooldown=1000)
+    high.batch = _teacher_batch
+    high.train(100)
+    high.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.05}))
+    high.train(10)
+    high.engine.policy = _Propose()
+    high.train(80)
+    kept = [e for k, e in high.events if k == "action_outcome"][-1]
+    assert kept["outcome"] == "kept", kept["evidence"]

@@ -23,6 +23,7 @@ def test_lr_too_low_fires_on_tiny_updates_with_healthy_gradients():
     assert finding.confidence > 0.8
     assert finding.remedies[0].automatic and finding.remedies[0].action == "lr_scale"
     assert finding.remedies[0].params["factor"] == pytest.approx(100.0)  # capped at two decades
+    assert finding.remedies[0].params["estimate"] == pytest.approx(500.0)  # the rest follows
     assert finding.evidence["update_ratio_median"] == pytest.approx(2e-6)
 
 
@@ -38,9 +39,10 @@ def test_lr_too_low_quiet_when_gradients_are_not_finite():
 
 
 def test_lr_too_high_from_ratio_and_from_oscillation():
-    high = Evidence({"update_ratio": _series([0.5] * 8)})
+    high = Evidence({"update_ratio": _series([0.5] * 8), "detector_state": "plateau"})
     finding = get_rule("lr_too_high").check(high)
     assert finding is not None and finding.remedies[0].params["factor"] < 1
+    assert finding.remedies[0].params["estimate"] == pytest.approx(0.02)
     oscillating = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "oscillating"})
     assert get_rule("lr_too_high").check(oscillating) is not None
     calm = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "plateau"})

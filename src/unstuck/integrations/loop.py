@@ -602,7 +602,10 @@ class Guard:
             before = detector.state
             snr = frame_signals.get("grad_snr")
             state = detector.update_many(
-                loss[0], loss[1], distance=distance, gradient_snr=snr[1][-1] if snr else None
+                loss[0],
+                loss[1],
+                distance=distance,
+                gradient_snr=snr[1][-1] if snr else None,
             )
             self._after_detect("train", step, before, state)
             self._engine.note_healthy(step, state, bool(np.all(np.isfinite(loss[1]))))

@@ -53,6 +53,7 @@ PRE_WINDOW = 200  # loss points before the action that the verdict compares agai
 PROBE_FLUSH = 10  # steps between reads of the loss during a range test (divergence stop)
 MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
 LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
+FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
 
 Event = tuple[str, dict[str, Any]]
@@ -238,13 +239,14 @@ class RescueEngine:
             else:
                 self.tried.add(proposal.key)
             if why_not is not None:
-                if over_budget and proposal.key in self._budget_noted:
-                    continue  # said once on this plateau; the budget grows with the steps
-                self._budget_noted.add(proposal.key)
-                record = self._record(step, proposal, outcome="skipped")
-                record.evidence["skipped_because"] = why_not
-                record.verified_step = step
-                events.append(("action", record.to_dict()))
+                if over_budget:
+                    # The measuring rung is worth waiting for: the budget grows with the steps,
+                    # and jumping to the next rung now would act blind. Said once per plateau.
+                    if proposal.key not in self._budget_noted:
+                        self._budget_noted.add(proposal.key)
+                        events.append(("action", self._skipped(step, proposal, why_not)))
+                    return events
+                events.append(("action", self._skipped(step, proposal, why_not)))
                 continue
             events += self._start(step, proposal, loss, findings)
             return events
@@ -272,6 +274,12 @@ class RescueEngine:
                 f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
             )
         return None
+
+    def _skipped(self, step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
+        record = self._record(step, proposal, outcome="skipped")
+        record.evidence["skipped_because"] = why_not
+        record.verified_step = step
+        return record.to_dict()
 
     def _record(self, step: int, proposal: Proposal, outcome: str = "pending") -> ActionRecord:
         label = (
@@ -440,16 +448,52 @@ class RescueEngine:
             }
         )
         p.record.verified_step = step
-        if verdict.worse:
+        # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
+        # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
+        # which the loss is not significantly better is undone; other actions stay unless worse.
+        idle_cut = _cuts_lr(p.record) and not verdict.better
+        if verdict.worse or idle_cut:
             self.restore(self.snapshots.get(p.snapshot))
             p.record.outcome = "rolled_back"
+            p.record.evidence["rolled_back_because"] = (
+                "worse" if verdict.worse else "a cut that did not make the loss better"
+            )
             self.quiet_until = step  # the next rung may be tried at once
         else:
             p.record.outcome = "kept"
             self.quiet_until = step + self.cooldown
         self.snapshots.drop(p.snapshot)
         self.pending = None
-        return [("action_outcome", p.record.to_dict())]
+        events: list[Event] = [("action_outcome", p.record.to_dict())]
+        if p.record.outcome == "kept":
+            events += self._follow_up(step, p.record, loss)
+        return events
+
+    def _follow_up(
+        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
+    ) -> list[Event]:
+        """Apply the rest of a capped LR change once its first part has been kept.
+
+        A rule may ask for more than one action may do (``estimate`` beyond the capped
+        ``factor``: at most two decades at a time). The rest comes in further verified steps,
+        each judged against the trend the previous one set, until it is within a factor of 2.
+        """
+        params = kept.params
+        if kept.name != "lr_scale" or "estimate" not in params or self.probing:
+            return []
+        factor, estimate = float(params["factor"]), float(params["estimate"])
+        rest = estimate / factor
+        if not (rest >= FOLLOW_UP_MIN or rest <= 1 / FOLLOW_UP_MIN) or (rest > 1) != (factor > 1):
+            return []
+        # No larger a step than the one just kept (which hit the rule's cap).
+        capped = min(rest, factor) if factor > 1 else max(rest, factor)
+        proposal = Proposal(
+            "lr_scale",
+            {"factor": round(capped, 6), "estimate": round(rest, 6)},
+            reason=f"follow-up: the evidence asked for ×{estimate:.3g}, ×{factor:.3g} was kept",
+            cause=kept.evidence.get("cause") or None,
+        )
+        return self._start(step, proposal, loss, ())
 
     def finish(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
         """The run is ending: undo a running probe; judge a pending action on what there is.
@@ -563,6 +607,12 @@ def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.n
     steps, values = loss
     keep = steps > step - PRE_WINDOW
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
+
+
+def _cuts_lr(record: ActionRecord) -> bool:
+    """Whether the action lowered the LR for good (an ``lr_scale`` below 1)."""
+    factor = record.params.get("factor")
+    return record.name == "lr_scale" and isinstance(factor, (int, float)) and factor < 1
 
 
 def _is_primitive(value: Any) -> bool:

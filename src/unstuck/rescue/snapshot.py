@@ -29,16 +29,22 @@ __all__ = [
 ]
 
 
-def _clone(obj: Any) -> Any:
+def _map_tensors(obj: Any, tensor_fn: Any, other_fn: Any) -> Any:
+    """``obj`` with every tensor in its dicts/lists/tuples passed through ``tensor_fn``."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return tensor_fn(obj)
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: _map_tensors(v, tensor_fn, other_fn) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clone(v) for v in obj]
+        return [_map_tensors(v, tensor_fn, other_fn) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_clone(v) for v in obj)
-    return copy.deepcopy(obj)
+        return tuple(_map_tensors(v, tensor_fn, other_fn) for v in obj)
+    return other_fn(obj)
+
+
+def _clone(obj: Any) -> Any:
+    """A deep copy that shares no storage with live state."""
+    return _map_tensors(obj, lambda t: t.detach().clone(), copy.deepcopy)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -223,12 +229,4 @@ class SnapshotStore:
 
 
 def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
+    return _map_tensors(obj, lambda t: t.detach().cpu(), lambda v: v)

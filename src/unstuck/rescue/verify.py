@@ -12,7 +12,8 @@ Lang et al. 2019), because consecutive minibatch losses are autocorrelated. An a
   detector's progress margin ε either ("slower than the descent it interrupted": an LR cut
   that stalls a slow but real descent is rolled back, an action after which the loss fell by
   more than ε is not, however steep the descent before it was);
-* **better** when it is below both the old level and the projection by as much.
+* **better** when it is below the old level by as much and either below the projection by as
+  much or lower than the old level by the detector's progress margin ε.
 
 The projection's error grows with the distance it extrapolates (the slope's interval times the
 gap), so a far-fetched projection never condemns an action on its own. The comparison is on log
@@ -116,7 +117,11 @@ def judge(
                 and change > -DEFAULT_EPSILON
             )
             worse = worse or slowed
-            better = better and projected_change < -Z_WORSE * projected_se
+            # Better than the projection too — or, as for "slowed", by the detector's progress
+            # margin ε on its own: a steep early descent projected ahead cannot be beaten.
+            better = better and (
+                projected_change < -Z_WORSE * projected_se or change < -DEFAULT_EPSILON
+            )
     return Verdict(
         worse=bool(worse),
         better=bool(better),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from unstuck.diagnose.base import ROOT_CONFIDENCE, Rule
 from unstuck.diagnose.causes._landscape import (
@@ -28,6 +28,21 @@ SNR_POINTS = 3  # grad_snr comes once per flush: the median of the latest 3 wind
 # detector's own near-convergence plateau. Without the SNR a converged run cannot be told from a
 # noise floor the LR holds it on, so the reading starts lower than the SNR's (0.35).
 LOG_BASE = 0.3  # as capacity_limit's reading from the plateau and the loss level alone
+
+
+def _confirmations(ev: Evidence) -> tuple[dict[str, Any] | None, str | None, float] | None:
+    """Validation and curvature, read the same way on a live run and on a log: ``None`` when
+    either rules convergence out (validation rising is overfitting; a saddle, a flat region or
+    a noise floor is not a minimum), else what they are and the confidence they add (each
+    independent confirmation adds a little)."""
+    gl = generalization_loss(ev)
+    if gl is not None and gl["gl"] > GL_THRESHOLD:
+        return None
+    seen = landscape(ev)
+    kind = seen[0] if seen is not None else None
+    if kind is not None and kind != "minimum":
+        return None
+    return gl, kind, 0.05 * (gl is not None) + 0.05 * (kind == "minimum")
 
 
 class Converged(Rule):
@@ -66,15 +81,11 @@ class Converged(Rule):
         head, level, fell = drop
         if fell < NEAR_CONVERGENCE_DROP or snr >= NOISE_SNR:
             return None
-        gl = generalization_loss(ev)
-        if gl is not None and gl["gl"] > GL_THRESHOLD:
-            return None  # validation rising: that is overfitting, not a finished run
-        seen = landscape(ev)
-        kind = seen[0] if seen is not None else None
-        if kind is not None and kind != "minimum":
-            return None  # the probe sees a saddle, a flat region or a noise floor
-        # Each independent confirmation (validation flat, curvature a minimum) adds a little.
-        confidence = 0.35 + 0.05 * (gl is not None) + 0.05 * (kind == "minimum")
+        confirmed = _confirmations(ev)
+        if confirmed is None:
+            return None
+        gl, kind, bonus = confirmed
+        confidence = 0.35 + bonus
         confidence = min(confidence, MAX_CONFIDENCE)
         return Finding(
             cause=self.code,
@@ -117,14 +128,11 @@ class Converged(Rule):
         head, level, fell = drop
         if fell < NEAR_CONVERGENCE_DROP:
             return None  # a higher plateau is capacity_limit's business
-        gl = generalization_loss(ev)
-        if gl is not None and gl["gl"] > GL_THRESHOLD:
-            return None  # validation rising: that is overfitting, not a finished run
-        seen = landscape(ev)
-        kind = seen[0] if seen is not None else None
-        if kind is not None and kind != "minimum":
+        confirmed = _confirmations(ev)
+        if confirmed is None:
             return None
-        confidence = LOG_BASE + 0.05 * (gl is not None) + 0.05 * (kind == "minimum")
+        gl, kind, bonus = confirmed
+        confidence = LOG_BASE + bonus
         confidence = min(confidence, MAX_CONFIDENCE, LOG_MAX_CONFIDENCE)
         decades = fell / math.log(10.0)
         return Finding(

@@ -20,7 +20,6 @@ from unstuck.diagnose.thresholds import HEALTHY_UPDATE_RATIO, HIGH_UPDATE_RATIO,
 from unstuck.types import Finding, Remedy
 
 MIN_CUT = 0.01  # at most two decades down in one action
-STUCK_OR_UNSTABLE = frozenset({"plateau", "oscillating", "diverging"})
 MAX_CUT = 0.5
 OSCILLATION_CUT = 0.3  # ≈ 10^-0.5: half a decade when only the loss shape says "too high"
 
@@ -75,17 +74,18 @@ class LRTooHigh(Rule):
         ratios = ratios[np.isfinite(ratios)]
         state = str(ev.get("detector_state", ""))
         ratio = float(np.median(ratios)) if ratios.size else float("nan")
-        # A large ratio is evidence only where the loss shows the overshoot it causes: stuck
-        # (plateau), bouncing or climbing. While the loss still falls significantly ("slow",
-        # "hidden_progress"), big steps are working — a small-init student at the origin of a
-        # committee machine takes steps of 10 %+ of its weights and escapes just fine.
-        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and state in STUCK_OR_UNSTABLE:
+        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO:
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
-            factor = float(np.clip(HEALTHY_UPDATE_RATIO * 10 / ratio, MIN_CUT, MAX_CUT))
+            estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
+            factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
             confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
             summary = f"update/weight ratio {ratio:.2g} is above {HIGH_UPDATE_RATIO:g}"
+            # ``estimate``: the whole cut the ratio asks for; past the two-decade cap the engine
+            # applies the rest as a follow-up once this step has been verified.
+            lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
         elif state in ("oscillating", "diverging"):
             factor, confidence = OSCILLATION_CUT, 0.6 if state == "diverging" else 0.5
+            lr_params = {"factor": round(factor, 3)}
             summary = f"the loss is {state} (update/weight ratio {ratio:.2g})"
         else:
             return None
@@ -100,7 +100,7 @@ class LRTooHigh(Rule):
             },
             step=ev.step,
             summary=summary,
-            remedies=(Remedy("lr_scale", {"factor": round(factor, 3)}, automatic=True),),
+            remedies=(Remedy("lr_scale", lr_params, automatic=True),),
         )
 
     def _from_loss(self, ev: Evidence) -> Finding | None:

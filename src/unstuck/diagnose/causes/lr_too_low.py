@@ -103,7 +103,8 @@ class LRTooLow(Rule):
         if _schedule_annealed(ev) or _converged(ev):
             return None
         decades_below = float(np.log10(LOW_UPDATE_RATIO / ratio))
-        factor = float(np.clip(HEALTHY_UPDATE_RATIO / ratio, MIN_RAISE, MAX_RAISE))
+        estimate = HEALTHY_UPDATE_RATIO / ratio
+        factor = float(np.clip(estimate, MIN_RAISE, MAX_RAISE))
         confidence = float(np.clip(0.6 + 0.2 * decades_below, 0.0, 0.95))
         return Finding(
             cause=self.code,
@@ -117,7 +118,15 @@ class LRTooLow(Rule):
             step=ev.step,
             summary=f"update/weight ratio {ratio:.1e} is {decades_below:.1f} decades below "
             f"{LOW_UPDATE_RATIO:.0e} with healthy gradients (norm {grad:.2g})",
-            remedies=(Remedy("lr_scale", {"factor": round(factor, 3)}, automatic=True),),
+            # ``estimate``: the whole raise the ratio asks for; past the two-decade cap the
+            # engine applies the rest as a follow-up once this step has been verified.
+            remedies=(
+                Remedy(
+                    "lr_scale",
+                    {"factor": round(factor, 3), "estimate": round(float(estimate), 3)},
+                    automatic=True,
+                ),
+            ),
         )
 
     def _from_logs(self, ev: Evidence) -> Finding | None:

@@ -25,9 +25,15 @@ class LRScale(Action):
     example_params: ClassVar[dict[str, Any]] = {"factor": 3.0}
 
     def validate(self, params: dict[str, Any]) -> None:
-        factor = params.get("factor")
-        if not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
-            raise ValueError(f"lr_scale needs a positive finite 'factor', got {factor!r}")
+        for key in ("factor", "estimate"):
+            value = params.get(key, 1.0 if key == "estimate" else None)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"lr_scale needs a positive finite {key!r}, got {value!r}")
+        unknown = set(params) - {"factor", "estimate", "label"}
+        if unknown:
+            raise ValueError(
+                f"lr_scale: unknown parameters {sorted(unknown)}; known: factor, estimate"
+            )
 
     def apply(self, controls: Controls, params: dict[str, Any]) -> dict[str, Any]:
         self.validate(params)
