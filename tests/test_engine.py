@@ -112,10 +112,14 @@ def test_judge_flags_a_stalled_descent_and_a_higher_level():
     v = judge(before_x, slow, after_x, stalled)
     assert v.worse and v.projected_change > 0  # slower than the descent it interrupted
     assert not judge(before_x, slow, after_x, stalled, use_trend=False).worse  # level alone
-    # a steep descent projected far ahead does not condemn a loss that fell a lot after
+    # a steep descent that goes on falling after the action was not stalled by it, even when
+    # it falls more slowly than the projection; one that stops falling was
     steep = np.exp(-0.004 * before_x) * np.exp(0.01 * rng.standard_normal(200))
-    lower = np.full(100, steep[-20:].mean()) * np.exp(0.01 * rng.standard_normal(100))
-    assert not judge(before_x, steep, after_x, lower).worse
+    slower = np.exp(-0.8 - 0.001 * (after_x - 300)) * np.exp(0.01 * rng.standard_normal(100))
+    v = judge(before_x, steep, after_x, slower)
+    assert v.projected_change > 0 and not v.worse and v.better
+    frozen = np.full(100, steep[-20:].mean()) * np.exp(0.01 * rng.standard_normal(100))
+    assert judge(before_x, steep, after_x, frozen).worse
     flat = np.exp(0.02 * rng.standard_normal(200))
     higher = 1.2 * np.exp(0.02 * rng.standard_normal(100))
     assert judge(before_x, flat, after_x, higher).worse
@@ -564,3 +568,40 @@ def test_a_cut_that_does_not_help_is_rolled_back_and_a_helpful_cut_is_kept():
     high.train(80)
     kept = [e for k, e in high.events if k == "action_outcome"][-1]
     assert kept["outcome"] == "kept", kept["evidence"]
+
+
+@pytest.mark.parametrize("factor", [1000.0, 1e-4])
+def test_no_run_ends_worse_than_at_the_first_action(factor):
+    """A harmful action forced on a healthy descent is undone: the run ends no worse than it
+    was when the action was taken (the bar bench/rescue.py also checks)."""
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(
+        model,
+        opt,
+        policy=_Propose(Proposal("lr_scale", {"factor": factor})),
+        flush_every=20,
+        horizon=60,
+        cooldown=10_000,
+        console=False,
+    )
+    probe = [_teacher_batch(20_000 + i) for i in range(4)]
+
+    def eval_loss():
+        with torch.no_grad():
+            return float(np.mean([F.mse_loss(model(x), y) for x, y in probe]))
+
+    at_action = None
+    for i in range(400):
+        x, y = _teacher_batch(i)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.step(loss)
+        if at_action is None and guard.actions:
+            at_action = eval_loss()
+    guard.close()
+    assert at_action is not None and guard.actions[0].outcome == "rolled_back"
+    assert eval_loss() <= at_action

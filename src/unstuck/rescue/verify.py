@@ -7,13 +7,14 @@ summarised by its mean and a batch-means standard error (8 blocks, the estimator
 Lang et al. 2019), because consecutive minibatch losses are autocorrelated. An action is
 
 * **worse** when the loss after it is above the old level by more than ``Z_WORSE`` standard
-  errors ("higher than before"), or when the old trend was a significant descent, the loss
-  after is above that descent's projection by as much, and the loss did not fall by the
-  detector's progress margin ε either ("slower than the descent it interrupted": an LR cut
-  that stalls a slow but real descent is rolled back, an action after which the loss fell by
-  more than ε is not, however steep the descent before it was);
-* **better** when it is below the old level by as much and either below the projection by as
-  much or lower than the old level by the detector's progress margin ε.
+  errors ("higher than before"), or when it *stalled a descent*: the old trend was a
+  significant descent, the loss after is above that descent's projection by as much, and the
+  loss after has itself stopped falling (its own trend's interval is not below zero) — an LR
+  cut that freezes a real descent is rolled back; one after which the loss keeps falling is
+  not, however steep the early descent projected ahead was;
+* **better** when it is below the old level by as much and did not stall a descent. (A
+  projection is not asked to be beaten: the descent before an early action is often the fast
+  first drop of training, and no run keeps that pace.)
 
 The projection's error grows with the distance it extrapolates (the slope's interval times the
 gap), so a far-fetched projection never condemns an action on its own. The comparison is on log
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unstuck.detect.detector import DEFAULT_EPSILON, DEFAULT_Z
+from unstuck.detect.detector import DEFAULT_Z
 from unstuck.detect.trend import coarsen, robust_trend
 
 __all__ = ["Verdict", "compare_windows", "judge"]
@@ -107,21 +108,18 @@ def judge(
             projection = trend.intercept + trend.slope * gap
             projected_change = m1 - projection
             projected_se = math.sqrt(s0**2 + s1**2 + (gap * slope_se) ** 2)
-            # "Slower than the descent": only when the loss did not itself make the detector's
-            # meaningful progress (a fall of ε in log units) — a steep early descent projected
-            # far ahead would otherwise condemn an action after which the loss fell 4×.
+            # "Slower than the descent it interrupted": the old trend fell, the loss after is
+            # above its projection, and the loss after has itself stopped falling. A descent
+            # that goes on after the action was not stalled by it, however steep the early
+            # descent projected ahead was (a cut after a fast first drop).
+            ax, ay = coarsen(xa, ya, np.ones_like(xa), TREND_POINTS)
+            after_trend = robust_trend(ax, ay, DEFAULT_Z) if ay.size >= 3 else None
+            still_falling = after_trend is not None and after_trend.high < 0
             slowed = (
-                use_log
-                and trend.high < 0
-                and projected_change > Z_WORSE * projected_se
-                and change > -DEFAULT_EPSILON
+                trend.high < 0 and projected_change > Z_WORSE * projected_se and not still_falling
             )
             worse = worse or slowed
-            # Better than the projection too — or, as for "slowed", by the detector's progress
-            # margin ε on its own: a steep early descent projected ahead cannot be beaten.
-            better = better and (
-                projected_change < -Z_WORSE * projected_se or change < -DEFAULT_EPSILON
-            )
+            better = better and not slowed
     return Verdict(
         worse=bool(worse),
         better=bool(better),
