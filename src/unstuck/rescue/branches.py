@@ -14,7 +14,7 @@ evidence:
 
 Without a probe set (no ``loss_fn``/``probe_fn``) the training-loss test alone decides, and it
 must then say *better*. When the control wins, training simply continues from the control's
-end state: those steps were ordinary training. The evidence reads like "lr ×3 fell 4.1× faster
+end state: those steps were ordinary training. The evidence reads like "lr ×30 fell 3.7× faster
 than control".
 """
 
