@@ -1,16 +1,24 @@
-"""Rank checksums and the rank_desync rule: real gloo processes, and hand-built evidence.
+"""The Guard under torch.distributed: real gloo processes, and hand-built evidence.
 
 Two ranks are spawned once (``torch.multiprocessing.spawn``, ``file://`` rendezvous in a temporary
-folder, a timeout on the join, REFERENCE.md §5); each trains three tiny runs in turn under a Guard
-with its defaults and writes what it found: DDP (in sync), a different seed per rank without DDP,
-and a hand-written gradient all-reduce where one rank skips an optimizer step.
+folder, a timeout on the join, REFERENCE.md §5); each trains tiny runs in turn and writes what it
+found. Three check rank checksums and the rank_desync rule under a Guard with its defaults: DDP
+(in sync), a different seed per rank without DDP, and a hand-written gradient all-reduce where one
+rank skips an optimizer step. Two check identical decisions (docs/distributed.md): a DDP run at an
+LR far too low, each rank on its own data shard, under ``policy="rescue"`` (actions kept), and a
+healthy DDP run under a policy whose one action (LR ×1000) is harmful (rolled back). The runnable
+example of docs/distributed.md runs too, as its own script.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -24,12 +32,18 @@ import torch.multiprocessing as mp
 import unstuck
 from unstuck.diagnose import Evidence, get_rule, run_rules
 from unstuck.diagnose.causes.rank_desync import DESYNC_TOLERANCE
+from unstuck.rescue import Policy, Proposal
 from unstuck.signals import RankChecksumTap, SignalHub
 from unstuck.signals.distributed import PROJECTION_SEED, checksum_spread
 
 WORLD = 2
 STEPS = 120  # two flushes at the Guard's default cadence of 50, and the close
 SPAWN_TIMEOUT_S = 120.0
+RESCUE_STEPS = 400
+RESCUE_KW = {"flush_every": 25, "horizon": 100, "cooldown": 50, "console": False, "report": False}
+VAL_EVERY = 100
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_PAGE = ROOT / "docs" / "distributed.md"
 
 
 def _model() -> torch.nn.Module:
@@ -76,6 +90,100 @@ def _train(rank: int, mode: str) -> dict:
     }
 
 
+class _HarmfulOnce(Policy):
+    """Raises the LR ×1000 once, at the first decision after step 100: the loss blows up."""
+
+    name = "harmful"
+
+    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
+        proposal = Proposal("lr_scale", {"factor": 1000.0}, reason="test: a harmful action")
+        return proposal if step >= 100 and proposal.key not in tried else None
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """A hash of every parameter's bytes: equal digests are bitwise equal weights."""
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
+    """DDP, each rank on its own shard (a different noise level too), one Guard per rank."""
+    torch.manual_seed(rank)  # DDP broadcasts rank 0's weights; the RNG streams stay per rank
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model = torch.nn.parallel.DistributedDataParallel(net)
+    if mode == "rescue":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.5)  # far too low
+        policy: str | Policy = "rescue"
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        policy = _HarmfulOnce()
+    guard = unstuck.Guard(model, opt, policy=policy, run_dir=run_dir, **RESCUE_KW)
+    w = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    lr_history, local_loss, local_val = [], [], []
+    for step in range(RESCUE_STEPS):
+        g = torch.Generator().manual_seed(WORLD * step + rank)  # this rank's shard
+        x = torch.randn(32, 4, generator=g)
+        y = x @ w + (0.05 + 0.3 * rank) * torch.randn(32, 3, generator=g)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.step(loss)
+        lr_history.append(guard.lr_multiplier)
+        local_loss.append(loss.item())
+        if step % VAL_EVERY == VAL_EVERY - 1:
+            with torch.no_grad():
+                val = torch.nn.functional.mse_loss(model(x + 0.1), y)
+            local_val.append(float(val))
+            guard.validate(val)
+    guard.close()
+    loss_steps, loss_values = guard._evidence.series("loss")
+    return {
+        "actions": [[a.name, a.step, a.outcome, a.verified_step] for a in guard.actions],
+        "findings": [[f.cause, f.step, f.confidence, f.series] for f in guard.findings],
+        "plateaus": [p.to_dict() for p in guard.plateaus],
+        "state": guard.state,
+        "lr_history": lr_history,
+        "params": _digest(model),
+        "loss_steps": loss_steps.tolist(),
+        "loss": loss_values.tolist(),
+        "local_loss": local_loss,
+        "val": guard._evidence.series("val_loss")[1].tolist(),
+        "local_val": local_val,
+        "run_dir": None if guard.run_dir is None else str(guard.run_dir),
+    }
+
+
+def _failures(rank: int) -> dict:
+    """Misuse and a failure on rank 0 raise on every rank, instead of leaving one waiting."""
+    out = {}
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, opt, console=False)
+    for _ in range(3 + rank):  # rank 1 steps once more before flushing by hand
+        guard.step(model(torch.randn(4, 6)).pow(2).mean())
+    try:
+        guard.flush()
+    except RuntimeError as exc:
+        out["mismatch"] = str(exc)
+    guard = unstuck.Guard(model, opt, console=False)
+    if rank == 0:
+
+        def broken(*args: object) -> list:
+            raise ZeroDivisionError("a rule failed")
+
+        guard._run_rules = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        guard.step(model(torch.randn(4, 6)).pow(2).mean())
+    try:
+        guard.flush()
+    except (RuntimeError, ZeroDivisionError) as exc:
+        out["rank0_failed"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -87,6 +195,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     )
     try:
         results = {mode: _train(rank, mode) for mode in ("ddp", "seeds", "skip")}
+        results["failures"] = _failures(rank)
+        for mode in ("rescue", "rollback"):
+            results[mode] = _train_decisions(rank, mode, str(Path(out_dir, f"run-{mode}")))
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
         dist.barrier()  # both ranks done talking before either tears gloo down
     finally:
@@ -251,3 +362,112 @@ def test_rule_fires_when_only_some_ranks_are_nonfinite():
 def test_rule_is_continuous_and_runs_outside_plateaus():
     ev = Evidence({"rank_checksums": _table(1e-2), "detector_state": "improving"})
     assert "rank_desync" in [f.cause for f in run_rules(ev, continuous_only=True)]
+
+
+# ------------------------------------------------------------------ identical decisions under DDP
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN included (JSON spells NaN the same on both sides)."""
+    return json.dumps(a) == json.dumps(b)
+
+
+@pytest.mark.parametrize("mode", ["rescue", "rollback"])
+def test_every_rank_makes_the_same_decisions(ranks, mode):
+    first, second = ranks[0][mode], ranks[1][mode]
+    assert not _same(first["local_loss"], second["local_loss"])  # each rank saw its own shard
+    for key in ("actions", "findings", "plateaus", "state", "lr_history", "loss_steps", "loss"):
+        assert _same(first[key], second[key]), key
+    assert _same(first["val"], second["val"])
+    assert first["params"] == second["params"]  # bitwise the same weights at the end
+
+
+@pytest.mark.parametrize("mode", ["rescue", "rollback"])
+def test_every_rank_decides_on_the_mean_loss_over_ranks(ranks, mode):
+    first, second = ranks[0][mode], ranks[1][mode]
+    pairs = list(zip(first["local_loss"], second["local_loss"]))
+    expected = [math.fsum(pairs[s]) / WORLD for s in first["loss_steps"]]
+    assert _same(first["loss"], expected)
+    val_pairs = zip(first["local_val"], second["local_val"])
+    assert _same(first["val"], [math.fsum(p) / WORLD for p in val_pairs])
+
+
+def test_a_plateau_at_a_tiny_lr_is_acted_on_identically(ranks):
+    run = ranks[0]["rescue"]
+    assert "lr_too_low" in [cause for cause, *_ in run["findings"]]
+    assert any(p["series"] == "train" for p in run["plateaus"])
+    kept = [a for a in run["actions"] if a[2] == "kept"]
+    assert kept and all(a[0] == "lr_scale" for a in kept), run["actions"]
+    assert run["lr_history"][0] == 1.0 and run["lr_history"][-1] > 10.0
+
+
+def test_a_harmful_action_is_rolled_back_identically(ranks):
+    run = ranks[0]["rollback"]
+    assert [a[:3] for a in run["actions"]] == [["lr_scale", run["actions"][0][1], "rolled_back"]]
+    acted, verified = run["actions"][0][1], run["actions"][0][3]
+    lr = run["lr_history"]
+    assert lr[acted] == 1000.0 and lr[verified] == 1.0 and lr[-1] == 1.0
+    assert all(v == 1000.0 for v in lr[acted:verified])
+    assert math.isfinite(run["loss"][-1])  # the rollback put finite weights back
+
+
+@pytest.mark.parametrize("mode", ["rescue", "rollback"])
+def test_only_rank_0_writes_the_run_store(ranks, mode):
+    lead, other = ranks[0][mode], ranks[1][mode]
+    assert other["run_dir"] is None
+    assert lead["run_dir"] is not None
+    assert (Path(lead["run_dir"]) / "unstuck.sqlite").exists()
+
+
+def _docs_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", DOCS_PAGE.read_text(), flags=re.DOTALL)
+    runnable = [b for b in blocks if 'if __name__ == "__main__":' in b]
+    assert len(runnable) == 1, "docs/distributed.md should hold one runnable example"
+    return runnable[0]
+
+
+def test_the_docs_example_runs_and_its_ranks_agree(tmp_path):
+    script = tmp_path / "ddp_example.py"
+    script.write_text(_docs_example())
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    # Its own session, so a hang is ended with the ranks it spawned.
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=SPAWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        pytest.fail(f"the docs example did not finish within {SPAWN_TIMEOUT_S:.0f} s")
+    assert proc.returncode == 0, err
+    lines = dict(re.findall(r"^rank (\d+): (.*)$", out, flags=re.MULTILINE))
+    assert sorted(lines) == ["0", "1"], out
+    assert lines["0"] == lines["1"]  # the same LR multiplier and actions on both ranks
+    assert "'kept'" in lines["0"], out
+    assert (tmp_path / "runs" / "ddp" / "unstuck.sqlite").exists()  # written by rank 0
+    assert "lr_too_low" in err  # rank 0's console line
+
+
+def test_ranks_that_flushed_different_steps_all_raise(ranks):
+    for rank in ranks:
+        message = rank["failures"].get("mismatch", "")
+        assert "the ranks flushed different steps" in message
+        assert "rank 0: 3 steps ending at 2, rank 1: 4 steps ending at 3" in message
+
+
+def test_a_failure_on_rank_0_while_deciding_raises_on_every_rank(ranks):
+    assert ranks[0]["failures"]["rank0_failed"] == "ZeroDivisionError: a rule failed"
+    assert ranks[1]["failures"]["rank0_failed"] == (
+        "RuntimeError: unstuck: rank 0 failed while deciding: ZeroDivisionError: a rule failed"
+    )

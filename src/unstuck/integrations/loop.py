@@ -26,6 +26,7 @@ import torch
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
 from unstuck.diagnose.base import ROOT_CONFIDENCE
+from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
@@ -55,6 +56,7 @@ from unstuck.signals import (
     UpdateRatioTap,
     WeightNormTap,
 )
+from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, Finding, Plateau, primitive
 
 __all__ = ["Guard"]
@@ -167,6 +169,11 @@ class Guard:
             at close); a :class:`unstuck.record.sinks.MlflowSink` to choose the run yourself.
         report: write ``run_dir/report.html`` at ``close()`` (needs plotly; skipped with a note
             when it is missing). Only with a ``run_dir``.
+
+    Under ``torch.distributed`` with more than one rank (DDP), build a Guard on every rank after
+    ``init_process_group``: the loss is averaged over ranks at each flush, rank 0 diagnoses, and
+    every rank makes the same decisions; only rank 0 writes the store, sinks and console
+    (docs/distributed.md).
     """
 
     def __init__(
@@ -221,7 +228,12 @@ class Guard:
         self.flush_every = flush_every
         self._policy = make_policy(policy)
         self._closed = False
-        if console:
+        # Under torch.distributed with > 1 rank: identical decisions on every rank, rank 0
+        # diagnoses and records (docs/distributed.md). None: a single process, no collectives.
+        self._sync = RankSync.create()
+        self._lead = self._sync is None or self._sync.lead
+        self._late_dist_warned = False
+        if console and self._lead:
             ensure_console_handler()
 
         # Everything that can reject an argument runs before the store opens and the optimizer
@@ -274,11 +286,13 @@ class Guard:
         self._probe_batches_max = probe_batches
 
         # Sinks and a store that cannot be written fail here, before any training step.
-        self._sinks = self._make_sinks(tensorboard, mlflow)
+        # Only rank 0 records: the other ranks make the same decisions, so a store of their
+        # own would repeat rank 0's (and contend for the same run_dir).
+        self._sinks = self._make_sinks(tensorboard, mlflow, build=self._lead)
         try:
             self._store = (
                 RunStore(run_dir, meta={"policy": self._policy.name, **dict(meta or {})})
-                if run_dir is not None
+                if run_dir is not None and self._lead
                 else None
             )
         except BaseException:
@@ -301,6 +315,8 @@ class Guard:
             # Hidden progress means the weights moved by a share of their own size, not of a
             # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
             scale = distance_tap.reference_norm()
+            if self._sync is not None:
+                scale = self._sync.from_lead(scale)
             for detector in self._detectors.values():
                 detector.distance_scale = scale
         # Registered after the hub's hooks, so the LR tap records the user's own schedule.
@@ -316,7 +332,7 @@ class Guard:
             stop=self._stop,
             lr_locked=self._lr_lock_reason(optimizer),
         )
-        if controls.lr_locked and self._policy.acts:
+        if controls.lr_locked and self._policy.acts and self._lead:
             logger.warning("unstuck: %s", controls.lr_locked)
         self._engine = RescueEngine(
             controls,
@@ -328,12 +344,18 @@ class Guard:
             spill_dir=self._store.path.parent / "snapshots" if self._store is not None else None,
             capture_extra=self._capture_extra,
             restore_extra=self._restore_extra,
-            evaluate=self._score_probe_set,
+            evaluate=self._evaluate,
         )
         self._evidence = EvidenceBuilder()
         ctx = self._hub.ctx
+        # Probes run forwards of their own: through a DDP wrapper those would be collectives.
+        self._probe_model = unwrap_model(model)
         self._curvature = CurvatureProbe(
-            model, list(ctx.params), loss_fn=loss_fn, probe_fn=probe_fn, max_hvps=curvature_hvps
+            self._probe_model,
+            list(ctx.params),
+            loss_fn=loss_fn,
+            probe_fn=probe_fn,
+            max_hvps=curvature_hvps,
         )
         self._probe_batch: Any = None  # the latest kept batch (the curvature probe reads it)
         self._kept_batches: list[Any] = []  # the probe set branch trials are scored on
@@ -354,7 +376,9 @@ class Guard:
 
     # -- construction helpers -----------------------------------------------------------------
     @staticmethod
-    def _make_sinks(tensorboard: Any, mlflow: Any) -> list[Any]:
+    def _make_sinks(tensorboard: Any, mlflow: Any, build: bool = True) -> list[Any]:
+        """The sinks asked for; with ``build=False`` (ranks other than 0) the arguments are
+        checked the same way but nothing is opened."""
         from unstuck.record.sinks import MlflowSink, Sink, TensorBoardSink
 
         sinks: list[Any] = []
@@ -363,10 +387,14 @@ class Guard:
                 raise TypeError(
                     f"Guard: tensorboard must be a directory path, got {type(tensorboard).__name__}"
                 )
-            sinks.append(TensorBoardSink(tensorboard))
+            if build:
+                sinks.append(TensorBoardSink(tensorboard))
         if isinstance(mlflow, Sink):
-            sinks.append(mlflow)
+            if build:
+                sinks.append(mlflow)
         elif mlflow is True:
+            if not build:
+                return sinks
             try:
                 sinks.append(MlflowSink())
             except BaseException:
@@ -541,6 +569,8 @@ class Guard:
             else float(val_loss)
         )
         at = max(self._hub.step - 1, 0) if step is None else int(step)
+        if self._sync is not None:
+            at, value = self._sync.mean_value(at, value)  # every rank calls validate
         if self._engine.probing:
             # A probe's state is not the run's: record the value, decide nothing on it.
             self._log_metrics([("val_loss_probe", at, value)])
@@ -575,6 +605,14 @@ class Guard:
     # -- the pipeline -------------------------------------------------------------------------
     def _flush(self) -> None:
         frame = self._hub.flush()
+        if self._sync is not None:
+            self._sync.merge_frame(frame)  # the mean loss over ranks; rank 0's detector inputs
+        elif not self._late_dist_warned and distributed_world() > 1:
+            self._late_dist_warned = True
+            logger.warning(
+                "unstuck: torch.distributed was initialised after this Guard was built, so its "
+                "ranks decide on their own losses; build the Guard after init_process_group"
+            )
         step = max(frame.step - 1, 0)
         self._flushed_at = self._hub.step
         self._log_metrics(self._metric_rows(frame.signals, step))
@@ -639,9 +677,19 @@ class Guard:
                 },
             )
         events = self._engine.verify(step, self._loss_history()) if series == "train" else []
+        if any(
+            kind == "action_outcome" and p.get("outcome") == "rolled_back" for kind, p in events
+        ):
+            # The rollback put the detectors back too: decide on the state they hold now (the
+            # plateau the action was taken on), so the policy moves to its next rung there.
+            state, plateau = detector.state, detector.current
         new_findings = self._diagnose(step, state, series)
         if series == "train":
-            self._engine.new_episode(plateau.start if plateau is not None else None)
+            if self._engine.pending is None and not self._engine.probing:
+                # While an action is judged, the plateau it was taken on stays the episode:
+                # a plateau that closes and reopens in the meantime must not clear what was
+                # tried, or a rolled-back rung would be proposed again at once.
+                self._engine.new_episode(plateau.start if plateau is not None else None)
             events += self._engine.maybe_act(
                 step,
                 state,
@@ -654,7 +702,9 @@ class Guard:
         shown_state = (
             state if changed and (state in NOTABLE_STATES or before in NOTABLE_STATES) else None
         )
-        if shown_state is not None or new_findings or acted:
+        if not self._lead:
+            pass  # rank 0 prints what every rank did
+        elif shown_state is not None or new_findings or acted:
             line = format_event_line(
                 step,
                 series=series,
@@ -670,7 +720,7 @@ class Guard:
     def _emit(self, step: int, series: str, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Record the engine's events and print a console line for the actions among them."""
         acted = self._take_events(step, events)
-        if acted:
+        if acted and self._lead:
             logger.info(format_event_line(step, series=series, actions=acted))
 
     def _take_events(
@@ -716,26 +766,11 @@ class Guard:
         self._record_event("probe", self._hub.step, {"probe": "curvature", **primitive(result)})
 
     def _diagnose(self, step: int, state: str, series: str) -> list[Finding]:
-        self._probe_curvature(state, series)
-        extra = {
-            "detector_state": state,
-            "detector_series": series,
-            "detector_stats": primitive(self._detectors[series].stats()) if step else {},
-            "lr_multiplier": self._lr.value,
-        }
-        evidence = self._evidence.build(step, extra)
-        # A root cause found recently still explains today's symptoms (exploding gradients at
-        # the start of a plateau explain the noisy steps measured later in it).
-        roots = frozenset(
-            f.cause
-            for f in self._findings
-            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
-        )
-        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON, known_roots=roots)
-        findings = [
-            Finding(**{**f.__dict__, "series": series}) if f.series != series else f
-            for f in findings
-        ]
+        if self._sync is None:
+            findings = self._run_rules(step, state, series)
+        else:
+            # Rank 0 diagnoses (the rules read rank-local signals); every rank gets its findings.
+            findings = self._sync.lead_decides(lambda: self._run_rules(step, state, series))
         self._current_findings = findings
         new = []
         for finding in findings:
@@ -753,6 +788,28 @@ class Guard:
             self._record_event("finding", step, finding.to_dict())
             new.append(finding)
         return new
+
+    def _run_rules(self, step: int, state: str, series: str) -> list[Finding]:
+        self._probe_curvature(state, series)
+        extra = {
+            "detector_state": state,
+            "detector_series": series,
+            "detector_stats": primitive(self._detectors[series].stats()) if step else {},
+            "lr_multiplier": self._lr.value,
+        }
+        evidence = self._evidence.build(step, extra)
+        # A root cause found recently still explains today's symptoms (exploding gradients at
+        # the start of a plateau explain the noisy steps measured later in it).
+        roots = frozenset(
+            f.cause
+            for f in self._findings
+            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
+        )
+        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON, known_roots=roots)
+        return [
+            Finding(**{**f.__dict__, "series": series}) if f.series != series else f
+            for f in findings
+        ]
 
     def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         if self._store is not None:
@@ -783,6 +840,12 @@ class Guard:
         for name, state in extra["detectors"].items():
             self._detectors[name].load_state_dict(state)
 
+    def _evaluate(self) -> list[float] | None:
+        """Branch-trial scores: this rank's, averaged over the ranks under torch.distributed
+        (every rank's engine asks at the same point, so every rank gathers)."""
+        scores = self._score_probe_set()
+        return scores if self._sync is None else self._sync.mean_scores(scores)
+
     def _score_probe_set(self) -> list[float] | None:
         """The loss on the kept probe set (or ``probe_fn``), in eval mode, without gradients.
 
@@ -791,14 +854,15 @@ class Guard:
         """
         if self._probe_fn is None and (self._loss_fn is None or not self._kept_batches):
             return None
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        model = self._probe_model  # the module itself, not a DDP wrapper
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
         try:
             with torch.no_grad():
                 if self._probe_fn is not None:
-                    values = [self._probe_fn(self.model)]
+                    values = [self._probe_fn(model)]
                 else:
-                    values = [self._loss_fn(self.model(b[0]), b[1]) for b in self._kept_batches]
+                    values = [self._loss_fn(model(b[0]), b[1]) for b in self._kept_batches]
         finally:
             for module, mode in modes:
                 module.training = mode

@@ -1,0 +1,175 @@
+"""The Guard's collectives under ``torch.distributed``: identical decisions on every rank.
+
+Each rank of a data-parallel run trains on its own batches, so its loss, activations and
+per-sample statistics differ from the other ranks'. If every rank decided on its own numbers,
+one rank could raise its LR while another kept it, or roll back an action the other kept, and
+the run would train several models at once (DALLE-pytorch#268 is this bug with stock
+schedulers). The Guard therefore makes every rank's decision from the same inputs:
+
+* **The loss is averaged.** At each flush every rank hands in its window of per-step losses and
+  one ``all_gather_object`` brings every rank's window to every rank; each rank averages them in
+  rank order with ``math.fsum`` (exact, so the same bits everywhere, whatever the machine). The
+  detectors, the verdicts, the probes and the next flush's timing all read that average.
+* **The other detector inputs are rank 0's.** The parameter distance and the gradient
+  signal-to-noise ratio travel in the same gather; every rank uses rank 0's (they are equal on
+  ranks in sync, and a desync is the ``rank_desync`` rule's business, not a reason to disagree).
+* **Rank 0 diagnoses.** The rules read many rank-local signals (activations, per-sample losses,
+  a curvature probe on a kept batch), so rank 0 alone runs them and ``broadcast_object_list``
+  hands its findings to the others, once per flush.
+* **Validation values and probe-set scores are averaged** over the ranks the same way.
+
+Given identical inputs the rescue engine is deterministic, so every rank snapshots, applies,
+verifies and rolls back at the same step; each rank restores its own snapshot (its own RNG
+state included). Every rank makes the same collectives in the same order, and only at a flush
+(or a ``validate`` / branch-trial score, which every rank makes at the same point): nothing is
+added to a step. Without ``torch.distributed``, before ``init_process_group`` or with one
+rank, :meth:`RankSync.create` returns ``None`` and the Guard makes no collective at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from unstuck.signals.distributed import distributed_world
+from unstuck.signals.hub import Frame
+
+__all__ = ["DETECTOR_INPUTS", "RankSync", "unwrap_model"]
+
+# Detector inputs besides the loss: taken from rank 0 so every rank's detectors agree.
+DETECTOR_INPUTS = ("param_distance", "grad_snr")
+LEAD = 0  # the rank that diagnoses and writes the run store
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (else ``model`` itself).
+
+    Probes (the curvature probe, probe-set scores) run forwards of their own. Through the DDP
+    wrapper a forward may be a collective (buffer broadcast) and a backward certainly is, which
+    would hang when only some ranks probe; the wrapped module computes the same loss alone.
+    """
+    dist = torch.distributed
+    if dist.is_available():
+        from torch.nn.parallel import DistributedDataParallel
+
+        if isinstance(model, DistributedDataParallel):
+            inner = model.module
+            assert isinstance(inner, torch.nn.Module)
+            return inner
+    return model
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean in a fixed order with exact summation: the same bits on every rank."""
+    if all(math.isfinite(v) for v in values):
+        return math.fsum(values) / len(values)
+    return sum(values) / len(values)  # NaN or ±inf: any non-finite rank makes the mean so
+
+
+class RankSync:
+    """The collectives one Guard makes per flush when a process group with > 1 rank exists."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank = rank
+        self.world = world
+
+    @classmethod
+    def create(cls) -> RankSync | None:
+        """A sync for the default process group, or ``None`` when there is nothing to sync."""
+        world = distributed_world()
+        if world <= 1:
+            return None
+        return cls(int(torch.distributed.get_rank()), world)
+
+    @property
+    def lead(self) -> bool:
+        """Whether this rank diagnoses and records (rank 0)."""
+        return self.rank == LEAD
+
+    # -- the collectives ----------------------------------------------------------------------
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (one ``all_gather_object``)."""
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def from_lead(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (one ``broadcast_object_list``); rank 0 keeps its own."""
+        box = [obj if self.lead else None]
+        torch.distributed.broadcast_object_list(box, src=LEAD)
+        return obj if self.lead else box[0]
+
+    def lead_decides(self, decide: Callable[[], Any]) -> Any:
+        """``decide()`` run on rank 0 only, its result on every rank (one broadcast).
+
+        When it raises on rank 0, rank 0 still broadcasts (the error's text), so every rank
+        raises instead of the others waiting in the broadcast until the process group times out.
+        """
+        if not self.lead:
+            status, value = self.from_lead(None)
+            if status == "error":
+                raise RuntimeError(f"unstuck: rank 0 failed while deciding: {value}")
+            return value
+        try:
+            value = decide()
+        except BaseException as exc:
+            self.from_lead(("error", f"{type(exc).__name__}: {exc}"))
+            raise
+        self.from_lead(("ok", value))
+        return value
+
+    # -- what the Guard asks for --------------------------------------------------------------
+    def merge_frame(self, frame: Frame) -> None:
+        """Replace the frame's loss by the mean over ranks and its detector inputs by rank 0's.
+
+        One gather per flush. Every rank must have called ``guard.step`` for the same steps;
+        otherwise every rank raises the same ``RuntimeError`` (none is left waiting).
+        """
+        signals = frame.signals
+        loss = signals.get("loss")
+        mine = {
+            "loss": None if loss is None else (list(loss[0]), list(loss[1])),
+            **{name: signals.get(name) for name in DETECTOR_INPUTS},
+        }
+        ranks = self.gather(mine)
+        windows = [r["loss"] for r in ranks]
+        steps = windows[LEAD][0] if windows[LEAD] is not None else None
+        if any((w[0] if w is not None else None) != steps for w in windows):
+            seen = ", ".join(
+                f"rank {i}: "
+                + (f"{len(w[0])} steps ending at {w[0][-1]}" if w and w[0] else "none")
+                for i, w in enumerate(windows)
+            )
+            raise RuntimeError(
+                f"unstuck: the ranks flushed different steps ({seen}); build the Guard on every "
+                "rank and call guard.step once per optimizer step on every rank"
+            )
+        if steps is not None:
+            columns = zip(*(w[1] for w in windows))
+            mean = [_mean([float(v) for v in column]) for column in columns]
+            signals["loss"] = (list(steps), mean)
+            bad = sum(1 for v in mean if not math.isfinite(v))
+            signals["nonfinite_loss"] = (list(steps[-1:]), [float(bad)])
+        for name in DETECTOR_INPUTS:
+            value = ranks[LEAD][name]
+            if value is None:
+                signals.pop(name, None)
+            else:
+                signals[name] = value
+
+    def mean_value(self, step: int, value: float) -> tuple[int, float]:
+        """A validation loss: rank 0's step, the mean of every rank's value."""
+        ranks = self.gather((int(step), float(value)))
+        return int(ranks[LEAD][0]), _mean([float(v) for _, v in ranks])
+
+    def mean_scores(self, scores: list[float] | None) -> list[float] | None:
+        """Probe-set scores: the per-batch mean over ranks when every rank scored as many
+        batches (each scored its own kept batches); otherwise rank 0's."""
+        ranks = self.gather(None if scores is None else [float(s) for s in scores])
+        first = ranks[LEAD]
+        if first is None or any(r is None or len(r) != len(first) for r in ranks):
+            return None if first is None else list(first)
+        return [_mean(list(column)) for column in zip(*ranks)]
