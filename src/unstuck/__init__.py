@@ -17,6 +17,7 @@ what happened::
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import explain
 from unstuck.integrations.loop import Guard
+from unstuck.integrations.scheduler import PlateauScheduler
 from unstuck.types import ActionRecord, Finding, Plateau, Remedy
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "Guard",
     "Plateau",
     "PlateauDetector",
+    "PlateauScheduler",
     "Remedy",
     "__version__",
     "explain",

@@ -559,6 +559,7 @@ class RescueEngine:
         return {
             "quiet_until": self.quiet_until,
             "tried": sorted(self.tried),
+            "budget_noted": sorted(self._budget_noted),
             "episode": self.episode,
             "pending": pending,
             "probe": probe,
@@ -571,6 +572,7 @@ class RescueEngine:
         """Load; returns records of probes that were interrupted and have now been undone."""
         self.quiet_until = int(state.get("quiet_until", 0))
         self.tried = set(state.get("tried", []))
+        self._budget_noted = set(state.get("budget_noted", []))
         episode = state.get("episode")
         self.episode = None if episode is None else int(episode)
         self.probe_steps = int(state.get("probe_steps", 0))
