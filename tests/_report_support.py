@@ -4,9 +4,7 @@ readers for what the report and screenshots hold (no test collected here)."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import os
 import pathlib
 import re
 import struct
@@ -14,25 +12,14 @@ import zlib
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 
 import unstuck
-from conftest import regression_batch, tiny_mlp
+from conftest import regression_batch, require, tiny_mlp  # noqa: F401 (require is re-exported)
 
 HOSTILE = "</script><script>alert(1)</script>"
 RUN_STEPS = 600
 VAL_EVERY = 50
-
-
-def require(module: str, extra: str) -> None:
-    """Skip when an optional library is missing, except in CI, where it is a failure."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    message = f"{module} is not installed (pip install 'unstuck[{extra}]')"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must install it")
-    pytest.skip(message)
 
 
 def guarded_run(run_dir: pathlib.Path | None, **guard_kw: Any) -> unstuck.Guard:

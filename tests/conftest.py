@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 
 import pytest
 import torch
@@ -25,3 +27,13 @@ def tiny_mlp(n_in: int = 4, hidden: int = 8, n_out: int = 3) -> torch.nn.Sequent
 def regression_batch(n: int = 16, n_in: int = 4, n_out: int = 3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, n_in, generator=g), torch.randn(n, n_out, generator=g)
+
+
+def require(module: str, extra: str) -> None:
+    """Skip when an optional framework is missing, except in CI, where it is a failure."""
+    if importlib.util.find_spec(module) is not None:
+        return
+    message = f"{module} is not installed (pip install 'unstuck[{extra}]')"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must install it")
+    pytest.skip(message)

@@ -6,7 +6,6 @@ whose label is the first token's parity, so the loss falls a little in a few doz
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,20 +18,11 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import require
 from unstuck import Guard, PlateauScheduler
 
 SRC_DIR = pathlib.Path(__file__).resolve().parents[1] / "src"
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
-
-
-def require(module: str, extra: str) -> None:
-    """Skip when an optional framework is missing, except in CI, where it is a failure."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    message = f"{module} is not installed (pip install 'unstuck[{extra}]')"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must install it")
-    pytest.skip(message)
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,10 @@ The differences are shown on the series where torch's rule misfires (REFERENCE.m
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import io
 import json
 import math
-import os
 import pathlib
 import re
 from typing import Any
@@ -22,21 +20,12 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from conftest import require
 from unstuck import PlateauScheduler
 from unstuck.types import Plateau
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 N = 400  # metric calls in the synthetic scenarios: long enough for the detector's windows
-
-
-def require(module: str, extra: str) -> None:
-    """Skip when an optional framework is missing, except in CI, where it is a failure."""
-    if importlib.util.find_spec(module) is not None:
-        return
-    message = f"{module} is not installed (pip install 'unstuck[{extra}]')"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must install it")
-    pytest.skip(message)
 
 
 def optimizer(lrs: tuple[float, ...] = (1.0,), size: int = 100, **kw: Any) -> torch.optim.SGD:

@@ -61,6 +61,7 @@ from unstuck.rescue.engine import (
     DEFAULT_HORIZON,
     DEFAULT_PROBE_BUDGET,
     DEFAULT_SNAPSHOT_MEMORY,
+    merge_action_events,
 )
 from unstuck.rescue.policy import Policy, Proposal
 from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS
@@ -758,19 +759,7 @@ class UnstuckCallback(_Callback):
 
     def _take_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[ActionRecord]:
         """Keep ``.actions`` current from the engine's events (one entry per action)."""
-        acted = []
-        for kind, payload in events:
-            if kind not in ("action", "action_outcome"):
-                continue
-            record = ActionRecord.from_dict(payload)
-            acted.append(record)
-            for i, known in enumerate(self.actions):
-                if known.name == record.name and known.step == record.step:
-                    self.actions[i] = record
-                    break
-            else:
-                self.actions.append(record)
-        return acted
+        return merge_action_events(self.actions, events)
 
     def _report(
         self,

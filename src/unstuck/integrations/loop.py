@@ -36,6 +36,7 @@ from unstuck.rescue.engine import (
     DEFAULT_HORIZON,
     DEFAULT_PROBE_BUDGET,
     DEFAULT_SNAPSHOT_MEMORY,
+    merge_action_events,
 )
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
@@ -727,20 +728,9 @@ class Guard:
         self, step: int, events: list[tuple[str, dict[str, Any]]]
     ) -> list[ActionRecord]:
         """Store the engine's events; keep ``.actions`` current (one entry per action)."""
-        acted = []
         for kind, payload in events:
             self._record_event(kind, step, payload)
-            if kind not in ("action", "action_outcome"):
-                continue
-            record = ActionRecord.from_dict(payload)
-            acted.append(record)
-            for i, known in enumerate(self._actions):
-                if known.name == record.name and known.step == record.step:
-                    self._actions[i] = record
-                    break
-            else:
-                self._actions.append(record)
-        return acted
+        return merge_action_events(self._actions, events)
 
     def _probe_curvature(self, state: str, series: str) -> None:
         """Measure curvature once per training-loss stall; forget it when the stall ends.

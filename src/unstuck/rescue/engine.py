@@ -41,7 +41,7 @@ from unstuck.rescue.snapshot import (
 from unstuck.rescue.verify import judge
 from unstuck.types import ActionRecord, Finding
 
-__all__ = ["RescueEngine"]
+__all__ = ["RescueEngine", "merge_action_events"]
 
 logger = logging.getLogger("unstuck")
 
@@ -602,6 +602,25 @@ class RescueEngine:
             record.outcome = "interrupted"
             interrupted.append(record)
         return interrupted
+
+
+def merge_action_events(actions: list[ActionRecord], events: Sequence[Event]) -> list[ActionRecord]:
+    """Fold the engine's ``action``/``action_outcome`` events into ``actions`` (one entry per
+    action, identified by name and step, replaced by its latest version); returns the records
+    the events carried, in order, for the console."""
+    acted = []
+    for kind, payload in events:
+        if kind not in ("action", "action_outcome"):
+            continue
+        record = ActionRecord.from_dict(payload)
+        acted.append(record)
+        for i, known in enumerate(actions):
+            if known.name == record.name and known.step == record.step:
+                actions[i] = record
+                break
+        else:
+            actions.append(record)
+    return acted
 
 
 def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
