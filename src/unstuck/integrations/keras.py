@@ -248,11 +248,7 @@ class KerasLR(LRMultiplier):
         self.variable.assign(keras.ops.multiply(self._saved, factor))
 
     def after_batch(self) -> None:
-        shape = self.shape
-        if shape is not None:
-            shape["elapsed"] += 1
-            if shape["elapsed"] >= shape["length"] and shape["shape"] != "exp":
-                self.shape = None  # a finished bump leaves the steady value alone
+        self.advance_shape()
         if self._saved is None:
             return
         value = self.variable.value

@@ -326,6 +326,7 @@ class RescueEngine:
             record.evidence["restored_last_good_step"] = restored_from
         token = action.apply(self.controls, params)
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
+        before_steps, before = _before_window(step, loss)
         if action.probe:
             record.outcome = "probing"
             self.range_test = _RangeTest(
@@ -336,8 +337,8 @@ class RescueEngine:
                 low=float(params.get("low", 1e-2)),
                 high=float(params.get("high", 1e4)),
                 every=self.controls.accumulation.steps if self.controls.accumulation.owned else 1,
-                before_steps=_before_window(step, loss)[0],
-                before=_before_window(step, loss)[1],
+                before_steps=before_steps,
+                before=before,
             )
             return [("action", record.to_dict())]
         if action.final:
@@ -348,7 +349,8 @@ class RescueEngine:
         self.pending = _Pending(
             record,
             snapshot,
-            *_before_window(step, loss),
+            before_steps,
+            before,
             step + max(self.horizon, action.duration(params)),
         )
         return [("action", record.to_dict())]
@@ -429,13 +431,19 @@ class RescueEngine:
         return events
 
     # -- verification -------------------------------------------------------------------------
-    def verify(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
-        """Judge the pending action once its horizon has passed; roll back if it hurt."""
+    def verify(
+        self, step: int, loss: tuple[np.ndarray, np.ndarray], horizon: int | None = None
+    ) -> list[Event]:
+        """Judge the pending action once its horizon has passed; roll back if it hurt.
+
+        ``horizon`` overrides the engine's for this verdict (``finish`` judges what ran).
+        """
         p = self.pending
         if p is None or step < p.due or self.probing:
             return []
         steps, values = loss
-        start = p.record.step + self.horizon // 2  # judge the second half: skip the transient
+        span = self.horizon if horizon is None else horizon
+        start = p.record.step + span // 2  # judge the second half: skip the transient
         after = steps >= start
         verdict = judge(p.before_steps, p.before, steps[after], values[after])
         p.record.evidence.update(
@@ -523,13 +531,7 @@ class RescueEngine:
             self.pending = None
             return events
         p.due = step
-        saved_horizon = self.horizon
-        self.horizon = ran  # judge the second half of what it ran
-        try:
-            events += self.verify(step, loss)
-        finally:
-            self.horizon = saved_horizon
-        return events
+        return events + self.verify(step, loss, horizon=ran)  # the second half of what ran
 
     def close(self) -> None:
         self.snapshots.close()

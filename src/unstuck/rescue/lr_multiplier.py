@@ -106,12 +106,16 @@ class LRMultiplier:
                 self._saved.append(lr)
                 group["lr"] = lr * factor
 
-    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def advance_shape(self) -> None:
+        """One optimizer step of the running shape has passed (a finished bump ends)."""
         shape = self.shape
         if shape is not None:
             shape["elapsed"] += 1
             if shape["elapsed"] >= shape["length"] and shape["shape"] != "exp":
                 self.shape = None  # a finished bump leaves the steady value alone
+
+    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.advance_shape()
         if self._saved is None:
             return
         for group, saved in zip(self.optimizer.param_groups, self._saved):
