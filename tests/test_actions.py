@@ -287,3 +287,51 @@ def test_keep_best_and_stop_without_a_best_snapshot_only_stops(case):
     assert controls.stop.requested
     action.undo(controls, token)
     assert not controls.stop.requested
+
+
+def test_add_momentum_lengthens_steps_and_undo_drops_the_buffers_exactly():
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    _step(model, optimizer, seed=0)
+    twin = copy.deepcopy(model)
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.01)
+    start = _params(model)
+    controls = Controls(model, optimizer, LRMultiplier(optimizer))
+    action = get_action("add_momentum")
+    assert action.unavailable(controls, {"momentum": 0.9}) is None
+    token = action.apply(controls, {"momentum": 0.9})
+    assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)
+    for seed in range(1, 6):
+        _step(model, optimizer, seed=seed)
+        _step(twin, twin_opt, seed=seed)
+    assert all("momentum_buffer" in optimizer.state[p] for p in model.parameters())
+
+    def moved(m):
+        return sum(float((p - q).norm()) for p, q in zip(m.parameters(), start))
+
+    assert moved(model) > 1.5 * moved(twin)  # the same batches, longer strides
+    action.undo(controls, token)
+    assert all(g["momentum"] == 0.0 for g in optimizer.param_groups)
+    assert optimizer.state_dict()["state"] == {}
+    # plain SGD again: from equal weights, the same batch gives the twin's exact update
+    twin.load_state_dict(model.state_dict())
+    _step(model, optimizer, seed=9)
+    _step(twin, twin_opt, seed=9)
+    assert _same(_params(model), _params(twin))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: torch.optim.Adam(p, lr=1e-3), "torch.optim.SGD only"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5), "already runs with momentum 0.5"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, dampening=0.1), "dampening"),
+    ],
+)
+def test_add_momentum_says_why_it_does_not_apply(make, reason):
+    model = tiny_mlp()
+    optimizer = make(model.parameters())
+    controls = Controls(model, optimizer, LRMultiplier(optimizer))
+    why = get_action("add_momentum").unavailable(controls, {"momentum": 0.9})
+    assert why is not None and reason in why

@@ -76,11 +76,23 @@ def _train(model, optimizer, steps, seed=0):
         optimizer.step()
 
 
-def _owned_controls():
+# The optimizer an action is exercised on: Adam, except where the action changes plain SGD only.
+def _adam(params):
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.01)
+
+
+OPTIMIZER_FOR = {"add_momentum": _sgd}
+
+
+def _owned_controls(make_optimizer=_adam):
     """Controls with every handle owned, a best snapshot that differs from the live state, and
     a restore that, like the Guard's, also puts back unstuck's multiplier."""
     model = tiny_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    optimizer = make_optimizer(model.parameters())
     multiplier = LRMultiplier(optimizer)
     _train(model, optimizer, 2)
     best = take_snapshot(2, model, optimizer, extra={"lr": {"value": 0.5, "shape": None}})
@@ -115,6 +127,7 @@ BAD_PARAMS = {
     "reset_optimizer_state": [{"factor": 2.0}],
     "keep_best_and_stop": [{"best_step": -1}, {"steps": 3}],
     "lr_range_test": [{"steps": 5}, {"low": 0.0}, {"low": 10.0, "high": 1.0}, {"high": "x"}],
+    "add_momentum": [{"momentum": 1.0}, {"momentum": 0.0}, {"momentum": "0.9"}, {"beta": 0.9}],
 }
 
 
@@ -134,7 +147,7 @@ def test_action_rejects_bad_params(name):
 def test_action_apply_then_undo_restores_exactly(name, tmp_path):
     action = ACTIONS[name]
     assert (type(action).__doc__ or "").strip() and action.explanation.strip()
-    controls = _owned_controls()
+    controls = _owned_controls(OPTIMIZER_FOR.get(name, _adam))
     before = _full_state(controls)
     params = dict(action.example_params)
     action.validate(params)

@@ -112,9 +112,8 @@ def test_load_run_rebuilds_what_the_guard_saw(run_dir) -> None:
     assert [a.outcome for a in run.actions] == [a.outcome for a in guard.actions]
     assert all(a.outcome != "pending" for a in run.actions[:-1])
     assert run.plateaus == guard.plateaus
-    assert [p["probe"] for p in run.probes] == ["curvature"]
-    assert run.probes[0]["status"] == "ok"
-    assert isinstance(run.probes[0]["step"], int)
+    assert run.probes and {p["probe"] for p in run.probes} == {"curvature"}
+    assert all(p["status"] == "ok" and isinstance(p["step"], int) for p in run.probes)
     # the .sqlite file works too, and names the same run
     same = load_run(directory / STORE_FILENAME, run.meta["run_id"])
     assert same.source == str(directory)
@@ -428,7 +427,7 @@ def test_cli_report_json(run_dir, tmp_path: pathlib.Path, capsys) -> None:
         "plateaus": len(guard.plateaus),
         "findings": len(guard.findings),
         "actions": len(guard.actions),
-        "probes": 1,
+        "probes": len(run.probes),
     }
     assert [f["cause"] for f in result["findings"]] == [f.cause for f in guard.findings]
     assert [a["outcome"] for a in result["actions"]] == [a.outcome for a in guard.actions]

@@ -206,3 +206,22 @@ def test_overfitting_fires_on_prechelt_gl_with_train_falling():
 )
 def test_overfitting_stays_quiet(kwargs):
     assert get_rule("overfitting").check(_overfit(**kwargs)) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "curvature"), [("saddle_point", (2.0, -1.0)), ("flat_region", (0.01, -0.005))]
+)
+def test_momentum_comes_first_only_for_momentum_free_sgd(code, curvature):
+    """Plain SGD without momentum gets add_momentum before the LR bump; an optimizer with its
+    own momentum (Adam, SGD at 0.9) or an unknown one gets the LR bump alone."""
+    rule = get_rule(code)
+    base = {"curvature": _probe(*curvature), **_steps()}
+    plain = rule.check(Evidence({**base, "optimizer_momentum": 0.0}))
+    assert plain is not None
+    auto = [r.action for r in plain.remedies if r.automatic]
+    assert auto[:2] == ["add_momentum", "lr_scale"]
+    assert plain.remedies[0].params == {"momentum": 0.9}
+    for momentum in (0.9, None):
+        other = rule.check(Evidence({**base, "optimizer_momentum": momentum}))
+        assert other is not None
+        assert [r.action for r in other.remedies if r.automatic] == ["lr_scale"]

@@ -196,6 +196,9 @@ class ActionSequence(Policy):
 
 
 def _raises_lr(action: str, params: dict[str, Any]) -> bool:
+    """An LR raise, or momentum added to plain SGD: both lengthen the steps along a slope."""
+    if action == "add_momentum":
+        return True
     factor = params.get("factor")
     return action == "lr_scale" and isinstance(factor, (int, float)) and factor > 1
 

@@ -14,6 +14,7 @@ from unstuck.detect.detector import NEAR_CONVERGENCE_DROP
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
 from unstuck.signals.curvature import classify
+from unstuck.types import Remedy
 
 __all__ = [
     "FLAT_STATES",
@@ -29,6 +30,7 @@ __all__ = [
     "known_causes",
     "landscape",
     "loss_drop",
+    "momentum_remedies",
     "recent_median",
 ]
 
@@ -177,3 +179,13 @@ def known_causes(codes: frozenset[str]) -> frozenset[str]:
     """
     present = {m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])}
     return frozenset(codes & present)
+
+
+def momentum_remedies(ev: Evidence, why: str) -> tuple[Remedy, ...]:
+    """Heavy-ball momentum for plain SGD that runs without it (``optimizer_momentum`` 0), else
+    nothing. On a saddle or a flat stretch the gradient keeps its direction, so momentum
+    lengthens the steps ×1/(1 − β) while the stable step across steep directions grows
+    (Polyak 1964): tried before an LR bump, which raises both."""
+    if ev.get("optimizer_momentum") != 0.0:
+        return ()
+    return (Remedy("add_momentum", {"momentum": 0.9}, automatic=True, note=why),)

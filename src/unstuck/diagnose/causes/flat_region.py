@@ -6,7 +6,7 @@ import math
 from typing import ClassVar
 
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes._landscape import known_causes, landscape
+from unstuck.diagnose.causes._landscape import known_causes, landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.curvature import FLAT_FELT_CURVATURE
 from unstuck.types import Finding, Remedy
@@ -42,8 +42,9 @@ class FlatRegion(Rule):
         "effective step size times the Hessian's extreme eigenvalues) is two decades below the "
         "stability edge, and one step along the gradient lowers the loss by less than a "
         "thousandth of it. Nothing is wrong with the direction of the steps; they are just far "
-        "too short for this region. Do: raise the learning rate (unstuck applies a bounded "
-        "bump), use an adaptive optimizer, or restart from a fresh initialization. If units "
+        "too short for this region. Do: for plain SGD, add momentum (unstuck tries it first); "
+        "raise the learning rate (unstuck applies a bounded bump); use an adaptive optimizer, or "
+        "restart from a fresh initialization. If units "
         "are saturated or dead, fix that first: it is usually what made the region flat."
     )
 
@@ -87,6 +88,7 @@ class FlatRegion(Rule):
             f"{FLAT_FELT_CURVATURE:g} and one step lowers the loss by {felt_grad:.1e} of it "
             f"(λ_max {lam_max:.2g}, λ_min {lam_min:.2g}, η {eta:.2g})",
             remedies=(
+                *momentum_remedies(ev, "×10 the stride along a slope that keeps its direction"),
                 Remedy("lr_scale", {"factor": round(factor, 3)}, automatic=True),
                 Remedy("warm_restart", {}, note="restart from a fresh initialization"),
             ),

@@ -6,7 +6,7 @@ import math
 from typing import ClassVar
 
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes._landscape import landscape
+from unstuck.diagnose.causes._landscape import landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.curvature import SADDLE_RATIO
 from unstuck.types import Finding, Remedy
@@ -29,9 +29,11 @@ class SaddlePoint(Rule):
         "moved along it. Gradient descent leaves a saddle only as fast as the small component "
         "along that direction grows, at a rate η·|λ_min| per step: symmetric or very small "
         "initializations (deep linear networks, teacher-student committees) show long plateaus "
-        "and then a sudden drop. Do: raise the learning rate for a while (unstuck applies a "
-        "bounded bump that keeps η·λ_max stable), add noise or momentum, or use a larger, "
-        "less symmetric initialization. Waiting also works: the run escapes eventually."
+        "and then a sudden drop. Do: for plain SGD, add momentum (unstuck tries it first: it "
+        "speeds the escape ×10 without a longer step across the steep directions); raise the "
+        "learning rate for a while (unstuck applies a bounded bump that keeps η·λ_max stable); "
+        "add noise; or use a larger, less symmetric initialization. Waiting also works: the "
+        "run escapes eventually."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
@@ -46,7 +48,9 @@ class SaddlePoint(Rule):
         # 0.6 at the threshold ratio, 0.9 when the negative curvature matches the positive one
         strength = math.log10(ratio / SADDLE_RATIO) / math.log10(1.0 / SADDLE_RATIO)
         confidence = 0.6 + 0.3 * min(max(strength, 0.0), 1.0)
-        remedies = []
+        remedies = list(
+            momentum_remedies(ev, "escape at ×10 the rate, without a larger step across λ_max")
+        )
         factor = LR_BUMP
         if eta is not None and lam_max > 0:
             factor = min(LR_BUMP, STABLE_FELT / (eta * lam_max))
