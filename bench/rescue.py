@@ -416,6 +416,11 @@ class Unstuck(Strategy):
     def n_actions(self) -> int:
         return len(self.guard.actions)
 
+    @property
+    def decides_next(self) -> bool:
+        """Whether the Guard's next ``step`` flushes, i.e. may act."""
+        return bool(self.guard._hub.step + 1 >= self.guard._next_flush)
+
     def close(self) -> None:
         self.guard.close()
 
@@ -509,9 +514,16 @@ def run(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            # The state unstuck's first action finds: measured before the Guard's decision
+            # (an early restart changes the weights inside it).
+            found = (
+                measure()[0]
+                if first_action is None and isinstance(strat, Unstuck) and strat.decides_next
+                else None
+            )
             strat.after_step(step, loss, (x, y))
             if first_action is None and isinstance(strat, Unstuck) and strat.n_actions > 0:
-                first_action = (step + 1, measure()[0])
+                first_action = (step + 1, found if found is not None else measure()[0])
             if (step + 1) % every == 0:
                 value, val_loss = measure()
                 points.append((step + 1, value))

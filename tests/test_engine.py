@@ -605,3 +605,107 @@ def test_no_run_ends_worse_than_at_the_first_action(factor):
     guard.close()
     assert at_action is not None and guard.actions[0].outcome == "rolled_back"
     assert eval_loss() <= at_action
+
+
+def test_a_non_finite_loss_rolls_the_action_back_at_once():
+    """No waiting out the horizon on a broken state: the first flush that sees a NaN judges."""
+    loop = _Loop(lr=0.05, horizon=200, cooldown=1000)
+    loop.train(100)
+    at_action = _params(loop.model)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 1e8}))
+    loop.train(10)
+    pending = loop.engine.pending
+    assert pending is not None
+    loop.engine.policy = _Propose()
+    loop.train(30)
+    outcome = [e for k, e in loop.events if k == "action_outcome"]
+    assert outcome and outcome[-1]["outcome"] == "rolled_back"
+    assert outcome[-1]["evidence"]["rolled_back_because"] == "a non-finite loss"
+    assert outcome[-1]["verified_step"] < pending.due
+    assert loop.lr.value == pytest.approx(1.0)
+    # rolled back to the state the action found (then trained on, finitely)
+    assert all(torch.isfinite(p).all() for p in loop.model.parameters())
+    assert not _same(_params(loop.model), [torch.full_like(p, math.nan) for p in at_action])
+
+
+def _cut_for_lr_too_high(factor=0.1):
+    return _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
+
+
+def test_an_early_cut_for_a_far_too_high_lr_restarts_from_the_first_state():
+    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
+    loop.engine.note_start(0)
+    initial = _params(loop.model)
+    loop.train(20)
+    loop.engine.policy = _cut_for_lr_too_high()
+    loop.train(10)
+    pending = loop.engine.pending
+    assert pending is not None and pending.record.evidence["restarted_from_step"] == 0
+    assert _same(_params(loop.model), initial)
+    assert loop.opt.state_dict()["state"] == {}  # no momentum yet, as at the start
+    assert loop.lr.value == pytest.approx(0.1)
+
+
+def test_a_restart_that_hurt_rolls_back_to_where_it_was_taken_not_to_the_start():
+    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
+    loop.engine.note_start(0)
+    initial = _params(loop.model)
+    loop.train(29)
+    found = _params(loop.model)
+    loop.engine.policy = _cut_for_lr_too_high(0.01)  # from scratch at a tiny LR: worse
+    loop.train(1)
+    assert loop.engine.pending is not None
+    loop.engine.policy = _Propose()
+    act_step = loop.engine.pending.record.step
+    while loop.engine.pending is not None:
+        loop.train(10)
+    outcome = [e for k, e in loop.events if k == "action_outcome" and e["step"] == act_step]
+    assert outcome[-1]["outcome"] == "rolled_back"
+    assert loop.lr.value == pytest.approx(1.0)
+    assert not _same(found, initial)
+    # the rollback put back the state the action found; training went on from there
+    assert loop.engine._start_state is None  # a restart is offered once
+
+
+def test_a_cut_after_the_first_horizon_does_not_restart():
+    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
+    loop.engine.note_start(0)
+    initial = _params(loop.model)
+    loop.train(60)
+    loop.engine.policy = _cut_for_lr_too_high()
+    loop.train(10)
+    pending = loop.engine.pending
+    assert pending is not None and "restarted_from_step" not in pending.record.evidence
+    assert not _same(_params(loop.model), initial)
+
+
+def test_a_rollback_forgets_the_undone_steps_in_the_evidence():
+    """Rules and the next verdict read the restored run, not the branch thrown away."""
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(
+        model,
+        opt,
+        policy=_Propose(Proposal("lr_scale", {"factor": 1e8})),
+        flush_every=20,
+        horizon=60,
+        cooldown=10_000,
+        console=False,
+    )
+    for i in range(300):
+        x, y = _teacher_batch(i)
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.step(loss)
+    guard.close()
+    raised = guard.actions[0]
+    assert raised.outcome == "rolled_back"
+    steps, values = guard._evidence.series("loss")
+    # the loss of step ``raised.step + 1`` was computed before the changed LR took its first step
+    undone = (steps > raised.step + 1) & (steps <= raised.verified_step)
+    assert steps.size and not undone.any()
+    assert np.isfinite(values).all()  # the NaNs of the undone steps are gone with them
+    assert (steps > raised.verified_step).any()  # and the run's own steps after are kept

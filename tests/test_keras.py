@@ -201,7 +201,8 @@ def test_a_harmful_action_is_rolled_back() -> None:
     model.fit(x, y, batch_size=32, epochs=12, verbose=0, callbacks=[callback])
     raised = [a for a in callback.actions if a.name == "lr_scale"]
     assert raised and raised[0].outcome == "rolled_back"
-    assert raised[0].evidence["rolled_back_because"] == "worse"
+    # judged the moment the loss went non-finite, or at the horizon if it only rose
+    assert raised[0].evidence["rolled_back_because"] in ("a non-finite loss", "worse")
     assert callback.lr_multiplier == 1.0
     assert np.all(np.isfinite(np.concatenate([w.ravel() for w in model.get_weights()])))
 

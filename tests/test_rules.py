@@ -33,6 +33,29 @@ def test_lr_too_low_quiet_on_healthy_ratios(ratio):
     assert get_rule("lr_too_low").check(ev) is None
 
 
+def test_lr_too_low_for_plain_sgd_tries_momentum_before_the_raise():
+    series = {"update_ratio": _series([2e-6] * 8), "grad_norm": _series([0.5] * 32)}
+    plain = get_rule("lr_too_low").check(Evidence({**series, "optimizer_momentum": 0.0}))
+    assert plain is not None
+    assert [r.action for r in plain.remedies] == ["add_momentum", "lr_scale"]
+    adam = get_rule("lr_too_low").check(Evidence({**series, "optimizer_momentum": None}))
+    assert adam is not None and [r.action for r in adam.remedies] == ["lr_scale"]
+
+
+@pytest.mark.parametrize(("peak", "fires"), [(0.5, True), (1e4, False)])
+def test_lr_too_low_quiet_when_the_gradient_not_the_lr_made_the_steps_small(peak, fires):
+    """Ratio 2e-6 at a gradient norm of 0.5: had the gradient stayed at a peak of 1e4, the same
+    LR would move the weights by 4e-2 per step. A minimum reached, not a small LR."""
+    ev = Evidence(
+        {
+            "update_ratio": _series([2e-6] * 8),
+            "grad_norm": _series([0.5] * 32),
+            "grad_norm_peak": peak,
+        }
+    )
+    assert (get_rule("lr_too_low").check(ev) is not None) is fires
+
+
 def test_lr_too_low_quiet_when_gradients_are_not_finite():
     ev = Evidence({"update_ratio": _series([1e-6] * 8), "grad_norm": _series([np.nan] * 8)})
     assert get_rule("lr_too_low").check(ev) is None

@@ -16,7 +16,13 @@ from unstuck.signals.hub import Frame
 __all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
 
 HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
-INITIAL_POINTS = 8  # finite losses whose median is the run's starting level (``loss_initial``)
+INITIAL_POINTS = 8  # finite points whose median is a run's starting level (``loss_initial``)
+# Series whose starting level is kept for good as ``<name>_initial``: how far the loss has
+# fallen (converged vs capacity limit).
+INITIAL_OF = ("loss",)
+# Series whose largest per-batch median is kept for good as ``<name>_peak``: how far the
+# gradient has shrunk since its largest (lr_too_low's small steps may be a minimum's).
+PEAK_OF = ("grad_norm",)
 
 
 class Evidence(Mapping[str, Any]):
@@ -74,6 +80,13 @@ class _Series:
         self._steps.flags.writeable = False
         self._values.flags.writeable = False
 
+    def truncate_after(self, step: int) -> None:
+        keep = self._steps <= step
+        if not keep.all():
+            self._steps, self._values = self._steps[keep], self._values[keep]
+            self._steps.flags.writeable = False
+            self._values.flags.writeable = False
+
     @property
     def steps(self) -> list[int]:
         return [int(s) for s in self._steps]
@@ -97,19 +110,24 @@ class EvidenceBuilder:
         self._series: dict[str, _Series] = {}
         self._latest: dict[str, Any] = {}
         self._totals: dict[str, float] = {}
-        self._head: list[float] = []
+        self._heads: dict[str, list[float]] = {name: [] for name in INITIAL_OF}
 
     def add_series(self, name: str, steps: list[int], values: list[float]) -> None:
         self._series.setdefault(name, _Series(self.capacity)).extend(steps, values)
-        if name == "loss" and "loss_initial" not in self._latest:
-            self._note_initial_loss(values)
+        if name in self._heads and name + "_initial" not in self._latest:
+            self._note_initial(name, values)
+        if name in PEAK_OF:
+            finite = [v for v in values if np.isfinite(v)]
+            if finite:
+                peak = max(float(np.median(finite)), self._latest.get(name + "_peak", 0.0))
+                self._latest[name + "_peak"] = peak
 
-    def _note_initial_loss(self, values: list[float]) -> None:
-        # The level the run started from, kept for good: the bounded history forgets it, and
-        # "how far has the loss fallen" (converged vs capacity limit) needs the real start.
-        self._head.extend(v for v in values if np.isfinite(v))
-        if len(self._head) >= INITIAL_POINTS:
-            self._latest["loss_initial"] = float(np.median(self._head[:INITIAL_POINTS]))
+    def _note_initial(self, name: str, values: list[float]) -> None:
+        # The level the run started from, kept for good: the bounded history forgets it.
+        head = self._heads[name]
+        head.extend(v for v in values if np.isfinite(v))
+        if len(head) >= INITIAL_POINTS:
+            self._latest[name + "_initial"] = float(np.median(head[:INITIAL_POINTS]))
 
     def set(self, name: str, value: Any) -> None:
         """Record a non-series value (latest wins)."""
@@ -125,6 +143,14 @@ class EvidenceBuilder:
                 self.add_series(name, value[0], value[1])
             else:
                 self._latest[name] = value
+
+    def forget_after(self, step: int) -> None:
+        """Drop every series point past ``step``: a restore to a snapshot taken at ``step``
+        undid those steps, so rules and verdicts must not read them as the run's present (a
+        rolled-back action's NaN losses, a range test's sweep). Totals stay: they count what
+        happened, and the run store keeps every point."""
+        for series in self._series.values():
+            series.truncate_after(step)
 
     def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """One recorded series as read-only ``(steps, values)`` arrays (empty if never seen)."""
@@ -144,14 +170,16 @@ class EvidenceBuilder:
         return {
             "series": {n: [list(s.steps), list(s.values)] for n, s in self._series.items()},
             "totals": dict(self._totals),
-            "loss_initial": self._latest.get("loss_initial"),
+            **{f"{n}_initial": self._latest.get(f"{n}_initial") for n in INITIAL_OF},
+            **{f"{n}_peak": self._latest.get(f"{n}_peak") for n in PEAK_OF},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._series = {}
-        initial = state.get("loss_initial")
-        if initial is not None:
-            self._latest["loss_initial"] = float(initial)
+        for key in [f"{n}_initial" for n in INITIAL_OF] + [f"{n}_peak" for n in PEAK_OF]:
+            value = state.get(key)
+            if value is not None:
+                self._latest[key] = float(value)
         for name, (steps, values) in state.get("series", {}).items():
             self.add_series(name, list(steps), list(values))
         self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}

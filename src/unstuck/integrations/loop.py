@@ -30,6 +30,7 @@ from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
+from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -374,6 +375,7 @@ class Guard:
         self._current_findings: list[Finding] = []
         self._val_points = 0
         self._diagnose(step=0, state="unknown", series="train")
+        self._engine.note_start(self._hub.step)
 
     # -- construction helpers -----------------------------------------------------------------
     @staticmethod
@@ -786,6 +788,8 @@ class Guard:
             "detector_series": series,
             "detector_stats": primitive(self._detectors[series].stats()) if step else {},
             "lr_multiplier": self._lr.value,
+            # read each time: add_momentum (ours) or the user may change it mid-run
+            "optimizer_momentum": momentum_of(self.optimizer),
         }
         evidence = self._evidence.build(step, extra)
         # A root cause found recently still explains today's symptoms (exploding gradients at
@@ -822,13 +826,20 @@ class Guard:
         return {
             "accumulated": self._accumulated,
             "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
+            "evidence_step": self._hub.step,
         }
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
-        """The engine restores the handles (LR multiplier, clip, accumulation, stop) itself."""
+        """The engine restores the handles (LR multiplier, clip, accumulation, stop) itself.
+
+        The evidence forgets the undone steps, as the detectors do: the next rung's verdict
+        and the rules compare against the restored run, not the branch that was thrown away.
+        """
         self._accumulated = int(extra.get("accumulated", 0))
         for name, state in extra["detectors"].items():
             self._detectors[name].load_state_dict(state)
+        if "evidence_step" in extra:
+            self._evidence.forget_after(int(extra["evidence_step"]))
 
     def _evaluate(self) -> list[float] | None:
         """Branch-trial scores: this rank's, averaged over the ranks under torch.distributed
@@ -938,6 +949,7 @@ class Guard:
         self._flushed_at = self._hub.step
         self._findings = [Finding.from_dict(f) for f in state["findings"]]
         self._actions = [ActionRecord.from_dict(a) for a in state["actions"]]
+        self._engine.forget_start()  # a resumed run's start is not this Guard's to restart
         interrupted = self._engine.load_state_dict(dict(state["engine"]))
         self._take_events(
             self._hub.step, [("action_outcome", record.to_dict()) for record in interrupted]

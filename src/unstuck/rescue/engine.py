@@ -55,6 +55,10 @@ MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped +
 LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
 FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
+# Causes whose LR cut, found within one horizon of the start, restarts from the start state:
+# the steps taken at a far too high LR leave damage a later cut does not undo (units pushed
+# dead or into saturation, weights blown up), and the run has little progress to lose.
+RESTART_CAUSES = frozenset({"lr_too_high"})
 
 Event = tuple[str, dict[str, Any]]
 
@@ -127,6 +131,8 @@ class RescueEngine:
         self._best_value = math.inf
         self._last_good: str | None = None
         self._last_good_step = -LAST_GOOD_EVERY
+        self._start_state: str | None = None  # the run as it began, for an early restart
+        self._start_step = 0
 
     # -- snapshots ----------------------------------------------------------------------------
     def capture(self, step: int) -> Snapshot:
@@ -167,6 +173,8 @@ class RescueEngine:
 
     def note_healthy(self, step: int, state: str, finite: bool) -> None:
         """Refresh the last-good snapshot now and then while the loss is finite."""
+        if self._start_state is not None and step - self._start_step > self.horizon:
+            self.forget_start()  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
         if state in ("diverging", "oscillating", "unknown"):
@@ -176,6 +184,31 @@ class RescueEngine:
         self.snapshots.drop(self._last_good)
         self._last_good = self.snapshots.put(self.capture(step))
         self._last_good_step = step
+
+    def note_start(self, step: int) -> None:
+        """Keep the state the run starts from (before its first optimizer step), for one
+        horizon: a cut for a far too high LR found that early restarts from it."""
+        if not self.policy.acts:
+            return
+        self.snapshots.drop(self._start_state)
+        self._start_state = self.snapshots.put(self.capture(step))
+        self._start_step = step
+
+    def forget_start(self) -> None:
+        self.snapshots.drop(self._start_state)
+        self._start_state = None
+
+    def _restarts(self, step: int, proposal: Proposal) -> bool:
+        """Whether this LR cut starts over from the run's first state (see RESTART_CAUSES)."""
+        factor = proposal.params.get("factor")
+        return (
+            self._start_state is not None
+            and proposal.cause in RESTART_CAUSES
+            and proposal.action == "lr_scale"
+            and isinstance(factor, (int, float))
+            and factor < 1
+            and step - self._start_step <= self.horizon
+        )
 
     # -- decisions ----------------------------------------------------------------------------
     @property
@@ -304,12 +337,22 @@ class RescueEngine:
         findings: Sequence[Finding],
     ) -> list[Event]:
         restored_from: int | None = None
+        restarted_from: int | None = None
+        if self._start_state is not None and step - self._start_step > self.horizon:
+            self.forget_start()
         if proposal.cause == "nonfinite" and self._last_good is not None:
             # Retry from the last state whose loss was finite, not from the broken one.
             snap = self.snapshots.get(self._last_good)
             self.restore(snap)
             restored_from = snap.step
         snapshot = self.snapshots.put(self.capture(step))
+        if self._restarts(step, proposal):
+            # A rollback returns to the state this action found (``snapshot``), not the start.
+            assert self._start_state is not None
+            start = self.snapshots.get(self._start_state)
+            self.restore(start)
+            restarted_from = start.step
+            self.forget_start()
         if proposal.action == "branch_trial":
             trial = BranchTrial(self, step, snapshot, proposal, self.horizon)
             self.branches = trial
@@ -324,6 +367,8 @@ class RescueEngine:
         record = self._record(step, proposal)
         if restored_from is not None:
             record.evidence["restored_last_good_step"] = restored_from
+        if restarted_from is not None:
+            record.evidence["restarted_from_step"] = restarted_from
         token = action.apply(self.controls, params)
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
         before_steps, before = _before_window(step, loss)
@@ -439,12 +484,19 @@ class RescueEngine:
         ``horizon`` overrides the engine's for this verdict (``finish`` judges what ran).
         """
         p = self.pending
-        if p is None or step < p.due or self.probing:
+        if p is None or self.probing:
             return []
         steps, values = loss
+        broke = not bool(np.all(np.isfinite(values[steps > p.record.step])))
+        if step < p.due and not broke:
+            return []
         span = self.horizon if horizon is None else horizon
         start = p.record.step + span // 2  # judge the second half: skip the transient
         after = steps >= start
+        if broke:
+            # A non-finite loss is never waited out: judge (worse) and roll back now, before
+            # more steps run on a broken state.
+            after = steps > p.record.step
         verdict = judge(p.before_steps, p.before, steps[after], values[after])
         p.record.evidence.update(
             {
@@ -464,12 +516,17 @@ class RescueEngine:
             self.restore(self.snapshots.get(p.snapshot))
             p.record.outcome = "rolled_back"
             p.record.evidence["rolled_back_because"] = (
-                "worse" if verdict.worse else "a cut that did not make the loss better"
+                "a non-finite loss"
+                if broke
+                else "worse"
+                if verdict.worse
+                else "a cut that did not make the loss better"
             )
             self.quiet_until = step  # the next rung may be tried at once
         else:
             p.record.outcome = "kept"
             self.quiet_until = step + self.cooldown
+            self.forget_start()  # a restart would now undo what was just kept
         self.snapshots.drop(p.snapshot)
         self.pending = None
         events: list[Event] = [("action_outcome", p.record.to_dict())]

@@ -9,7 +9,12 @@ import numpy as np
 
 from unstuck.detect.detector import DEFAULT_EPSILON, EARLY_DROP
 from unstuck.diagnose.base import Rule
-from unstuck.diagnose.causes._landscape import NEAR_CONVERGENCE_DROP, loss_drop, recent_median
+from unstuck.diagnose.causes._landscape import (
+    NEAR_CONVERGENCE_DROP,
+    loss_drop,
+    momentum_remedies,
+    recent_median,
+)
 from unstuck.diagnose.causes._logs import (
     LOG_MAX_CONFIDENCE,
     detector_stats,
@@ -58,6 +63,18 @@ def _converged(ev: Evidence) -> bool:
     return drop is not None and snr is not None and drop[2] >= NEAR_CONVERGENCE_DROP and snr < 1
 
 
+def _gradient_fell(ev: Evidence, ratio: float, grad: float) -> bool:
+    """The steps are small because the gradient shrank, not because the LR is small: at the
+    largest gradient norm the run has had (a flush's median), the same LR would move the
+    weights by at least ``LOW_UPDATE_RATIO``. A run that reached its minimum (a noiseless fit
+    down to rounding, where the gradient never drops below its noise) looks like this; so does
+    a collapsing signal, which is vanishing_gradients' to report."""
+    peak = ev.get("grad_norm_peak")
+    if not isinstance(peak, float) or not math.isfinite(peak):
+        return False
+    return ratio * peak / grad >= LOW_UPDATE_RATIO
+
+
 class LRTooLow(Rule):
     """The update/weight ratio sits well below 1e-4 while gradients are finite and non-zero."""
 
@@ -100,7 +117,7 @@ class LRTooLow(Rule):
         grad = float(np.median(grads))
         if ratio >= LOW_UPDATE_RATIO or ratio <= 0.0 or grad <= 0.0:
             return None
-        if _schedule_annealed(ev) or _converged(ev):
+        if _schedule_annealed(ev) or _converged(ev) or _gradient_fell(ev, ratio, grad):
             return None
         decades_below = float(np.log10(LOW_UPDATE_RATIO / ratio))
         estimate = HEALTHY_UPDATE_RATIO / ratio
@@ -121,6 +138,7 @@ class LRTooLow(Rule):
             # ``estimate``: the whole raise the ratio asks for; past the two-decade cap the
             # engine applies the rest as a follow-up once this step has been verified.
             remedies=(
+                *momentum_remedies(ev, "×10 the stride along a slope that keeps its direction"),
                 Remedy(
                     "lr_scale",
                     {"factor": round(factor, 3), "estimate": round(float(estimate), 3)},
