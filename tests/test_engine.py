@@ -628,54 +628,47 @@ def test_a_non_finite_loss_rolls_the_action_back_at_once():
     assert not _same(_params(loop.model), [torch.full_like(p, math.nan) for p in at_action])
 
 
-def _cut_for_lr_too_high(factor=0.1):
-    return _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
-
-
-def test_an_early_cut_for_a_far_too_high_lr_restarts_from_the_first_state():
+def _cut_for_lr_too_high_after(steps, factor=0.1):
+    """A loop that keeps its first state, trains ``steps`` steps, then flushes once with an
+    ``lr_too_high`` cut proposed; returns it and its first parameters."""
     loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
     loop.engine.note_start(0)
     initial = _params(loop.model)
-    loop.train(20)
-    loop.engine.policy = _cut_for_lr_too_high()
+    loop.train(steps)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
     loop.train(10)
-    pending = loop.engine.pending
-    assert pending is not None and pending.record.evidence["restarted_from_step"] == 0
+    assert loop.engine.pending is not None
+    return loop, initial
+
+
+def test_an_early_cut_for_a_far_too_high_lr_restarts_from_the_first_state():
+    loop, initial = _cut_for_lr_too_high_after(20)
+    assert loop.engine.pending.record.evidence["restarted_from_step"] == 0
     assert _same(_params(loop.model), initial)
     assert loop.opt.state_dict()["state"] == {}  # no momentum yet, as at the start
     assert loop.lr.value == pytest.approx(0.1)
 
 
 def test_a_restart_that_hurt_rolls_back_to_where_it_was_taken_not_to_the_start():
-    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
-    loop.engine.note_start(0)
-    initial = _params(loop.model)
-    loop.train(29)
-    found = _params(loop.model)
-    loop.engine.policy = _cut_for_lr_too_high(0.01)  # from scratch at a tiny LR: worse
-    loop.train(1)
-    assert loop.engine.pending is not None
+    loop, initial = _cut_for_lr_too_high_after(20, 0.01)  # from scratch at a tiny LR: worse
+    pending = loop.engine.pending
+    assert pending.record.evidence["restarted_from_step"] == 0
+    found = [t.clone() for t in loop.engine.snapshots.get(pending.snapshot).model.values()]
+    assert not _same(found, initial)
     loop.engine.policy = _Propose()
-    act_step = loop.engine.pending.record.step
-    while loop.engine.pending is not None:
-        loop.train(10)
-    outcome = [e for k, e in loop.events if k == "action_outcome" and e["step"] == act_step]
+    outcome: list[dict] = []
+    while not outcome:
+        loop.train(10)  # one flush at a time: stop right at the verdict
+        outcome = [e for k, e in loop.events if k == "action_outcome"]
     assert outcome[-1]["outcome"] == "rolled_back"
     assert loop.lr.value == pytest.approx(1.0)
-    assert not _same(found, initial)
-    # the rollback put back the state the action found; training went on from there
+    assert _same(_params(loop.model), found)  # where the cut was taken, not the start
     assert loop.engine._start_state is None  # a restart is offered once
 
 
 def test_a_cut_after_the_first_horizon_does_not_restart():
-    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
-    loop.engine.note_start(0)
-    initial = _params(loop.model)
-    loop.train(60)
-    loop.engine.policy = _cut_for_lr_too_high()
-    loop.train(10)
-    pending = loop.engine.pending
-    assert pending is not None and "restarted_from_step" not in pending.record.evidence
+    loop, initial = _cut_for_lr_too_high_after(60)
+    assert "restarted_from_step" not in loop.engine.pending.record.evidence
     assert not _same(_params(loop.model), initial)
 
 
