@@ -168,3 +168,10 @@ def test_findings_are_primitives_for_weights_only(tmp_path):
     finding = Finding("lr_too_low", 0.9, {"a": [1.0, float("nan")], "b": "x"}, 3, "s")
     torch.save(finding.to_dict(), tmp_path / "f.pt")
     assert Finding.from_dict(torch.load(tmp_path / "f.pt", weights_only=True)).evidence["b"] == "x"
+
+
+@pytest.mark.parametrize("name", sorted(ACTIONS))
+def test_every_action_has_its_section_and_table_row_in_the_docs(name):
+    page = (DOCS / "actions.md").read_text()
+    assert f"## `{name}`" in page, f"docs/actions.md needs a section for {name}"
+    assert f"| `{name}` |" in page, f"docs/actions.md's table needs a row for {name}"
