@@ -44,15 +44,13 @@ import torch
 
 from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
-from unstuck.diagnose.base import ROOT_CONFIDENCE
+from unstuck.diagnose.log import FindingLog
 from unstuck.integrations.loop import (
     DEFAULT_DISTANCE_EVERY,
     DEFAULT_FLUSH_EVERY,
     DEFAULT_UPDATE_RATIO_EVERY,
     DIAGNOSE_ON,
     NOTABLE_STATES,
-    REFIND_AFTER,
-    REFIND_RISE,
 )
 from unstuck.record.console import LOGGER_NAME, ensure_console_handler, format_event_line
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, Snapshot, make_policy
@@ -396,10 +394,8 @@ class UnstuckCallback(_Callback):
         if console:
             ensure_console_handler()
         self.actions: list[ActionRecord] = []
-        self.findings: list[Finding] = []
+        self._finding_log = FindingLog()
         self._current_findings: list[Finding] = []
-        self._last_found: dict[str, int] = {}
-        self._last_confidence: dict[str, float] = {}
         self._evidence = EvidenceBuilder()
         self._lr = KerasLR(None)
         self._engine: _KerasEngine | None = None
@@ -446,6 +442,11 @@ class UnstuckCallback(_Callback):
         """True while a range test measures on the run's next batches: the weights then are
         not the run's (they go back when it ends), so skip checkpoints and evaluations."""
         return self._engine is not None and self._engine.probing
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding recorded so far, oldest first (the live list)."""
+        return self._finding_log.findings
 
     @property
     def lr_multiplier(self) -> float:
@@ -727,31 +728,13 @@ class UnstuckCallback(_Callback):
             "detector_stats": primitive(self.detectors["train"].stats()),
             "lr_multiplier": self._lr.value,
         }
-        roots = frozenset(
-            f.cause
-            for f in self.findings
-            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
-        )
         findings = run_rules(
             self._evidence.build(step, extra),
             continuous_only=state not in DIAGNOSE_ON,
-            known_roots=roots,
+            known_roots=self._finding_log.roots(step),
         )
         self._current_findings = findings
-        new = []
-        for finding in findings:
-            last = self._last_found.get(finding.cause)
-            if (
-                last is not None
-                and step - last < REFIND_AFTER
-                and finding.confidence < self._last_confidence.get(finding.cause, 0.0) + REFIND_RISE
-            ):
-                continue
-            self._last_found[finding.cause] = step
-            self._last_confidence[finding.cause] = finding.confidence
-            self.findings.append(finding)
-            new.append(finding)
-        return new
+        return self._finding_log.record(findings, step)
 
     def _take_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[ActionRecord]:
         """Keep ``.actions`` current from the engine's events (one entry per action)."""
@@ -835,10 +818,8 @@ class UnstuckCallback(_Callback):
             "evidence": self._evidence.state_dict(),
             "lr": self._lr.state_dict(),
             "engine": self._engine.state_dict() if self._engine is not None else None,
-            "findings": [f.to_dict() for f in self.findings],
+            **self._finding_log.state_dict(),  # findings, last_found, last_confidence
             "actions": [a.to_dict() for a in self.actions],
-            "last_found": dict(self._last_found),
-            "last_confidence": dict(self._last_confidence),
             "nonfinite_total": self._nonfinite_total,
         }
 
@@ -858,10 +839,8 @@ class UnstuckCallback(_Callback):
             self.detectors[name].load_state_dict(det)
         self._evidence.load_state_dict(state["evidence"])
         self._lr.load_state_dict(dict(state["lr"]))
-        self.findings = [Finding.from_dict(f) for f in state["findings"]]
+        self._finding_log.load_state_dict(state)
         self.actions = [ActionRecord.from_dict(a) for a in state["actions"]]
-        self._last_found = {k: int(v) for k, v in state["last_found"].items()}
-        self._last_confidence = {k: float(v) for k, v in state["last_confidence"].items()}
         self._nonfinite_total = float(state.get("nonfinite_total", 0.0))
         self._evidence.set("nonfinite_loss_total", self._nonfinite_total)
         if state["engine"] is not None:

@@ -25,7 +25,7 @@ import torch
 
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
-from unstuck.diagnose.base import ROOT_CONFIDENCE
+from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
@@ -95,8 +95,6 @@ SELF_TUNING_OPTIMIZERS = {
     "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
     "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
 }
-REFIND_RISE = 0.1  # a finding recorded again sooner when its confidence rose by this much
-REFIND_AFTER = 1000  # steps before the same cause is recorded again as a new finding
 DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
 NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
 
@@ -368,10 +366,8 @@ class Guard:
         self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
         self._evidence.set("optimizer_type", type(optimizer).__name__)
         self._evidence.set("params_not_in_optimizer", self._params_outside_optimizer())
-        self._findings: list[Finding] = []
+        self._finding_log = FindingLog()
         self._actions: list[ActionRecord] = []
-        self._last_found: dict[str, int] = {}
-        self._last_confidence: dict[str, float] = {}
         self._current_findings: list[Finding] = []
         self._val_points = 0
         self._diagnose(step=0, state="unknown", series="train")
@@ -764,21 +760,9 @@ class Guard:
             # Rank 0 diagnoses (the rules read rank-local signals); every rank gets its findings.
             findings = self._sync.lead_decides(lambda: self._run_rules(step, state, series))
         self._current_findings = findings
-        new = []
-        for finding in findings:
-            last = self._last_found.get(finding.cause)
-            last_conf = self._last_confidence.get(finding.cause, 0.0)
-            if (
-                last is not None
-                and step - last < REFIND_AFTER
-                and finding.confidence < last_conf + REFIND_RISE
-            ):
-                continue
-            self._last_found[finding.cause] = step
-            self._last_confidence[finding.cause] = finding.confidence
-            self._findings.append(finding)
+        new = self._finding_log.record(findings, step)
+        for finding in new:
             self._record_event("finding", step, finding.to_dict())
-            new.append(finding)
         return new
 
     def _run_rules(self, step: int, state: str, series: str) -> list[Finding]:
@@ -792,14 +776,11 @@ class Guard:
             "optimizer_momentum": momentum_of(self.optimizer),
         }
         evidence = self._evidence.build(step, extra)
-        # A root cause found recently still explains today's symptoms (exploding gradients at
-        # the start of a plateau explain the noisy steps measured later in it).
-        roots = frozenset(
-            f.cause
-            for f in self._findings
-            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
+        findings = run_rules(
+            evidence,
+            continuous_only=state not in DIAGNOSE_ON,
+            known_roots=self._finding_log.roots(step),
         )
-        findings = run_rules(evidence, continuous_only=state not in DIAGNOSE_ON, known_roots=roots)
         return [
             Finding(**{**f.__dict__, "series": series}) if f.series != series else f
             for f in findings
@@ -879,7 +860,7 @@ class Guard:
     @property
     def findings(self) -> list[Finding]:
         """Every finding recorded so far, in order."""
-        return list(self._findings)
+        return list(self._finding_log.findings)
 
     @property
     def actions(self) -> list[ActionRecord]:
@@ -921,10 +902,8 @@ class Guard:
                 "accumulated": self._accumulated,
             },
             "next_flush": self._next_flush,
-            "findings": [f.to_dict() for f in self._findings],
+            **self._finding_log.state_dict(),  # findings, last_found, last_confidence
             "actions": [a.to_dict() for a in self._actions],
-            "last_found": dict(self._last_found),
-            "last_confidence": dict(self._last_confidence),
             "val_points": self._val_points,
         }
 
@@ -947,17 +926,13 @@ class Guard:
         self._accumulated = int(controls.get("accumulated", 0))
         self._next_flush = int(state.get("next_flush", self._hub.step + self.flush_every))
         self._flushed_at = self._hub.step
-        self._findings = [Finding.from_dict(f) for f in state["findings"]]
+        self._finding_log.load_state_dict(state)
         self._actions = [ActionRecord.from_dict(a) for a in state["actions"]]
         self._engine.forget_start()  # a resumed run's start is not this Guard's to restart
         interrupted = self._engine.load_state_dict(dict(state["engine"]))
         self._take_events(
             self._hub.step, [("action_outcome", record.to_dict()) for record in interrupted]
         )
-        self._last_found = {str(k): int(v) for k, v in state["last_found"].items()}
-        self._last_confidence = {
-            str(k): float(v) for k, v in state.get("last_confidence", {}).items()
-        }
         self._val_points = int(state.get("val_points", 0))
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -1014,6 +989,6 @@ class Guard:
     def __repr__(self) -> str:
         return (
             f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, state={self.state!r}, "
-            f"plateaus={len(self.plateaus)}, findings={len(self._findings)}, "
+            f"plateaus={len(self.plateaus)}, findings={len(self._finding_log.findings)}, "
             f"actions={len(self._actions)}, lr_multiplier={self._lr.value:g})"
         )
