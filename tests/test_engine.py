@@ -510,6 +510,20 @@ def test_ladder_rungs_in_order():
     )
 
 
+@pytest.mark.parametrize("explains", [False, True])
+def test_ladder_cuts_during_hidden_progress_only_when_the_finding_explains_the_motion(explains):
+    """Adam at too high an LR moves the weights on a flat loss: that motion is no progress to
+    wait on when the finding that names the LR says the motion is its symptom."""
+    remedy = unstuck.types.Remedy("lr_scale", {"factor": 0.1}, automatic=True)
+    finding = Finding(
+        "lr_too_high", 0.7, {"explains_weight_motion": explains}, 10, "s", remedies=(remedy,)
+    )
+    proposal = Ladder().propose(
+        step=49, state="hidden_progress", findings=[finding], tried=frozenset()
+    )
+    assert (proposal is not None and proposal.params == {"factor": 0.1}) is explains
+
+
 def test_policies_by_name_and_sequence_errors():
     assert make_policy("branch").fallback == "branch_trial"
     seq = make_policy(["lr_range_test", ("lr_scale", {"factor": 0.5})])

@@ -72,6 +72,57 @@ def test_lr_too_high_from_ratio_and_from_oscillation():
     assert get_rule("lr_too_high").check(calm) is None
 
 
+def test_lr_too_high_needs_half_the_recent_ratios_above_the_threshold():
+    """One sample taken at a tiny init (ratio 98, the next 0.02) must not carry the verdict: the
+    plain median of two would average them to 49."""
+    grown = Evidence({"update_ratio": _series([98.0, 0.02]), "detector_state": "slow"})
+    assert get_rule("lr_too_high").check(grown) is None
+    persistent = Evidence({"update_ratio": _series([98.0, 0.4]), "detector_state": "slow"})
+    finding = get_rule("lr_too_high").check(persistent)
+    assert finding is not None
+    assert finding.evidence["update_ratio_median"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "state", "fires"),
+    [
+        ("AdamW", "plateau", True),
+        ("Adam", "slow", True),
+        ("AdamW", "hidden_progress", True),
+        ("AdamW", "improving", False),  # a loss still falling well: a high ratio is not a fault
+        ("SGD", "plateau", False),  # SGD's ratio may be a net growing out of a small init
+    ],
+)
+def test_lr_too_high_above_1e_2_for_an_adaptive_optimizer_that_is_not_improving(
+    optimizer, state, fires
+):
+    ev = Evidence(
+        {
+            "update_ratio": _series([0.04] * 8),
+            "detector_state": state,
+            "optimizer_type": optimizer,
+        }
+    )
+    finding = get_rule("lr_too_high").check(ev)
+    assert (finding is not None) is fires
+    if finding is not None:
+        # Adam's ratio scales with the LR: the cut brings it to the healthy 1e-3.
+        assert finding.remedies[0].params["estimate"] == pytest.approx(1e-3 / 0.04)
+        # The weights' motion on a flat loss is then the finding's symptom, not progress.
+        assert finding.evidence["explains_weight_motion"] is (state == "hidden_progress")
+
+
+def test_lr_too_high_quiet_for_adam_at_a_healthy_ratio():
+    ev = Evidence(
+        {
+            "update_ratio": _series([5e-3] * 8),
+            "detector_state": "plateau",
+            "optimizer_type": "AdamW",
+        }
+    )
+    assert get_rule("lr_too_high").check(ev) is None
+
+
 def _layer_evidence(first, last):
     norms = np.array([[first, 1.0, 0.5, last, 0.1]] * 4)
     return Evidence(

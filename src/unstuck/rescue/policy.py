@@ -80,7 +80,8 @@ class Ladder(Policy):
     """The ladder the field recommends, driven by findings, one verified rung at a time.
 
     1. *Wait* while the weights still move on a flat loss (``hidden_progress``: only a confident
-       LR-raising remedy may speed it up), and for ``patience`` steps into a plateau.
+       LR-raising remedy may speed it up, or one whose finding explains the motion itself,
+       ``evidence["explains_weight_motion"]``), and for ``patience`` steps into a plateau.
     2. The top confident finding's automatic remedy.
     3. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial).
     4. Else a warm restart.
@@ -122,7 +123,9 @@ class Ladder(Policy):
                 if not remedy.automatic:
                     continue
                 raises = _raises_lr(remedy.action, remedy.params)
-                if waiting and not raises:
+                # Waiting on moving weights, only a speed-up is tried, unless the finding says the
+                # motion is its own symptom (Adam's steps at too high an LR, not progress).
+                if waiting and not (raises or finding.evidence.get("explains_weight_motion")):
                     continue
                 if state in UNSTABLE_STATES and raises:
                     continue  # never raise the LR of a run that oscillates or diverges

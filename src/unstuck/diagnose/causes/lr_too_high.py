@@ -16,11 +16,19 @@ from unstuck.diagnose.causes._logs import (
     structured_swings,
 )
 from unstuck.diagnose.evidence import Evidence
-from unstuck.diagnose.thresholds import HEALTHY_UPDATE_RATIO, HIGH_UPDATE_RATIO, RECENT_POINTS
+from unstuck.diagnose.thresholds import (
+    ADAPTIVE_OPTIMIZERS,
+    ELEVATED_UPDATE_RATIO,
+    HEALTHY_UPDATE_RATIO,
+    HIGH_UPDATE_RATIO,
+    RECENT_POINTS,
+)
 from unstuck.types import Finding, Remedy
 
 MIN_CUT = 0.01  # at most two decades down in one action
 MAX_CUT = 0.5
+# The detector's states in which a loss is not improving: slow, flat, bouncing or climbing.
+NOT_IMPROVING = frozenset({"slow", "plateau", "hidden_progress", "oscillating", "diverging"})
 OSCILLATION_CUT = 0.3  # ≈ 10^-0.5: half a decade when only the loss shape says "too high"
 
 # From a log (no update ratio): the detector's state on the training loss, and TheDeepChecker's
@@ -50,15 +58,26 @@ def slope_sign_flips(values: np.ndarray, window: int = FLIP_WINDOW) -> float | N
     return float(np.count_nonzero(rising[1:] != rising[:-1])) / (rising.size - 1)
 
 
+def _adaptive_not_improving(ev: Evidence) -> bool:
+    """An adaptive optimizer on a training loss the detector does not see improving. With SGD a
+    high ratio may be a net growing out of a small init, which this must not call."""
+    if str(ev.get("optimizer_type", "")) not in ADAPTIVE_OPTIMIZERS:
+        return False
+    return ev.get("detector_state") in NOT_IMPROVING
+
+
 class LRTooHigh(Rule):
-    """The update/weight ratio is above 1e-1, or the detector sees oscillation or divergence."""
+    """The update/weight ratio is above 1e-1 (above 1e-2 for an adaptive optimizer on a loss
+    that is not improving), or the detector sees oscillation or divergence."""
 
     code: ClassVar[str] = "lr_too_high"
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio"})
     # From a log: the training loss and the detector's state on it (``_from_loss``).
     requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"loss", "detector_state"}),)
     explanation: ClassVar[str] = (
-        "Each step changes the weights by more than a tenth of their size, or the loss bounces "
+        "Each step changes the weights by more than a tenth of their size (a hundredth with an "
+        "Adam-family optimizer, whose step is about lr per weight, on a loss that is not "
+        "improving), or the loss bounces "
         "around a floor (slope signs flip, variance dominates the trend) or climbs. The optimizer "
         "overshoots the valley instead of descending it. Lower the learning rate: unstuck cuts it "
         "by the factor that brings the update/weight ratio towards ~1e-3 (or by ~3x when only "
@@ -73,7 +92,12 @@ class LRTooHigh(Rule):
         ratios = ev.values_of("update_ratio")[-RECENT_POINTS:]
         ratios = ratios[np.isfinite(ratios)]
         state = str(ev.get("detector_state", ""))
-        ratio = float(np.median(ratios)) if ratios.size else float("nan")
+        explains_motion = False
+        # The lower median: with an even count the plain median averages the two middle
+        # samples, so one sample taken while the weights are still near a tiny init (a ratio of
+        # ~100 that the next sample no longer shows) could carry the verdict alone. The lower
+        # median needs half the recent samples above the threshold, as with an odd count.
+        ratio = float(np.percentile(ratios, 50, method="lower")) if ratios.size else float("nan")
         if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO:
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
@@ -83,6 +107,22 @@ class LRTooHigh(Rule):
             # ``estimate``: the whole cut the ratio asks for; past the two-decade cap the engine
             # applies the rest as a follow-up once this step has been verified.
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
+        elif ratios.size >= 2 and ratio > ELEVATED_UPDATE_RATIO and _adaptive_not_improving(ev):
+            # Adam's step is ≈ lr per coordinate whatever the gradient, so its ratio is the LR
+            # against the weights' size and scales with the LR: the cut that brings it to the
+            # healthy 1e-3 is their quotient. Far too high without warm-up, its first steps can
+            # wreck a net that then sits at its starting loss while the steps keep the weights
+            # moving (Liu et al. 2020, RAdam; Xiong et al. 2020, post-LN Transformers).
+            decades = float(np.log10(ratio / ELEVATED_UPDATE_RATIO))
+            estimate = HEALTHY_UPDATE_RATIO / ratio
+            factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
+            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            summary = (
+                f"update/weight ratio {ratio:.2g} of {ev.get('optimizer_type')} is above "
+                f"{ELEVATED_UPDATE_RATIO:g} and the loss is {state or 'not improving'}"
+            )
+            lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
+            explains_motion = state == "hidden_progress"
         elif state in ("oscillating", "diverging"):
             factor, confidence = OSCILLATION_CUT, 0.6 if state == "diverging" else 0.5
             lr_params = {"factor": round(factor, 3)}
@@ -97,6 +137,9 @@ class LRTooHigh(Rule):
                 "threshold": HIGH_UPDATE_RATIO,
                 "detector_state": state,
                 "suggested_factor": factor,
+                # The weights' motion on the flat loss is this finding's symptom, not hidden
+                # progress: the policy need not wait on it (``rescue.policy.Ladder``).
+                "explains_weight_motion": explains_motion,
             },
             step=ev.step,
             summary=summary,

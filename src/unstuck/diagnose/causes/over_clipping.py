@@ -9,7 +9,7 @@ import numpy as np
 
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.evidence import Evidence
-from unstuck.diagnose.thresholds import RECENT_POINTS
+from unstuck.diagnose.thresholds import ADAPTIVE_OPTIMIZERS, RECENT_POINTS
 from unstuck.types import Finding, Remedy
 
 CLIP_RATE = 0.9  # DESIGN.md cause catalog: clip rate > 90 %
@@ -19,9 +19,6 @@ PINNED_SAMPLES = (
 )
 ADAPTIVE_CAP = (
     0.45  # ours: Adam-family steps are scale-invariant, so clipping every step barely slows them
-)
-ADAPTIVE = frozenset(
-    {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta"}
 )
 
 
@@ -66,7 +63,7 @@ class OverClipping(Rule):
         excess = math.log10(factor) if math.isfinite(factor) and factor > 1 else 0.0
         confidence = 0.6 + 0.3 * (rate - CLIP_RATE) / (1 - CLIP_RATE) * min(excess, 1.0)
         confidence += 0.05 * min(excess, 1.0)
-        adaptive = str(ev.get("optimizer_type", "")) in ADAPTIVE
+        adaptive = str(ev.get("optimizer_type", "")) in ADAPTIVE_OPTIMIZERS
         if adaptive:
             confidence = min(confidence, ADAPTIVE_CAP)
         confidence = float(np.clip(confidence, 0.0, 0.95))
