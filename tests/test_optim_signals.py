@@ -85,6 +85,34 @@ def test_optimizer_state_lost_on_resume_through_the_guard():
     resumed.close()
 
 
+def test_a_restore_is_not_read_as_lost_optimizer_state():
+    """A restart from the first state (before any optimizer step) or a rollback leaves the
+    optimizer counting from the snapshot while the run's count goes on; that is no lost state."""
+    model = _tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    guard = unstuck.Guard(model, opt, console=False, optimizer_state_every=4, flush_every=8)
+    x = torch.randn(8, 4)
+
+    def steps(n):
+        for _ in range(n):
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            guard.step(loss)
+
+    first = guard._engine.capture(0)
+    steps(40)
+    guard._engine.restore(first)
+    steps(24)
+    assert guard._hub.opt_steps == 64
+    ev = guard._evidence.build(guard._hub.step)
+    assert ev.values_of("optimizer_step_lag")[-1] == pytest.approx(0.0)
+    assert ev.values_of("optimizer_state_empty").max() == pytest.approx(0.0)
+    assert unstuck.diagnose.get_rule("stale_optimizer_state").check(ev) is None
+    guard.close()
+
+
 def test_sgd_without_momentum_never_reports_missing_state():
     model = _tiny()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)

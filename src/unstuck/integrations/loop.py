@@ -808,6 +808,7 @@ class Guard:
             "accumulated": self._accumulated,
             "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
             "evidence_step": self._hub.step,
+            "opt_steps": self._hub.opt_steps,
         }
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
@@ -815,12 +816,16 @@ class Guard:
 
         The evidence forgets the undone steps, as the detectors do: the next rung's verdict
         and the rules compare against the restored run, not the branch that was thrown away.
+        The optimizer-state tap learns how many optimizer steps were undone, so a restored
+        optimizer is not read as one whose state was lost.
         """
         self._accumulated = int(extra.get("accumulated", 0))
         for name, state in extra["detectors"].items():
             self._detectors[name].load_state_dict(state)
         if "evidence_step" in extra:
             self._evidence.forget_after(int(extra["evidence_step"]))
+        if "opt_steps" in extra:  # the optimizer's state now counts from the snapshot
+            self._hub.ctx.undone_opt_steps += self._hub.opt_steps - int(extra["opt_steps"])
 
     def _evaluate(self) -> list[float] | None:
         """Branch-trial scores: this rank's, averaged over the ranks under torch.distributed

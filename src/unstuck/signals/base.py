@@ -34,6 +34,9 @@ class StepContext:
     # Optimizer steps the loop meant to take, when it is not one per Guard step (accumulation
     # owned by the Guard counts its boundaries here); None means one per Guard step.
     intended_opt_steps: int | None = None
+    # Optimizer steps a restore threw away (a rollback or a restart from an earlier snapshot):
+    # the optimizer's own state counts from the snapshot, the hub's count goes on.
+    undone_opt_steps: int = 0
 
 
 @dataclass

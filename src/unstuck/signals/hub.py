@@ -150,11 +150,13 @@ class SignalHub:
         return {
             "step": self.step,
             "opt_steps": self.opt_steps,
+            "undone_opt_steps": self.ctx.undone_opt_steps,
             "taps": {tap.name: tap.state_dict() for tap in self.taps},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = self.ctx.steps = int(state.get("step", 0))
         self.opt_steps = self.ctx.opt_steps = int(state.get("opt_steps", 0))
+        self.ctx.undone_opt_steps = int(state.get("undone_opt_steps", 0))
         for tap in self.taps:
             tap.load_state_dict(state.get("taps", {}).get(tap.name, {}))

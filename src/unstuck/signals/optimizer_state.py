@@ -68,7 +68,11 @@ class OptimizerStateTap(Tap):
         self.current_step = 0
 
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
-        if opt_step % self.every or opt_step == 0:
+        if opt_step % self.every:
+            return
+        # The steps the optimizer's state should count: those a restore undid are not missing.
+        opt_step -= ctx.undone_opt_steps
+        if opt_step <= 0:
             return  # at the first optimizer step no state exists yet, rightly
         optimizer = ctx.optimizer
         groups = optimizer.param_groups
