@@ -121,6 +121,17 @@ def test_probe_skips_with_a_reason(kwargs, batch, reason):
     assert "seconds" in out
 
 
+def test_probe_runs_on_a_transformer_whose_attention_uses_a_fused_kernel():
+    """PyTorch's fused attention kernels have no double backward; the probe picks the math one."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0)
+    model = torch.nn.Sequential(layer, torch.nn.Flatten(), torch.nn.Linear(8 * 5, 3))
+    x, y = torch.randn(4, 5, 8), torch.tensor([0, 1, 2, 0])
+    out = CurvatureProbe(model, list(model.parameters()), loss_fn=F.cross_entropy).run((x, y))
+    assert out["status"] == "ok", out.get("reason")
+    assert math.isfinite(out["lambda_max"]) and out["lambda_max"] >= out["lambda_min"]
+
+
 def test_probe_skips_when_the_loss_ignores_the_watched_parameters():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     other = torch.nn.Parameter(torch.randn(3))

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = [
     "DIRECTION_SNR",
@@ -215,7 +216,12 @@ class CurvatureProbe:
             return {"status": "skipped", "reason": "no trainable parameters"}
         buffers = [b.detach().clone() for b in self.model.buffers()]
         try:
-            with torch.random.fork_rng(devices=self._devices(params)):
+            # The math kernel of scaled_dot_product_attention: the fused (flash, efficient)
+            # kernels have no double backward, so the probe would fail on every Transformer.
+            with (
+                torch.random.fork_rng(devices=self._devices(params)),
+                sdpa_kernel(SDPBackend.MATH),
+            ):
                 result = self._measure(batch, params)
         except Exception as exc:  # the user's model or loss failed: a skip, never a crash
             result = {"status": "skipped", "reason": f"probe failed: {type(exc).__name__}: {exc}"}
