@@ -55,28 +55,27 @@ def test_second_moment_ratio_matches_hand_computation():
     assert signals["optimizer_state_empty"][1] == [0.0]
 
 
-def test_optimizer_state_lost_on_resume_through_the_guard():
-    model = _tiny()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    guard = unstuck.Guard(model, opt, console=False, optimizer_state_every=4, flush_every=8)
-    x = torch.randn(8, 4)
-    for _ in range(16):
+def _guarded_steps(model, opt, guard, n):
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    for _ in range(n):
         loss = model(x).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         guard.step(loss)
+
+
+def test_optimizer_state_lost_on_resume_through_the_guard():
+    model = _tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    guard = unstuck.Guard(model, opt, console=False, optimizer_state_every=4, flush_every=8)
+    _guarded_steps(model, opt, guard, 16)
     state = guard.state_dict()
     guard.close()
     fresh = torch.optim.Adam(model.parameters(), lr=1e-3)  # optimizer state not loaded
     resumed = unstuck.Guard(model, fresh, console=False, optimizer_state_every=4, flush_every=8)
     resumed.load_state_dict(state)
-    for _ in range(8):
-        loss = model(x).pow(2).mean()
-        fresh.zero_grad()
-        loss.backward()
-        fresh.step()
-        resumed.step(loss)
+    _guarded_steps(model, fresh, resumed, 8)
     ev = resumed._evidence.build(24)
     assert ev.values_of("optimizer_state_empty").max() == pytest.approx(1.0)  # at opt step 16
     assert ev.values_of("optimizer_step_lag")[-1] == pytest.approx(16.0)  # 20 vs its own 4
@@ -91,20 +90,10 @@ def test_a_restore_is_not_read_as_lost_optimizer_state():
     model = _tiny()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     guard = unstuck.Guard(model, opt, console=False, optimizer_state_every=4, flush_every=8)
-    x = torch.randn(8, 4)
-
-    def steps(n):
-        for _ in range(n):
-            loss = model(x).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            guard.step(loss)
-
     first = guard._engine.capture(0)
-    steps(40)
+    _guarded_steps(model, opt, guard, 40)
     guard._engine.restore(first)
-    steps(24)
+    _guarded_steps(model, opt, guard, 24)
     assert guard._hub.opt_steps == 64
     ev = guard._evidence.build(guard._hub.step)
     assert ev.values_of("optimizer_step_lag")[-1] == pytest.approx(0.0)
