@@ -704,19 +704,11 @@ class UnstuckCallback(_Callback):
         # open a new episode and the rolled-back rung would be proposed again at once).
         state, plateau = detector.state, detector.current
         new_findings = self._diagnose(step, state)
-        if engine.pending is None and not engine.probing:
-            # While an action runs, the plateau it answers stays its episode: the undone steps
-            # of a rolled-back action must not clear the rungs tried on it.
-            engine.new_episode(plateau.start if plateau is not None else None)
-        if not final:  # nothing new starts with no step left to judge it on
-            events += engine.maybe_act(
-                step,
-                state,
-                self._current_findings,
-                self._loss_history(),
-                plateau_kind=plateau.kind if plateau is not None else None,
-                plateau_start=plateau.start if plateau is not None else None,
-            )
+        # Nothing new starts with no step left to judge it on.
+        events += engine.decide(
+            step, state, self._current_findings, self._loss_history(), plateau, act=not final
+        )
+        if not final:
             engine.note_healthy(step, state, len(finite) == len(values))
         self._report(step, "train", before, state, new_findings, self._take_events(events))
 

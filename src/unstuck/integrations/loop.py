@@ -684,18 +684,8 @@ class Guard:
             state, plateau = detector.state, detector.current
         new_findings = self._diagnose(step, state, series)
         if series == "train":
-            if self._engine.pending is None and not self._engine.probing:
-                # While an action is judged, the plateau it was taken on stays the episode:
-                # a plateau that closes and reopens in the meantime must not clear what was
-                # tried, or a rolled-back rung would be proposed again at once.
-                self._engine.new_episode(plateau.start if plateau is not None else None)
-            events += self._engine.maybe_act(
-                step,
-                state,
-                self._current_findings,
-                self._loss_history(),
-                plateau_kind=plateau.kind if plateau is not None else None,
-                plateau_start=plateau.start if plateau is not None else None,
+            events += self._engine.decide(
+                step, state, self._current_findings, self._loss_history(), plateau
             )
         acted = self._take_events(step, events)
         shown_state = (

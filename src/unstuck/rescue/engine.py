@@ -39,7 +39,7 @@ from unstuck.rescue.snapshot import (
     take_snapshot,
 )
 from unstuck.rescue.verify import judge
-from unstuck.types import ActionRecord, Finding
+from unstuck.types import ActionRecord, Finding, Plateau
 
 __all__ = ["RescueEngine", "merge_action_events"]
 
@@ -233,6 +233,37 @@ class RescueEngine:
             self.episode = start
             self.tried = set()
             self._budget_noted = set()
+
+    def decide(
+        self,
+        step: int,
+        state: str,
+        findings: Sequence[Finding],
+        loss: tuple[np.ndarray, np.ndarray],
+        plateau: Plateau | None,
+        *,
+        act: bool = True,
+    ) -> list[Event]:
+        """One flush's decision on the training loss: the detector's open ``plateau`` becomes
+        the episode, then the policy is asked (unless ``act`` is False: no step is left to
+        judge an action on).
+
+        While an action is judged or probing, the plateau it was taken on stays the episode: a
+        plateau that closes and reopens in the meantime must not clear what was tried, or a
+        rolled-back rung would be proposed again at once.
+        """
+        if self.pending is None and not self.probing:
+            self.new_episode(plateau.start if plateau is not None else None)
+        if not act:
+            return []
+        return self.maybe_act(
+            step,
+            state,
+            findings,
+            loss,
+            plateau_kind=plateau.kind if plateau is not None else None,
+            plateau_start=plateau.start if plateau is not None else None,
+        )
 
     def maybe_act(
         self,
