@@ -98,6 +98,16 @@ class _Loop:
         self.events += self.engine.verify(at, hist)
         self.events += self.engine.maybe_act(at, "plateau", [], hist, "mid", 0)
 
+    def force(self, proposal, then):
+        """Have the policy propose ``proposal`` at the next flush, then nothing for ``then``
+        steps; the last action outcome (or None)."""
+        self.engine.policy = _Propose(proposal)
+        self.train(10)
+        self.engine.policy = _Propose()
+        self.train(then)
+        outcomes = [e for k, e in self.events if k == "action_outcome"]
+        return outcomes[-1] if outcomes else None
+
 
 # --------------------------------------------------------------------------- verdicts
 
@@ -245,6 +255,16 @@ _TEACHER = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
 def _teacher_batch(i):
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(i))
     return x, x @ _TEACHER
+
+
+def _teacher_step(model, opt, guard, i):
+    """One optimizer step on teacher batch ``i``, reported to the Guard."""
+    x, y = _teacher_batch(i)
+    loss = F.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    guard.step(loss)
 
 
 def _scored_loop(lr, candidates, horizon=40):
@@ -564,11 +584,7 @@ def test_a_cut_that_does_not_help_is_rolled_back_and_a_helpful_cut_is_kept():
     # random targets: the loss is a noise floor no LR changes much — a cut there buys nothing
     loop = _Loop(lr=0.01, momentum=0.0, horizon=60, cooldown=1000)
     loop.train(300)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.5}))
-    loop.train(10)
-    loop.engine.policy = _Propose()
-    loop.train(80)
-    outcome = [e for k, e in loop.events if k == "action_outcome"][-1]
+    outcome = loop.force(Proposal("lr_scale", {"factor": 0.5}), then=80)
     assert outcome["outcome"] == "rolled_back"
     assert outcome["evidence"]["rolled_back_because"] == "a cut that did not make the loss better"
     assert loop.lr.value == 1.0
@@ -576,18 +592,12 @@ def test_a_cut_that_does_not_help_is_rolled_back_and_a_helpful_cut_is_kept():
     high = _Loop(lr=0.6, momentum=0.0, horizon=60, cooldown=1000)
     high.batch = _teacher_batch
     high.train(100)
-    high.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.05}))
-    high.train(10)
-    high.engine.policy = _Propose()
-    high.train(80)
-    kept = [e for k, e in high.events if k == "action_outcome"][-1]
+    kept = high.force(Proposal("lr_scale", {"factor": 0.05}), then=80)
     assert kept["outcome"] == "kept", kept["evidence"]
 
 
-@pytest.mark.parametrize("factor", [1000.0, 1e-4])
-def test_no_run_ends_worse_than_at_the_first_action(factor):
-    """A harmful action forced on a healthy descent is undone: the run ends no worse than it
-    was when the action was taken (the bar bench/rescue.py also checks)."""
+def _guarded_lr_scale(factor):
+    """A tiny MLP under a Guard whose policy forces one ``lr_scale`` by ``factor``."""
     torch.manual_seed(0)
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -600,6 +610,14 @@ def test_no_run_ends_worse_than_at_the_first_action(factor):
         cooldown=10_000,
         console=False,
     )
+    return model, opt, guard
+
+
+@pytest.mark.parametrize("factor", [1000.0, 1e-4])
+def test_no_run_ends_worse_than_at_the_first_action(factor):
+    """A harmful action forced on a healthy descent is undone: the run ends no worse than it
+    was when the action was taken (the bar bench/rescue.py also checks)."""
+    model, opt, guard = _guarded_lr_scale(factor)
     probe = [_teacher_batch(20_000 + i) for i in range(4)]
 
     def eval_loss():
@@ -608,12 +626,7 @@ def test_no_run_ends_worse_than_at_the_first_action(factor):
 
     at_action = None
     for i in range(400):
-        x, y = _teacher_batch(i)
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        guard.step(loss)
+        _teacher_step(model, opt, guard, i)
         if at_action is None and guard.actions:
             at_action = eval_loss()
     guard.close()
@@ -688,25 +701,9 @@ def test_a_cut_after_the_first_horizon_does_not_restart():
 
 def test_a_rollback_forgets_the_undone_steps_in_the_evidence():
     """Rules and the next verdict read the restored run, not the branch thrown away."""
-    torch.manual_seed(0)
-    model = tiny_mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    guard = unstuck.Guard(
-        model,
-        opt,
-        policy=_Propose(Proposal("lr_scale", {"factor": 1e8})),
-        flush_every=20,
-        horizon=60,
-        cooldown=10_000,
-        console=False,
-    )
+    model, opt, guard = _guarded_lr_scale(1e8)
     for i in range(300):
-        x, y = _teacher_batch(i)
-        loss = F.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        guard.step(loss)
+        _teacher_step(model, opt, guard, i)
     guard.close()
     raised = guard.actions[0]
     assert raised.outcome == "rolled_back"
