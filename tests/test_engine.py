@@ -693,6 +693,24 @@ def test_a_restart_that_hurt_rolls_back_to_where_it_was_taken_not_to_the_start()
     assert loop.engine._start_state is None  # a restart is offered once
 
 
+def test_a_restart_is_judged_on_levels_not_on_the_descent_it_rewound(monkeypatch):
+    from unstuck.rescue import engine as engine_module
+
+    seen: list[bool] = []
+
+    def spy(*args, use_trend=True):
+        seen.append(use_trend)
+        return judge(*args, use_trend=use_trend)
+
+    monkeypatch.setattr(engine_module, "judge", spy)
+    for steps, restarted in ((20, True), (60, False)):
+        loop, _ = _cut_for_lr_too_high_after(steps)
+        assert ("restarted_from_step" in loop.engine.pending.record.evidence) is restarted
+        loop.engine.policy = _Propose()
+        loop.train(50)
+        assert seen and seen[-1] is (not restarted)
+
+
 def test_a_cut_after_the_first_horizon_does_not_restart():
     loop, initial = _cut_for_lr_too_high_after(60)
     assert "restarted_from_step" not in loop.engine.pending.record.evidence

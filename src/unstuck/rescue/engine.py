@@ -528,7 +528,13 @@ class RescueEngine:
             # A non-finite loss is never waited out: judge (worse) and roll back now, before
             # more steps run on a broken state.
             after = steps > p.record.step
-        verdict = judge(p.before_steps, p.before, steps[after], values[after])
+        # A restart rewound the descent before it, so that descent's projection says nothing
+        # about the restarted run: its verdict compares levels only (the loss after against the
+        # level the action found).
+        restarted = "restarted_from_step" in p.record.evidence
+        verdict = judge(
+            p.before_steps, p.before, steps[after], values[after], use_trend=not restarted
+        )
         p.record.evidence.update(
             {
                 "verdict_change": verdict.change,
