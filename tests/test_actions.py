@@ -85,6 +85,52 @@ def test_warm_restart_undo_midway_puts_the_multiplier_back():
     assert multiplier.current() == 2.0
 
 
+# -- warmup -----------------------------------------------------------------------------------
+
+
+def test_warmup_ramps_linearly_over_the_users_schedule_and_ends_without_a_jump():
+    length, old = 8, 0.5
+
+    def decay(s):  # the user's LambdaLR keeps running underneath
+        return 1.0 / (1.0 + 0.1 * s)
+
+    model = tiny_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
+    multiplier = LRMultiplier(optimizer)
+    multiplier.set(old)
+    seen, handle = _record_effective_lr(optimizer)
+    action = get_action("warmup")
+    token = action.apply(Controls(model, optimizer, multiplier), {"length": length})
+    assert action.duration({"length": length}) == 0  # judged after one horizon, mid-ramp
+    for k in range(length + 3):
+        user_lr = optimizer.param_groups[0]["lr"]
+        _step(model, optimizer, seed=k, scheduler=scheduler)
+        ramp = (k + 1) / length if k < length else 1.0  # Goyal et al.: lr·(k+1)/N
+        assert seen[-1] == pytest.approx(user_lr * old * ramp), k
+    assert multiplier.shape is None and multiplier.value == old
+    handle.remove()
+    action.undo(Controls(model, optimizer, multiplier), token)
+    assert multiplier.value == old and multiplier.shape is None
+
+
+def test_post_norm_layers_counts_only_post_ln_torch_transformer_layers():
+    from unstuck.rescue.actions.warmup import beta2_of, post_norm_layers
+
+    def encoder(norm_first):
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, norm_first=norm_first)
+        return torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+
+    assert post_norm_layers(encoder(False)) == 3
+    assert post_norm_layers(encoder(True)) == 0
+    assert post_norm_layers(tiny_mlp()) == 0
+    decoder = torch.nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
+    assert post_norm_layers(torch.nn.Sequential(encoder(True), decoder)) == 1
+    params = tiny_mlp().parameters()
+    assert beta2_of(torch.optim.AdamW(params, betas=(0.9, 0.98))) == 0.98
+    assert beta2_of(torch.optim.SGD(tiny_mlp().parameters(), lr=0.1)) is None
+
+
 # -- cyclical_bump ----------------------------------------------------------------------------
 
 

@@ -128,6 +128,7 @@ BAD_PARAMS = {
     "keep_best_and_stop": [{"best_step": -1}, {"steps": 3}],
     "lr_range_test": [{"steps": 5}, {"low": 0.0}, {"low": 10.0, "high": 1.0}, {"high": "x"}],
     "add_momentum": [{"momentum": 1.0}, {"momentum": 0.0}, {"momentum": "0.9"}, {"beta": 0.9}],
+    "warmup": [{"length": 1}, {"length": 100.0}, {"steps": 100}],
 }
 
 

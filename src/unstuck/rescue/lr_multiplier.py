@@ -8,9 +8,9 @@ user runs — warmup, OneCycle, cosine, plateau — keeps working, and the effec
 ``schedule × multiplier``. Tensor LRs (fused/capturable optimizers) are edited in place.
 
 Besides the steady ``value`` the multiplier can run a *shape* over the next optimizer steps: a
-cosine decay from a peak (a warm restart), a triangle up and down (a cyclical bump) or an
-exponential ramp (the LR range test). Shapes are primitives, advanced in the post-hook by a
-Python counter: no host sync.
+cosine decay from a peak (a warm restart), a triangle up and down (a cyclical bump), a linear
+ramp (a warm-up) or an exponential ramp (the LR range test). Shapes are primitives, advanced
+in the post-hook by a Python counter: no host sync.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import torch
 
 __all__ = ["SHAPES", "LRMultiplier", "shape_factor"]
 
-SHAPES = ("cosine", "triangle", "exp")
+SHAPES = ("cosine", "triangle", "linear", "exp")
 
 
 def shape_factor(shape: str, start: float, end: float, length: int, elapsed: int) -> float:
     """The factor of a shape at optimizer step ``elapsed`` (0-based) of ``length``.
 
     ``cosine`` falls from ``start`` to ``end`` along half a cosine; ``triangle`` rises linearly
-    from ``end`` to ``start`` at the midpoint and back to ``end``; ``exp`` goes geometrically
-    from ``start`` to ``end``. Past ``length`` a cosine or triangle is at ``end`` and an exp
-    ramp holds ``end``.
+    from ``end`` to ``start`` at the midpoint and back to ``end``; ``linear`` goes in a straight
+    line from ``start`` to ``end``; ``exp`` goes geometrically from ``start`` to ``end``. Past
+    ``length`` every shape is at ``end`` (a finished exp ramp holds it; the others end).
     """
     if elapsed >= length:
         return end
@@ -40,6 +40,8 @@ def shape_factor(shape: str, start: float, end: float, length: int, elapsed: int
         return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
     if shape == "triangle":
         return end + (start - end) * (1.0 - abs(2.0 * t - 1.0))
+    if shape == "linear":
+        return start + (end - start) * t
     if shape == "exp":
         return float(start * (end / start) ** t)
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
