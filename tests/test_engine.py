@@ -693,6 +693,22 @@ def test_a_restart_that_hurt_rolls_back_to_where_it_was_taken_not_to_the_start()
     assert loop.engine._start_state is None  # a restart is offered once
 
 
+def test_a_missing_warmup_restarts_from_the_first_state_with_the_ramp_running():
+    loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
+    loop.engine.note_start(0)
+    initial = _params(loop.model)
+    loop.train(20)
+    loop.engine.policy = _Propose(Proposal("warmup", {"length": 100}, cause="missing_warmup"))
+    loop.train(10)
+    pending = loop.engine.pending
+    assert pending is not None and pending.record.name == "warmup"
+    assert pending.record.evidence["restarted_from_step"] == 0
+    # the first state, nine steps into the ramp (the flush that decided is the 30th step)
+    assert loop.lr.shape is not None and loop.lr.shape["shape"] == "linear"
+    assert loop.lr.current() == pytest.approx(1 / 100)
+    assert _same(_params(loop.model), initial)
+
+
 def test_a_restart_is_judged_on_levels_not_on_the_descent_it_rewound(monkeypatch):
     from unstuck.rescue import engine as engine_module
 

@@ -311,3 +311,77 @@ def test_tiny_updates_from_over_clipping_are_not_lr_too_low():
     by_cause = {f.cause: f for f in findings}
     assert findings[0].cause == "over_clipping"
     assert by_cause["lr_too_low"].evidence["explained_by"] == ["over_clipping"]
+
+
+# -- missing_warmup -------------------------------------------------------------------------------
+
+
+def _no_warmup(**overrides):
+    """A post-LN Transformer at step 49 under AdamW at a constant LR: first step 5 % of the
+    weights, the loss at 97 % of where it started."""
+    data = {
+        "optimizer_type": "AdamW",
+        "optimizer_beta2": 0.999,
+        "post_norm_transformer_layers": 2,
+        "detector_state": "hidden_progress",
+        "detector_series": "train",
+        "update_ratio": (np.array([0, 25]), np.array([0.05, 0.011])),
+        "lr/0": (np.array([0]), np.array([1e-2])),
+        "loss": _s(np.r_[[2.42] * 8, [2.35] * 42], stride=1),
+    }
+    data.update(overrides)
+    return Evidence(data, step=49)
+
+
+def test_missing_warmup_fires_on_a_full_lr_start_that_never_got_going():
+    f = get_rule("missing_warmup").check(_no_warmup())
+    assert f is not None and f.cause == "missing_warmup"
+    assert f.evidence["first_update_ratio"] == pytest.approx(0.05)
+    assert f.evidence["fallen"] == pytest.approx(1 - 2.35 / 2.42)
+    assert f.confidence == pytest.approx(0.6 + 0.2 * np.log10(5.0), abs=1e-3)
+    # Ma & Yarats: 2 / (1 − β₂) steps, automatic; and Adam's motion is no progress to wait on
+    assert [(r.action, r.params, r.automatic) for r in f.remedies] == [
+        ("warmup", {"length": 2000}, True)
+    ]
+    assert f.evidence["explains_weight_motion"] is True
+
+
+def test_missing_warmup_length_follows_beta2_and_defaults_to_adams():
+    f = get_rule("missing_warmup").check(_no_warmup(optimizer_beta2=0.98))
+    assert f is not None and f.remedies[0].params == {"length": 100}
+    f = get_rule("missing_warmup").check(_no_warmup(optimizer_beta2=None))
+    assert f is not None and f.remedies[0].params == {"length": 2000}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # the user's schedule warmed up: the LR rose from its first value
+        {"lr/0": (np.array([0, 10, 20]), np.array([1e-3, 5e-3, 1e-2]))},
+        # unstuck's own multiplier rose (a warm-up it already ran)
+        {"lr_multiplier": (np.array([49, 99]), np.array([0.025, 0.05]))},
+        # the loss got going: more than 10 % below its start
+        {"loss": _s(np.r_[[2.42] * 8, [2.1] * 42], stride=1)},
+        # first steps of a healthy size
+        {"update_ratio": (np.array([0, 25]), np.array([0.009, 0.011]))},
+        # no post-LN Transformer layer: a flat start there is as often a slow start
+        {"post_norm_transformer_layers": 0},
+        # SGD's step scales with the gradient; RAdam rectifies its own first steps
+        {"optimizer_type": "SGD"},
+        {"optimizer_type": "RAdam"},
+        # a loss that falls, and the validation series
+        {"detector_state": "improving"},
+        {"detector_series": "val"},
+        # the LR history no longer reaches back to the start
+        {"lr/0": (np.array([30]), np.array([1e-2]))},
+    ],
+)
+def test_missing_warmup_stays_quiet(overrides):
+    assert get_rule("missing_warmup").check(_no_warmup(**overrides)) is None
+
+
+def test_missing_warmup_outranks_the_lr_cut_it_explains():
+    ranked = run_rules(_no_warmup(), known_roots=frozenset())
+    codes = [f.cause for f in ranked]
+    assert "missing_warmup" in codes
+    assert codes.index("missing_warmup") < codes.index("lr_too_high")

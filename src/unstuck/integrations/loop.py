@@ -31,6 +31,7 @@ from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.store import RunStore
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
+from unstuck.rescue.actions.warmup import beta2_of, post_norm_layers
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -364,6 +365,7 @@ class Guard:
         self._curvature_for: int | None = None  # start step of the plateau last probed
         self._evidence.set("param_names", list(ctx.names))
         self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
+        self._evidence.set("post_norm_transformer_layers", post_norm_layers(self._probe_model))
         self._evidence.set("optimizer_type", type(optimizer).__name__)
         self._evidence.set("params_not_in_optimizer", self._params_outside_optimizer())
         self._finding_log = FindingLog()
@@ -626,6 +628,9 @@ class Guard:
                 self._emit(step, "train", events)
         else:
             self._evidence.add_frame(frame)
+            # unstuck's own factor on the LR, beside the user's lr/<group>: a warm-up or a
+            # restart that unstuck ran is part of the LR the rules read.
+            self._evidence.add_series("lr_multiplier", [step], [self._lr.current()])
             self._detect_train(step, loss, frame.signals)
         self._next_flush = self._hub.step + (self._engine.flush_hint(step) or self.flush_every)
         if self._store is not None:
@@ -764,6 +769,7 @@ class Guard:
             "lr_multiplier": self._lr.value,
             # read each time: add_momentum (ours) or the user may change it mid-run
             "optimizer_momentum": momentum_of(self.optimizer),
+            "optimizer_beta2": beta2_of(self.optimizer),
         }
         evidence = self._evidence.build(step, extra)
         findings = run_rules(

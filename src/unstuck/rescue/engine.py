@@ -55,10 +55,12 @@ MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped +
 LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
 FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
-# Causes whose LR cut, found within one horizon of the start, restarts from the start state:
-# the steps taken at a far too high LR leave damage a later cut does not undo (units pushed
-# dead or into saturation, weights blown up), and the run has little progress to lose.
-RESTART_CAUSES = frozenset({"lr_too_high"})
+# Remedies that, decided within one horizon of the start, restart from the start state: the
+# steps taken at a far too high LR (or at full LR before Adam's estimates settled) leave damage a
+# later change does not undo (units pushed dead or into saturation, weights blown up, attention
+# collapsed), and the run has little progress to lose. (cause, action) pairs; an lr_scale
+# restarts only when it cuts.
+RESTART_REMEDIES = frozenset({("lr_too_high", "lr_scale"), ("missing_warmup", "warmup")})
 
 Event = tuple[str, dict[str, Any]]
 
@@ -187,7 +189,8 @@ class RescueEngine:
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one
-        horizon: a cut for a far too high LR found that early restarts from it."""
+        horizon: a cut for a far too high LR, or a missing warm-up, found that early restarts
+        from it."""
         if not self.policy.acts:
             return
         self.snapshots.drop(self._start_state)
@@ -199,16 +202,13 @@ class RescueEngine:
         self._start_state = None
 
     def _restarts(self, step: int, proposal: Proposal) -> bool:
-        """Whether this LR cut starts over from the run's first state (see RESTART_CAUSES)."""
+        """Whether this remedy starts over from the run's first state (see RESTART_REMEDIES)."""
+        if self._start_state is None or step - self._start_step > self.horizon:
+            return False
+        if (proposal.cause, proposal.action) not in RESTART_REMEDIES:
+            return False
         factor = proposal.params.get("factor")
-        return (
-            self._start_state is not None
-            and proposal.cause in RESTART_CAUSES
-            and proposal.action == "lr_scale"
-            and isinstance(factor, (int, float))
-            and factor < 1
-            and step - self._start_step <= self.horizon
-        )
+        return proposal.action != "lr_scale" or (isinstance(factor, (int, float)) and factor < 1)
 
     # -- decisions ----------------------------------------------------------------------------
     @property
