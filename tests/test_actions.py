@@ -39,21 +39,32 @@ def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def _decay(s):
+    """The user's LambdaLR: keeps running underneath unstuck's multiplier."""
+    return 1.0 / (1.0 + 0.1 * s)
+
+
+def _under_lambda_schedule(optimizer_cls, lr, old):
+    """A tiny model whose optimizer runs ``_decay`` under a multiplier set to ``old``, and the
+    list of effective LRs its steps use (with the hook handle to remove)."""
+    model = tiny_mlp()
+    optimizer = optimizer_cls(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _decay)
+    multiplier = LRMultiplier(optimizer)
+    multiplier.set(old)
+    seen, handle = _record_effective_lr(optimizer)
+    return model, optimizer, scheduler, multiplier, seen, handle
+
+
 # -- warm_restart -----------------------------------------------------------------------------
 
 
 def test_warm_restart_follows_peak_cosine_end_over_a_lambda_schedule():
     peak, end, length, old = 3.0, 0.3, 10, 2.0
-
-    def decay(s):  # the user's LambdaLR
-        return 1.0 / (1.0 + 0.1 * s)
-
-    model = tiny_mlp()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    multiplier = LRMultiplier(optimizer)
-    multiplier.set(old)
-    seen, handle = _record_effective_lr(optimizer)
+    decay = _decay
+    model, optimizer, scheduler, multiplier, seen, handle = _under_lambda_schedule(
+        torch.optim.SGD, 0.1, old
+    )
     action = get_action("warm_restart")
     params = {"peak": peak, "end": end, "length": length}
     assert action.duration(params) == length
@@ -90,16 +101,9 @@ def test_warm_restart_undo_midway_puts_the_multiplier_back():
 
 def test_warmup_ramps_linearly_over_the_users_schedule_and_ends_without_a_jump():
     length, old = 8, 0.5
-
-    def decay(s):  # the user's LambdaLR keeps running underneath
-        return 1.0 / (1.0 + 0.1 * s)
-
-    model = tiny_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
-    multiplier = LRMultiplier(optimizer)
-    multiplier.set(old)
-    seen, handle = _record_effective_lr(optimizer)
+    model, optimizer, scheduler, multiplier, seen, handle = _under_lambda_schedule(
+        torch.optim.Adam, 0.01, old
+    )
     action = get_action("warmup")
     token = action.apply(Controls(model, optimizer, multiplier), {"length": length})
     assert action.duration({"length": length}) == 0  # judged after one horizon, mid-ramp
