@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,8 +207,8 @@ class RescueEngine:
             return False
         if (proposal.cause, proposal.action) not in RESTART_REMEDIES:
             return False
-        factor = proposal.params.get("factor")
-        return proposal.action != "lr_scale" or (isinstance(factor, (int, float)) and factor < 1)
+        # An lr_scale restarts only when it cuts.
+        return proposal.action != "lr_scale" or _cuts_lr(proposal.action, proposal.params)
 
     # -- decisions ----------------------------------------------------------------------------
     @property
@@ -548,7 +548,7 @@ class RescueEngine:
         # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
-        idle_cut = _cuts_lr(p.record) and not verdict.better
+        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better
         if verdict.worse or idle_cut:
             self.restore(self.snapshots.get(p.snapshot))
             p.record.outcome = "rolled_back"
@@ -726,10 +726,10 @@ def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.n
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
 
 
-def _cuts_lr(record: ActionRecord) -> bool:
-    """Whether the action lowered the LR for good (an ``lr_scale`` below 1)."""
-    factor = record.params.get("factor")
-    return record.name == "lr_scale" and isinstance(factor, (int, float)) and factor < 1
+def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:
+    """Whether the action lowers the LR for good (an ``lr_scale`` below 1)."""
+    factor = params.get("factor")
+    return action == "lr_scale" and isinstance(factor, (int, float)) and factor < 1
 
 
 def _is_primitive(value: Any) -> bool:
