@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 from unstuck.analyze.names import canonical_names
+from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR
 from unstuck.record.rundata import RunData
 
 __all__ = [
@@ -22,7 +23,17 @@ __all__ = [
     "to_step",
 ]
 
-FORMATS: tuple[str, ...] = ("tensorboard", "hf", "lightning", "keras", "mlflow", "unstuck")
+FORMATS: tuple[str, ...] = (
+    "tensorboard",
+    "hf",
+    "lightning",
+    "keras",
+    "mlflow",
+    "unstuck",
+    "csv",
+    "jsonl",
+    "text",
+)
 
 # One line, appended to every "cannot read" error: what unstuck analyze reads and how to pass it.
 KNOWN_FORMATS = (
@@ -30,8 +41,15 @@ KNOWN_FORMATS = (
     "an HF trainer_state.json (or the Trainer's output_dir); a Lightning CSVLogger "
     "metrics.csv (or its version_N dir); a Keras CSVLogger .csv; unstuck's run_dir or its "
     "unstuck.sqlite; an MLflow run as mlflow:RUN_ID with --tracking-uri URI, or an MLflow "
-    ".db file with --run RUN_ID; force one with --format {" + ",".join(FORMATS) + "}"
+    ".db file with --run RUN_ID; any CSV or JSON-lines file of logged metrics (a W&B "
+    "CSV export too); a console printout with lines like "
+    "'step 100: loss 0.41'; force one with --format {" + ",".join(FORMATS) + "}"
 )
+
+
+# A series shorter than this cannot hold a plateau (analysis.MIN_PLATEAU_POINTS, the detector's
+# warm-up of WARMUP_FACTOR × DEFAULT_MIN_POINTS bins): the name table prefers a longer alias.
+MIN_SERIES_POINTS = WARMUP_FACTOR * DEFAULT_MIN_POINTS
 
 
 class LogFormatError(ValueError):
@@ -81,7 +99,7 @@ def build_run(
     meta: Mapping[str, Any] | None = None,
 ) -> RunData:
     """A RunData whose series carry canonical names; ``meta["names"]`` maps raw -> canonical."""
-    names = canonical_names(raw)
+    names = canonical_names(raw, {k: len(v[0]) for k, v in raw.items()}, MIN_SERIES_POINTS)
     run = RunData(source=source, format=fmt, meta=dict(meta or {}))
     for raw_name, (steps, values) in raw.items():
         if len(steps):

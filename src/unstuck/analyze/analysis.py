@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR, PlateauDetector
+from unstuck.analyze._common import MIN_SERIES_POINTS
+from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose.base import EXPLAINED_FACTOR, all_rules, inputs_present, run_rules
 from unstuck.diagnose.evidence import (
     HISTORY_POINTS,
@@ -62,7 +63,7 @@ DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_
 # bouncing or climbing, what lr_too_high reads on a log.
 EPISODE_STATES = ("oscillating", "diverging")
 # The detector calls no plateau before 2·min_points points, on a window of 2·min_points bins.
-MIN_PLATEAU_POINTS = WARMUP_FACTOR * DEFAULT_MIN_POINTS
+MIN_PLATEAU_POINTS = MIN_SERIES_POINTS
 NOT_LOSS_PREFIXES = ("lr/", "nonfinite_")  # names with "loss" in them that are no loss ...
 NOT_LOSS_WORDS = ("scale",)  # ... nor is a mixed-precision "loss_scale"
 LOG_EVIDENCE = ("loss", "val_loss", "grad_norm")  # plus every lr/* series, and nonfinite_loss

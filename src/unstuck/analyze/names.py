@@ -9,13 +9,21 @@ wins and the others keep their own names. docs/analyze.md prints this table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from unstuck.record.rundata import RunData
 
-__all__ = ["ALIASES", "LR_NAMES", "LR_PREFIXES", "canonical_names", "use_series"]
+__all__ = [
+    "ALIASES",
+    "EPOCH_KEYS",
+    "LR_NAMES",
+    "LR_PREFIXES",
+    "STEP_KEYS",
+    "canonical_names",
+    "use_series",
+]
 
 # canonical name -> the names logs use for it, most specific first
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -53,6 +61,20 @@ ALIASES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The x axis of a generic log (CSV, JSON lines, text), most specific first: a global step ...
+STEP_KEYS: tuple[str, ...] = (
+    "step",
+    "global_step",
+    "trainer/global_step",  # W&B's name for Lightning's and HF's step
+    "train/global_step",
+    "_step",  # W&B's own history counter
+    "iteration",
+    "iter",  # nanoGPT's console lines
+    "steps",
+)
+# ... else an epoch (one point per epoch, or several: then the points are numbered in order).
+EPOCH_KEYS: tuple[str, ...] = ("epoch", "train/epoch", "epochs")
+
 # A learning rate without a group becomes ``lr/0`` (group 0, as the Guard names it) ...
 LR_NAMES: tuple[str, ...] = (
     "lr",
@@ -78,8 +100,14 @@ def _lr_name(raw: str) -> str | None:
     return None
 
 
-def canonical_names(raw_names: Iterable[str]) -> dict[str, str]:
+def canonical_names(
+    raw_names: Iterable[str], points: Mapping[str, int] | None = None, min_points: int = 0
+) -> dict[str, str]:
     """Map each raw name to the name its series gets in a :class:`RunData`.
+
+    With ``points`` (raw name -> its number of points), an alias with fewer than ``min_points``
+    gives way to the next one in the table that has enough: nanoGPT prints ``train loss`` only
+    at each evaluation and ``loss`` at every iteration, and the detector needs the dense one.
 
     >>> canonical_names(["train/loss", "eval/loss", "train/learning_rate", "acc"])
     {'train/loss': 'loss', 'eval/loss': 'val_loss', 'train/learning_rate': 'lr/0', 'acc': 'acc'}
@@ -88,11 +116,10 @@ def canonical_names(raw_names: Iterable[str]) -> dict[str, str]:
     lower = {n.lower(): n for n in reversed(names)}  # the first spelling of each wins
     out: dict[str, str] = {}
     for canonical, aliases in ALIASES.items():
-        for alias in aliases:
-            raw = lower.get(alias)
-            if raw is not None and raw not in out:
-                out[raw] = canonical
-                break
+        present = [lower[a] for a in aliases if a in lower and lower[a] not in out]
+        dense = [r for r in present if points is None or points.get(r, 0) >= min_points]
+        if present:
+            out[(dense or present)[0]] = canonical
     taken = set(out.values())
     for raw in names:
         if raw in out:
