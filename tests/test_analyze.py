@@ -54,6 +54,7 @@ FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 LOGS = FIXTURES / "logs"
 LABELS: dict[str, Any] = json.loads((LOGS / "labels.json").read_text())
 COMMITTED = ["tensorboard", "hf", "lightning", "keras", "unstuck"]
+COMMITTED += ["csv", "jsonl", "text", "keras_text"]  # logs no framework reader knows
 ALL = [*COMMITTED, "mlflow"]
 # The runs with a cause built in (tests/fixtures/make_logs.py): fixture -> the cause.
 CAUSED = {
@@ -67,6 +68,7 @@ SRC_DIR = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 # what every "cannot read" message must name, one per known format
 FORMAT_WORDS = ("TensorBoard", "trainer_state.json", "metrics.csv", "Keras", "unstuck.sqlite")
+FORMAT_WORDS += ("any CSV", "JSON-lines", "printout")
 
 
 def _needs(fmt: str) -> None:
@@ -284,7 +286,7 @@ def test_truncated_trainer_state_is_a_clear_error(capsys: pytest.CaptureFixture[
     [
         ("missing.json", None, "no such file"),
         ("empty.csv", "", "empty"),
-        ("other.csv", "a,b\n1,2\n", "'step' column"),
+        ("other.csv", "a,b\n1,2\n", "no CSV header with a step, epoch or loss column"),
         ("blob.bin", bytes(range(256)) * 4, "binary"),
         ("state.json", '{"global_step": 3}', "no log_history"),
     ],

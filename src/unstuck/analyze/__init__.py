@@ -4,7 +4,9 @@ Each supported format has one reader module that turns a source into a
 :class:`~unstuck.record.rundata.RunData` with canonical series names (``names.py``):
 TensorBoard event folders (``tensorboard_events``), HF ``trainer_state.json`` (``hf_trainer``),
 Lightning ``metrics.csv`` (``lightning_csv``), Keras ``CSVLogger`` files (``keras_csv``), MLflow
-runs (``mlflow_run``) and unstuck's own run store (``run_store``). ``formats.detect_format``
+runs (``mlflow_run``), unstuck's own run store (``run_store``), and logs no framework wrote:
+any CSV (``table_csv``), JSON lines (``json_lines``) and a script's printout (``text_log``),
+whose x axis ``_records`` finds from the names. ``formats.detect_format``
 picks the reader; ``analysis.analyze`` runs the live detector and rules over the series.
 Optional frameworks (tensorboard, mlflow) are imported only inside their reader.
 

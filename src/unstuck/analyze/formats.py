@@ -9,8 +9,12 @@ Recognition, in this order (docs/analyze.md has the table):
   ``tensorboard``;
 * a file named ``events.out.tfevents.*`` -> ``tensorboard``; a SQLite file -> ``unstuck`` (it has
   the run store's ``schema_info`` table) or ``mlflow`` (``experiments`` and ``alembic_version``);
-  JSON (``.json`` or a first character ``{``) -> ``hf``; a CSV whose header has ``step`` ->
-  ``lightning``, else one with ``epoch`` -> ``keras``.
+  JSON lines (``.jsonl``, or two whole JSON objects on the first two lines) -> ``jsonl``; JSON
+  (``.json`` or a first character ``{``) -> ``hf``; a CSV whose header has ``step`` and
+  ``epoch`` -> ``lightning``; one with ``epoch`` and no step-like column (``names.STEP_KEYS``)
+  -> ``keras``; one with a step-like column, a loss column or W&B's ``<run> - <metric>``
+  columns -> ``csv``; else text with at least three lines naming a loss
+  (``step 100: loss 0.41``) -> ``text``.
 
 Anything else, and any file its reader cannot parse, is a :class:`LogFormatError` whose one-line
 message says why and lists the formats and how to pass each.
@@ -26,12 +30,15 @@ from pathlib import Path
 from unstuck.analyze._common import FORMATS, KNOWN_FORMATS, LogFormatError
 from unstuck.analyze._csv import csv_header
 from unstuck.analyze.hf_trainer import find_state_file, read_hf
+from unstuck.analyze.json_lines import looks_like_json_lines, read_json_lines
 from unstuck.analyze.keras_csv import read_keras
 from unstuck.analyze.lightning_csv import read_lightning
 from unstuck.analyze.mlflow_run import MLFLOW_PREFIX, read_mlflow, sqlite_uri
-from unstuck.analyze.names import use_series
+from unstuck.analyze.names import ALIASES, STEP_KEYS, use_series
 from unstuck.analyze.run_store import read_store
+from unstuck.analyze.table_csv import read_csv_log, wandb_runs
 from unstuck.analyze.tensorboard_events import EVENT_PREFIX, event_dirs, read_tensorboard
+from unstuck.analyze.text_log import looks_like_text_log, read_text_log
 from unstuck.record.rundata import RunData
 from unstuck.record.store import STORE_FILENAME
 
@@ -98,22 +105,32 @@ def _detect_file(path: Path) -> str:
         raise _fail(path, "a SQLite file that is neither an unstuck run store nor MLflow's")
     if not head.strip():
         raise _fail(path, "the file is empty")
-    if path.suffix.lower() == ".json" or head.lstrip().startswith(b"{"):
-        return "hf"
     try:
-        head.decode("utf-8")
+        text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
             raise _fail(path, "a binary file") from None
-    header = [h.strip().lower() for h in csv_header(path)]
-    if "step" in header:
+        text = head[: exc.start].decode("utf-8")
+    if path.suffix.lower() == ".jsonl" or looks_like_json_lines(text):
+        return "jsonl"
+    first = text.lstrip().split("\n", 1)[0].strip()
+    if path.suffix.lower() == ".json" or first == "{" or first.startswith('{"'):
+        return "hf"  # a JSON document (a printed Python dict, {'loss': ..}, is a console log)
+    raw_header = csv_header(path)
+    header = {h.strip().lower() for h in raw_header}
+    if "step" in header and "epoch" in header:
         return "lightning"
-    if "epoch" in header:
+    if "epoch" in header and not header & set(STEP_KEYS):
         return "keras"
+    losses = {*ALIASES["loss"], *ALIASES["val_loss"]}
+    if len(raw_header) > 1 and (header & {*STEP_KEYS, *losses} or wandb_runs(raw_header)):
+        return "csv"
+    if looks_like_text_log(path):
+        return "text"
     raise _fail(
         path,
-        "a text file that is no known log (a CSV needs a 'step' column, Lightning, "
-        "or an 'epoch' column, Keras)",
+        "a text file that is no known log (no CSV header with a step, epoch or loss column, "
+        "and not three printed lines such as 'step 100: loss 0.41')",
     )
 
 
@@ -190,4 +207,10 @@ def _read(text: str, fmt: str, run: str | None, tracking_uri: str | None) -> Run
         return read_lightning(text)
     if fmt == "keras":
         return read_keras(text)
+    if fmt == "csv":
+        return read_csv_log(text, run)
+    if fmt == "jsonl":
+        return read_json_lines(text)
+    if fmt == "text":
+        return read_text_log(text)
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")

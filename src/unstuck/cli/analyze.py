@@ -35,7 +35,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Reads a log another tool wrote (TensorBoard event folder or file, HF "
             "trainer_state.json, Lightning metrics.csv, Keras CSVLogger .csv, an MLflow run, "
-            "or unstuck's run store), runs unstuck's plateau detector on the training and "
+            "unstuck's run store, any CSV or JSON-lines file of metrics, or a script's "
+            "printout), runs unstuck's plateau detector on the training and "
             "validation loss and the diagnosis rules the logged series support, prints what it "
             "found and writes an HTML report. See docs/analyze.md."
         ),
@@ -56,7 +57,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--run",
         default=None,
         help="which run, when PATH holds several (TensorBoard sub-folder, run store run_id, "
-        "MLflow run id)",
+        "MLflow run id, run name in a W&B CSV export)",
     )
     parser.add_argument(
         "--tracking-uri",
