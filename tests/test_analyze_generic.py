@@ -149,3 +149,28 @@ def test_too_few_loss_lines_is_no_log(
     assert main(["analyze", str(notes), "--format", "text", "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"at least {MIN_TEXT_RECORDS} needed" in err
+
+
+@pytest.mark.parametrize(
+    ("template", "unit"),
+    [
+        # fairseq: the step is num_updates, the epoch a zero-padded prefix
+        ("epoch 001: {i} / 900 loss={v:.4f}, ppl=3.1, lr=0.0005, num_updates={i}", "step"),
+        # detectron2: the loss is the sum of its terms
+        ("[d2.utils.events]:  eta: 0:20:00  iter: {i}  total_loss: {v:.4f}  loss_cls: 0.2", "step"),
+        # Python logging around a hand-written format
+        ("2024-05-01 10:00:00,001 - INFO - step {i} | loss {v:.4f} | lr 3.0e-04", "step"),
+        # Lightning's progress bar, one line per epoch once captured
+        ("Epoch {i}: 100%|##| 50/50 [00:01<00:00, 30.0it/s, v_num=0, train_loss={v:.4f}]", "epoch"),
+    ],
+)
+def test_printouts_of_common_tools_give_the_loss_over_their_axis(
+    tmp_path: pathlib.Path, template: str, unit: str
+) -> None:
+    loss = _falling(40)
+    path = _write(tmp_path / "out.log", [template.format(i=i, v=v) for i, v in enumerate(loss)])
+    run = load(path)
+    assert run.format == "text" and run.meta["step_unit"] == unit
+    steps, values = run.series["loss"]
+    assert steps.tolist() == list(range(40))
+    np.testing.assert_allclose(values, loss, atol=5e-5)

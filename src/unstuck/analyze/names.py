@@ -36,6 +36,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "train/loss_step",
         "loss",  # Keras CSVLogger, HF ``log_history`` train rows, unstuck's run store
         "epoch_loss",
+        "total_loss",  # detectron2's printout, multi-term losses
     ),
     "val_loss": (
         "val_loss",  # Keras CSVLogger, Lightning, unstuck's run store
@@ -70,6 +71,7 @@ STEP_KEYS: tuple[str, ...] = (
     "_step",  # W&B's own history counter
     "iteration",
     "iter",  # nanoGPT's console lines
+    "num_updates",  # fairseq's console lines
     "steps",
 )
 # ... else an epoch (one point per epoch, or several: then the points are numbered in order).
