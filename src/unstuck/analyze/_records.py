@@ -1,4 +1,5 @@
-"""Records -> raw series, for the readers that know no framework (CSV, JSON lines, text).
+"""Records -> raw series, for the readers whose rows are name -> number (CSV, JSON lines, text;
+Lightning's metrics.csv too, whose x axis is its step column).
 
 A record is one logged row: raw name -> number. Such logs say nothing about their x axis, so it
 is found from the names (``names.STEP_KEYS``, ``names.EPOCH_KEYS``):

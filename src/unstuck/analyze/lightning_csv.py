@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unstuck.analyze._common import LogFormatError, build_run, to_float, to_step
+from unstuck.analyze._common import LogFormatError, build_run, to_float
 from unstuck.analyze._csv import csv_rows
+from unstuck.analyze._records import series_from_records
 from unstuck.record.rundata import RunData
 
 __all__ = ["read_lightning"]
@@ -37,26 +38,12 @@ def read_lightning(path: str | os.PathLike[str]) -> RunData:
     for col in header:
         if col.endswith("_step") and col[: -len("_step")] + "_epoch" in header:
             rename[col] = col[: -len("_step")]
-    raw: dict[str, tuple[list[int], list[float]]] = {}
-    epochs: dict[int, float] = {}
+    records = []
     for row in rows:
-        step = to_step(row.get("step"))
-        if step is None:
-            continue
-        for col, cell in row.items():
-            if col == "step":
-                continue
-            value = to_float(cell)
-            if value is None:
-                continue
-            if col == "epoch":
-                epochs.setdefault(step, value)
-                continue
-            steps, values = raw.setdefault(rename.get(col, col), ([], []))
-            steps.append(step)
-            values.append(value)
-    if epochs:
-        raw["epoch"] = (list(epochs), list(epochs.values()))
+        values = ((rename.get(col, col), to_float(cell)) for col, cell in row.items())
+        records.append({name: value for name, value in values if value is not None})
+    raw, _, skipped = series_from_records(records)  # the step column is the x axis
+    notes += skipped
     meta: dict[str, Any] = {"step_unit": "step", "file": str(file), "columns": header}
     if notes:
         meta["notes"] = notes

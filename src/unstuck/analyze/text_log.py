@@ -84,15 +84,20 @@ def _has_loss(record: dict[str, float]) -> bool:
     return any(name.lower() in LOSS_NAMES for name in record)
 
 
-def read_text_log(path: str | os.PathLike[str]) -> RunData:
-    """Read a training script's printout (see the module docstring for what is understood)."""
-    file = Path(path)
+def _records_of(file: Path) -> tuple[list[dict[str, float]], int]:
+    """The file's records and how many of them carry a loss."""
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise LogFormatError(f"{file} is not a text file") from None
     records = parse_text(text)
-    with_loss = sum(_has_loss(r) for r in records)
+    return records, sum(_has_loss(r) for r in records)
+
+
+def read_text_log(path: str | os.PathLike[str]) -> RunData:
+    """Read a training script's printout (see the module docstring for what is understood)."""
+    file = Path(path)
+    records, with_loss = _records_of(file)
     if with_loss < MIN_TEXT_RECORDS:
         raise LogFormatError(
             f"{file}: {with_loss} lines name a loss as 'loss 0.41', 'loss: 0.41' or "
@@ -107,9 +112,9 @@ def read_text_log(path: str | os.PathLike[str]) -> RunData:
 
 
 def looks_like_text_log(path: Path) -> bool:
-    """Whether ``path`` reads as a console log (``MIN_TEXT_RECORDS`` lines with a loss)."""
+    """Whether ``path`` reads as a console log (``MIN_TEXT_RECORDS`` lines with a loss): the
+    lines are counted, the series are built only when it is read."""
     try:
-        read_text_log(path)
+        return _records_of(path)[1] >= MIN_TEXT_RECORDS
     except (LogFormatError, OSError):
         return False
-    return True
