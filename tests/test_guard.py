@@ -122,6 +122,18 @@ def test_calls_after_close_are_clear_errors(call: str) -> None:
     assert guard.steps == 2
 
 
+@pytest.mark.parametrize("value", ["0.3x", None, [0.1, 0.2]])
+def test_a_validation_loss_that_is_no_number_is_a_one_line_error(value: object) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, optimizer)
+    with pytest.raises(TypeError, match=r"^Guard.validate: pass the validation loss as a number"):
+        guard.validate(value)  # type: ignore[arg-type]
+    guard.validate(0.5)  # the Guard is still usable
+    assert guard.steps == 0
+    guard.close()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

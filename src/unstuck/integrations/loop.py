@@ -564,11 +564,17 @@ class Guard:
             raise RuntimeError(
                 "Guard.validate() after close(): create a new Guard to keep monitoring"
             )
-        value = (
-            float(val_loss.detach().float().mean())
-            if isinstance(val_loss, torch.Tensor)
-            else float(val_loss)
-        )
+        try:
+            value = (
+                float(val_loss.detach().float().mean())
+                if isinstance(val_loss, torch.Tensor)
+                else float(val_loss)
+            )
+        except (TypeError, ValueError):
+            raise TypeError(
+                "Guard.validate: pass the validation loss as a number or a tensor, got "
+                f"{type(val_loss).__name__} {val_loss!r:.60}"
+            ) from None
         at = max(self._hub.step - 1, 0) if step is None else int(step)
         if self._sync is not None:
             at, value = self._sync.mean_value(at, value)  # every rank calls validate

@@ -19,9 +19,10 @@ class NonFinite(Rule):
         "A loss or gradient value was NaN or infinite. Common causes: a learning rate so high the "
         "weights overflow, log(0) or division by zero in the loss, fp16 overflow without a "
         "GradScaler, or bad input values. unstuck records the values (never crashes) and, under "
-        "policy='rescue', lowers the LR ×0.1 and verifies the effect; it does not yet restore "
-        "weights from before the first non-finite value, so check the data for NaNs and the "
-        "loss for unguarded log/div first."
+        "policy='rescue', puts the run back to its last state with a finite loss (a snapshot "
+        "the engine refreshes while the run is healthy, docs/rescue.md), lowers the LR ×0.1 "
+        "and verifies the effect. A NaN in the data or an unguarded log/div in the loss comes "
+        "back after the restore: check those first when the finding repeats."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
