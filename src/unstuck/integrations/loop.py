@@ -28,7 +28,7 @@ from unstuck.diagnose import EvidenceBuilder, run_rules
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line
-from unstuck.record.store import RunStore
+from unstuck.record.recorder import Recorder
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.actions.warmup import beta2_of, post_norm_layers
@@ -289,18 +289,15 @@ class Guard:
         # Sinks and a store that cannot be written fail here, before any training step.
         # Only rank 0 records: the other ranks make the same decisions, so a store of their
         # own would repeat rank 0's (and contend for the same run_dir).
-        self._sinks = self._make_sinks(tensorboard, mlflow, build=self._lead)
-        try:
-            self._store = (
-                RunStore(run_dir, meta={"policy": self._policy.name, **dict(meta or {})})
-                if run_dir is not None and self._lead
-                else None
-            )
-        except BaseException:
-            for sink in self._sinks:
-                sink.close()
-            raise
-        self._write_report = bool(report)
+        self._recorder = Recorder(
+            "Guard",
+            run_dir,
+            meta={"policy": self._policy.name, **dict(meta or {})},
+            tensorboard=tensorboard,
+            mlflow=mlflow,
+            report=report,
+            build=self._lead,
+        )
 
         # Registered before the hub's hooks, so every signal reads the averaged gradient.
         self._accumulated = 0  # micro-batches summed into .grad since the last optimizer step
@@ -342,7 +339,7 @@ class Guard:
             cooldown=cooldown,
             probe_budget=probe_budget,
             snapshot_memory=snapshot_memory,
-            spill_dir=self._store.path.parent / "snapshots" if self._store is not None else None,
+            spill_dir=None if self.run_dir is None else self.run_dir / "snapshots",
             capture_extra=self._capture_extra,
             restore_extra=self._restore_extra,
             evaluate=self._evaluate,
@@ -376,38 +373,6 @@ class Guard:
         self._engine.note_start(self._hub.step)
 
     # -- construction helpers -----------------------------------------------------------------
-    @staticmethod
-    def _make_sinks(tensorboard: Any, mlflow: Any, build: bool = True) -> list[Any]:
-        """The sinks asked for; with ``build=False`` (ranks other than 0) the arguments are
-        checked the same way but nothing is opened."""
-        from unstuck.record.sinks import MlflowSink, Sink, TensorBoardSink
-
-        sinks: list[Any] = []
-        if tensorboard is not None:
-            if not isinstance(tensorboard, (str, Path)):
-                raise TypeError(
-                    f"Guard: tensorboard must be a directory path, got {type(tensorboard).__name__}"
-                )
-            if build:
-                sinks.append(TensorBoardSink(tensorboard))
-        if isinstance(mlflow, Sink):
-            if build:
-                sinks.append(mlflow)
-        elif mlflow is True:
-            if not build:
-                return sinks
-            try:
-                sinks.append(MlflowSink())
-            except BaseException:
-                for sink in sinks:
-                    sink.close()
-                raise
-        elif mlflow not in (False, None):
-            raise TypeError(
-                f"Guard: mlflow must be True, False or an MlflowSink, got {type(mlflow).__name__}"
-            )
-        return sinks
-
     @staticmethod
     def _lr_lock_reason(optimizer: torch.optim.Optimizer) -> str | None:
         package = type(optimizer).__module__.split(".")[0]
@@ -604,10 +569,7 @@ class Guard:
         if self._closed:
             raise RuntimeError("Guard.flush() after close(): create a new Guard to keep monitoring")
         self._flush()
-        if self._store is not None:
-            self._store.flush(wait=True)
-        for sink in self._sinks:
-            sink.flush()
+        self._recorder.flush(wait=True)
 
     # -- the pipeline -------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -639,8 +601,7 @@ class Guard:
             self._evidence.add_series("lr_multiplier", [step], [self._lr.current()])
             self._detect_train(step, loss, frame.signals)
         self._next_flush = self._hub.step + (self._engine.flush_hint(step) or self.flush_every)
-        if self._store is not None:
-            self._store.flush(wait=False)  # committed by the writer thread, off the step
+        self._recorder.flush(wait=False)  # committed by the writer thread, off the step
 
     def _detect_train(self, step: int, loss: Any, signals: Mapping[str, Any]) -> None:
         frame_signals = signals
@@ -789,16 +750,10 @@ class Guard:
         ]
 
     def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
-        if self._store is not None:
-            self._store.log_event(kind, step, payload)
-        for sink in self._sinks:
-            sink.log_event(kind, step, payload)
+        self._recorder.log_event(kind, step, payload)
 
     def _log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
-        if self._store is not None:
-            self._store.log_metrics(rows)
-        for sink in self._sinks:
-            sink.log_metrics(rows)
+        self._recorder.log_metrics(rows)
 
     def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
         return self._evidence.series("loss")
@@ -890,7 +845,7 @@ class Guard:
 
     @property
     def run_dir(self) -> Path | None:
-        return self._store.path.parent if self._store is not None else None
+        return self._recorder.run_dir
 
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -961,26 +916,7 @@ class Guard:
             self._engine.close()
             if self._average_hook is not None:
                 self._average_hook.remove()
-            report_path = None
-            if self._store is not None:
-                self._store.update_meta(steps=self._hub.step)
-                self._store.close()
-                report_path = self._report()
-            for sink in self._sinks:
-                sink.close(report_path)
-
-    def _report(self) -> Path | None:
-        """Write ``run_dir/report.html`` from the closed store; a missing plotly is a note."""
-        if not self._write_report or self._store is None:
-            return None
-        try:
-            from unstuck.record.report import write_report
-            from unstuck.record.rundata import load_run
-
-            return write_report(load_run(self._store.path), self._store.path.parent / "report.html")
-        except ImportError as exc:
-            logger.info("unstuck: no HTML report (%s)", exc)
-            return None
+            self._recorder.close(steps=self._hub.step)
 
     def __enter__(self) -> Guard:
         return self
