@@ -296,3 +296,105 @@ def test_docs_example_runs() -> None:
     exec(compile(block.group(1), str(DOCS), "exec"), namespace)
     callback = namespace["callback"]
     assert callback.actions and callback.actions[0].outcome == "kept"
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+def test_run_dir_records_the_fit_as_the_guard_does_and_writes_the_report(tmp_path: Path) -> None:
+    """The store holds every recovered batch loss, each epoch's val_loss, the state changes,
+    findings and actions the callback reported; ``load_run`` and the report read it back."""
+    pytest.importorskip("plotly")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from unstuck.record import read_events, read_metrics, read_runs
+    from unstuck.record.rundata import load_run
+
+    model = _model(lr=1e-4)
+    x, y = _data()
+    callback = UnstuckCallback(
+        console=False, run_dir=tmp_path / "run", tensorboard=tmp_path / "tb", meta={"exp": 7}
+    )
+    model.fit(
+        x, y, batch_size=32, epochs=12, validation_split=0.25, verbose=0, callbacks=[callback]
+    )
+    runs = read_runs(tmp_path / "run")
+    assert len(runs) == 1 and runs[0]["status"] == "closed"
+    meta = runs[0]["meta"]
+    assert (meta["framework"], meta["keras_backend"], meta["policy"], meta["exp"]) == (
+        "keras",
+        "torch",
+        "rescue",
+        7,
+    )
+    assert meta["steps"] == callback.batches == 12 * 24
+    stored = read_metrics(tmp_path / "run")
+    steps, losses = callback.batch_losses
+    assert stored["loss"][0] == steps.tolist()
+    np.testing.assert_array_equal(stored["loss"][1], losses)
+    assert len(stored["val_loss"][0]) == 12  # one per epoch
+    for name in ("param_distance", "update_ratio", "grad_norm", "lr/0", "lr_multiplier"):
+        assert stored[name][0], name
+    assert stored["lr/0"][1][-1] == pytest.approx(1e-4)  # the user's LR, not the product
+    assert stored["lr_multiplier"][1][-1] == pytest.approx(callback.lr_multiplier)
+
+    kinds = [e["kind"] for e in read_events(tmp_path / "run")]
+    assert {"state", "finding", "action", "action_outcome"} <= set(kinds)
+    run = load_run(tmp_path / "run")
+    assert [(f.cause, f.step) for f in run.findings] == [
+        (f.cause, f.step) for f in callback.findings
+    ]
+    assert [(a.name, a.step, a.outcome) for a in run.actions] == [
+        (a.name, a.step, a.outcome) for a in callback.actions
+    ]
+    assert [(p.series, p.start) for p in run.plateaus] == [
+        (p.series, p.start) for p in callback.plateaus
+    ]
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "lr_too_low" in report and "framework" in report
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == stored["loss"][0]
+
+
+def test_each_fit_is_one_run_in_the_store(tmp_path: Path) -> None:
+    model = _model(lr=1e-2)
+    x, y = _data(256)
+    callback = UnstuckCallback("observe", console=False, run_dir=tmp_path, report=False)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[callback])
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    from unstuck.record import read_metrics, read_runs
+
+    runs = read_runs(tmp_path)
+    assert [r["status"] for r in runs] == ["closed", "closed"]
+    first = read_metrics(tmp_path, runs[0]["run_id"], names=["loss"])["loss"][0]
+    second = read_metrics(tmp_path, runs[1]["run_id"], names=["loss"])["loss"][0]
+    assert first == list(range(24)) and second == list(range(24, 40))  # steps run on
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"run_dir": 3}, TypeError, "^UnstuckCallback: run_dir must be a directory path"),
+        ({"tensorboard": 3}, TypeError, "^UnstuckCallback: tensorboard must be a directory"),
+        ({"mlflow": "yes"}, TypeError, "^UnstuckCallback: mlflow must be True, False or"),
+    ],
+)
+def test_bad_recording_arguments_fail_when_the_callback_is_built(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        UnstuckCallback(**kwargs)
+
+
+def test_an_unwritable_run_dir_fails_before_the_first_batch(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = _model()
+    x, y = _data(64)
+    callback = UnstuckCallback(console=False, run_dir=blocker / "run")
+    with pytest.raises(ValueError, match="is not writable"):
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.batches == 0

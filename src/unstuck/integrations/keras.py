@@ -36,7 +36,9 @@ import importlib
 import importlib.util
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +55,7 @@ from unstuck.integrations.loop import (
     NOTABLE_STATES,
 )
 from unstuck.record.console import LOGGER_NAME, ensure_console_handler, format_event_line
+from unstuck.record.recorder import Recorder, make_sinks
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, Snapshot, make_policy
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -323,6 +326,14 @@ class UnstuckCallback(_Callback):
         monitor_val: run a second detector on ``val_loss`` at each epoch end when it is logged.
         console: print one line per event through the ``unstuck`` logger.
         detector_options: keyword arguments for both :class:`~unstuck.detect.PlateauDetector`.
+        run_dir: directory for the run store (``unstuck.sqlite``) and ``report.html``, as the
+            Guard writes them; one run per ``fit``, opened when it begins (an unwritable
+            directory fails there, before the first batch) and closed when it ends.
+        meta: extra metadata kept with the run (JSON values).
+        tensorboard: a log directory to mirror every metric, finding and action to.
+        mlflow: ``True`` to mirror them to the active MLflow run, or an
+            :class:`~unstuck.record.sinks.MlflowSink`.
+        report: write ``run_dir/report.html`` when ``fit`` ends (needs plotly).
 
     After ``fit``: ``callback.plateaus``, ``callback.findings``, ``callback.actions`` (name,
     step, reason, outcome, evidence), ``callback.batch_losses`` (the recovered losses) and
@@ -345,8 +356,26 @@ class UnstuckCallback(_Callback):
         monitor_val: bool = True,
         console: bool = True,
         detector_options: Mapping[str, Any] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        tensorboard: str | os.PathLike[str] | None = None,
+        mlflow: Any = False,
+        report: bool = True,
     ) -> None:
         super().__init__()
+        make_sinks("UnstuckCallback", tensorboard, mlflow, build=False)  # checks, opens nothing
+        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"UnstuckCallback: run_dir must be a directory path, got {type(run_dir).__name__}"
+            )
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self._record_options: dict[str, Any] = {
+            "meta": dict(meta or {}),
+            "tensorboard": tensorboard,
+            "mlflow": mlflow,
+            "report": report,
+        }
+        self._recorder: Recorder | None = None  # open from a fit's start to its end
         if policy == "branch" or not (
             policy in ("rescue", "observe") or isinstance(policy, (list, tuple))
         ):
@@ -478,6 +507,15 @@ class UnstuckCallback(_Callback):
         if self._loaded is not None:
             state, self._loaded = self._loaded, None
             self.load_state_dict(state)
+        if self._recorder is None:
+            options = dict(self._record_options)
+            meta = {
+                "policy": self._policy.name,
+                "framework": "keras",
+                "keras_backend": str(keras.backend.backend()),
+                **options.pop("meta"),
+            }
+            self._recorder = Recorder("UnstuckCallback", self.run_dir, meta=meta, **options)
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._previous_mean = 0.0
@@ -510,9 +548,12 @@ class UnstuckCallback(_Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if not self.monitor_val or not logs or logs.get("val_loss") is None:
             return
-        if self.probing:
-            return  # a probe's state is not the run's
         at = max(self.batches - 1, 0)
+        if self.probing:
+            # A probe's state is not the run's: record the value, decide nothing on it.
+            self._log_metrics([("val_loss_probe", at, float(logs["val_loss"]))])
+            return
+        self._log_metrics([("val_loss", at, float(logs["val_loss"]))])
         detector = self.detectors["val"]
         before = detector.state
         state = detector.update(at, logs["val_loss"], distance=self._last_distance)
@@ -527,9 +568,14 @@ class UnstuckCallback(_Callback):
         if self._steps:
             self._flush(final=True)
         step = max(self.batches - 1, 0)
-        events = self._take_events(self._engine.finish(step, self._loss_history()))
-        if events:
-            logger.info(format_event_line(step, actions=events))
+        try:
+            events = self._take_events(step, self._engine.finish(step, self._loss_history()))
+            if events:
+                logger.info(format_event_line(step, actions=events))
+        finally:
+            if self._recorder is not None:
+                recorder, self._recorder = self._recorder, None
+                recorder.close(steps=self.batches)
 
     # -- per batch --------------------------------------------------------------------------
     def _recover(self, batch: int, logs: Mapping[str, Any] | None) -> float | None:
@@ -661,18 +707,21 @@ class UnstuckCallback(_Callback):
         self._all_steps += steps
         self._all_values += values
         taps = self._take_taps()
+        self._log_metrics(self._metric_rows(step, steps, values, taps))
         if engine.probing:
             # Probe steps feed neither detection nor diagnosis: a sweep's blow-up is not the
             # run's own trajectory (the Guard's rule).
             events = engine.advance_probe(
                 step, np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float)
             )
-            acted = self._take_events(events)
+            acted = self._take_events(step, events)
             if acted:
                 logger.info(format_event_line(step, actions=acted))
         elif steps:
             self._detect_train(step, steps, values, taps, final)
         self._next_flush = self.batches + (engine.flush_hint(step) or self.flush_every)
+        if self._recorder is not None:
+            self._recorder.flush(wait=False)  # committed by the store's writer thread
 
     def _detect_train(
         self,
@@ -710,7 +759,7 @@ class UnstuckCallback(_Callback):
         )
         if not final:
             engine.note_healthy(step, state, len(finite) == len(values))
-        self._report(step, "train", before, state, new_findings, self._take_events(events))
+        self._report(step, "train", before, state, new_findings, self._take_events(step, events))
 
     def _diagnose(self, step: int, state: str) -> list[Finding]:
         """The rules on what was measured (the Guard's ``_run_rules``, on fewer signals)."""
@@ -728,9 +777,39 @@ class UnstuckCallback(_Callback):
         self._current_findings = findings
         return self._finding_log.record(findings, step)
 
-    def _take_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[ActionRecord]:
-        """Keep ``.actions`` current from the engine's events (one entry per action)."""
+    def _take_events(
+        self, step: int, events: list[tuple[str, dict[str, Any]]]
+    ) -> list[ActionRecord]:
+        """Record the engine's events; keep ``.actions`` current (one entry per action)."""
+        for kind, payload in events:
+            self._record_event(kind, step, payload)
         return merge_action_events(self.actions, events)
+
+    def _record_event(self, kind: str, step: int, payload: Mapping[str, Any]) -> None:
+        if self._recorder is not None:
+            self._recorder.log_event(kind, step, payload)
+
+    def _log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
+        if self._recorder is not None:
+            self._recorder.log_metrics(rows)
+
+    def _metric_rows(
+        self,
+        step: int,
+        steps: list[int],
+        values: list[float],
+        taps: Mapping[str, tuple[list[int], list[float]]],
+    ) -> list[tuple[str, int, float]]:
+        """What a flush records, under the Guard's names: every recovered batch loss (range-test
+        batches too, as the Guard records its probe steps), the taps, the user's LR and
+        unstuck's multiplier."""
+        rows = [("loss", s, v) for s, v in zip(steps, values)]
+        for name, (tap_steps, tap_values) in taps.items():
+            rows += [(name, s, v) for s, v in zip(tap_steps, tap_values)]
+        if self._lr.variable is not None:
+            rows.append(("lr/0", step, _scalar(self._lr.variable.value)))
+        rows.append(("lr_multiplier", step, self._lr.value))
+        return rows
 
     def _report(
         self,
@@ -742,6 +821,21 @@ class UnstuckCallback(_Callback):
         actions: list[ActionRecord],
     ) -> None:
         changed = state != before
+        plateau = self.detectors[series].current
+        if changed:
+            self._record_event(
+                "state",
+                step,
+                {
+                    "series": series,
+                    "from": before,
+                    "to": state,
+                    "plateau": plateau.to_dict() if plateau else None,
+                    "stats": primitive(self.detectors[series].stats()),
+                },
+            )
+        for finding in findings:
+            self._record_event("finding", step, finding.to_dict())
         notable = state in NOTABLE_STATES or before in NOTABLE_STATES
         shown = state if changed and notable else None
         if shown is None and not findings and not actions:
@@ -753,7 +847,7 @@ class UnstuckCallback(_Callback):
                 step,
                 series=series,
                 state=shown,
-                plateau=self.detectors[series].current,
+                plateau=plateau,
                 findings=findings,
                 actions=actions,
             )
@@ -837,4 +931,4 @@ class UnstuckCallback(_Callback):
         self._evidence.set("nonfinite_loss_total", self._nonfinite_total)
         if state["engine"] is not None:
             for record in self._engine.load_state_dict(state["engine"]):
-                self._take_events([("action_outcome", record.to_dict())])
+                self._take_events(self.batches, [("action_outcome", record.to_dict())])
