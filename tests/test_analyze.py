@@ -347,6 +347,46 @@ def test_canonical_names_table() -> None:
     }
 
 
+def test_names_match_whatever_the_separator_and_a_test_split_is_the_fallback_validation() -> None:
+    """A CSV's ``Train Loss``/``Validation Loss`` headers and hyphenated names match the table;
+    a held-out ``test`` loss is the validation loss only when the log has no other."""
+    assert canonical_names(["Train Loss", "Validation Loss", "Learning Rate"]) == {
+        "Train Loss": "loss",
+        "Validation Loss": "val_loss",
+        "Learning Rate": "lr/0",
+    }
+    assert canonical_names(["train-loss", "lr-AdamW"]) == {
+        "train-loss": "loss",
+        "lr-AdamW": "lr/AdamW",
+    }
+    assert canonical_names(["Loss/train", "Loss/test"])["Loss/test"] == "val_loss"
+    both = canonical_names(["Loss/train", "Loss/test", "Loss/val"])
+    assert (both["Loss/val"], both["Loss/test"]) == ("val_loss", "Loss/test")
+    # Lightning's on_step + on_epoch names: the per-step series is the one analysed.
+    lightning = canonical_names(
+        ["train_loss_step", "train_loss_epoch", "val_loss_epoch"],
+        {"train_loss_step": 400, "train_loss_epoch": 8, "val_loss_epoch": 8},
+        16,
+    )
+    assert lightning == {
+        "train_loss_step": "loss",
+        "train_loss_epoch": "train_loss_epoch",
+        "val_loss_epoch": "val_loss",
+    }
+
+
+def test_a_csv_with_spaced_headers_and_a_test_loss_is_analysed(tmp_path: pathlib.Path) -> None:
+    rows = ["Step,Train Loss,Test Loss"]
+    for step in range(120):
+        train = 2.0 if step < 60 else 2.0 * 0.97 ** (step - 60)
+        rows.append(f"{step},{train + 0.01 * ((step * 7) % 5)},{'' if step % 10 else train}")
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    run = load(tmp_path / "metrics.csv")
+    assert run.format == "csv"
+    assert run.series["loss"][0].size == 120 and run.series["val_loss"][0].size == 12
+    assert run.meta["names"]["Test Loss"] == "val_loss"
+
+
 def test_hf_output_dir_uses_the_newest_checkpoint(tmp_path: pathlib.Path) -> None:
     state = json.loads((LOGS / LABELS["hf"]["path"]).read_text())
     for step, keep in ((50, 10), (400, len(state["log_history"]))):

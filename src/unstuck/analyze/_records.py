@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from unstuck.analyze._common import to_step
-from unstuck.analyze.names import EPOCH_KEYS, STEP_KEYS
+from unstuck.analyze.names import EPOCH_KEYS, STEP_KEYS, name_key
 
 __all__ = ["RawSeries", "Record", "series_from_records"]
 
@@ -48,7 +48,7 @@ def _one_point_per_epoch(records: Sequence[Record], epoch_key: str) -> bool:
 def series_from_records(records: Sequence[Record]) -> tuple[RawSeries, str, list[str]]:
     """The raw series of ``records``, their ``step_unit`` and notes on what was assumed."""
     names = list(dict.fromkeys(name for record in records for name in record))
-    lower = {n.lower(): n for n in reversed(names)}  # the first spelling of each wins
+    lower = {name_key(n): n for n in reversed(names)}  # the first spelling of each wins
     step_key = _first_key(lower, STEP_KEYS)
     epoch_key = _first_key(lower, EPOCH_KEYS)
     notes: list[str] = []

@@ -34,7 +34,7 @@ from unstuck.analyze.json_lines import looks_like_json_lines, read_json_lines
 from unstuck.analyze.keras_csv import read_keras
 from unstuck.analyze.lightning_csv import read_lightning
 from unstuck.analyze.mlflow_run import MLFLOW_PREFIX, read_mlflow, sqlite_uri
-from unstuck.analyze.names import ALIASES, STEP_KEYS, use_series
+from unstuck.analyze.names import ALIASES, STEP_KEYS, name_key, use_series
 from unstuck.analyze.run_store import read_store
 from unstuck.analyze.table_csv import read_csv_log, wandb_runs
 from unstuck.analyze.tensorboard_events import EVENT_PREFIX, event_dirs, read_tensorboard
@@ -117,7 +117,7 @@ def _detect_file(path: Path) -> str:
     if path.suffix.lower() == ".json" or first == "{" or first.startswith('{"'):
         return "hf"  # a JSON document (a printed Python dict, {'loss': ..}, is a console log)
     raw_header = csv_header(path)
-    header = {h.strip().lower() for h in raw_header}
+    header = {name_key(h) for h in raw_header}
     if "step" in header and "epoch" in header:
         return "lightning"
     if "epoch" in header and not header & set(STEP_KEYS):

@@ -2,13 +2,15 @@
 
 Every reader (TensorBoard tags, HF ``log_history`` keys, Lightning and Keras CSV columns,
 MLflow metric keys) passes its raw names through :func:`canonical_names`, so a new alias is
-added here once and every format knows it. Matching ignores case. When a log holds several
-aliases of one canonical name (``train/loss`` and ``loss``), the first in the table's order
-wins and the others keep their own names. docs/analyze.md prints this table.
+added here once and every format knows it. Matching ignores case, and spaces and hyphens read
+as underscores (a CSV's ``Train Loss`` or ``train-loss`` is ``train_loss``). When a log holds
+several aliases of one canonical name (``train/loss`` and ``loss``), the first in the table's
+order wins and the others keep their own names. docs/analyze.md prints this table.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ __all__ = [
     "LR_PREFIXES",
     "STEP_KEYS",
     "canonical_names",
+    "name_key",
     "use_series",
 ]
 
@@ -34,8 +37,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "train/epoch_loss",  # Keras' TensorBoard callback, ``train/`` run folder
         "training_loss",
         "train/loss_step",
+        "train_loss_step",  # Lightning's ``self.log(..., on_step=True, on_epoch=True)``
+        "loss_train",
+        "trn_loss",
         "loss",  # Keras CSVLogger, HF ``log_history`` train rows, unstuck's run store
+        "train_loss_epoch",  # Lightning's epoch means: sparse, used when nothing denser is
+        "train/loss_epoch",
         "epoch_loss",
+        "running_loss",  # PyTorch's CIFAR-10 tutorial prints it
+        "batch_loss",
         "total_loss",  # detectron2's printout, multi-term losses
     ),
     "val_loss": (
@@ -52,6 +62,18 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "loss/validation",
         "validation/epoch_loss",  # Keras' TensorBoard callback, ``validation/`` run folder
         "val/epoch_loss",
+        "val_loss_epoch",  # Lightning's ``on_epoch=True`` name
+        "val/loss_epoch",
+        "loss_val",
+        "loss_valid",
+        "dev_loss",
+        "dev/loss",
+        # A held-out "test" split is the validation loss of a log that has no other: PyTorch's
+        # TensorBoard tutorial logs ``Loss/test``, its MNIST example prints a test loss.
+        "test_loss",
+        "test/loss",
+        "loss/test",
+        "loss_test",
     ),
     "grad_norm": (
         "grad_norm",  # HF ``log_history`` and TensorBoard (``train/grad_norm``), unstuck
@@ -92,10 +114,15 @@ LR_NAMES: tuple[str, ...] = (
 LR_PREFIXES: tuple[str, ...] = ("lr-", "lr/", "learning_rate/", "learning_rate-")
 
 
+def name_key(raw: str) -> str:
+    """The form names are matched in: lower case, runs of spaces and hyphens as one ``_``."""
+    return re.sub(r"[\s\-]+", "_", raw.strip().lower())
+
+
 def _lr_name(raw: str) -> str | None:
-    low = raw.lower()
-    if low in LR_NAMES:
+    if name_key(raw) in LR_NAMES:
         return "lr/0"
+    low = raw.lower()  # the prefixes tell a group by their hyphen: no separator folding here
     for prefix in LR_PREFIXES:
         if low.startswith(prefix) and len(raw) > len(prefix):
             return "lr/" + raw[len(prefix) :]
@@ -115,7 +142,7 @@ def canonical_names(
     {'train/loss': 'loss', 'eval/loss': 'val_loss', 'train/learning_rate': 'lr/0', 'acc': 'acc'}
     """
     names = list(dict.fromkeys(raw_names))
-    lower = {n.lower(): n for n in reversed(names)}  # the first spelling of each wins
+    lower = {name_key(n): n for n in reversed(names)}  # the first spelling of each wins
     out: dict[str, str] = {}
     for canonical, aliases in ALIASES.items():
         present = [lower[a] for a in aliases if a in lower and lower[a] not in out]

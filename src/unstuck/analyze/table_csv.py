@@ -21,7 +21,7 @@ from typing import Any
 from unstuck.analyze._common import LogFormatError, build_run, to_float
 from unstuck.analyze._csv import csv_rows
 from unstuck.analyze._records import series_from_records
-from unstuck.analyze.names import STEP_KEYS
+from unstuck.analyze.names import STEP_KEYS, name_key
 from unstuck.record.rundata import RunData
 
 __all__ = ["read_csv_log", "wandb_runs"]
@@ -33,7 +33,7 @@ PANDAS_INDEX = re.compile(r"^(|Unnamed: 0)$")
 
 def wandb_runs(header: list[str]) -> list[str]:
     """The run names of a W&B export header, in column order (empty: not a W&B export)."""
-    metrics = [h for h in header if h.lower() not in STEP_KEYS and not PANDAS_INDEX.match(h)]
+    metrics = [h for h in header if name_key(h) not in STEP_KEYS and not PANDAS_INDEX.match(h)]
     matches = [WANDB_COLUMN.match(h) for h in metrics]
     if not metrics or not all(matches):
         return []
@@ -59,7 +59,7 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
         for col in header:
             if col.startswith(prefix) and not col.endswith(WANDB_BAND):
                 rename[col] = col[len(prefix) :]
-            elif col.lower() in STEP_KEYS:
+            elif name_key(col) in STEP_KEYS:
                 rename[col] = col
         meta["run"] = chosen
     elif run is not None:
