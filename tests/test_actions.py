@@ -118,23 +118,6 @@ def test_warmup_ramps_linearly_over_the_users_schedule_and_ends_without_a_jump()
     assert multiplier.value == old and multiplier.shape is None
 
 
-def test_post_norm_layers_counts_only_post_ln_torch_transformer_layers():
-    from unstuck.rescue.actions.warmup import beta2_of, post_norm_layers
-
-    def encoder(norm_first):
-        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, norm_first=norm_first)
-        return torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
-
-    assert post_norm_layers(encoder(False)) == 3
-    assert post_norm_layers(encoder(True)) == 0
-    assert post_norm_layers(tiny_mlp()) == 0
-    decoder = torch.nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
-    assert post_norm_layers(torch.nn.Sequential(encoder(True), decoder)) == 1
-    params = tiny_mlp().parameters()
-    assert beta2_of(torch.optim.AdamW(params, betas=(0.9, 0.98))) == 0.98
-    assert beta2_of(torch.optim.SGD(tiny_mlp().parameters(), lr=0.1)) is None
-
-
 # -- cyclical_bump ----------------------------------------------------------------------------
 
 

@@ -244,3 +244,38 @@ def test_gradient_snr_tells_signal_from_noise():
         snrs.append(hub.flush().signals["grad_snr"][1][0])
         hub.close()
     assert snrs[0] > 10 > 1 > snrs[1]  # clean gradients: signal ≫ noise; noisy: below it
+
+
+def test_post_norm_layers_counts_post_ln_torch_transformer_layers() -> None:
+    from unstuck.signals.architecture import beta2_of, post_norm_layers
+
+    def encoder(norm_first: bool) -> torch.nn.Module:
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, norm_first=norm_first)
+        return torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+
+    assert post_norm_layers(encoder(False)) == 3
+    assert post_norm_layers(encoder(True)) == 0
+    assert post_norm_layers(tiny_mlp()) == 0
+    decoder = torch.nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
+    assert post_norm_layers(torch.nn.Sequential(encoder(True), decoder)) == 1
+    params = tiny_mlp().parameters()
+    assert beta2_of(torch.optim.AdamW(params, betas=(0.9, 0.98))) == 0.98
+    assert beta2_of(torch.optim.SGD(tiny_mlp().parameters(), lr=0.1)) is None
+
+
+def test_post_norm_layers_knows_hugging_face_post_ln_models() -> None:
+    """BERT-style models are post-LN (``LayerNorm(hidden_states + input_tensor)``); GPT-2 is
+    pre-LN; a task head around the encoder counts the encoder's layers once."""
+    transformers = pytest.importorskip("transformers")
+    from unstuck.signals.architecture import post_norm_layers
+
+    small = {"num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 40}
+    bert = transformers.BertConfig(hidden_size=16, num_hidden_layers=3, **small)
+    assert post_norm_layers(transformers.BertModel(bert)) == 3
+    assert post_norm_layers(transformers.BertForSequenceClassification(bert)) == 3
+    gpt2 = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=40, n_positions=32)
+    assert post_norm_layers(transformers.GPT2LMHeadModel(gpt2)) == 0
+    distil = transformers.DistilBertConfig(
+        dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=40
+    )
+    assert post_norm_layers(transformers.DistilBertModel(distil)) == 2

@@ -31,7 +31,6 @@ from unstuck.record.console import ensure_console_handler, format_event_line
 from unstuck.record.recorder import Recorder
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
-from unstuck.rescue.actions.warmup import beta2_of, post_norm_layers
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -59,6 +58,7 @@ from unstuck.signals import (
     UpdateRatioTap,
     WeightNormTap,
 )
+from unstuck.signals.architecture import beta2_of, post_norm_layers
 from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, Finding, Plateau, primitive
 

@@ -12,20 +12,13 @@ from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._landscape import FLAT_STATES, loss_drop, recent_median
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import ELEVATED_UPDATE_RATIO
+from unstuck.signals.architecture import untuned_warmup_length
 from unstuck.types import Finding, Remedy
 
 # Adam-family optimizers: bias correction makes their first step ≈ lr·sign(g) per weight, the
 # step warm-up exists to tame (Liu et al. 2020). RAdam rectifies those steps itself (it *is* a
 # warm-up), Adagrad and Adadelta have no β₂ average to settle, so they are left out.
 WARMUP_OPTIMIZERS = frozenset({"Adam", "AdamW", "NAdam", "Adamax"})
-ADAM_BETA2 = 0.999  # Kingma & Ba 2015's default, when the optimizer's own β₂ is not known
-
-
-def untuned_length(beta2: float | None) -> int:
-    """Ma & Yarats 2021's untuned linear warm-up, 2 / (1 − β₂) steps (2,000 at β₂ = 0.999)."""
-    if beta2 is None or not 0.0 <= beta2 < 1.0:
-        beta2 = ADAM_BETA2
-    return max(2, round(2.0 / (1.0 - beta2)))
 
 
 def _lr_rose(ev: Evidence, since: int) -> bool | None:
@@ -100,7 +93,7 @@ class MissingWarmup(Rule):
         confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.9))
         snr = recent_median(ev, "grad_snr")
         beta2 = ev.get("optimizer_beta2")
-        length = untuned_length(float(beta2) if isinstance(beta2, (int, float)) else None)
+        length = untuned_warmup_length(float(beta2) if isinstance(beta2, (int, float)) else None)
         return Finding(
             cause=self.code,
             confidence=round(confidence, 4),

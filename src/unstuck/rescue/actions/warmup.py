@@ -4,35 +4,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-
 from unstuck.rescue.actions._params import check_keys, integer
 from unstuck.rescue.base import Action, Controls
+from unstuck.signals.architecture import untuned_warmup_length
 
 # Ma & Yarats 2021 ("On the adequacy of untuned warmup for adaptive optimization"): a linear
 # warm-up over 2·(1 − β₂)⁻¹ steps; with Adam's default β₂ = 0.999 that is 2,000 steps.
-DEFAULT_LENGTH = 2000
-
-
-def beta2_of(optimizer: torch.optim.Optimizer) -> float | None:
-    """The second-moment decay β₂ of an Adam-family optimizer (its first group's ``betas``);
-    ``None`` for optimizers without one."""
-    betas = optimizer.param_groups[0].get("betas") if optimizer.param_groups else None
-    if isinstance(betas, (tuple, list)) and len(betas) == 2:
-        try:
-            return float(betas[1])
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-def post_norm_layers(model: torch.nn.Module) -> int:
-    """How many of ``model``'s torch Transformer layers normalise after the residual (post-LN,
-    ``norm_first=False``): the layout that needs a warm-up (Xiong et al. 2020)."""
-    layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
-    return sum(
-        1 for m in model.modules() if isinstance(m, layers) and not getattr(m, "norm_first", False)
-    )
+DEFAULT_LENGTH = untuned_warmup_length(None)
 
 
 class Warmup(Action):
