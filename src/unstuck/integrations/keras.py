@@ -55,7 +55,7 @@ from unstuck.integrations.loop import (
     NOTABLE_STATES,
 )
 from unstuck.record.console import LOGGER_NAME, ensure_console_handler, format_event_line
-from unstuck.record.recorder import Recorder, make_sinks
+from unstuck.record.recorder import Recorder, make_sinks, state_payload
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, Snapshot, make_policy
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -823,17 +823,8 @@ class UnstuckCallback(_Callback):
         changed = state != before
         plateau = self.detectors[series].current
         if changed:
-            self._record_event(
-                "state",
-                step,
-                {
-                    "series": series,
-                    "from": before,
-                    "to": state,
-                    "plateau": plateau.to_dict() if plateau else None,
-                    "stats": primitive(self.detectors[series].stats()),
-                },
-            )
+            stats = self.detectors[series].stats()
+            self._record_event("state", step, state_payload(series, before, state, plateau, stats))
         for finding in findings:
             self._record_event("finding", step, finding.to_dict())
         notable = state in NOTABLE_STATES or before in NOTABLE_STATES

@@ -28,7 +28,7 @@ from unstuck.diagnose import EvidenceBuilder, run_rules
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line
-from unstuck.record.recorder import Recorder
+from unstuck.record.recorder import Recorder, state_payload
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
@@ -636,17 +636,8 @@ class Guard:
         plateau = detector.current
         changed = state != before
         if changed:
-            self._record_event(
-                "state",
-                step,
-                {
-                    "series": series,
-                    "from": before,
-                    "to": state,
-                    "plateau": plateau.to_dict() if plateau else None,
-                    "stats": primitive(detector.stats()),
-                },
-            )
+            payload = state_payload(series, before, state, plateau, detector.stats())
+            self._record_event("state", step, payload)
         events = self._engine.verify(step, self._loss_history()) if series == "train" else []
         if any(
             kind == "action_outcome" and p.get("outcome") == "rolled_back" for kind, p in events

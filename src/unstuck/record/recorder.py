@@ -14,8 +14,9 @@ from typing import Any
 
 from unstuck.record.console import LOGGER_NAME
 from unstuck.record.store import RunStore
+from unstuck.types import Plateau, primitive
 
-__all__ = ["Recorder", "make_sinks"]
+__all__ = ["Recorder", "make_sinks", "state_payload"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -50,6 +51,20 @@ def make_sinks(owner: str, tensorboard: Any, mlflow: Any, *, build: bool = True)
             f"{owner}: mlflow must be True, False or an MlflowSink, got {type(mlflow).__name__}"
         )
     return sinks
+
+
+def state_payload(
+    series: str, before: str, state: str, plateau: Plateau | None, stats: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The payload of a ``state`` event: the detector of ``series`` went from ``before`` to
+    ``state``, with the plateau it holds open (if any) and its statistics."""
+    return {
+        "series": series,
+        "from": before,
+        "to": state,
+        "plateau": plateau.to_dict() if plateau else None,
+        "stats": primitive(stats),
+    }
 
 
 class Recorder:
