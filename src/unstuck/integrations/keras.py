@@ -369,8 +369,8 @@ class UnstuckCallback(_Callback):
                 f"UnstuckCallback: run_dir must be a directory path, got {type(run_dir).__name__}"
             )
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self._meta = dict(meta or {})
         self._record_options: dict[str, Any] = {
-            "meta": dict(meta or {}),
             "tensorboard": tensorboard,
             "mlflow": mlflow,
             "report": report,
@@ -508,14 +508,15 @@ class UnstuckCallback(_Callback):
             state, self._loaded = self._loaded, None
             self.load_state_dict(state)
         if self._recorder is None:
-            options = dict(self._record_options)
             meta = {
                 "policy": self._policy.name,
                 "framework": "keras",
                 "keras_backend": str(keras.backend.backend()),
-                **options.pop("meta"),
+                **self._meta,
             }
-            self._recorder = Recorder("UnstuckCallback", self.run_dir, meta=meta, **options)
+            self._recorder = Recorder(
+                "UnstuckCallback", self.run_dir, meta=meta, **self._record_options
+            )
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._previous_mean = 0.0
@@ -707,7 +708,9 @@ class UnstuckCallback(_Callback):
         self._all_steps += steps
         self._all_values += values
         taps = self._take_taps()
-        self._log_metrics(self._metric_rows(step, steps, values, taps))
+        # The user's own LR (the multiplier is not theirs), read once for the store and the rules.
+        user_lr = None if self._lr.variable is None else _scalar(self._lr.variable.value)
+        self._log_metrics(self._metric_rows(step, steps, values, taps, user_lr))
         if engine.probing:
             # Probe steps feed neither detection nor diagnosis: a sweep's blow-up is not the
             # run's own trajectory (the Guard's rule).
@@ -718,7 +721,7 @@ class UnstuckCallback(_Callback):
             if acted:
                 logger.info(format_event_line(step, actions=acted))
         elif steps:
-            self._detect_train(step, steps, values, taps, final)
+            self._detect_train(step, steps, values, taps, user_lr, final)
         self._next_flush = self.batches + (engine.flush_hint(step) or self.flush_every)
         if self._recorder is not None:
             self._recorder.flush(wait=False)  # committed by the store's writer thread
@@ -729,6 +732,7 @@ class UnstuckCallback(_Callback):
         steps: list[int],
         values: list[float],
         taps: dict[str, tuple[list[int], list[float]]],
+        user_lr: float | None,
         final: bool,
     ) -> None:
         engine = self._engine
@@ -741,8 +745,7 @@ class UnstuckCallback(_Callback):
         self._evidence.set("nonfinite_loss_total", self._nonfinite_total)
         for name, (s, v) in taps.items():
             self._evidence.add_series(name, s, v)
-        if self._lr.variable is not None:  # the user's own LR: the multiplier is not theirs
-            user_lr = _scalar(self._lr.variable.value)
+        if user_lr is not None:
             self._evidence.add_series("lr/0", [step], [user_lr])
         detector = self.detectors["train"]
         before = detector.state
@@ -799,6 +802,7 @@ class UnstuckCallback(_Callback):
         steps: list[int],
         values: list[float],
         taps: Mapping[str, tuple[list[int], list[float]]],
+        user_lr: float | None,
     ) -> list[tuple[str, int, float]]:
         """What a flush records, under the Guard's names: every recovered batch loss (range-test
         batches too, as the Guard records its probe steps), the taps, the user's LR and
@@ -806,8 +810,8 @@ class UnstuckCallback(_Callback):
         rows = [("loss", s, v) for s, v in zip(steps, values)]
         for name, (tap_steps, tap_values) in taps.items():
             rows += [(name, s, v) for s, v in zip(tap_steps, tap_values)]
-        if self._lr.variable is not None:
-            rows.append(("lr/0", step, _scalar(self._lr.variable.value)))
+        if user_lr is not None:
+            rows.append(("lr/0", step, user_lr))
         rows.append(("lr_multiplier", step, self._lr.value))
         return rows
 
