@@ -14,6 +14,9 @@ what happened::
 ``unstuck.integrations.<framework>``.
 """
 
+import importlib
+from types import ModuleType
+
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import explain
 from unstuck.integrations.loop import Guard
@@ -33,3 +36,22 @@ __all__ = [
     "__version__",
     "explain",
 ]
+
+# Subpackages reachable as attributes after a bare ``import unstuck`` (PEP 562), e.g. the
+# documented one-liner ``unstuck.integrations.keras.UnstuckCallback()``; each is imported on first
+# use only, so ``import unstuck`` stays torch-and-numpy light.
+_SUBPACKAGES = frozenset(
+    {"analyze", "detect", "diagnose", "integrations", "plugins", "record", "rescue", "signals"}
+)
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Import a subpackage on first attribute access instead of at ``import unstuck``."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """List the lazy subpackages too, so completion in a REPL offers them."""
+    return sorted(set(globals()) | _SUBPACKAGES)
