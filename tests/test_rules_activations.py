@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unstuck.diagnose import Evidence, get_rule, run_rules
+from unstuck.diagnose.base import ROOT_CONFIDENCE
 from unstuck.rescue import all_actions
 
 
@@ -193,6 +194,38 @@ def _layers(first, last):
 def test_vanishing_quiet_on_an_exactly_zero_first_gradient():
     assert _check("vanishing_gradients", _layers(1e-8, 1.0)) is not None
     assert _check("vanishing_gradients", _layers(0.0, 1.0)) is None
+
+
+@pytest.mark.parametrize("first_now", [0.0, 1e-12, 1e-9, 1e-6])
+def test_vanishing_collapse_during_training_is_never_a_root_cause(first_now):
+    """A first-layer gradient that was healthy at the start and collapsed (units died) ranks
+    below any root found, whether the cut left exactly 0 or a float-noise remainder."""
+    data = {**_layers(first_now, 1.0), "grad_norm_per_tensor_initial": [0.3, 1.0, 0.5, 0.2, 0.1]}
+    finding = _check("vanishing_gradients", data)
+    if finding is not None:
+        assert finding.confidence < ROOT_CONFIDENCE
+        assert finding.evidence["collapsed_during_training"] is True
+        assert finding.evidence["ratio_at_start"] == pytest.approx(1.5)
+
+
+def test_vanishing_from_the_start_keeps_its_confidence():
+    data = {**_layers(1e-9, 1.0), "grad_norm_per_tensor_initial": [1e-9, 1.0, 0.5, 0.3, 0.1]}
+    finding = _check("vanishing_gradients", data)
+    assert finding is not None and finding.confidence >= 0.9
+    assert "collapsed_during_training" not in finding.evidence
+
+
+def test_evidence_keeps_the_first_per_tensor_gradient_row_for_good():
+    from unstuck.diagnose.evidence import EvidenceBuilder
+    from unstuck.signals.hub import Frame
+
+    builder = EvidenceBuilder()
+    builder.add_frame(Frame(step=49, signals={"grad_norm_per_tensor": np.array([[1.0, 2.0]] * 3)}))
+    builder.add_frame(Frame(step=99, signals={"grad_norm_per_tensor": np.array([[0.0, 2.0]])}))
+    assert builder.build(99)["grad_norm_per_tensor_initial"] == [1.0, 2.0]
+    restored = EvidenceBuilder()
+    restored.load_state_dict(builder.state_dict())
+    assert restored.build(99)["grad_norm_per_tensor_initial"] == [1.0, 2.0]
 
 
 def test_vanishing_ranks_below_the_activation_cause_that_explains_it():

@@ -42,3 +42,38 @@ def test_scenarios_cover_the_catalog_and_the_architectures() -> None:
     assert len([s for s in SCENARIOS.values() if s.expected is not None]) >= 25
     assert {"mlp", "cnn", "transformer", "rnn"} <= {s.arch for s in SCENARIOS.values()}
     assert {"sgd", "momentum", "adam", "adamw"} <= {s.optimizer for s in SCENARIOS.values()}
+
+
+# Scenarios whose top cause sits next to a related rule (dead units and the vanishing gradient
+# they cause; an LR too low and a flat region; a healthy run and its false findings), rerun under
+# other floating-point schedules: another CPU's kernels reorder sums the same way.
+ROBUSTNESS_SAMPLE = (
+    "dead_relu_adam_high_lr",
+    "vanishing_gradients_deep_sigmoid",
+    "lr_too_low_sgd",
+    "healthy_mlp_adam",
+)
+FLOAT_SETTINGS = ((1, "medium"), (2, "high"))  # (intra-op threads, float32 matmul precision)
+
+
+@pytest.mark.parametrize(("threads", "precision"), FLOAT_SETTINGS)
+@pytest.mark.parametrize("name", ROBUSTNESS_SAMPLE)
+def test_scenario_top_cause_survives_other_threads_and_matmul_precision(
+    name: str, threads: int, precision: str
+) -> None:
+    import torch
+
+    logging.getLogger("unstuck").setLevel(logging.WARNING)
+    scenario = SCENARIOS[name]
+    saved_threads, saved_precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision(precision)
+    try:
+        ranking = scenario.run(0, True).ranking()
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.set_float32_matmul_precision(saved_precision)
+    if scenario.expected is None:
+        assert not [(c, p) for c, p in ranking if p >= 0.5], f"{name}: {ranking[:3]}"
+    else:
+        assert ranking and ranking[0][0] == scenario.expected, f"{name}: {ranking[:3]}"

@@ -23,6 +23,12 @@ INITIAL_OF = ("loss",)
 # Series whose largest per-batch median is kept for good as ``<name>_peak``: how far the
 # gradient has shrunk since its largest (lr_too_low's small steps may be a minimum's).
 PEAK_OF = ("grad_norm",)
+# Per-tensor gradient norms at the start of the run (median of the first frame's rows), kept for
+# good like ``loss_initial``: a gradient that was healthy at the start and collapsed later is a
+# symptom of something that happened in training (dying units, saturation), not of the
+# architecture (``vanishing_gradients``).
+PER_TENSOR_GRAD = "grad_norm_per_tensor"
+PER_TENSOR_GRAD_INITIAL = PER_TENSOR_GRAD + "_initial"
 
 
 class Evidence(Mapping[str, Any]):
@@ -143,6 +149,18 @@ class EvidenceBuilder:
                 self.add_series(name, value[0], value[1])
             else:
                 self._latest[name] = value
+                if name == PER_TENSOR_GRAD:
+                    self._note_initial_row(value)
+
+    def _note_initial_row(self, value: Any) -> None:
+        if PER_TENSOR_GRAD_INITIAL in self._latest:
+            return
+        rows = np.asarray(value, dtype=np.float64)
+        if rows.size == 0:
+            return
+        row = np.median(rows, axis=0) if rows.ndim == 2 else rows
+        if np.all(np.isfinite(row)):
+            self._latest[PER_TENSOR_GRAD_INITIAL] = [float(v) for v in row]
 
     def forget_after(self, step: int) -> None:
         """Drop every series point past ``step``: a restore to a snapshot taken at ``step``
@@ -172,6 +190,7 @@ class EvidenceBuilder:
             "totals": dict(self._totals),
             **{f"{n}_initial": self._latest.get(f"{n}_initial") for n in INITIAL_OF},
             **{f"{n}_peak": self._latest.get(f"{n}_peak") for n in PEAK_OF},
+            PER_TENSOR_GRAD_INITIAL: self._latest.get(PER_TENSOR_GRAD_INITIAL),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -180,6 +199,9 @@ class EvidenceBuilder:
             value = state.get(key)
             if value is not None:
                 self._latest[key] = float(value)
+        initial_row = state.get(PER_TENSOR_GRAD_INITIAL)
+        if initial_row is not None:
+            self._latest[PER_TENSOR_GRAD_INITIAL] = [float(v) for v in initial_row]
         for name, (steps, values) in state.get("series", {}).items():
             self.add_series(name, list(steps), list(values))
         self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}
