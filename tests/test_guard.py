@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -361,12 +362,199 @@ def test_non_scalar_loss_without_ids_says_how_to_pass_per_sample_losses(shape) -
         guard.step(torch.ones(shape), ids=torch.arange(3))
     with pytest.raises(ValueError, match="targets has 2 entries"):
         guard.step(torch.ones(shape), ids=torch.arange(8), targets=torch.arange(2))
-    with pytest.raises(TypeError, match="needs a tensor or a float"):
+    with pytest.raises(TypeError, match="needs the loss as a tensor or a number"):
         guard.step("0.5")  # type: ignore[arg-type]
     guard.step(0.25)  # a float is fine
     guard.step(torch.ones(1, 1))  # so is a one-element tensor
     assert guard.steps == 3
     guard.close()
+
+
+# The same numbers, in every form a loop may hold them in; each must be recorded as that value.
+SAME_LOSSES = [
+    (np.float32(0.3), float(np.float32(0.3))),
+    (np.float64(0.25), 0.25),
+    (np.int64(2), 2.0),
+    (np.array(0.5), 0.5),
+    (np.array(0.75, dtype=np.float32), 0.75),
+    (torch.tensor(0.125), 0.125),
+    (3, 3.0),
+    (0.625, 0.625),
+]
+
+
+def test_step_and_validate_take_the_same_numbers_and_record_their_value(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, flush_every=100, console=False)
+    for k, (value, _) in enumerate(SAME_LOSSES):
+        optimizer.step()
+        guard.step(value)
+        guard.validate(value, step=k)
+    guard.close()
+    metrics = read_metrics(tmp_path, names=["loss", "val_loss"])
+    expected = [v for _, v in SAME_LOSSES]
+    assert metrics["loss"][1] == pytest.approx(expected, rel=1e-7)  # float32 on the device
+    assert metrics["val_loss"] == (list(range(len(SAME_LOSSES))), expected)
+
+
+@pytest.mark.parametrize(
+    "value", ["0.5", b"0.5", True, np.bool_(False), torch.tensor(True), np.array(["0.5"])]
+)
+def test_text_and_booleans_are_refused_by_step_and_validate_in_one_line(value: object) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, optimizer, console=False)
+    with pytest.raises(TypeError, match=r"^guard.step\(loss\) needs the loss as a tensor") as info:
+        guard.step(value)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and "pass the loss tensor" in str(info.value)
+    with pytest.raises(TypeError, match=r"^Guard.validate: pass the validation loss as a") as info:
+        guard.validate(value)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and "float(val_loss)" in str(info.value)
+    assert guard.steps == 0
+    guard.close()
+
+
+def test_a_float64_validation_loss_keeps_its_range(tmp_path: pathlib.Path) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, console=False)
+    guard.validate(np.float64(1e308), step=0)
+    guard.validate(torch.tensor([1e308], dtype=torch.float64), step=1)  # no float32 cast: no inf
+    guard.validate(torch.tensor([1.0, 2.0], dtype=torch.float16), step=2)
+    guard.close()
+    assert read_metrics(tmp_path, names=["val_loss"])["val_loss"][1] == [1e308, 1e308, 1.5]
+
+
+def test_components_take_numpy_numbers_too(tmp_path: pathlib.Path) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, optimizer, run_dir=tmp_path, console=False)
+    optimizer.step()
+    guard.step(0.5, components={"ce": np.float32(0.25), "reg": np.array(0.25)})
+    with pytest.raises(TypeError, match="component 'ce' must be a tensor or a number, got str"):
+        guard.step(0.5, components={"ce": "0.25"})
+    guard.close()
+    metrics = read_metrics(tmp_path, names=["loss_component/ce", "loss_component/reg"])
+    assert metrics["loss_component/ce"][1] == [0.25]
+    assert metrics["loss_component/reg"][1] == [0.25]
+
+
+# --------------------------------------------------------------------------- silent misuse
+
+
+def _unstuck_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "unstuck" and r.levelno == logging.WARNING
+    ]
+
+
+def test_a_loop_that_never_steps_the_optimizer_is_warned_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    other = torch.optim.SGD(model.parameters(), lr=0.05)  # the loop steps this one instead
+    guard = unstuck.Guard(model, optimizer, flush_every=10, console=False)
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        _train(model, other, guard, 0, 35)
+        guard.close()
+    warned = _unstuck_warnings(caplog)
+    assert len(warned) == 1, warned  # once, not at every flush
+    assert "no optimizer.step() seen in 10 guard.step calls" in warned[0]
+    assert "on the optimizer the Guard was built with" in warned[0] and "\n" not in warned[0]
+
+
+def test_a_stepping_loop_gets_no_such_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        guard = unstuck.Guard(model, optimizer, flush_every=10, console=False)
+        _train(model, optimizer, guard, 0, 35)
+        guard.close()
+        # owned accumulation: the first flush comes before the first optimizer step
+        guard = unstuck.Guard(
+            model, optimizer, flush_every=10, accumulation_steps=16, console=False
+        )
+        for step in range(20):
+            x, y = _batch(step)
+            F.mse_loss(model(x), y).backward()
+            if guard.should_step():
+                optimizer.step()
+                optimizer.zero_grad()
+            guard.step(torch.tensor(1.0))
+        guard.close()
+    assert _unstuck_warnings(caplog) == []
+
+
+def test_an_optimizer_of_another_model_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    model, copy = tiny_mlp(), tiny_mlp()
+    optimizer = torch.optim.SGD(copy.parameters(), lr=0.05)  # built on the wrong model
+    with caplog.at_level(logging.WARNING, logger="unstuck"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one clear warning replaces the list of names
+        guard = unstuck.Guard(model, optimizer, console=False)
+    warned = _unstuck_warnings(caplog)
+    assert len(warned) == 1
+    assert "steps none of the model's parameters" in warned[0]
+    assert "Guard(model, torch.optim.Adam(model.parameters()))" in warned[0]
+    guard.close()
+
+
+def test_a_second_guard_on_an_open_guards_optimizer_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        first = unstuck.Guard(model, optimizer, console=False)
+        assert _unstuck_warnings(caplog) == []
+        second = unstuck.Guard(model, optimizer, console=False)  # a re-run notebook cell
+        warned = _unstuck_warnings(caplog)
+        assert len(warned) == 1 and "already has a Guard that was not closed" in warned[0]
+        assert "call close() on the old Guard" in warned[0]
+        first.close()
+        second.close()
+        caplog.clear()
+        third = unstuck.Guard(model, optimizer, console=False)  # both closed: nothing to say
+        assert _unstuck_warnings(caplog) == []
+        del third  # dropped without close(): its hooks stay on the optimizer
+        gc.collect()
+        fourth = unstuck.Guard(model, optimizer, console=False)
+        assert len(_unstuck_warnings(caplog)) == 1
+        fourth.close()
+    other = torch.optim.SGD(model.parameters(), lr=0.05)
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        caplog.clear()
+        unstuck.Guard(model, other, console=False).close()  # another optimizer: no warning
+    assert _unstuck_warnings(caplog) == []
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def test_close_prints_the_summary_on_the_console_and_console_false_prints_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for console in (True, False):
+        model = tiny_mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        with caplog.at_level(logging.INFO, logger="unstuck"):
+            caplog.clear()
+            guard = unstuck.Guard(model, optimizer, flush_every=10, console=console)
+            _train(model, optimizer, guard, 0, 30)
+            guard.close()
+            guard.close()  # idempotent: no second summary
+        lines = [r.getMessage() for r in caplog.records if r.name == "unstuck"]
+        summaries = [ln for ln in lines if ln.startswith("summary")]
+        if console:
+            assert summaries == ["summary after 30 steps: no plateau; nothing to change"]
+            assert guard.summary() == summaries
+        else:
+            assert summaries == []
 
 
 def test_parameters_outside_the_optimizer_warn_and_become_a_finding(
@@ -677,6 +865,9 @@ def test_console_prints_one_line_per_event_and_nothing_else(
     records = [r for r in caplog.records if r.name.startswith("unstuck")]
     assert all(r.levelno >= logging.INFO for r in records)
     lines = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    summary = lines[[ln.startswith("summary after") for ln in lines].index(True) :]
+    lines = lines[: -len(summary)]  # the event lines, then close()'s summary
+    assert summary == guard.summary()
     assert lines, "a rescued run must say something"
     expected = _expected_line_steps(tmp_path)
     assert len(lines) == len(expected)
@@ -731,7 +922,11 @@ def test_default_console_output_is_only_event_lines() -> None:
     assert n_actions > 0
     lines = proc.stderr.splitlines()
     assert lines
-    assert all(re.fullmatch(r"unstuck: step \d+ .+", ln) for ln in lines), proc.stderr
+    at = [i for i, ln in enumerate(lines) if re.match(r"unstuck: summary after \d+ steps: ", ln)]
+    assert len(at) == 1, proc.stderr  # one summary, at close, after the event lines
+    events, summary = lines[: at[0]], lines[at[0] + 1 :]
+    assert events and all(re.fullmatch(r"unstuck: step \d+ .+", ln) for ln in events), proc.stderr
+    assert 1 <= len(summary) <= 8 and all(ln.startswith("unstuck:   ") for ln in summary)
 
 
 def test_repr_and_properties_reflect_the_run() -> None:

@@ -13,8 +13,11 @@ transfer; detection, diagnosis and rescue run then, never in between.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import numbers
 import warnings
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +30,7 @@ from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
-from unstuck.record.console import ensure_console_handler, format_event_line
+from unstuck.record.console import ensure_console_handler, format_event_line, format_summary
 from unstuck.record.recorder import Recorder, state_payload
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
@@ -63,6 +66,9 @@ from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, Finding, Plateau, primitive
 
 __all__ = ["Guard"]
+
+# What guard.step and guard.validate take as a loss (also other libraries' scalars, via float()).
+LossLike = torch.Tensor | float | np.number[Any] | np.ndarray[Any, Any]
 
 logger = logging.getLogger("unstuck")
 
@@ -100,11 +106,81 @@ DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_
 NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
 
 
+# The SignalHub of every Guard not yet closed, by optimizer. A hub stays alive while its hooks
+# are on the optimizer, so a Guard dropped without close() (a re-run notebook cell) still shows.
+_OPEN_HUBS: weakref.WeakKeyDictionary[Any, weakref.WeakSet[SignalHub]] = weakref.WeakKeyDictionary()
+
+
 def _check_type(name: str, value: Any, expected: type, hint: str) -> None:
     if not isinstance(value, expected):
         raise TypeError(
             f"Guard: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
         )
+
+
+def _not_a_number(value: Any) -> bool:
+    """Text, booleans and bool arrays are never a loss, though ``float()`` takes them."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and (dtype == torch.bool or dtype == np.bool_)
+
+
+def _host_number(value: Any) -> float | None:
+    """A Python/numpy number or 0-d array as a float (no tensor: those stay on the device)."""
+    if _not_a_number(value) or isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, np.ndarray):
+        return float(value) if value.ndim == 0 and value.dtype.kind in "iuf" else None
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return None  # float() would drop the imaginary part, or refuse
+    if isinstance(value, numbers.Real) or hasattr(type(value), "__float__"):
+        try:  # Python and numpy scalars; other libraries' scalars through __float__
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return None
+
+
+def _loss_tensor(loss: Any) -> torch.Tensor:
+    """``guard.step``'s loss as a tensor: tensors as they are, numbers and numpy arrays too."""
+    if isinstance(loss, torch.Tensor) and loss.dtype != torch.bool:
+        return loss
+    number = _host_number(loss)
+    if number is not None:
+        return torch.tensor(number)  # the default dtype, as a Python float always became
+    if isinstance(loss, np.ndarray) and not _not_a_number(loss) and loss.dtype.kind in "iuf":
+        return torch.as_tensor(loss, dtype=torch.get_default_dtype())  # per-sample losses
+    raise TypeError(
+        f"guard.step(loss) needs the loss as a tensor or a number, got {type(loss).__name__} "
+        f"{_brief(loss)}; pass the loss tensor itself"
+    )
+
+
+def _validation_value(val_loss: Any) -> float:
+    """``guard.validate``'s loss as a float: the same numbers ``guard.step`` takes, averaged."""
+    if isinstance(val_loss, torch.Tensor) and not (
+        _not_a_number(val_loss) or val_loss.is_complex()
+    ):
+        t = val_loss.detach()
+        if not t.is_floating_point() or t.element_size() < 4:
+            t = t.float()  # integers and 16-bit floats average in float32; float64 stays float64
+        return float(t.mean())
+    number = _host_number(val_loss)
+    if number is not None:
+        return number
+    if isinstance(val_loss, np.ndarray) and val_loss.dtype.kind in "iuf" and val_loss.size:
+        return float(np.mean(val_loss, dtype=np.float64))
+    raise TypeError(
+        "Guard.validate: pass the validation loss as a number or a tensor, got "
+        f"{type(val_loss).__name__} {_brief(val_loss)}; pass the loss tensor or float(val_loss)"
+    )
+
+
+def _brief(value: Any) -> str:
+    """A value's repr on one short line, for an error message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _clone_batch(batch: Any) -> Any:
@@ -121,18 +197,19 @@ def _clone_batch(batch: Any) -> Any:
 def _component_tensors(components: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     out = {}
     for name, value in components.items():
-        if isinstance(value, torch.Tensor):
+        number = _host_number(value)
+        if number is not None:
+            out[str(name)] = torch.tensor(number)
+        elif isinstance(value, torch.Tensor) and not _not_a_number(value):
             if value.numel() != 1:
                 raise ValueError(
                     f"guard.step: component {name!r} has shape {tuple(value.shape)}; pass one "
                     "scalar per loss term"
                 )
             out[str(name)] = value.detach().reshape(())
-        elif isinstance(value, (int, float)):
-            out[str(name)] = torch.tensor(float(value))
         else:
             raise TypeError(
-                f"guard.step: component {name!r} must be a tensor or a float, "
+                f"guard.step: component {name!r} must be a tensor or a number, "
                 f"got {type(value).__name__}"
             )
     return out
@@ -141,22 +218,47 @@ def _component_tensors(components: Mapping[str, Any]) -> dict[str, torch.Tensor]
 class Guard:
     """Watches a training run: detects plateaus, diagnoses causes, and (optionally) rescues.
 
+    Build it after the model and optimizer, call ``guard.step(loss)`` after each
+    ``optimizer.step()``, and ``guard.close()`` (or use ``with``) at the end: close prints a
+    short summary with the change to make in your config. Every argument, with why its default
+    is what it is: ``docs/guard.md``.
+
     Args:
-        model: the module being trained (used for parameter names and snapshots).
-        optimizer: the ``torch.optim.Optimizer`` that steps it.
-        scheduler: the user's LR scheduler, if any; included in snapshots and rollbacks.
-        policy: ``"observe"`` (change nothing), ``"rescue"`` (the default ladder) or a
-            :class:`unstuck.rescue.Policy`.
+        model: the ``nn.Module`` being trained: parameter names for findings and metrics, and
+            part of every snapshot (a DDP wrapper is fine).
+        optimizer: the ``torch.optim.Optimizer`` that steps ``model``. Its param groups are the
+            watched parameters; its step hooks are where gradients and updates are read.
+        scheduler: your LR scheduler, if any. You keep calling ``scheduler.step()``; it is
+            saved in snapshots and rewound with a rolled-back action.
+        policy: ``"observe"`` (the default: detect and diagnose, change nothing), ``"rescue"``
+            (the ladder of actions), ``"branch"`` (the ladder with branch trials), a list of
+            action names or ``(name, params)`` pairs, or a :class:`unstuck.rescue.Policy`.
         run_dir: directory for the run store (``unstuck.sqlite``); ``None`` touches no disk.
-        dataset_size: number of distinct samples, to check epoch coverage when ``ids`` are given.
+        dataset_size: number of distinct samples, to check epoch coverage when ``ids`` are given
+            to ``step`` (the ``truncated_data`` and ``repeated_data`` rules).
         scaler: a ``torch.amp.GradScaler``, included in snapshots; its scale and skipped steps
-            are signals for the precision-underflow rule.
-        flush_every: steps between host transfers (and between decisions).
+            are signals for the ``precision_underflow`` rule.
+        flush_every: ``guard.step`` calls between host transfers, and so between decisions.
+        grad_norm_every: optimizer steps between per-tensor gradient norm samples.
+        update_ratio_every: optimizer steps between update/weight ratio samples (each copies
+            the parameters before the step).
+        distance_every: optimizer steps between samples of the parameter distance from the
+            start (the hidden-progress signal); also taken at every flush.
+        grad_noise_every: optimizer steps between gradient signal-to-noise samples.
+        activation_every: ``guard.step`` calls between activation statistics (forward hooks,
+            armed only for that step's forward): dead units, saturation, output scales.
+        optimizer_state_every: optimizer steps between reads of the optimizer's state (Adam's
+            second moments, state lost at step > 0).
+        precision_every: optimizer steps between counts of zero/subnormal gradients and
+            unchanged 16-bit weights.
         loss_fn: ``loss_fn(model(inputs), targets)`` recomputes the loss on a batch kept from
-            ``guard.step(loss, batch=(inputs, targets))``; the curvature probe needs it (or
-            ``probe_fn``).
-        probe_fn: ``probe_fn(model) -> loss`` recomputes a loss on data of your choice; takes
-            precedence over ``loss_fn``.
+            ``guard.step(loss, batch=(inputs, targets))``: for the curvature probe and, under an
+            acting policy, to score branch trials.
+        probe_fn: ``probe_fn(model) -> loss`` recomputes a loss on data of your choice for the
+            curvature probe; takes precedence over ``loss_fn``.
+        curvature_hvps: Hessian-vector products per curvature probe (each ~2 backward passes).
+        horizon: steps an action runs before it is judged (kept or rolled back).
+        cooldown: steps after a kept action before the next one may be taken.
         accumulation_steps: let unstuck own gradient accumulation: the loop calls
             ``guard.should_step()`` before ``optimizer.step()``, and unstuck averages the summed
             gradients itself (do not divide the loss). Lets the rescue change the effective batch.
@@ -170,6 +272,17 @@ class Guard:
             at close); a :class:`unstuck.record.sinks.MlflowSink` to choose the run yourself.
         report: write ``run_dir/report.html`` at ``close()`` (needs plotly; skipped with a note
             when it is missing). Only with a ``run_dir``.
+        console: print one line per notable event and a summary at ``close()`` through the
+            ``unstuck`` logger, which is set to INFO unless you set its level yourself (a
+            stderr handler is added only when no handler is configured). ``False`` leaves
+            logging configuration alone and prints no summary.
+        detector_options: keyword arguments for both plateau detectors (train and validation),
+            e.g. ``{"epsilon": 0.05}``.
+        meta: a JSON-encodable mapping stored as run metadata (with ``policy``).
+
+    Misuse that would leave the Guard blind is a one-line ``unstuck`` warning: an optimizer
+    that steps none of the model's parameters, no ``optimizer.step()`` seen by the first flush,
+    and a second Guard built on an optimizer whose previous Guard was never closed.
 
     Under ``torch.distributed`` with more than one rank (DDP), build a Guard on every rank after
     ``init_process_group``: the loss is averaged over ranks at each flush, rank 0 diagnoses, and
@@ -234,6 +347,8 @@ class Guard:
         self._sync = RankSync.create()
         self._lead = self._sync is None or self._sync.lead
         self._late_dist_warned = False
+        self._no_step_warned = False
+        self._console = bool(console)
         if console and self._lead:
             ensure_console_handler()
 
@@ -306,7 +421,9 @@ class Guard:
             if self._accumulation.owned
             else None
         )
+        self._warn_if_already_guarded(optimizer)
         self._hub = SignalHub(model, optimizer, taps)
+        _OPEN_HUBS.setdefault(optimizer, weakref.WeakSet()).add(self._hub)
         if self._accumulation.owned:
             self._hub.ctx.intended_opt_steps = 0
         if "distance_scale" not in options:
@@ -384,14 +501,29 @@ class Guard:
             "diagnoses but leaves its LR alone (LR actions are skipped with this reason)"
         )
 
+    def _warn_if_already_guarded(self, optimizer: torch.optim.Optimizer) -> None:
+        """A second Guard on one optimizer (a re-run notebook cell) while the first is open:
+        both sets of hooks measure every step, and both may act on the LR."""
+        if self._lead and any(True for _ in _OPEN_HUBS.get(optimizer, ())):
+            logger.warning(
+                "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
+                "still run on every step; call close() on the old Guard (or use `with "
+                "unstuck.Guard(...)`), or re-create the optimizer, before building a new one"
+            )
+
     def _params_outside_optimizer(self) -> list[str]:
         in_optimizer = {id(p) for p in self._hub.ctx.params}
-        missing = [
-            name
-            for name, p in self.model.named_parameters()
-            if p.requires_grad and id(p) not in in_optimizer
-        ]
-        if missing:
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        missing = [name for name, p in trainable if id(p) not in in_optimizer]
+        if trainable and len(missing) == len(trainable):
+            # Not a few forgotten tensors: the optimizer belongs to another model (or a copy).
+            if self._lead:
+                logger.warning(
+                    "unstuck: the optimizer given to the Guard steps none of the model's "
+                    "parameters; pass the model being trained and the optimizer built from its "
+                    "parameters(), e.g. Guard(model, torch.optim.Adam(model.parameters()))"
+                )
+        elif missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             warnings.warn(
                 f"unstuck: {len(missing)} parameter tensors require grad but are in no optimizer "
@@ -403,7 +535,7 @@ class Guard:
     # -- the user's calls ---------------------------------------------------------------------
     def step(
         self,
-        loss: torch.Tensor | float,
+        loss: LossLike,
         *,
         ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
@@ -412,7 +544,8 @@ class Guard:
     ) -> None:
         """Record this step's loss (after ``optimizer.step()``). No host sync happens here.
 
-        ``loss`` is the scalar training loss, or per-sample losses (``reduction="none"``)
+        ``loss`` is the scalar training loss (a tensor, or a Python or numpy number or 0-d
+        array; text and booleans are refused), or per-sample losses (``reduction="none"``)
         together with ``ids`` (dataset indices) and optionally ``targets`` (class labels).
         ``batch=(inputs, targets)`` lets the Guard keep a probe batch now and then (with
         ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
@@ -420,14 +553,7 @@ class Guard:
         """
         if self._closed:
             raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
-        if not isinstance(loss, torch.Tensor):
-            if isinstance(loss, (int, float)):
-                loss = torch.tensor(float(loss))
-            else:
-                raise TypeError(
-                    f"guard.step(loss) needs a tensor or a float, got {type(loss).__name__}"
-                )
-        loss = loss.detach()
+        loss = _loss_tensor(loss).detach()
         if loss.ndim == 0:
             pass  # the usual scalar loss: nothing to reshape (a view costs ~1 µs per step)
         elif loss.numel() == 1:
@@ -523,23 +649,17 @@ class Guard:
             )
         return tensor
 
-    def validate(self, val_loss: torch.Tensor | float, step: int | None = None) -> None:
-        """Record a validation loss (a host read: call it when you evaluate, not every step)."""
+    def validate(self, val_loss: LossLike, step: int | None = None) -> None:
+        """Record a validation loss (a host read: call it when you evaluate, not every step).
+
+        ``val_loss``: the numbers ``guard.step`` takes (a tensor, a Python or numpy number, a
+        numpy array); one with several elements is averaged. Text and booleans are refused.
+        """
         if self._closed:
             raise RuntimeError(
                 "Guard.validate() after close(): create a new Guard to keep monitoring"
             )
-        try:
-            value = (
-                float(val_loss.detach().float().mean())
-                if isinstance(val_loss, torch.Tensor)
-                else float(val_loss)
-            )
-        except (TypeError, ValueError):
-            raise TypeError(
-                "Guard.validate: pass the validation loss as a number or a tensor, got "
-                f"{type(val_loss).__name__} {val_loss!r:.60}"
-            ) from None
+        value = _validation_value(val_loss)
         at = max(self._hub.step - 1, 0) if step is None else int(step)
         if self._sync is not None:
             at, value = self._sync.mean_value(at, value)  # every rank calls validate
@@ -583,6 +703,7 @@ class Guard:
                 "ranks decide on their own losses; build the Guard after init_process_group"
             )
         step = max(frame.step - 1, 0)
+        self._warn_if_no_optimizer_step()
         self._flushed_at = self._hub.step
         self._log_metrics(self._metric_rows(frame.signals, step))
         loss = frame.signals.get("loss")
@@ -602,6 +723,21 @@ class Guard:
             self._detect_train(step, loss, frame.signals)
         self._next_flush = self._hub.step + (self._engine.flush_hint(step) or self.flush_every)
         self._recorder.flush(wait=False)  # committed by the writer thread, off the step
+
+    def _warn_if_no_optimizer_step(self) -> None:
+        """Every signal but the loss comes from the optimizer's step hooks: a loop that never
+        steps this optimizer (or steps another one) is watched half blind, so say so once."""
+        hub = self._hub
+        if self._no_step_warned or hub.opt_steps or hub.step < self._accumulation.steps:
+            return
+        self._no_step_warned = True
+        if self._lead:
+            logger.warning(
+                "unstuck: no optimizer.step() seen in %d guard.step calls; call "
+                "optimizer.step() before guard.step(loss), on the optimizer the Guard was "
+                "built with",
+                hub.step,
+            )
 
     def _detect_train(self, step: int, loss: Any, signals: Mapping[str, Any]) -> None:
         frame_signals = signals
@@ -664,6 +800,7 @@ class Guard:
                 plateau=plateau,
                 findings=new_findings,
                 actions=acted,
+                lrs=self._config_lrs() if new_findings else (),
             )
             logger.info(line)
         elif changed:
@@ -735,10 +872,16 @@ class Guard:
             continuous_only=state not in DIAGNOSE_ON,
             known_roots=self._finding_log.roots(step),
         )
-        return [
-            Finding(**{**f.__dict__, "series": series}) if f.series != series else f
-            for f in findings
-        ]
+        multiplier = self._lr.value
+        stamped = []
+        for f in findings:
+            changes: dict[str, Any] = {"series": series} if f.series != series else {}
+            if multiplier != 1.0:
+                # A remedy's LR factor is relative to the LR the run had when found, which
+                # unstuck's multiplier was part of: the console turns it into an LR to try.
+                changes["evidence"] = {**f.evidence, "lr_multiplier": multiplier}
+            stamped.append(dataclasses.replace(f, **changes) if changes else f)
+        return stamped
 
     def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
         self._recorder.log_event(kind, step, payload)
@@ -888,6 +1031,31 @@ class Guard:
         )
         self._val_points = int(state.get("val_points", 0))
 
+    def summary(self) -> list[str]:
+        """The end-of-run summary ``close()`` prints: plateaus, the top findings with the change
+        each asks for, the actions and their verdicts, and the LR to put in your config after a
+        kept LR rescue. One string per line."""
+        return format_summary(
+            self._hub.step,
+            plateaus=self.plateaus,
+            findings=self._finding_log.findings,
+            actions=self._actions,
+            lrs=self._config_lrs(),
+            lr_multiplier=self._lr.value,
+            policy=self._policy.name,
+        )
+
+    def _config_lrs(self) -> list[float]:
+        """Each param group's LR as your config sets it (a scheduler's ``initial_lr``, else the
+        group's ``lr``), without unstuck's multiplier. A host read: at a flush or close only."""
+        lrs = []
+        for group in self.optimizer.param_groups:
+            try:
+                lrs.append(float(group.get("initial_lr", group["lr"])))
+            except (TypeError, ValueError, RuntimeError):
+                return []
+        return lrs
+
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Run the pipeline on the last partial window, then release hooks and the store."""
@@ -900,8 +1068,12 @@ class Guard:
             # A run that ends inside a probe is put back; a pending action is judged on what
             # there is, and undone if it already shows harm.
             self._emit(step, "train", self._engine.finish(step, self._loss_history()))
+            if self._console and self._lead:
+                for line in self.summary():
+                    logger.info(line)
         finally:
             self._closed = True
+            _OPEN_HUBS.get(self.optimizer, weakref.WeakSet()).discard(self._hub)
             self._hub.close()
             self._lr.close()
             self._engine.close()
