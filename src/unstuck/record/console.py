@@ -271,11 +271,10 @@ def format_summary(
     """The end-of-run summary, one string per console line (the first one is the header).
 
     What happened (plateaus), why (the top findings, each with its change), what unstuck did
-    (actions and their verdicts) and, when unstuck's LR multiplier (``lr_multiplier``, at the
-    end of the run) ended away from 1, the LR to
-    put in the config so the next run starts where this one was rescued to. Under
-    ``policy="observe"`` a closing line says that the changes listed are the user's to make. A
-    run with nothing to report is one line.
+    (actions and their verdicts) and, when unstuck's LR multiplier at the end of the run
+    (``lr_multiplier``) is not 1, the LR to put in the config so that the next run starts where
+    this one was rescued to. Under ``policy="observe"`` a closing line says that the changes
+    listed are the user's to make. A run with nothing to report is one line.
     """
     head = f"summary after {steps} steps: {_plateaus_text(plateaus)}"
     if not findings and not actions:
