@@ -581,6 +581,62 @@ def test_few_snippets_are_skipped() -> None:
     assert len(PYTHON) >= 25  # the parser still finds the blocks
 
 
+# ------------------------------------------------------------------------------------ the pages
+
+
+def test_no_page_points_at_files_a_reader_does_not_have() -> None:
+    """REFERENCE.md and DESIGN.md were working notes beside the repository; the docs cite
+    docs/references.md instead."""
+    stale = re.compile(r"\b(REFERENCE|DESIGN)(\.md\b|'s\b|\s+§)")
+    hits = [
+        f"{page.relative_to(ROOT)}:{n}: {line.strip()}"
+        for page in PAGES
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if stale.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, and a
+    -1, -2 ... suffix on repeats; headings inside fences do not count."""
+    anchors: set[str] = set()
+    in_fence = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if in_fence or heading is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading[1].lower()).replace(" ", "-")
+        candidate, n = slug, 0
+        while candidate in anchors:
+            n += 1
+            candidate = f"{slug}-{n}"
+        anchors.add(candidate)
+    return anchors
+
+
+def test_relative_links_and_anchors_resolve() -> None:
+    """A link between pages (``guard.md#constructor``) lands on a file and a heading that exist,
+    so a renamed heading or a moved page is caught."""
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(ROOT)} -> {target}"
+            if not resolved.exists():
+                broken.append(f"{where}: no such file")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(f"{where}: no such heading")
+    assert not broken, "\n".join(broken)
+
+
 # ------------------------------------------------------------------------------------ the shell
 
 
