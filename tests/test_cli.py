@@ -63,8 +63,36 @@ def test_demo_help_names_every_option(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     for option in ("--task", "--steps", "--seed", "--run-dir", "--quick", "--json"):
         assert option in out
-    for task in TASKS:
-        assert task in out  # the task choices are listed
+    for name, task in TASKS.items():
+        assert name in out  # the task choices are listed
+        assert task.description in out  # and described, with their step counts
+        assert f"{task.steps} steps ({task.quick_steps} with --quick)" in out
+
+
+def test_explain_a_cause_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "lr-too-low"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lr_too_low: ")
+    assert unstuck.explain("lr_too_low").splitlines()[2][:40] in out
+
+
+def test_explain_without_a_cause_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    from unstuck.diagnose import all_rules
+
+    assert main(["explain"]) == 0
+    out = capsys.readouterr().out
+    for code in all_rules():
+        assert f"  {code} " in out
+
+
+def test_explain_an_unknown_cause_is_one_line_with_a_suggestion(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["explain", "lr_to_low"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "did you mean lr_too_low" in err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,6 +170,8 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
         "seed",
         "without",
         "with_unstuck",
+        "rlrop",
+        "overhead",
         "plateaus",
         "findings",
         "actions",
@@ -151,14 +181,29 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
     assert result["task"] == DEFAULT_TASK
     assert result["steps"] == DEMO_STEPS
     assert result["seed"] == 3
-    for run in (result["without"], result["with_unstuck"]):
-        assert set(run) == {"train_loss", "val_loss", "val_accuracy", "wall_s"}
+    for run in (result["without"], result["with_unstuck"], result["rlrop"]):
+        assert set(run) == {
+            "train_loss",
+            "val_loss",
+            "val_accuracy",
+            "wall_s",
+            "step_ms",
+            "guard_s",
+        }
+        assert run["step_ms"] > 0
+        assert run["step_ms"] * DEMO_STEPS / 1000 <= run["wall_s"] * 1.5  # a median of real steps
         assert math.isfinite(run["train_loss"])
         assert run["train_loss"] > 0
         assert math.isfinite(run["val_loss"])
         assert run["val_loss"] > 0
         assert 0.0 <= run["val_accuracy"] <= 1.0
         assert run["wall_s"] > 0
+    assert result["without"]["guard_s"] == result["rlrop"]["guard_s"] == 0.0
+    assert 0.0 < result["with_unstuck"]["guard_s"] < result["with_unstuck"]["wall_s"]
+    overhead = result["overhead"]
+    assert overhead["median_step_ratio"] == pytest.approx(
+        result["with_unstuck"]["step_ms"] / result["without"]["step_ms"]
+    )
     for p in result["plateaus"]:
         assert {"series", "start", "end", "kind", "confidence"} <= set(p)
     for f in result["findings"]:
@@ -198,6 +243,38 @@ def test_demo_store_matches_the_json(demo_run) -> None:
     assert stored == [f["cause"] for f in result["findings"]]
 
 
+def test_demo_run_carries_the_unguarded_curves_for_the_report(demo_run) -> None:
+    """The run as written is drawn beside the guarded one: its curves travel in the metadata
+    (never among the run's own metrics, which the rules read) and load as compare/ series."""
+    from unstuck.record.rundata import load_run
+
+    cwd, result = demo_run
+    assert "compare/loss" not in read_metrics(cwd / "out")
+    run = load_run(cwd / "out")
+    assert "reference_curves" not in run.meta
+    steps, values = run.series["compare/loss"]
+    assert list(steps) == list(range(DEMO_STEPS))  # below the 1,000-point cap: every step
+    assert all(math.isfinite(v) for v in values)
+    # The unguarded run ends where the JSON says: its last 100 losses average to train_loss.
+    assert float(values[-100:].mean()) == pytest.approx(result["without"]["train_loss"], rel=1e-5)
+    val_steps, _ = run.series["compare/val_loss"]
+    assert len(val_steps) == 20
+
+
+def test_reference_curves_are_downsampled_by_block_means() -> None:
+    from unstuck.record.rundata import MAX_REFERENCE_POINTS, reference_curves_meta
+
+    n = 4 * MAX_REFERENCE_POINTS + 3
+    curve = reference_curves_meta({"compare/loss": (range(n), [float(i) for i in range(n)])})
+    kept = curve["reference_curves"]["compare/loss"]
+    assert len(kept["steps"]) <= MAX_REFERENCE_POINTS
+    assert kept["steps"][0] == 4 and kept["values"][0] == pytest.approx(2.0)  # mean of 0..4
+    assert kept["steps"][-1] == n - 1
+    assert kept["values"][-1] == pytest.approx((n - 3 + n - 1) / 2)  # the short last block
+    with pytest.raises(ValueError, match="2 steps but 1 values"):
+        reference_curves_meta({"compare/loss": ([0, 1], [1.0])})
+
+
 def test_demo_human_output_and_run_dir_none(
     capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, monkeypatch
 ) -> None:
@@ -209,5 +286,7 @@ def test_demo_human_output_and_run_dir_none(
     assert "200 steps, seed 0" in out
     assert "without" in out
     assert "with unstuck" in out
+    assert "ReduceLROnPlateau" in out
+    assert "ms on the median step" in out
     assert "run store:" not in out
     assert os.listdir(tmp_path) == []  # 'none' records nothing

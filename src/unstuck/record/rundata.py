@@ -21,7 +21,35 @@ import numpy as np
 
 from unstuck.types import ActionRecord, Finding, Plateau
 
-__all__ = ["RunData", "load_run"]
+__all__ = ["REFERENCE_CURVES_KEY", "RunData", "load_run", "reference_curves_meta"]
+
+# A run's metadata may carry reference curves to draw beside its own series: the same model
+# trained without unstuck (``unstuck demo``), or a baseline the user ran. They are kept in the
+# metadata, not among the run's metrics, so no rule or detector ever reads them as the run.
+REFERENCE_CURVES_KEY = "reference_curves"
+MAX_REFERENCE_POINTS = 1000  # points kept per reference curve (block means beyond it)
+
+
+def reference_curves_meta(curves: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Metadata entry for ``Guard(meta=...)`` that holds reference curves, downsampled.
+
+    ``curves`` maps a series name (``compare/loss``, ``compare/val_loss``) to ``(steps,
+    values)``; :func:`load_run` turns each back into a series of that name.
+    """
+    out: dict[str, Any] = {}
+    for name, (steps, values) in curves.items():
+        s = np.asarray(steps, dtype=np.float64).reshape(-1)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if s.size != v.size:
+            raise ValueError(f"reference curve {name!r}: {s.size} steps but {v.size} values")
+        block = max(1, -(-s.size // MAX_REFERENCE_POINTS))
+        if block > 1:
+            # Block means, each dated at its last step; a short last block is kept as it is.
+            starts = np.arange(0, s.size, block)
+            v = np.add.reduceat(v, starts) / np.diff(np.append(starts, s.size))
+            s = s[np.minimum(starts + block, s.size) - 1]
+        out[name] = {"steps": [int(x) for x in s], "values": [float(x) for x in v]}
+    return {REFERENCE_CURVES_KEY: out}
 
 
 @dataclass
@@ -95,9 +123,17 @@ def load_run(path: str | os.PathLike[str], run_id: str | None = None) -> RunData
     source = os.fspath(path)
     if os.path.basename(source) == STORE_FILENAME:
         source = os.path.dirname(source) or "."
+    curves = meta.pop(REFERENCE_CURVES_KEY, None)
     run = RunData(source=source, format="unstuck", meta=meta)
     for name, (steps, values) in read_metrics(path, rid).items():
         run.add_series(name, steps, values)
+    if isinstance(curves, dict):
+        for name, curve in curves.items():
+            if isinstance(curve, dict) and name not in run.series:
+                try:
+                    run.add_series(str(name), curve.get("steps", []), curve.get("values", []))
+                except (TypeError, ValueError):
+                    continue  # a malformed reference curve is left out, never fatal
     _apply_events(run, read_events(path, rid))
     return run
 
