@@ -4,10 +4,10 @@ readers for what the report and screenshots hold (no test collected here)."""
 from __future__ import annotations
 
 import base64
-import json
 import pathlib
 import re
 import struct
+import xml.etree.ElementTree as ET
 import zlib
 from typing import Any
 
@@ -53,24 +53,101 @@ def guarded_run(run_dir: pathlib.Path | None, **guard_kw: Any) -> unstuck.Guard:
     return guard
 
 
-_FIGURE = re.compile(r"var f = (\{.*?\});\nPlotly\.newPlot\(\"(fig-\d+)\"", re.S)
+_SVG = re.compile(r"<svg\b.*?</svg>", re.S)
 
 
-def figures(page: str) -> dict[str, dict[str, Any]]:
-    """Every plot's JSON in a report, by div id."""
-    return {fig_id: json.loads(body) for body, fig_id in _FIGURE.findall(page)}
+def charts(page: str) -> dict[str, ET.Element]:
+    """Every chart (an inline ``<svg>``) of a report, parsed as XML, by id, in page order."""
+    out = {}
+    for text in _SVG.findall(page):
+        svg = ET.fromstring(text)
+        out[svg.attrib["id"]] = svg
+    return out
 
 
-def array(value: Any) -> np.ndarray:
-    """A trace's x / y / z as numpy: plotly writes numpy arrays as base64 typed arrays."""
-    if isinstance(value, dict) and "bdata" in value:
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = value.get("shape")
-        if shape:
-            dims = [int(d) for d in str(shape).split(",")]
-            return flat.reshape(dims)
-        return flat
-    return np.asarray(value, dtype=np.float64)
+def of_kind(page: str, kind: str) -> list[ET.Element]:
+    """The charts whose ``data-chart`` is ``kind`` ("loss", "lr", "heatmap", ...)."""
+    return [c for c in charts(page).values() if c.attrib.get("data-chart") == kind]
+
+
+def groups(svg: ET.Element, cls: str) -> list[ET.Element]:
+    """The ``<g>`` elements of ``svg`` whose class list holds ``cls``."""
+    return [g for g in svg.iter("g") if cls in g.attrib.get("class", "").split()]
+
+
+def series(svg: ET.Element, label: str) -> ET.Element:
+    """The line (a ``<g class="series ...">``) labelled ``label``."""
+    found = [g for g in groups(svg, "series") if g.attrib.get("data-label") == label]
+    assert len(found) == 1, [g.attrib.get("data-label") for g in groups(svg, "series")]
+    return found[0]
+
+
+def points(line: ET.Element) -> list[np.ndarray]:
+    """Each polyline of a line as an (n, 2) array of positions (a gap starts a new one)."""
+    return [
+        np.asarray([[float(v) for v in p.split(",")] for p in poly.attrib["points"].split()])
+        for poly in line.iter("polyline")
+    ]
+
+
+class Axes:
+    """Positions in a chart back to data: the frame's box and the svg's ``data-x``/``data-y``
+    ranges (``"lo hi linear|log"``)."""
+
+    def __init__(self, svg: ET.Element) -> None:
+        frame = next(r for r in svg.iter("rect") if r.attrib.get("class") == "frame")
+        self.left = float(frame.attrib["x"])
+        self.top = float(frame.attrib["y"])
+        self.right = self.left + float(frame.attrib["width"])
+        self.bottom = self.top + float(frame.attrib["height"])
+        self.svg = svg
+
+    def _range(self, name: str) -> tuple[float, float, bool]:
+        lo, hi, kind = self.svg.attrib[f"data-{name}"].split()
+        return float(lo), float(hi), kind == "log"
+
+    def log(self, name: str) -> bool:
+        return self._range(name)[2]
+
+    def _back(self, pos: np.ndarray, name: str, a: float, b: float) -> np.ndarray:
+        lo, hi, log = self._range(name)
+        if log:
+            lo, hi = np.log10(lo), np.log10(hi)
+        t = lo + (np.asarray(pos, dtype=np.float64) - a) / (b - a) * (hi - lo)
+        return np.power(10.0, t) if log else t
+
+    def x(self, pos: np.ndarray) -> np.ndarray:
+        return self._back(pos, "x", self.left, self.right)
+
+    def y(self, pos: np.ndarray, name: str = "y") -> np.ndarray:
+        return self._back(pos, name, self.bottom, self.top)
+
+
+def title(element: ET.Element) -> str:
+    """An element's hover text (its ``<title>`` child)."""
+    found = element.find("title")
+    return "" if found is None or found.text is None else found.text
+
+
+def png_indices(uri: str) -> np.ndarray:
+    """A palette PNG data URI (the heatmap's) as its rows × columns of palette indices."""
+    data = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, chunks = 8, []
+    width = height = 0
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", body)
+            assert (depth, colour) == (8, 3), (depth, colour)
+        elif kind == b"IDAT":
+            chunks.append(body)
+    raw = np.frombuffer(zlib.decompress(b"".join(chunks)), dtype=np.uint8)
+    rows = raw.reshape(height, width + 1)
+    assert (rows[:, 0] == 0).all()  # the writer uses filter type 0 (none) on every row
+    return rows[:, 1:]
 
 
 def read_png_rgb(path: pathlib.Path) -> np.ndarray:
