@@ -32,8 +32,11 @@ tiny classification MLP on random data:
 Other tables, chosen with ``<!-- snippet: setup NAME -->``: ``indexed`` (the default with a
 ``loader`` of ``(x, y, idx)`` triples), ``keras`` (a compiled Keras 3 MLP, numpy ``x``/``y`` and
 the Keras ``UnstuckCallback``), ``lightning`` (``L``, ``module``, ``train``/``val`` loaders,
-``ModelCheckpoint`` and the Lightning ``UnstuckCallback``) and ``hf`` (a one-layer BERT built
-from a config, ``train``/``val`` lists, ``Trainer``/``TrainingArguments`` and an ``optimizer``).
+``ModelCheckpoint`` and the Lightning ``UnstuckCallback``; its module logs ``train_loss`` and
+``val_loss``), ``lightning-module`` (the same; the block's functions are then used as the methods
+of that module, e.g. a ``configure_optimizers``, and a ``Trainer`` fits it for 40 steps) and ``hf``
+(a one-layer BERT built from a config, ``train``/``val`` lists, ``Trainer``/``TrainingArguments``
+and an ``optimizer``).
 
 Every working directory also holds files the docs read: ``runs/exp1`` (the run store of a short
 ``policy="rescue"`` Guard run with an LR 1,000x too small, its report, and its TensorBoard
@@ -309,7 +312,9 @@ def _lightning_table() -> dict[str, Factory]:
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
-            return F.mse_loss(self.net(x), y)
+            loss = F.mse_loss(self.net(x), y)
+            self.log("train_loss", loss)  # what a scheduler's "monitor" may name
+            return loss
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
@@ -328,11 +333,29 @@ def _lightning_table() -> dict[str, Factory]:
         torch.manual_seed(0)
         return Regression()
 
+    def fit_methods(h: Harness, methods: dict[str, Callable[..., Any]]) -> None:
+        """Run a block of LightningModule methods as the methods of a module: 40 real steps."""
+        cls = type("DocsModule", (Regression,), methods)
+        torch.manual_seed(0)
+        trainer = L.Trainer(
+            max_steps=40,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(cls(), h["train"])
+        assert trainer.global_step == 40
+
+    import unstuck
+
     return {
         "L": lambda h: L,
         "torch": lambda h: torch,
         "F": lambda h: F,
+        "unstuck": lambda h: unstuck,
         "module": module,
+        "fit_methods": lambda h: fit_methods,
         "train": lambda h: loader(16 * 20, 0),  # 20 steps an epoch
         "val": lambda h: loader(32, 1),
         "ModelCheckpoint": lambda h: ModelCheckpoint,
@@ -375,6 +398,7 @@ SETUPS: dict[str, Callable[[], dict[str, Factory]]] = {
     "indexed": _indexed_table,
     "keras": _keras_table,
     "lightning": _lightning_table,
+    "lightning-module": _lightning_table,
     "hf": _hf_table,
 }
 
@@ -472,6 +496,14 @@ def test_python_snippet_runs(
         with _in_dir(tmp_path), contextlib.redirect_stdout(io.StringIO()):
             namespace.update({name: harness[name] for name in sorted(needed)})
             exec(compile(snippet.code, snippet.id, "exec"), namespace)
+            if setup == "lightning-module":
+                methods = {
+                    name: value
+                    for name, value in namespace.items()
+                    if inspect.isfunction(value) and value.__code__.co_filename == snippet.id
+                }
+                assert methods, f"{snippet.id}: setup lightning-module but no method defined"
+                harness["fit_methods"](harness, methods)
     finally:
         _close_guards(iter([*namespace.values(), *harness.built.values()]))
 
