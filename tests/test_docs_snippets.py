@@ -699,6 +699,45 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def _documented_options() -> list[tuple[str, str, str]]:
+    """(where, command, option) for each option that cli.md and analyze.md list in an option
+    table or a usage line; the command is the one the section's heading names."""
+    found = []
+    for page in (ROOT / "docs" / "cli.md", ROOT / "docs" / "analyze.md"):
+        command = None
+        in_fence = False
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+            if FENCE.match(line):
+                in_fence = not in_fence
+                continue
+            heading = re.match(r"^#+ .*`unstuck (\w+)`", line)
+            if heading and not in_fence:
+                command = heading[1]
+            usage = re.match(r"^unstuck (\w+) .*\[", line) if in_fence else None
+            if usage:
+                command = usage[1]
+            cell = re.match(r"^\|([^|]*)\|", line)
+            if command and (usage or (cell and not in_fence) or (in_fence and "[-" in line)):
+                text = line if usage or in_fence else cell[1] if cell else ""
+                for option in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", text):
+                    found.append((f"{page.name}:{n}", command, option))
+    return found
+
+
+def test_documented_cli_options_exist() -> None:
+    """Every option the command pages list is one the command accepts."""
+    helps: dict[str, str] = {}
+    missing = []
+    for where, command, option in _documented_options():
+        if command not in helps:
+            code, helps[command] = _run_cli([command, "--help"])
+            assert code == 0, f"{where}: `unstuck {command}` is not a command"
+        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", helps[command]):
+            missing.append(f"{where}: `unstuck {command}` has no option {option}")
+    assert not missing, "\n".join(missing)
+    assert len(_documented_options()) >= 20  # the parser still finds the tables
+
+
 @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[w for w, _ in COMMANDS])
 def test_cli_lines_name_real_commands_and_options(
     where: str, argv: list[str], docs_files: Path, tmp_path: Path
