@@ -5,6 +5,7 @@ positions back into data (``Axes``) to check what is drawn where."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib.metadata
 import json
@@ -303,9 +304,32 @@ def test_lr_chart_moves_the_multiplier_jump_to_the_action(report) -> None:
     assert _steps(svg) == [a.step for a in run.actions if a.outcome != "skipped"]
 
 
-def test_momentum_chart_rebuilt_from_add_momentum(report) -> None:
+def test_momentum_chart_from_the_recorded_series(report) -> None:
+    """The Guard records the SGD momentum at each flush: the chart draws that series, 0 before
+    unstuck's add_momentum and its momentum from the first flush after it."""
     run, page = report
-    assert not any("momentum" in n for n in run.series)  # the Guard records no momentum series
+    add = next(a for a in run.actions if a.name == "add_momentum")
+    steps, values = run.series["optimizer_momentum"]
+    (svg,) = of_kind(page, "momentum")
+    (line,) = points(series(svg, "optimizer_momentum"))
+    axes = Axes(svg)
+    ys = axes.y(line[:, 1])
+    assert ys.min() == pytest.approx(values.min(), abs=1e-3)
+    assert ys.max() == pytest.approx(add.params["momentum"], abs=1e-3)
+    assert set(values[steps <= add.step].tolist()) == {0.0}  # read at the flush, before acting
+    assert set(values[steps > add.step].tolist()) == {add.params["momentum"]}
+    assert _steps(svg) == [add.step]
+
+
+def test_momentum_chart_rebuilt_from_add_momentum(report, tmp_path) -> None:
+    """A store without the momentum series (an older Guard's) gets it rebuilt from the actions."""
+    from unstuck.record.report import write_report
+
+    run, _ = report
+    run = dataclasses.replace(
+        run, series={n: s for n, s in run.series.items() if "momentum" not in n}
+    )
+    page = write_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     add = next(a for a in run.actions if a.name == "add_momentum")
     (svg,) = of_kind(page, "momentum")
     axes = Axes(svg)

@@ -77,3 +77,40 @@ def test_scenario_top_cause_survives_other_threads_and_matmul_precision(
         assert not [(c, p) for c, p in ranking if p >= 0.5], f"{name}: {ranking[:3]}"
     else:
         assert ranking and ranking[0][0] == scenario.expected, f"{name}: {ranking[:3]}"
+
+
+# Scenarios whose causes read different parts of the store: per-layer gradient norms (vanishing
+# behind poor initialisation), activation summaries the store does not hold (input_scale, read
+# back as recorded live), the plateau detector at the Guard's cadence, and a healthy run.
+REPLAY_SAMPLE = (
+    "lr_too_low_sgd",
+    "poor_initialization_tanh_small",
+    "input_scale_circle",
+    "capacity_limit_circles_linear",
+    "healthy_mlp_adam",
+)
+
+
+@pytest.mark.parametrize("name", REPLAY_SAMPLE)
+def test_analyze_of_a_scenario_store_agrees_with_the_live_guard(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenarios import _common
+    from unstuck.analyze import analyze, load
+
+    logging.getLogger("unstuck").setLevel(logging.WARNING)
+    monkeypatch.setitem(_common.GUARD_OVERRIDES, "run_dir", tmp_path)
+    live = SCENARIOS[name].run(0, True)
+    offline = analyze(load(tmp_path))
+    assert [(p.series, p.start, p.end) for p in offline.plateaus] == [
+        (p.series, p.start, p.end) for p in live.plateaus
+    ]
+    best: dict[str, float] = {}
+    for f in offline.findings:
+        best[f.cause] = max(best.get(f.cause, 0.0), f.confidence)
+    offline_ranking = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+    live_ranking = live.ranking()
+    assert [c for c, p in offline_ranking if p >= 0.5] == [c for c, p in live_ranking if p >= 0.5]
+    if live_ranking:
+        assert offline_ranking[0][0] == live_ranking[0][0]
+        assert offline_ranking[0][1] == pytest.approx(live_ranking[0][1], abs=0.02)

@@ -191,6 +191,11 @@ def default_loss(data: Data) -> Callable[..., torch.Tensor]:
     return functional.mse_loss
 
 
+# Guard arguments every scenario run takes on top of its own: a test that needs the run store
+# of scenario runs sets ``run_dir`` here (and clears it after).
+GUARD_OVERRIDES: dict[str, Any] = {}
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -231,6 +236,7 @@ def train(
         "scheduler": scheduler,
     }
     kwargs.update(guard_kwargs or {})
+    kwargs.update(GUARD_OVERRIDES)
     guard = unstuck.Guard(model, optimizer, **kwargs)
     order = torch.randperm(n, generator=gen)
     cursor = 0

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from unstuck.analyze._common import MIN_SERIES_POINTS
+from unstuck.analyze.store_replay import StoreReplay, store_replay
 from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose.base import EXPLAINED_FACTOR, all_rules, inputs_present, run_rules
 from unstuck.diagnose.evidence import (
@@ -38,7 +39,8 @@ from unstuck.diagnose.evidence import (
     Evidence,
     EvidenceBuilder,
 )
-from unstuck.record.rundata import RunData
+from unstuck.diagnose.log import FindingLog
+from unstuck.record.rundata import REFERENCE_SERIES_KEY, RunData
 from unstuck.types import Finding, Plateau, primitive
 
 __all__ = [
@@ -83,16 +85,19 @@ class _Decision:
     series: str
     state: str
     stats: dict[str, Any]
+    plateau: Plateau | None = None  # the detector's open plateau then (a copy)
 
 
 def loss_series(run: RunData) -> list[str]:
     """The series the detector runs on: ``loss``, ``val_loss``, then every other series with
     "loss" in its name (not ``lr/*``, unstuck's ``nonfinite_loss`` or a ``loss_scale``)."""
     names = [n for n in SERIES_LABELS if n in run.series]
+    references = set(run.meta.get(REFERENCE_SERIES_KEY) or ())  # another run's curves
     for name in sorted(run.series):
         low = name.lower()
         if (
             name not in SERIES_LABELS
+            and name not in references
             and "loss" in low
             and not low.startswith(NOT_LOSS_PREFIXES)
             and not any(word in low for word in NOT_LOSS_WORDS)
@@ -113,37 +118,57 @@ def _detect(
     name: str,
     run: RunData,
     options: Mapping[str, Any],
+    replay: StoreReplay | None = None,
 ) -> tuple[PlateauDetector, list[_Decision]]:
-    """Feed one series to a fresh detector point by point; note where it should be diagnosed."""
+    """Feed one series to a fresh detector; note where it should be diagnosed.
+
+    A log goes point by point and is diagnosed where the state changes. A Guard's store
+    (``replay``) goes as the live run went: the training loss one flush at a time, decided and
+    diagnosed at every flush, the validation loss diagnosed at every point.
+    """
     label = SERIES_LABELS.get(name, name)
     steps, values = run.series[name]
     # unstuck's own store holds the parameter distance and gradient SNR the Guard fed its
     # detectors; other logs do not, and the detector then skips those checks (and says so).
     dist = run.series.get("param_distance") if run.format == "unstuck" else None
     snr = run.series.get("grad_snr") if run.format == "unstuck" and label == "train" else None
-    opts = {"distance_signal": dist is not None, **dict(options)}
+    recorded = replay.detector_options if replay is not None else {}
+    opts = {"distance_signal": dist is not None, **recorded, **dict(options)}
     detector = PlateauDetector(label, **opts)
     decisions: list[_Decision] = []
-    j = k = 0
+    live_cadence = replay is not None and label in ("train", "val")
+    if replay is not None and label == "train":
+        chunks = replay.chunks(steps)
+    else:
+        chunks = [slice(i, i + 1) for i in range(int(steps.size))]
     was_finite = True
-    for s, v in zip(steps.tolist(), values.tolist()):
-        distance = None
-        if dist is not None:
-            j0 = j
-            while j < dist[0].size and dist[0][j] <= s:
-                j += 1
-            if j > j0:
-                distance = (dist[0][j0:j].tolist(), dist[1][j0:j].tolist())
-        gradient_snr = None
-        if snr is not None:
-            while k < snr[0].size and snr[0][k] <= s:
-                gradient_snr = float(snr[1][k])
-                k += 1
+    after = -math.inf  # the last step of the previous update
+    for chunk in chunks:
+        chunk_steps, chunk_values = steps[chunk], values[chunk]
+        last = int(chunk_steps[-1])
+        distance = _samples_between(dist, after, last)
+        snr_samples = _samples_between(snr, after, last)
+        gradient_snr = None if snr_samples is None else float(snr_samples[1][-1])
+        after = last
         before = detector.state
-        state = detector.update(s, v, distance=distance, gradient_snr=gradient_snr)
-        finite = math.isfinite(v)
-        if state != before or (was_finite and not finite):
-            decisions.append(_Decision(int(s), label, state, primitive(detector.stats())))
+        state = detector.update_many(
+            chunk_steps.tolist(),
+            chunk_values.tolist(),
+            distance=distance,
+            gradient_snr=gradient_snr,
+        )
+        finite = bool(np.all(np.isfinite(chunk_values)))
+        if live_cadence or state != before or (was_finite and not finite):
+            current = detector.current
+            decisions.append(
+                _Decision(
+                    last,
+                    label,
+                    state,
+                    primitive(detector.stats()),
+                    None if current is None else dataclasses.replace(current),
+                )
+            )
         was_finite = finite
     if steps.size and (not decisions or decisions[-1].step != int(steps[-1])):
         decisions.append(
@@ -152,9 +177,24 @@ def _detect(
     return detector, decisions
 
 
+def _samples_between(
+    pair: tuple[np.ndarray, np.ndarray] | None, after: float, last: int
+) -> tuple[list[int], list[float]] | None:
+    """The samples of ``pair`` taken in ``(after, last]``: since the previous update, as the
+    live run's frame held them."""
+    if pair is None:
+        return None
+    lo = int(np.searchsorted(pair[0], after, side="right"))
+    hi = int(np.searchsorted(pair[0], last, side="right"))
+    if hi <= lo:
+        return None
+    return pair[0][lo:hi].tolist(), pair[1][lo:hi].tolist()
+
+
 def _evidence_series(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if run.format == "unstuck":
-        return dict(run.series)
+        references = set(run.meta.get(REFERENCE_SERIES_KEY) or ())
+        return {n: s for n, s in run.series.items() if n not in references}
     out = {n: run.series[n] for n in LOG_EVIDENCE if n in run.series}
     out.update({n: s for n, s in run.series.items() if n.startswith("lr/")})
     if "loss" in run.series:
@@ -199,11 +239,14 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
     rules = all_rules()
     left_out = frozenset() if run.format == "unstuck" else frozenset(LEFT_OUT_ON_LOGS)
     evidence_series = _evidence_series(run)
+    replay = store_replay(run)
+    if replay is not None:
+        evidence_series = replay.evidence_series(evidence_series)
     plateaus: list[Plateau] = []
     decisions: list[_Decision] = []
     per_series: dict[str, dict[str, Any]] = {}
     for name in loss_series(run):
-        detector, changes = _detect(name, run, options)
+        detector, changes = _detect(name, run, options, replay)
         steps, values = run.series[name]
         plateaus += detector.plateaus
         decisions += changes
@@ -220,8 +263,24 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
     best: dict[tuple[str, str], Finding] = {}
     ran: set[str] = set()
     missing: dict[str, list[str]] = {}
+    log = FindingLog()  # a store replays the live run's roots: earlier confident findings
+    carried = _carried_findings(run, replay, evidence_series, rules)
     for d in sorted(decisions, key=lambda d: (d.step, d.series)):
-        extra = {"detector_state": d.state, "detector_series": d.series, "detector_stats": d.stats}
+        while carried and carried[0].step <= d.step:
+            # A live finding whose inputs the store does not hold comes in at its own step:
+            # it is reported, and it explains later symptoms as it did live.
+            f = carried.pop(0)
+            log.record([f], f.step)
+            _keep_best(best, f)
+        extra: dict[str, Any] = {
+            "detector_state": d.state,
+            "detector_series": d.series,
+            "detector_stats": d.stats,
+        }
+        roots: frozenset[str] = frozenset()
+        if replay is not None:
+            extra = {**replay.extras(d.step, d.state, d.plateau), **extra}
+            roots = log.roots(d.step)
         ev = _build(evidence_series, d.step, extra)
         continuous_only = d.state not in DIAGNOSE_ON
         for code, rule in rules.items():
@@ -229,16 +288,19 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
                 continue
             if rule.applicable(ev):
                 ran.add(code)
-        found = _restore_left_out(run_rules(ev, continuous_only=continuous_only), left_out)
+        found = _restore_left_out(
+            run_rules(ev, continuous_only=continuous_only, known_roots=roots), left_out
+        )
+        if replay is not None:
+            log.record(found, d.step)
         for f in found:
-            if f.series != d.series:
-                f = dataclasses.replace(f, series=d.series)
-            key = (f.cause, f.series)
-            if key not in best or f.confidence > best[key].confidence:
-                best[key] = f
-    final_ev = _build(
-        evidence_series, _last_step(run), {"detector_state": "", "detector_series": ""}
-    )
+            _keep_best(best, f if f.series == d.series else dataclasses.replace(f, series=d.series))
+    for f in carried:  # recorded after the last point the store holds
+        _keep_best(best, f)
+    final_extra: dict[str, Any] = {"detector_state": "", "detector_series": ""}
+    if replay is not None:
+        final_extra = {**replay.extras(_last_step(run), "", None), **final_extra}
+    final_ev = _build(evidence_series, _last_step(run), final_extra)
     for code, rule in rules.items():
         if code not in ran and code not in left_out:
             missing[code] = sorted(
@@ -253,8 +315,49 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
         "rules_missing_inputs": {c: m for c, m in sorted(missing.items()) if m},
         "min_plateau_points": MIN_PLATEAU_POINTS,
         "evidence": sorted(evidence_series),
+        "recorded_live": run.meta.pop("analysis_carried", []),
+        "replayed": replay is not None,
     }
+    if replay is not None and replay.rolled_back:
+        run.meta.setdefault("notes", []).append(
+            "the live run rolled back actions; the store keeps the steps they undid, so this "
+            "replay can differ from what the live run decided after them"
+        )
     return run
+
+
+def _keep_best(best: dict[tuple[str, str], Finding], finding: Finding) -> None:
+    """Keep each (cause, series) once, at its highest confidence."""
+    key = (finding.cause, finding.series)
+    if key not in best or finding.confidence > best[key].confidence:
+        best[key] = finding
+
+
+def _carried_findings(
+    run: RunData,
+    replay: StoreReplay | None,
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    rules: Mapping[str, Any],
+) -> list[Finding]:
+    """The live findings of a Guard's store that no replay can redo: those of rules whose
+    inputs (per-sample losses, activation summaries, optimizer-state statistics) the live run
+    read from its frames but the store does not hold. Marked ``recorded_live`` in evidence."""
+    if replay is None:
+        return []
+    recorded = (run.meta.get("recorded") or {}).get("findings") or []
+    final = _build(series, _last_step(run), replay.reachable(_last_step(run)))
+    unreplayable = {code for code, rule in rules.items() if not rule.applicable(final)}
+    out = []
+    for data in recorded:
+        try:
+            finding = Finding.from_dict(data)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if finding.cause in unreplayable:
+            evidence = {**finding.evidence, "recorded_live": True}
+            out.append(dataclasses.replace(finding, evidence=evidence))
+    run.meta.setdefault("analysis_carried", sorted({f.cause for f in out}))
+    return sorted(out, key=lambda f: f.step)
 
 
 def _episodes(changes: list[_Decision], last: int) -> list[dict[str, Any]]:
@@ -336,6 +439,8 @@ def summary(run: RunData, report: str | None = None) -> dict[str, Any]:
         "names": run.meta.get("names", {}),
         "notes": list(run.meta.get("notes", [])),
         "recorded": run.meta.get("recorded"),
+        "replayed": bool(analysis.get("replayed")),
+        "recorded_live": list(analysis.get("recorded_live", [])),
         "report": report,
     }
     result: dict[str, Any] = _finite(primitive(out))

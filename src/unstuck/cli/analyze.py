@@ -23,6 +23,7 @@ __all__ = ["default_report_path", "format_table", "register", "run_analyze"]
 
 REPORT_SUFFIX = "-report.html"
 SHOWN_EPISODES = 3  # oscillating/diverging stretches printed per series and state
+MAX_NAMES_SHOWN = 8  # series named in the one-line error of a log without a loss
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -159,9 +160,10 @@ def format_table(result: dict[str, Any]) -> list[str]:
     if not result["findings"]:
         lines.append("  none")
     for f in result["findings"]:
+        live = " (recorded live)" if f.get("evidence", {}).get("recorded_live") else ""
         lines.append(
-            f"  {f['cause']} ({f['series']}) {f['confidence']:.2f} at {unit} {f['step']} — "
-            f"{f['summary']}"
+            f"  {f['cause']} ({f['series']}) {f['confidence']:.2f} at {unit} {f['step']}{live} "
+            f"— {f['summary']}"
         )
     lines += ["", "rules run: " + (", ".join(result["rules_run"]) or "none")]
     for code, why in result["rules_left_out"].items():
@@ -171,8 +173,16 @@ def format_table(result: dict[str, Any]) -> list[str]:
         lines.append(f"{len(missing)} other rules need inputs this log lacks (--json lists them)")
     for note in result["notes"]:
         lines.append(f"note: {note}")
+    carried = result.get("recorded_live") or []
+    if carried:
+        lines.append(
+            f"note: {', '.join(carried)} recorded live: the store does not hold the inputs "
+            "to redo them (per-sample losses, activation or optimizer-state summaries)"
+        )
     recorded = result.get("recorded")
-    if recorded:
+    if recorded and result.get("replayed") and _same_plateaus(recorded, result):
+        lines.append("note: replayed at the Guard's own flushes: the live run's plateaus")
+    elif recorded:
         n_plateaus, n_findings = len(recorded["plateaus"]), len(recorded["findings"])
         lines.append(
             f"note: the live run recorded {n_plateaus} plateau{'s' * (n_plateaus != 1)} and "
@@ -183,9 +193,17 @@ def format_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _same_plateaus(recorded: dict[str, Any], result: dict[str, Any]) -> bool:
+    def spans(plateaus: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((p["series"], p["start"], p["end"]) for p in plateaus)
+
+    return spans(recorded["plateaus"]) == spans(result["plateaus"])
+
+
 def run_analyze(args: argparse.Namespace) -> int:
     """The ``analyze`` command: read, analyze, print, write the report."""
     from unstuck.analyze import LogFormatError, analyze, load, summary
+    from unstuck.analyze.analysis import loss_series
 
     try:
         run = load(
@@ -198,6 +216,15 @@ def run_analyze(args: argparse.Namespace) -> int:
         )
     except (LogFormatError, ImportError) as exc:
         print(f"unstuck analyze: {exc}", file=sys.stderr)
+        return 2
+    if not loss_series(run):
+        names = sorted(run.series)
+        shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (" …" if len(names) > MAX_NAMES_SHOWN else "")
+        print(
+            f"unstuck analyze: {args.path} holds no loss series (it has: {shown or 'nothing'}); "
+            "name the column to analyse with --loss NAME",
+            file=sys.stderr,
+        )
         return 2
     run = analyze(run)
     report, report_error = None, None
@@ -217,7 +244,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def _write_report(run: RunData, path: str | Path) -> tuple[str | None, str | None]:
-    """Write the HTML report; a missing plotly is a note, not a failed analysis."""
+    """Write the HTML report; one that cannot be written is a note, not a failed analysis."""
     try:
         from unstuck.record.report import write_report
 

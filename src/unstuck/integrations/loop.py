@@ -32,6 +32,7 @@ from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line, format_summary
 from unstuck.record.recorder import Recorder, state_payload
+from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
 from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
@@ -270,8 +271,7 @@ class Guard:
         tensorboard: a directory: mirror metrics, findings and actions to TensorBoard there.
         mlflow: ``True`` mirrors them to the active MLflow run (and the report as an artifact
             at close); a :class:`unstuck.record.sinks.MlflowSink` to choose the run yourself.
-        report: write ``run_dir/report.html`` at ``close()`` (needs plotly; skipped with a note
-            when it is missing). Only with a ``run_dir``.
+        report: write ``run_dir/report.html`` at ``close()``. Only with a ``run_dir``.
         console: print one line per notable event and a summary at ``close()`` through the
             ``unstuck`` logger, which is set to INFO unless you set its level yourself (a
             stderr handler is added only when no handler is configured). ``False`` leaves
@@ -434,6 +434,8 @@ class Guard:
                 scale = self._sync.from_lead(scale)
             for detector in self._detectors.values():
                 detector.distance_scale = scale
+        detector_record = {**options, "distance_scale": self._detectors["train"].distance_scale}
+        self._recorder.update_meta(**{DETECTOR_OPTIONS_KEY: primitive(detector_record)})
         # Registered after the hub's hooks, so the LR tap records the user's own schedule.
         self._lr = LRMultiplier(optimizer)
         controls = Controls(
@@ -477,11 +479,19 @@ class Guard:
         self._next_flush = flush_every
         self._flushed_at = 0
         self._curvature_for: int | None = None  # start step of the plateau last probed
-        self._evidence.set("param_names", list(ctx.names))
-        self._evidence.set("param_ndims", [p.ndim for p in ctx.params])
-        self._evidence.set("post_norm_transformer_layers", post_norm_layers(self._probe_model))
-        self._evidence.set("optimizer_type", type(optimizer).__name__)
-        self._evidence.set("params_not_in_optimizer", self._params_outside_optimizer())
+        facts: dict[str, Any] = {
+            "param_names": list(ctx.names),
+            "param_ndims": [p.ndim for p in ctx.params],
+            "post_norm_transformer_layers": post_norm_layers(self._probe_model),
+            "optimizer_type": type(optimizer).__name__,
+            "optimizer_beta2": beta2_of(optimizer),
+            "params_not_in_optimizer": self._params_outside_optimizer(),
+        }
+        for name, value in facts.items():
+            self._evidence.set(name, value)
+        # The same facts in the store, so `unstuck analyze RUN_DIR` diagnoses from what the
+        # live rules read (docs/analyze.md: a run store is replayed at the Guard's cadence).
+        self._recorder.update_meta(**{RUN_FACTS_KEY: primitive(facts)})
         self._finding_log = FindingLog()
         self._actions: list[ActionRecord] = []
         self._current_findings: list[Finding] = []
@@ -760,7 +770,10 @@ class Guard:
         for name, value in signals.items():
             if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
                 rows += [(name, int(s), float(v)) for s, v in zip(value[0], value[1])]
-        rows.append(("lr_multiplier", step, self._lr.value))
+        rows.append(("lr_multiplier", step, self._lr.value))  # one row per flush: its cadence
+        momentum = momentum_of(self.optimizer)
+        if momentum is not None:
+            rows.append((MOMENTUM_SERIES, step, momentum))  # add_momentum shows in the store
         per_tensor = signals.get("grad_norm_per_tensor")
         if isinstance(per_tensor, np.ndarray) and per_tensor.size:
             means = per_tensor.mean(axis=0)
@@ -820,7 +833,7 @@ class Guard:
             self._record_event(kind, step, payload)
         return merge_action_events(self._actions, events)
 
-    def _probe_curvature(self, state: str, series: str) -> None:
+    def _probe_curvature(self, step: int, state: str, series: str) -> None:
         """Measure curvature once per training-loss stall; forget it when the stall ends.
 
         A stall is a plateau, or hidden progress: a saddle escape looks like hidden progress
@@ -841,7 +854,8 @@ class Guard:
         result = self._curvature.run(self._probe_batch)
         result["plateau_start"] = plateau.start if plateau is not None else None
         self._evidence.set("curvature", result)
-        self._record_event("probe", self._hub.step, {"probe": "curvature", **primitive(result)})
+        # Dated at the decision it informs, so a replay of the store reads it there too.
+        self._record_event("probe", step, {"probe": "curvature", **primitive(result)})
 
     def _diagnose(self, step: int, state: str, series: str) -> list[Finding]:
         if self._sync is None:
@@ -856,7 +870,7 @@ class Guard:
         return new
 
     def _run_rules(self, step: int, state: str, series: str) -> list[Finding]:
-        self._probe_curvature(state, series)
+        self._probe_curvature(step, state, series)
         extra = {
             "detector_state": state,
             "detector_series": series,

@@ -115,6 +115,11 @@ class Recorder:
         for sink in self.sinks:
             sink.log_event(kind, step, payload)
 
+    def update_meta(self, **meta: Any) -> None:
+        """Merge entries into the run's metadata (no-op without a store)."""
+        if self.store is not None:
+            self.store.update_meta(**meta)
+
     def flush(self, *, wait: bool) -> None:
         """Hand the buffered rows to the store's writer thread; ``wait=True`` also waits for the
         commit (then a killed process keeps them) and flushes the sinks."""
@@ -126,7 +131,7 @@ class Recorder:
 
     def close(self, **meta: Any) -> Path | None:
         """Merge ``meta`` into the run's metadata, close the store, write the report (when asked
-        and plotly is there), close the sinks; returns the report's path. Idempotent."""
+        ), close the sinks; returns the report's path. Idempotent."""
         if self.closed:
             return None
         self.closed = True
@@ -143,7 +148,7 @@ class Recorder:
         return report_path
 
     def _report(self) -> Path | None:
-        """Write ``run_dir/report.html`` from the closed store; a missing plotly is a note."""
+        """Write ``run_dir/report.html`` from the closed store."""
         if not self.write_report or self.store is None:
             return None
         try:

@@ -21,7 +21,27 @@ import numpy as np
 
 from unstuck.types import ActionRecord, Finding, Plateau
 
-__all__ = ["REFERENCE_CURVES_KEY", "RunData", "load_run", "reference_curves_meta"]
+__all__ = [
+    "DETECTOR_OPTIONS_KEY",
+    "FLUSH_SERIES",
+    "MOMENTUM_SERIES",
+    "REFERENCE_CURVES_KEY",
+    "REFERENCE_SERIES_KEY",
+    "RUN_FACTS_KEY",
+    "RunData",
+    "load_run",
+    "reference_curves_meta",
+]
+
+# What a Guard records so that its store can be replayed offline as the live run decided:
+# the facts its rules read that are no series (parameter names and shapes, the optimizer type)
+# in the metadata, one ``lr_multiplier`` row per flush (the cadence it decided at), and the
+# SGD momentum per flush (add_momentum changes it).
+RUN_FACTS_KEY = "facts"
+DETECTOR_OPTIONS_KEY = "detector_options"  # the options its detectors ran with
+REFERENCE_SERIES_KEY = "reference_series"  # names of the series loaded from reference curves
+FLUSH_SERIES = "lr_multiplier"
+MOMENTUM_SERIES = "optimizer_momentum"
 
 # A run's metadata may carry reference curves to draw beside its own series: the same model
 # trained without unstuck (``unstuck demo``), or a baseline the user ran. They are kept in the
@@ -134,6 +154,7 @@ def load_run(path: str | os.PathLike[str], run_id: str | None = None) -> RunData
                     run.add_series(str(name), curve.get("steps", []), curve.get("values", []))
                 except (TypeError, ValueError):
                     continue  # a malformed reference curve is left out, never fatal
+                run.meta.setdefault(REFERENCE_SERIES_KEY, []).append(str(name))
     _apply_events(run, read_events(path, rid))
     return run
 
