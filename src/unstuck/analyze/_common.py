@@ -35,15 +35,12 @@ FORMATS: tuple[str, ...] = (
     "text",
 )
 
-# One line, appended to every "cannot read" error: what unstuck analyze reads and how to pass it.
+# Appended to a "cannot read" error only when the format itself is unknown: what unstuck
+# analyze reads and how to force a reader (`unstuck analyze --help` and docs/analyze.md say more).
 KNOWN_FORMATS = (
-    "unstuck analyze reads: a TensorBoard log dir or events.out.tfevents.* file; "
-    "an HF trainer_state.json (or the Trainer's output_dir); a Lightning CSVLogger "
-    "metrics.csv (or its version_N dir); a Keras CSVLogger .csv; unstuck's run_dir or its "
-    "unstuck.sqlite; an MLflow run as mlflow:RUN_ID with --tracking-uri URI, or an MLflow "
-    ".db file with --run RUN_ID; any CSV or JSON-lines file of logged metrics (a W&B "
-    "CSV export too); a console printout with lines like "
-    "'step 100: loss 0.41'; force one with --format {" + ",".join(FORMATS) + "}"
+    "it reads TensorBoard, HF trainer_state.json, Lightning and Keras CSV logs, MLflow, unstuck "
+    "run stores, any CSV or JSON lines of metrics and printed logs ('step 100: loss 0.41'); "
+    "force one with --format {" + ",".join(FORMATS) + "}"
 )
 
 

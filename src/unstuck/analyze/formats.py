@@ -46,12 +46,20 @@ __all__ = ["detect_format", "load"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEAD_BYTES = 4096
+MAX_REASON = 200  # characters of a reader's own reason kept in the one-line error
 
 
-def _fail(path: object, why: str, fmt: str | None = None) -> LogFormatError:
+def _fail(
+    path: object, why: str, fmt: str | None = None, *, unknown: bool = False
+) -> LogFormatError:
+    """One line: what could not be read and why; the formats unstuck reads only when the
+    trouble is that the format is unknown (a missing file needs the path, not the list)."""
     what = f"{path} as {fmt}" if fmt else f"{path}"
     why = " ".join(why.splitlines())  # the CLI prints one line
-    return LogFormatError(f"cannot read {what}: {why}. {KNOWN_FORMATS}")
+    if len(why) > MAX_REASON:
+        why = why[: MAX_REASON - 1] + "…"
+    suffix = f"; {KNOWN_FORMATS}" if unknown else ""
+    return LogFormatError(f"cannot read {what}: {why}{suffix}")
 
 
 def _sqlite_tables(path: Path) -> set[str]:
@@ -85,7 +93,7 @@ def _detect_dir(path: Path) -> str:
         )
     if event_dirs(path):
         return "tensorboard"
-    raise _fail(path, "a folder with no log in it that unstuck knows")
+    raise _fail(path, "a folder with no log in it that unstuck knows", unknown=True)
 
 
 def _detect_file(path: Path) -> str:
@@ -102,14 +110,16 @@ def _detect_file(path: Path) -> str:
             return "unstuck"
         if {"experiments", "alembic_version"} <= tables:
             return "mlflow"
-        raise _fail(path, "a SQLite file that is neither an unstuck run store nor MLflow's")
+        raise _fail(
+            path, "a SQLite file that is neither an unstuck run store nor MLflow's", unknown=True
+        )
     if not head.strip():
         raise _fail(path, "the file is empty")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
-            raise _fail(path, "a binary file") from None
+            raise _fail(path, "a binary file", unknown=True) from None
         text = head[: exc.start].decode("utf-8")
     if path.suffix.lower() == ".jsonl" or looks_like_json_lines(text):
         return "jsonl"
@@ -130,7 +140,8 @@ def _detect_file(path: Path) -> str:
     raise _fail(
         path,
         "a text file that is no known log (no CSV header with a step, epoch or loss column, "
-        "and not three printed lines such as 'step 100: loss 0.41')",
+        "nor printed loss lines)",
+        unknown=True,
     )
 
 
@@ -172,7 +183,7 @@ def load(
     try:
         data = _read(text, fmt, run, tracking_uri)
     except LogFormatError as exc:
-        if KNOWN_FORMATS in str(exc):
+        if str(exc).startswith("cannot read "):
             raise
         raise _fail(text, str(exc), fmt) from None
     except (OSError, ValueError, sqlite3.Error, json.JSONDecodeError) as exc:
