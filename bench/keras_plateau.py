@@ -14,7 +14,7 @@ Strategies, each with the same data split, initial weights and batch order per s
 * ``rlrop``: ``keras.callbacks.ReduceLROnPlateau(monitor="loss")``, its defaults otherwise
   (factor 0.1, patience 10 epochs, min_delta 1e-4, cooldown 0, min_lr 0): the epoch's mean
   training loss, as the issue asks.
-* ``unstuck``: ``UnstuckCallback()`` with its defaults (``policy="rescue"``).
+* ``unstuck``: ``UnstuckCallback("rescue")`` with its other defaults.
 
 The target, by a rule that does not look at unstuck: the fault-free reference is the same
 setup at Keras's default SGD LR (0.01) with no callback; the target is its evaluation loss at
@@ -112,7 +112,7 @@ def run(strategy: str, seed: int, lr: float = FAULT_LR, budget: int = BUDGET) ->
     if strategy == "unstuck":
         from unstuck.integrations.keras import UnstuckCallback
 
-        unstuck_cb = UnstuckCallback(console=False)
+        unstuck_cb = UnstuckCallback("rescue", console=False)
 
     class Evaluate(keras.callbacks.Callback):  # type: ignore[misc]
         """Every EVAL_EVERY steps: the evaluation loss; stops the run at the budget."""
@@ -199,7 +199,7 @@ def overhead(steps: int = 600, repeats: int = 3) -> dict[str, Any]:
     for _ in range(repeats):
         for name in times:
             model = _build(keras, FAULT_LR, 0)
-            callbacks = [UnstuckCallback(console=False)] if name == "unstuck" else []
+            callbacks = [UnstuckCallback("rescue", console=False)] if name == "unstuck" else []
             start = time.perf_counter()
             model.fit(x_tr, y_tr, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
             times[name].append(time.perf_counter() - start)

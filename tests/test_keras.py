@@ -136,7 +136,7 @@ def test_plateau_is_detected_and_an_lr_action_verified_in_fit() -> None:
     """SGD at a far too small LR: detected, diagnosed (update/weight ratio), LR raised, kept."""
     model = _model(lr=1e-4)
     x, y = _data()
-    callback = UnstuckCallback(console=False)
+    callback = UnstuckCallback("rescue", console=False)
     history = model.fit(x, y, batch_size=32, epochs=14, verbose=0, callbacks=[callback])
     assert callback.batches == 14 * 32
     assert any(p.series == "train" for p in callback.plateaus)
@@ -212,7 +212,7 @@ def test_a_checkpoint_mid_action_resumes_and_still_verifies_it() -> None:
     into a new callback: the resumed run verifies that action from its saved snapshot."""
     model = _model(lr=1e-4)
     x, y = _data()
-    callback = UnstuckCallback(console=False, horizon=300)
+    callback = UnstuckCallback("rescue", console=False, horizon=300)
     saved: dict[str, Any] = {}
 
     class Checkpoint(keras.callbacks.Callback):  # type: ignore[misc]
@@ -227,7 +227,7 @@ def test_a_checkpoint_mid_action_resumes_and_still_verifies_it() -> None:
     assert saved["actions"][0]["outcome"] == "pending"
     restore_keras_snapshot(model, saved["model"])  # the weights the checkpoint holds
     state = torch.load(io.BytesIO(saved["state"]), weights_only=True)
-    resumed = UnstuckCallback(console=False, horizon=300)
+    resumed = UnstuckCallback("rescue", console=False, horizon=300)
     resumed.load_state_dict(state)  # before fit: applied when training begins
     model.fit(x, y, batch_size=32, epochs=8, verbose=0, callbacks=[resumed])
     assert resumed.batches == 200 + 8 * 32
@@ -260,7 +260,7 @@ def test_a_schedule_is_a_one_line_error_unless_observing() -> None:
     x, y = _data(256)
     model = _model(lr=schedule)
     with pytest.raises(TypeError, match="LearningRateSchedule") as info:
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[UnstuckCallback()])
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[UnstuckCallback("rescue")])
     message = str(info.value)
     assert "\n" not in message and "policy='observe'" in message and "float" in message
     callback = UnstuckCallback("observe", console=False)
@@ -304,7 +304,6 @@ def test_docs_example_runs() -> None:
 def test_run_dir_records_the_fit_as_the_guard_does_and_writes_the_report(tmp_path: Path) -> None:
     """The store holds every recovered batch loss, each epoch's val_loss, the state changes,
     findings and actions the callback reported; ``load_run`` and the report read it back."""
-    pytest.importorskip("plotly")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from unstuck.record import read_events, read_metrics, read_runs
@@ -313,7 +312,11 @@ def test_run_dir_records_the_fit_as_the_guard_does_and_writes_the_report(tmp_pat
     model = _model(lr=1e-4)
     x, y = _data()
     callback = UnstuckCallback(
-        console=False, run_dir=tmp_path / "run", tensorboard=tmp_path / "tb", meta={"exp": 7}
+        "rescue",
+        console=False,
+        run_dir=tmp_path / "run",
+        tensorboard=tmp_path / "tb",
+        meta={"exp": 7},
     )
     model.fit(
         x, y, batch_size=32, epochs=12, validation_split=0.25, verbose=0, callbacks=[callback]
@@ -398,3 +401,37 @@ def test_an_unwritable_run_dir_fails_before_the_first_batch(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="is not writable"):
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
     assert callback.batches == 0
+
+
+def test_defaults_and_argument_shapes_match_the_other_front_ends() -> None:
+    """policy defaults to observe and run_dir is the second positional argument, as for the
+    Guard and the Lightning and HF callbacks; monitor_val names a logs key (or None)."""
+    import inspect
+
+    import unstuck
+
+    callback = UnstuckCallback()
+    assert callback._policy.name == "observe"
+    keras_params = list(inspect.signature(UnstuckCallback).parameters)
+    assert keras_params[:2] == ["policy", "run_dir"]
+    assert inspect.signature(unstuck.Guard).parameters["policy"].default == "observe"
+    assert UnstuckCallback(monitor_val="val_mae").monitor_val == "val_mae"
+    assert UnstuckCallback(monitor_val=True).monitor_val == "val_loss"
+    assert UnstuckCallback(monitor_val=False).monitor_val is None
+    with pytest.raises(TypeError, match="monitor_val must be the logs key"):
+        UnstuckCallback(monitor_val=3)
+
+
+def test_monitor_val_watches_the_named_metric() -> None:
+    model = _model()
+    model.compile(
+        keras.optimizers.SGD(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    x, y = _data(256)
+    callback = UnstuckCallback(monitor_val="val_accuracy", console=False)
+    model.fit(x, y, batch_size=32, epochs=3, validation_split=0.25, verbose=0, callbacks=[callback])
+    watched = callback._evidence.series("val_loss")[1]
+    assert len(watched) == 3
+    assert all(0.0 <= v <= 1.0 for v in watched)  # accuracies, not the loss

@@ -314,26 +314,28 @@ class UnstuckCallback(_Callback):
     """unstuck for ``model.fit``: detection on true batch losses, diagnosis, verified LR rescue.
 
     Args:
-        policy: ``"rescue"`` (default: the Guard's ladder, LR actions only), ``"observe"``
-            (detect, diagnose and report; change nothing), or a list of LR actions tried in
-            order on each plateau, oscillation or divergence (``["lr_range_test", ("lr_scale",
-            {"factor": 0.3})]``).
+        policy: ``"observe"`` (the default, as for the Guard and the other callbacks: detect,
+            diagnose and report; change nothing), ``"rescue"`` (the Guard's ladder, LR actions
+            only), or a list of LR actions tried in order on each plateau, oscillation or
+            divergence (``["lr_range_test", ("lr_scale", {"factor": 0.3})]``).
+        run_dir: directory for the run store (``unstuck.sqlite``) and ``report.html``, as the
+            Guard writes them; one run per ``fit``, opened when it begins (an unwritable
+            directory fails there, before the first batch) and closed when it ends.
         flush_every: batches between decisions.
         horizon: batches an action runs before it is judged.
         cooldown: batches after a kept action before the next one.
         probe_budget: the largest share of the batches so far that range tests may spend.
         snapshot_memory: bytes of snapshots held in memory before they spill to disk.
-        monitor_val: run a second detector on ``val_loss`` at each epoch end when it is logged.
+        monitor_val: the ``logs`` key of the validation loss watched by a second detector at each
+            epoch end (``"val_loss"`` by default, as in the Lightning callback); ``None`` turns
+            it off. ``True``/``False`` are read as ``"val_loss"``/``None``.
         console: print one line per event through the ``unstuck`` logger.
         detector_options: keyword arguments for both :class:`~unstuck.detect.PlateauDetector`.
-        run_dir: directory for the run store (``unstuck.sqlite``) and ``report.html``, as the
-            Guard writes them; one run per ``fit``, opened when it begins (an unwritable
-            directory fails there, before the first batch) and closed when it ends.
         meta: extra metadata kept with the run (JSON values).
         tensorboard: a log directory to mirror every metric, finding and action to.
         mlflow: ``True`` to mirror them to the active MLflow run, or an
             :class:`~unstuck.record.sinks.MlflowSink`.
-        report: write ``run_dir/report.html`` when ``fit`` ends (needs plotly).
+        report: write ``run_dir/report.html`` when ``fit`` ends.
 
     After ``fit``: ``callback.plateaus``, ``callback.findings``, ``callback.actions`` (name,
     step, reason, outcome, evidence), ``callback.batch_losses`` (the recovered losses) and
@@ -346,17 +348,17 @@ class UnstuckCallback(_Callback):
 
     def __init__(
         self,
-        policy: str | Sequence[Any] = "rescue",
+        policy: str | Sequence[Any] = "observe",
+        run_dir: str | os.PathLike[str] | None = None,
         *,
         flush_every: int = DEFAULT_FLUSH_EVERY,
         horizon: int = DEFAULT_HORIZON,
         cooldown: int = DEFAULT_COOLDOWN,
         probe_budget: float = DEFAULT_PROBE_BUDGET,
         snapshot_memory: int = DEFAULT_SNAPSHOT_MEMORY,
-        monitor_val: bool = True,
+        monitor_val: str | bool | None = "val_loss",
         console: bool = True,
         detector_options: Mapping[str, Any] | None = None,
-        run_dir: str | os.PathLike[str] | None = None,
         meta: Mapping[str, Any] | None = None,
         tensorboard: str | os.PathLike[str] | None = None,
         mlflow: Any = False,
@@ -413,7 +415,14 @@ class UnstuckCallback(_Callback):
             "probe_budget": float(probe_budget),
             "snapshot_memory": snapshot_memory,
         }
-        self.monitor_val = bool(monitor_val)
+        if isinstance(monitor_val, bool):
+            monitor_val = "val_loss" if monitor_val else None
+        if monitor_val is not None and not isinstance(monitor_val, str):
+            raise TypeError(
+                "UnstuckCallback: monitor_val must be the logs key of the validation loss (a str) "
+                f"or None, got {monitor_val!r}"
+            )
+        self.monitor_val: str | None = monitor_val
         options = {"distance_signal": True, **dict(detector_options or {})}
         self.detectors = {
             "train": PlateauDetector("train", **options),
@@ -547,18 +556,19 @@ class UnstuckCallback(_Callback):
             self._flush()
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if not self.monitor_val or not logs or logs.get("val_loss") is None:
+        if self.monitor_val is None or not logs or logs.get(self.monitor_val) is None:
             return
+        value = float(logs[self.monitor_val])
         at = max(self.batches - 1, 0)
         if self.probing:
             # A probe's state is not the run's: record the value, decide nothing on it.
-            self._log_metrics([("val_loss_probe", at, float(logs["val_loss"]))])
+            self._log_metrics([("val_loss_probe", at, value)])
             return
-        self._log_metrics([("val_loss", at, float(logs["val_loss"]))])
+        self._log_metrics([("val_loss", at, value)])
         detector = self.detectors["val"]
         before = detector.state
-        state = detector.update(at, logs["val_loss"], distance=self._last_distance)
-        self._evidence.add_series("val_loss", [at], [float(logs["val_loss"])])
+        state = detector.update(at, value, distance=self._last_distance)
+        self._evidence.add_series("val_loss", [at], [value])
         self._report(at, "val", before, state, [], [])
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
