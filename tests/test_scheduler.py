@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import logging
 import math
 import pathlib
 import re
@@ -42,6 +43,7 @@ class AlwaysStalled:
 
     state = "plateau"
     current = Plateau("metric", 0, None, "mid", 1.0, 0)
+    n_points, min_points = 10**9, 8  # always able to judge
 
     def update(self, step: Any, value: Any, *, distance: Any = None) -> str:
         return self.state
@@ -438,3 +440,23 @@ def test_docs_example_runs() -> None:
     namespace: dict[str, Any] = {"__name__": "docs_scheduler"}
     exec(compile(example.group(1), "docs/scheduler.md", "exec"), namespace)
     assert namespace["scheduler"].cuts  # the example's plateau is cut
+
+
+def test_a_short_run_says_why_it_was_not_cut(caplog: pytest.LogCaptureFixture) -> None:
+    """patience=2 on a 10-epoch run: torch's rule holds from epoch 3, but the trend test cannot
+    judge 10 values; the scheduler says so once (and how to judge sooner) instead of nothing."""
+    flat = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    scheduler = PlateauScheduler(optimizer((1.0,)), patience=2)
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        for value in flat:
+            scheduler.step(value)
+    warnings = [r.getMessage() for r in caplog.records if "PlateauScheduler" in r.getMessage()]
+    assert len(warnings) == 1 and "needs 16 metric values" in warnings[0]
+    assert "min_points': 4" in warnings[0] and "\n" not in warnings[0]
+    assert not scheduler.judging() and scheduler.cuts == []
+    shorter = PlateauScheduler(optimizer((1.0,)), patience=2, detector_options={"min_points": 4})
+    rng = np.random.default_rng(0)
+    for value in [2.0, 1.5] + [1.0 + 0.001 * rng.standard_normal() for _ in range(14)]:
+        shorter.step(value)
+    assert shorter.judging()
+    assert shorter.cuts, "with min_points=4 a flat tail after a fall is cut within 16 epochs"

@@ -24,6 +24,7 @@ fell. docs/scheduler.md lists every difference and why.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,10 +34,13 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from unstuck.detect import PlateauDetector
+from unstuck.detect.detector import WARMUP_FACTOR
 from unstuck.rescue.policy import ACT_ON_STATES
 from unstuck.types import primitive
 
 __all__ = ["PlateauScheduler"]
+
+logger = logging.getLogger("unstuck")
 
 STATE_VERSION = 1
 # Hidden progress needs ‖θ − θ₀‖. A fixed random sample of this many coordinates is kept as θ₀
@@ -142,6 +146,7 @@ class PlateauScheduler(ReduceLROnPlateau):
         self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         self.detector_options = dict(detector_options or {})
         self.cuts: list[dict[str, Any]] = []
+        self._early_cut_logged = False
         self._distance_at: int | None = None
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self._index, self._scale = _sample_coordinates(self._params, REFERENCE_COORDINATES)
@@ -192,7 +197,7 @@ class PlateauScheduler(ReduceLROnPlateau):
             self.num_bad_epochs = 0  # bad epochs in cooldown do not count, as in torch
 
         state = self.detector.update(epoch, current, distance=self._maybe_distance(epoch))
-        if self.num_bad_epochs > self.patience and not warming and self._stalled(state):
+        if self.num_bad_epochs > self.patience and not warming and self._may_cut(state, epoch):
             before = [float(lr) for lr in _lr_list(self.optimizer)]
             self._reduce_lr(epoch)  # torch's: factor, per-group min_lr, eps
             self.cooldown_counter = self.cooldown
@@ -277,6 +282,29 @@ class PlateauScheduler(ReduceLROnPlateau):
         self.detector.load_state_dict(dict(state_dict["detector"]))
 
     # -- deciding -------------------------------------------------------------------------------
+    def judging(self) -> bool:
+        """Whether unstuck's test has seen enough metric values to call a plateau (``2 ×
+        min_points``: 16 at the defaults); before that, torch's rule decides alone."""
+        return self.detector.n_points >= WARMUP_FACTOR * self.detector.min_points
+
+    def _may_cut(self, state: str, epoch: int) -> bool:
+        """torch's rule already holds; unstuck's test must agree. Before it can judge, a short
+        run (a 10-epoch fine-tune with ``patience=2``) is not cut, and the scheduler says so
+        once instead of staying silent."""
+        if self.judging():
+            return self._stalled(state)
+        if not self._early_cut_logged:
+            self._early_cut_logged = True
+            needed = WARMUP_FACTOR * self.detector.min_points
+            logger.warning(
+                "unstuck: PlateauScheduler did not cut at step %d although torch's rule would: "
+                "its trend test needs %d metric values to tell a plateau from noise; for runs "
+                "this short pass detector_options={'min_points': 4} (8 values)",
+                epoch,
+                needed,
+            )
+        return False
+
     def _stalled(self, state: str) -> bool:
         """Whether the detector's state is one a cut may answer (the rescue policy's own)."""
         if state not in ACT_ON_STATES:
