@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -616,3 +617,94 @@ def test_the_docs_example_runs(tmp_path: pathlib.Path, monkeypatch: pytest.Monke
     callback = namespace["callback"]
     assert callback.guard.actions
     assert (tmp_path / "runs" / "lightning" / "unstuck.sqlite").exists()
+
+
+CONSOLE_SCRIPT = """
+import logging, torch, torch.nn.functional as F
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+from unstuck.integrations.lightning import UnstuckCallback
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2048, 4, generator=g)
+data = TensorDataset(x, x @ torch.linspace(-1.0, 1.0, 12).reshape(4, 3))
+
+class Stuck(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)]
+        self.net = torch.nn.Sequential(*layers)
+    def training_step(self, batch, batch_idx):
+        return F.mse_loss(self.net(batch[0]), batch[1])
+    def validation_step(self, batch, batch_idx):
+        pass  # logs no val_loss: the callback warns once
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-6)
+
+trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_model_summary=False, max_steps=256, limit_val_batches=1,
+                    val_check_interval=100, callbacks=[UnstuckCallback(flush_every=32)])
+trainer.fit(Stuck(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+"""
+
+
+def _run_in_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run ``argv`` with stdout and stderr on one pseudo-terminal, as a user's shell shows it
+    (progress bars draw live only on a terminal)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while select.select([master], [], [], timeout)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_console_lines_are_whole_and_above_the_progress_bar(tmp_path: pathlib.Path) -> None:
+    """On a terminal with Lightning's live progress bar, every unstuck line starts a line of its
+    own (the bar cleared first), the missing-validation warning is one complete sentence, and
+    no line says 'unstuck: unstuck:'."""
+    script = tmp_path / "fit.py"
+    script.write_text(CONSOLE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    code, out = _run_in_a_terminal([sys.executable, str(script)], env, timeout=240)
+    assert code == 0, out[-2000:]
+    starts = [i for i in range(len(out)) if out.startswith("unstuck:", i)]
+    assert starts, out[-2000:]
+    for i in starts:
+        before = out[max(0, i - 4) : i]
+        assert i == 0 or before.endswith(("\n", "\r", "\x1b[2K")), (
+            f"glued onto the bar: {out[max(0, i - 60) : i + 40]!r}"
+        )
+    assert "unstuck: unstuck:" not in out
+    # The bar's console wraps long lines at the terminal's width: read the text unwrapped.
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\r|\n", "", out)
+    assert text.count("callback_metrics") == 1
+    squeezed = re.sub(r"\s", "", text)  # wrapping drops the space it broke the line at
+    assert "passmonitor_val=<thenameyoulog>,ormonitor_val=None" in squeezed, text
+    assert "summary after 256 steps" in text
+
+
+def test_console_prefix_is_never_doubled() -> None:
+    from unstuck.record.console import _PrefixFormatter
+
+    formatter = _PrefixFormatter()
+    for message in ("step 49 plateau", "unstuck: PlateauScheduler did not cut"):
+        record = logging.LogRecord("unstuck", logging.WARNING, __file__, 1, message, (), None)
+        assert formatter.format(record).count("unstuck: ") == 1

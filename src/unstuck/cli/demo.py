@@ -31,6 +31,7 @@ import torch
 
 import unstuck
 from unstuck.cli.demo_tasks import DEFAULT_TASK, TASKS, Task
+from unstuck.record.console import console_above_progress_bars
 from unstuck.record.rundata import reference_curves_meta
 
 __all__ = ["DEFAULT_TASK", "TASKS", "DemoResult", "run_demo"]
@@ -205,12 +206,7 @@ def _log_above(bar: Any) -> contextlib.AbstractContextManager[Any]:
     """Print unstuck's console lines above the progress bar instead of through it."""
     if bar is None:
         return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    redirect: contextlib.AbstractContextManager[Any] = logging_redirect_tqdm(
-        loggers=[logging.getLogger("unstuck")]
-    )
-    return redirect
+    return console_above_progress_bars()
 
 
 def _loop(
@@ -280,7 +276,7 @@ def run_demo(
     """Train the task without and with unstuck and return what happened.
 
     With a ``run_dir`` and ``report=True`` the guarded run's HTML report is written to
-    ``run_dir/report.html`` (when plotly is installed; otherwise ``report_note`` says why not).
+    ``run_dir/report.html`` (``report_note`` says why when it could not be written).
     """
     if task_name not in TASKS:
         raise ValueError(f"unknown demo task {task_name!r}; known: {', '.join(TASKS)}")

@@ -33,6 +33,7 @@ Where each input comes from (docs/lightning.md has the whole story):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unstuck.integrations.loop import Guard
+from unstuck.record.console import console_above_progress_bars
 from unstuck.rescue.policy import Policy
 from unstuck.signals import LRTap
 from unstuck.signals.base import Tap
@@ -89,6 +91,13 @@ class _Schedulers:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
+
+
+def _draws_a_tqdm_bar(trainer: pl.Trainer) -> bool:
+    """Lightning's default progress bar is a tqdm bar on stdout/stderr: lines printed while it is
+    drawn are glued onto it unless they go through ``tqdm.write``."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    return bar is not None and type(bar).__name__ == "TQDMProgressBar" and bar.is_enabled
 
 
 def _step_loss(outputs: Any, key: str) -> torch.Tensor | None:
@@ -184,6 +193,7 @@ class UnstuckCallback(Callback):
         self._stepped = False  # the watched optimizer reached its step since the last loss
         self._clip_base: float | None = None  # the Trainer's gradient_clip_val, when by norm
         self._warned_missing_val = False
+        self._console = contextlib.ExitStack()  # unstuck's lines above Lightning's progress bar
 
     # -- what the user reads ------------------------------------------------------------------
     @property
@@ -242,6 +252,8 @@ class UnstuckCallback(Callback):
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             guard.load_state_dict(state)
+        if trainer.is_global_zero and _draws_a_tqdm_bar(trainer):
+            self._console.enter_context(console_above_progress_bars())
 
     # -- the hot path -------------------------------------------------------------------------
     def on_before_optimizer_step(
@@ -309,9 +321,9 @@ class UnstuckCallback(Callback):
                 if not self._warned_missing_val:
                     self._warned_missing_val = True
                     logger.warning(
-                        "unstuck: no %r in trainer.callback_metrics (logged: %s); validation "
-                        "is not watched. Log it with self.log(%r, loss) in validation_step, or "
-                        "pass monitor_val=",
+                        "unstuck: no %r in trainer.callback_metrics (logged: %s), so validation "
+                        "is not watched; log it with self.log(%r, loss) in validation_step, "
+                        "pass monitor_val=<the name you log>, or monitor_val=None",
                         self.monitor_val,
                         ", ".join(sorted(trainer.callback_metrics)) or "nothing",
                         self.monitor_val,
@@ -345,7 +357,10 @@ class UnstuckCallback(Callback):
         guard = self._guard
         if guard is None or guard._closed:
             return
-        guard.close()
+        try:
+            guard.close()
+        finally:
+            self._console.close()  # the summary is printed above the bar, then lines go back
         if self._clip_base is not None:
             trainer.gradient_clip_val = self._clip_base
 

@@ -31,6 +31,7 @@ Where the lines go: everything goes through the standard ``logging`` logger ``un
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -41,6 +42,7 @@ from unstuck.types import ActionRecord, Finding, Plateau, Remedy
 
 __all__ = [
     "LOGGER_NAME",
+    "console_above_progress_bars",
     "ensure_console_handler",
     "finding_change",
     "format_event_line",
@@ -64,10 +66,47 @@ def ensure_console_handler(level: int = logging.INFO) -> None:
         logger.setLevel(level)
     if logger.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("unstuck: %(message)s"))
+    handler.setFormatter(_PrefixFormatter())
     logger.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is printed, not when the handler was
+    made: a live progress display (Rich's, the default bar of Lightning) swaps ``sys.stderr``
+    for a proxy that prints above the bar, and a handler holding the old stream would write
+    through the bar instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _PrefixFormatter(logging.Formatter):
+    """``unstuck: message``, once: warnings that already name unstuck keep a single prefix
+    (under the application's own handlers they need theirs)."""
+
+    PREFIX = "unstuck: "
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith(self.PREFIX) else self.PREFIX + text
+
+
+def console_above_progress_bars() -> contextlib.AbstractContextManager[Any]:
+    """While a tqdm progress bar is drawn (Lightning's, the demo's), print unstuck's console
+    lines above it instead of onto it. Only unstuck's own stderr handler is redirected; an
+    application that configured logging keeps its handlers as they are."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
+        return contextlib.nullcontext()
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:
+        return contextlib.nullcontext()
+    redirect: contextlib.AbstractContextManager[Any] = logging_redirect_tqdm(loggers=[logger])
+    return redirect
 
 
 # -- the concrete change a finding asks for ---------------------------------------------------
