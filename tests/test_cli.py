@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -212,12 +211,9 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
         assert a["outcome"] in {"pending", "kept", "rolled_back", "failed"}
         assert "label" in a["params"]
     assert (cwd / result["run_dir"]).resolve() == (cwd / "out").resolve()
-    if importlib.util.find_spec("plotly") is not None:  # the report needs unstuck[report]
-        report = cwd / result["report"]
-        assert report == cwd / "out" / "report.html"
-        assert report.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    else:
-        assert result["report"] is None
+    report = cwd / result["report"]
+    assert report == cwd / "out" / "report.html"
+    assert report.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
 
 def test_demo_store_matches_the_json(demo_run) -> None:
@@ -290,3 +286,19 @@ def test_demo_human_output_and_run_dir_none(
     assert "ms on the median step" in out
     assert "run store:" not in out
     assert os.listdir(tmp_path) == []  # 'none' records nothing
+
+
+def test_analyze_of_the_demo_store_agrees_with_the_live_run(demo_run) -> None:
+    """`unstuck analyze unstuck-demo` replays the store at the Guard's own flushes: the same
+    plateaus and the same top finding as the live run printed."""
+    from unstuck.analyze import analyze, load
+
+    cwd, result = demo_run
+    offline = analyze(load(cwd / "out"))
+    live_plateaus = sorted((p["series"], p["start"], p["end"]) for p in result["plateaus"])
+    assert live_plateaus, "the demo's live run found no plateau to compare"
+    assert sorted((p.series, p.start, p.end) for p in offline.plateaus) == live_plateaus
+    live_top = max(result["findings"], key=lambda f: f["confidence"])
+    assert offline.findings[0].cause == live_top["cause"]
+    assert offline.findings[0].confidence == pytest.approx(live_top["confidence"], abs=0.02)
+    assert "compare/loss" not in {f.series for f in offline.findings}  # a reference, not the run

@@ -257,7 +257,6 @@ def test_mlflow_colliding_names_stay_apart(mlflow_store) -> None:
 
 def test_guard_mirrors_its_run_to_tensorboard_and_writes_the_report(tmp_path: pathlib.Path):
     require("tensorboard", "tensorboard")
-    require("plotly", "report")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from _report_support import guarded_run
@@ -279,7 +278,7 @@ def test_guard_mirrors_its_run_to_tensorboard_and_writes_the_report(tmp_path: pa
         for t in acc.Tensors(tag)
     )
     assert guard.findings[0].cause.replace("_", "\\_") in texts
-    assert (tmp_path / "run" / "report.html").stat().st_size > 100_000  # plotly.js inline
+    assert 0 < (tmp_path / "run" / "report.html").stat().st_size < 1_000_000  # inline SVG
 
 
 def test_guard_logs_to_the_active_mlflow_run(mlflow_store, tmp_path: pathlib.Path) -> None:

@@ -80,7 +80,7 @@ def summary(run: RunData, report: Path) -> dict[str, Any]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """The ``report`` command: 0 written, 2 bad input, 1 plotly missing."""
+    """The ``report`` command: 0 written, 2 bad input or an unwritable output."""
     from unstuck.record.report import REPORT_FILENAME, write_report
     from unstuck.record.rundata import load_run
     from unstuck.record.store import STORE_FILENAME
@@ -98,9 +98,6 @@ def run_report(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else store.parent / REPORT_FILENAME
     try:
         path = write_report(run, output)
-    except ImportError as exc:
-        print(f"unstuck report: {exc}", file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"unstuck report: cannot write {output}: {exc}", file=sys.stderr)
         return 2

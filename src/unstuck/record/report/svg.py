@@ -190,6 +190,9 @@ class Scale:
         return linear_ticks(self.lo, self.hi, integer)
 
 
+MAX_EXPONENT = 307.0  # decades a log axis may reach (float64's largest is ~1.8e308)
+
+
 def fit_range(arrays: Iterable[np.ndarray], log: bool, pad: float = PAD) -> tuple[float, float]:
     """The data range of ``arrays`` (finite values; positive ones on a log axis), padded."""
     parts = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
@@ -205,12 +208,16 @@ def fit_range(arrays: Iterable[np.ndarray], log: bool, pad: float = PAD) -> tupl
         if hi - lo < 1e-9:
             lo, hi = lo - 0.5, hi + 0.5
         d = (hi - lo) * pad
-        return 10.0 ** (lo - d), 10.0 ** (hi + d)
+        # float64 ends near 1e308: a padded exponent past it would overflow
+        return 10.0 ** max(lo - d, -MAX_EXPONENT), 10.0 ** min(hi + d, MAX_EXPONENT)
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         delta = abs(hi) * 0.1 or 1.0
         lo, hi = lo - delta, hi + delta
     d = (hi - lo) * pad
-    return lo - d, hi + d
+    padded = (lo - d, hi + d)
+    if not all(math.isfinite(v) for v in padded):  # a span near the float64 limit
+        return (lo, hi) if math.isfinite(hi - lo) else (lo / 2, hi / 2)
+    return padded
 
 
 # --------------------------------------------------------------------------- the chart
