@@ -213,7 +213,10 @@ def test_demo_json_has_the_documented_structure(demo_run) -> None:
     assert (cwd / result["run_dir"]).resolve() == (cwd / "out").resolve()
     report = cwd / result["report"]
     assert report == cwd / "out" / "report.html"
-    assert report.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert report.stat().st_size < 1_000_000  # self-contained, no plotting bundle inlined
+    assert "without unstuck" in page and "<script src=" not in page  # before/after, offline
 
 
 def test_demo_store_matches_the_json(demo_run) -> None:
