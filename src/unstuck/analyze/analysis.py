@@ -306,6 +306,12 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
             missing[code] = sorted(
                 n for n in rule.requires if not inputs_present(final_ev, frozenset({n}))
             )
+    notes = run.meta.setdefault("notes", [])
+    for name in loss_series(run):
+        note = _never_learned(name, SERIES_LABELS.get(name, name), run.series[name][1])
+        if note is not None:
+            notes.append(note)
+    notes.extend(_constant_metrics(run))
     run.plateaus = sorted(plateaus, key=lambda p: (p.start, p.series))
     run.findings = sorted(best.values(), key=lambda f: (-f.confidence, f.cause, f.series))
     run.meta["analysis"] = {
@@ -324,6 +330,64 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
             "replay can differ from what the live run decided after them"
         )
     return run
+
+
+# A run that never left its starting level is "never learned", a fact the log shows, not a cause
+# it can name: an LR far too low, dead units, a broken loss or labels all look the same there.
+# Never learned: the lowest block median of the series stays within 2 % of where it started
+# (ours: a run that trains at all loses more than that in its first epochs; keras_braincnn_age's
+# 5.7939 → 5.7912 over 1,000 epochs is 0.05 %).
+NEVER_LEARNED_DROP = 0.02
+NEVER_LEARNED_BLOCKS = 16  # block medians read for the lowest level reached
+CHANCE_TOLERANCE = 0.01  # a level within 1 % of ln C is "at chance" for C classes
+MAX_CLASSES = 1000
+
+
+def _never_learned(name: str, label: str, values: np.ndarray) -> str | None:
+    """A note when the series never left its starting level, naming chance level if it sits
+    at ln C (cross-entropy of a uniform guess over C classes)."""
+    x = values[np.isfinite(values)]
+    if x.size < MIN_PLATEAU_POINTS:
+        return None
+    head = float(np.median(x[: max(INITIAL_POINTS, x.size // 20)]))
+    per_block = max(1, x.size // NEVER_LEARNED_BLOCKS)
+    usable = x[: per_block * (x.size // per_block)].reshape(-1, per_block)
+    lowest = float(np.median(usable, axis=1).min())
+    if head <= 0 or (head - lowest) / head >= NEVER_LEARNED_DROP:
+        return None
+    tail = float(np.median(x[-per_block:]))
+    chance = ""
+    classes = round(math.exp(head)) if head < math.log(MAX_CLASSES + 1) else 0
+    # Only where ln C is the one class count within the tolerance: past ~15 classes ln C and
+    # ln (C + 1) are closer than 1 %, and any loss "matches" some class count.
+    near = [c for c in (classes - 1, classes, classes + 1) if c >= 2 and _at_chance(head, c)]
+    if near == [classes]:
+        chance = f", chance level for {classes} classes (ln {classes} = {math.log(classes):.4g})"
+    return (
+        f"the {label} loss ({name}) never left its starting level ({head:.4g} → {tail:.4g}"
+        f"{chance}): the run did not learn, and the log cannot tell why (an LR far too low, "
+        "dead units, a broken loss or labels)"
+    )
+
+
+def _at_chance(level: float, classes: int) -> bool:
+    return abs(level - math.log(classes)) <= CHANCE_TOLERANCE * math.log(classes)
+
+
+def _constant_metrics(run: RunData) -> list[str]:
+    """Accuracy-like series that never changed: a network predicting one thing throughout."""
+    notes = []
+    for name, (_, values) in sorted(run.series.items()):
+        low = name.lower()
+        if "acc" not in low or values.size < MIN_PLATEAU_POINTS:
+            continue
+        finite = values[np.isfinite(values)]
+        if finite.size >= MIN_PLATEAU_POINTS and float(np.ptp(finite)) == 0.0:
+            notes.append(
+                f"{name} is {float(finite[0]):.6g} at all {finite.size} points: the model's "
+                "predictions never changed"
+            )
+    return notes
 
 
 def _keep_best(best: dict[tuple[str, str], Finding], finding: Finding) -> None:

@@ -102,6 +102,11 @@ class CapacityLimit(Rule):
         if kind is not None and kind != "minimum":
             return None  # the probe sees a saddle, a flat region or a noise floor
         snr = recent_median(ev, "grad_snr", 3)
+        if ratio is None and snr is None and kind is None:
+            # "Healthy dynamics" is the whole claim, and nothing here measured them (a log from
+            # another tool holds the loss and the LR): an LR too low, a dead network or a bug
+            # stall a loss the same way, so the log cannot tell, and says nothing.
+            return None
         # 0.3 on the plateau and the loss level alone; each independent confirmation adds.
         confidence = 0.3
         confidence += 0.05 * (kind == "minimum")  # the probe found nothing to escape along

@@ -8,11 +8,14 @@ import numpy as np
 
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._logs import (
+    BOUNCE_RHO,
+    CLIMB_Z,
     LOG_MAX_CONFIDENCE,
     detector_stats,
     finite_or_nan,
     latest_lrs,
     lr_text,
+    read_swings,
     structured_swings,
 )
 from unstuck.diagnose.evidence import Evidence
@@ -160,11 +163,20 @@ class LRTooHigh(Rule):
             summary = f"the training loss is {state}"
         else:
             return None
+        swings = read_swings(ev.values_of("loss"))
+        if swings is None or not swings.beyond_noise:
+            # Per-step minibatch noise bounces without any LR at fault, and a loss logged to 4
+            # decimals flips between two values: neither is an LR the log can blame.
+            return None
         flips = slope_sign_flips(ev.values_of("loss"))
         bouncing = flips is not None and flips > FLIP_SHARE
         confidence = min(LOG_CONFIDENCE[shape] + FLIP_BONUS * bouncing, LOG_MAX_CONFIDENCE)
         lrs = latest_lrs(ev)
-        if bouncing:
+        if swings.climbs:
+            summary += (
+                f" (it rose {swings.rise:.3g}, {swings.climb_z:.1f} standard errors of its noise)"
+            )
+        elif bouncing:
             summary += (
                 f" ({flips:.0%} of its slopes flip sign over the latest {FLIP_WINDOW} points)"
             )
@@ -186,6 +198,11 @@ class LRTooHigh(Rule):
                 "lr": next(iter(lrs.values())) if lrs else float("nan"),
                 "lr_series": next(iter(lrs)) if lrs else "",
                 "suggested_factor": OSCILLATION_CUT,
+                "climb_z": swings.climb_z,
+                "climb_threshold": CLIMB_Z,
+                "bounce_rho": swings.bounce_rho,
+                "bounce_threshold": BOUNCE_RHO,
+                "resolution": swings.resolution,
                 "source": "log",
             },
             step=ev.step,
