@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from unstuck.signals.hub import Frame
+from unstuck.signals.host import Frame
 
 __all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
 

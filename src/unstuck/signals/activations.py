@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.host import SATURATION_BOUND
 
 __all__ = ["DEAD_WINDOW", "SATURATION_BOUND", "ActivationTap"]
 
 DEAD_WINDOW = 4  # sampled batches a unit must stay silent over to count as dead ("over a window")
-SATURATION_BOUND = 5.0  # DeepDiagnosis: a pre-activation beyond ±5 is saturated (REFERENCE.md §3)
 
 _RELU = (nn.ReLU, nn.ReLU6)
 _SATURATING = (nn.Sigmoid, nn.Tanh)

@@ -8,7 +8,10 @@ sets the untuned warm-up length (Ma & Yarats 2021).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch only at use: rules import untuned_warmup_length, analyze has no torch
+    import torch
 
 __all__ = [
     "ADAM_BETA2",
@@ -67,6 +70,8 @@ def post_norm_layers(model: torch.nn.Module) -> int:
     """How many of ``model``'s Transformer layers normalise after the residual (post-LN): torch's
     own layers with ``norm_first=False``, and a Hugging Face model of a post-LN type
     (``POST_LN_MODEL_TYPES``). A hand-written post-LN block is not recognised."""
+    import torch
+
     layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
     torch_layers = sum(
         1 for m in model.modules() if isinstance(m, layers) and not getattr(m, "norm_first", False)

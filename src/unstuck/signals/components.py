@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import torch
 
 from unstuck.signals.base import CostTier, Packet, Tap
+from unstuck.signals.host import COMPONENT_PREFIX
 
 __all__ = ["COMPONENT_PREFIX", "MAX_COMPONENTS", "LossComponentsTap"]
 
-COMPONENT_PREFIX = "loss_component/"
 MAX_COMPONENTS = 32  # distinct term names tracked; more is a logging mistake, not a loss
 
 

@@ -18,17 +18,16 @@ Sharded parameters (FSDP, DTensor) differ between ranks by design; the tap then 
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.host import CHECKSUM_FIELDS, checksum_spread
 
 __all__ = ["CHECKSUM_FIELDS", "RankChecksumTap", "distributed_world"]
 
 PROJECTION_SEED = 20_240_917  # any fixed value: every rank must draw the same projection
-CHECKSUM_FIELDS = ("sum", "sum_sq", "projection", "numel")
 
 
 def distributed_world() -> int:
@@ -113,37 +112,3 @@ class RankChecksumTap(Tap):
             "rank_world_size": len(table),
             "rank_checksum_spread": ([int(host.get("step", 0))], [spread]),
         }
-
-
-def checksum_spread(table: list[list[float]]) -> float:
-    """The largest difference of any rank's checksum to rank 0's, relative to its scale.
-
-    Σθ and Σ r·θ are compared relative to √(numel·Σθ²) (their Cauchy–Schwarz bound), Σθ² relative
-    to itself, so the figure is ~1e-16 for identical weights and ≥ 1e-7 for any real difference.
-    NaN when the table is malformed or the ranks hold different parameter counts (sharding).
-    """
-    try:
-        rows = [[float(v) for v in row] for row in table]
-    except (TypeError, ValueError):
-        return float("nan")
-    if len(rows) < 2 or any(len(r) != len(CHECKSUM_FIELDS) for r in rows):
-        return float("nan")
-    finite = [all(math.isfinite(v) for v in r) for r in rows]
-    if not all(finite):
-        # NaN weights on every rank are the nonfinite rule's business; on some ranks only, the
-        # ranks certainly disagree.
-        return float("inf") if any(finite) else float("nan")
-    ref = rows[0]
-    if any(r[3] != ref[3] for r in rows):
-        return float("nan")
-    sq = max(abs(ref[1]), 1e-300)
-    linear_scale = math.sqrt(max(ref[3], 1.0) * sq)
-    worst = 0.0
-    for row in rows[1:]:
-        worst = max(
-            worst,
-            abs(row[0] - ref[0]) / linear_scale,
-            abs(row[1] - ref[1]) / sq,
-            abs(row[2] - ref[2]) / linear_scale,
-        )
-    return worst

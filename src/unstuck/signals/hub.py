@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from unstuck.signals.base import Packet, StepContext, Tap
+from unstuck.signals.host import Frame
 
 __all__ = ["Frame", "SignalHub", "optimizer_parameters"]
 
 logger = logging.getLogger("unstuck")
-
-
-@dataclass
-class Frame:
-    """Everything the taps measured since the previous flush, on the host.
-
-    Scalar series are ``name -> (steps, values)``; other entries (per-tensor arrays, summaries)
-    are documented by the tap that makes them.
-    """
-
-    step: int
-    signals: dict[str, Any] = field(default_factory=dict)
-
-    def series(self) -> dict[str, tuple[list[int], list[float]]]:
-        """Only the scalar series, the part that goes to the run store as metrics."""
-        return {
-            k: v
-            for k, v in self.signals.items()
-            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], list)
-        }
 
 
 def optimizer_parameters(
@@ -127,7 +107,11 @@ class SignalHub:
             for name, tensor in packet.tensors.items():
                 by_device[tensor.device].append((k, name, tensor))
         for entries in by_device.values():
-            flat = torch.cat([t.detach().reshape(-1).float() for _, _, t in entries])
+            # float32 on the wire, unless a value is float64 (a loss of 1e308 is finite and
+            # must not arrive as inf): then the device's whole buffer goes as float64.
+            wide = any(t.dtype == torch.float64 for _, _, t in entries)
+            dtype = torch.float64 if wide else torch.float32
+            flat = torch.cat([t.detach().reshape(-1).to(dtype) for _, _, t in entries])
             host = flat.cpu().numpy().astype(np.float64)  # the one transfer per device
             offset = 0
             for k, name, tensor in entries:

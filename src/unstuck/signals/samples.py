@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from unstuck.signals.base import CostTier, Packet, Tap
+from unstuck.signals.host import PERSIST_OBSERVATIONS
 
 __all__ = ["MAX_TRACKED_IDS", "PERSIST_OBSERVATIONS", "SamplesTap"]
 
 MAX_TRACKED_IDS = 1 << 20  # bound on the per-id tables kept on the host
 MAX_CLASSES = 1024  # class tables beyond this (token targets of a language model) are not kept
 TOP_FRACTION = 0.05  # "top 5 % of samples": the share of loss they hold is the label-noise signal
-PERSIST_OBSERVATIONS = 3  # "persistently": a sample must stay unlearned over 3 passes in a row
 HISTORY = 64  # nominal epochs / flushes kept in the bounded per-epoch and per-class histories
 REPORT_IDS = 20  # ids named in a finding
 UNLEARNED_LOSS = math.log(2.0)  # cross-entropy above ln 2: p(label) < 1/2, the label is not learned

@@ -13,7 +13,7 @@ import numpy as np
 from unstuck.detect.detector import NEAR_CONVERGENCE_DROP
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
-from unstuck.signals.curvature import classify
+from unstuck.signals.host import classify
 from unstuck.types import Remedy
 
 __all__ = [

@@ -16,7 +16,7 @@ from unstuck.diagnose.causes._landscape import (
 )
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HIGH_UPDATE_RATIO, RECENT_POINTS
-from unstuck.signals.curvature import NOISE_FLOOR_SHARE
+from unstuck.signals.host import NOISE_FLOOR_SHARE
 from unstuck.types import Finding, Remedy
 
 # McCandlish et al. 2018 ("An Empirical Model of Large-Batch Training"), eq. 2.11: training

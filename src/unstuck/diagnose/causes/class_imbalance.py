@@ -14,7 +14,7 @@ from unstuck.diagnose.causes._data import (
     ramp,
 )
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.samples import PERSIST_OBSERVATIONS
+from unstuck.signals.host import PERSIST_OBSERVATIONS
 from unstuck.types import Finding, Remedy
 
 

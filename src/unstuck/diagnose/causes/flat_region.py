@@ -8,7 +8,7 @@ from typing import ClassVar
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._landscape import known_causes, landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.curvature import FLAT_FELT_CURVATURE
+from unstuck.signals.host import FLAT_FELT_CURVATURE
 from unstuck.types import Finding, Remedy
 
 MIN_RAISE = 2.0

@@ -9,7 +9,7 @@ import numpy as np
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._data import ORDER_OF_MAGNITUDE, finite_number, ramp
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.components import COMPONENT_PREFIX
+from unstuck.signals.host import COMPONENT_PREFIX
 from unstuck.types import Finding, Remedy
 
 RECENT_STEPS = 50  # one default flush of per-step component values: a robust recent median

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.distributed import checksum_spread
+from unstuck.signals.host import checksum_spread
 from unstuck.types import Finding, Remedy
 
 # Float32 weights carry ~7 significant digits (eps 1.19e-7); the float64 checksums of identical

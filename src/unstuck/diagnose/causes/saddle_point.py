@@ -8,7 +8,7 @@ from typing import ClassVar
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._landscape import landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.curvature import SADDLE_RATIO
+from unstuck.signals.host import SADDLE_RATIO
 from unstuck.types import Finding, Remedy
 
 LR_BUMP = 3.0  # ≈ 10^0.5: escape time ∝ 1/(η·|λ_min|), so half a decade shortens it ~3×

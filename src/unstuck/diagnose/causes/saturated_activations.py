@@ -9,7 +9,7 @@ import numpy as np
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
-from unstuck.signals.activations import SATURATION_BOUND
+from unstuck.signals.host import SATURATION_BOUND
 from unstuck.types import Finding, Remedy
 
 SATURATED_SHARE = 0.5  # DeepDiagnosis: > 50 % of pre-activations beyond ±5 (REFERENCE.md §3)
