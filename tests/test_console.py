@@ -320,3 +320,14 @@ def test_many_actions_show_the_latest_and_count_the_rest() -> None:
     assert "  (3 earlier actions not shown)" in lines
     assert [ln for ln in lines if " at step " in ln][-1] == "  lr ×46.3 at step 600: kept"
     assert lines[-1] == "  put lr=0.002 in your config (unstuck ran at ×2 of your schedule)"
+
+
+def test_a_symptom_whose_root_is_named_stays_off_the_console() -> None:
+    """'capacity_limit 0.17' right after a kept LR rescue is the first problem's echo."""
+    from unstuck.record.console import format_event_line
+
+    echo = Finding("capacity_limit", 0.17, {"explained_by": ["lr_too_low"]}, 399, "plateau")
+    assert format_event_line(399, findings=[echo]) == ""
+    real = Finding("lr_too_low", 0.7, {}, 399, "tiny updates")
+    line = format_event_line(399, findings=[echo, real])
+    assert "lr_too_low 0.70" in line and "capacity_limit" not in line

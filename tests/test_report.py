@@ -484,7 +484,8 @@ def test_hand_built_probes_render_as_curves_bars_and_tables(tmp_path: pathlib.Pa
         for g in groups(ours, "probe-mark")
     }
     assert marks == {3.0: "#2ca02c", 1000.0: "#d62728"}  # suggested factor, divergence
-    assert "saddle_point" in text and "lambda_max" in text
+    # one verdict on the page: the finding's, not the probe's first reading at the LR then
+    assert "lambda_max" in text and "saddle_point" not in text and "classification" not in text
     assert "[1, 2, 3]" in text  # unequal lists fall back to the table
     assert "steepest" in text  # the scalars stay in the table
     assert "<th>valley</th>" not in page and "None" not in text
@@ -801,3 +802,22 @@ def test_demo_summary_names_the_report() -> None:
     assert "  report:    needs plotly" in list(format_demo(missing))
     assert written.to_dict()["report"] == "d/report.html"
     assert missing.to_dict()["report"] is None
+
+
+def test_curvature_probe_shows_the_findings_verdict_not_its_own(tmp_path) -> None:
+    """The probe classified at the LR of its moment (saddle); the rules judged the same numbers
+    at the effective step and found a flat region: the page says flat_region once."""
+    from unstuck.record.report import write_report
+    from unstuck.record.rundata import RunData
+    from unstuck.types import Finding
+
+    run = RunData(source="hand", format="unstuck")
+    run.add_series("loss", np.arange(200), np.full(200, 2.3))
+    run.probes = [
+        {"step": 49, "probe": "curvature", "lambda_max": 0.4, "classification": "saddle_point"}
+    ]
+    run.findings = [Finding("flat_region", 0.9, {}, 49, "flat region")]
+    page = write_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    probes = page[page.index("curvature at step 49") :]
+    assert "flat_region 0.90 (see Findings)" in probes
+    assert "saddle_point" not in page

@@ -847,16 +847,11 @@ class UnstuckCallback(_Callback):
             if changed:
                 logger.debug("step %d %s (%s)", step, state, series)
             return
-        logger.info(
-            format_event_line(
-                step,
-                series=series,
-                state=shown,
-                plateau=plateau,
-                findings=findings,
-                actions=actions,
-            )
+        line = format_event_line(
+            step, series=series, state=shown, plateau=plateau, findings=findings, actions=actions
         )
+        if line:  # empty when the only news is a symptom whose root is already named
+            logger.info(line)
 
     def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
         return self._evidence.series("loss")

@@ -227,7 +227,7 @@ def format_event_line(
     lrs: Sequence[float] = (),
     lr_multiplier: float = 1.0,
 ) -> str:
-    """Compose the parts that happened at one flush into one line.
+    """Compose the parts that happened at one flush into one line ("" when nothing is worth one).
 
     ``lrs`` (each group's configured LR) turn an LR remedy's factor into the LR to try
     (``lr_multiplier``: see :func:`finding_change`).
@@ -238,11 +238,15 @@ def format_event_line(
             parts.append(f"plateau ({plateau.kind}, {series})")
         else:
             parts.append(f"{state.replace('_', ' ')} ({series})")
-    parts += [format_finding(f, lrs, lr_multiplier) for f in findings]
+    # A symptom whose root was found (its evidence names it, and halved its confidence) is in
+    # the record, not on the console: 'capacity_limit 0.17' right after a kept LR rescue reads
+    # as a second problem when it is the first one's echo.
+    shown = [f for f in findings if not f.evidence.get("explained_by")]
+    parts += [format_finding(f, lrs, lr_multiplier) for f in shown]
     for a in actions:
         label = _action_label(a)
         parts.append(label if a.outcome == "pending" else f"{label} {a.outcome.replace('_', ' ')}")
-    return f"step {step} " + " · ".join(parts)
+    return f"step {step} " + " · ".join(parts) if parts else ""  # "": nothing worth a line
 
 
 # -- the summary at close ---------------------------------------------------------------------

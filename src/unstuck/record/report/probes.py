@@ -134,6 +134,18 @@ def _probe_branches(doc: Doc, probe: Mapping[str, Any]) -> str:
     return bar_chart(doc.chart_id(), labels, scores, colours, titles, "score")
 
 
+LANDSCAPE_CAUSES = ("saddle_point", "flat_region", "capacity_limit")  # read the curvature probe
+
+
+def _landscape_finding(doc: Doc, step: object) -> str:
+    """The landscape cause found at the probe's step (the decision it informed), if any."""
+    found = [f for f in doc.run.findings if f.cause in LANDSCAPE_CAUSES and f.step == step]
+    if not found:
+        return ""
+    best = max(found, key=lambda f: f.confidence)
+    return f"{best.cause} {best.confidence:.2f} (see Findings)"
+
+
 def probes_section(doc: Doc) -> None:
     probes = doc.run.probes
     if not probes:
@@ -151,6 +163,14 @@ def probes_section(doc: Doc) -> None:
         rest = without_missing(
             {k: v for k, v in probe.items() if k not in used and k not in ("probe", "step")}
         )
+        if name == "curvature" and "classification" in rest:
+            # The probe's own first reading used the LR of that moment; the rules judge the same
+            # numbers at the effective step (momentum, unstuck's multiplier) and the gradient
+            # noise. One verdict on the page: the finding's, where one was made from this probe.
+            rest.pop("classification")
+            verdict = _landscape_finding(doc, step)
+            if verdict:
+                rest = {"diagnosis": verdict, **rest}
         parts.append(f"<h3>{esc(heading)}</h3>")
         parts += [p for p in (curve, bars) if p]
         if rest:
