@@ -28,6 +28,21 @@ Sources of the rules (facts from /work/shared/REFERENCE.md, section 1):
   (β = 0.98, bias-corrected); the least-squares slope of the EMA over the last 100 logged
   points, divided by the EMA level, is compared with 1e-4 per step: ``|slope| / level < 1e-4``
   fires; the rule then re-arms only after another 100 points. Non-finite values are skipped.
+* ``DlibRobust`` — dlib ``dnn_trainer``'s progress test (dlib/statistics/running_gradient.h,
+  ``count_steps_without_decrease_robust`` and ``count_steps_without_decrease``, defaults
+  ``probability_of_decrease=0.51``, ``quantile_discard=0.10``): walking back from the newest
+  value, the values are added to a ``running_gradient`` (least-squares slope against the order
+  of addition, standard error ``sqrt(RSS/(n-2) · 12/(n³-n))``, P(decrease) from the normal CDF);
+  the count is the longest trailing run whose P(decrease) < 0.51; the robust one first drops
+  values above the upper 10 % quantile. The trainer cuts the LR when both counts reach
+  ``iterations_without_progress_threshold`` (2000 for the training loss, 500 for the test loss
+  in dlib's trainer) and then clears the history; a firing here is that cut. It keeps at most
+  2× the threshold of history (its count cannot exceed the history) and, for speed, tests
+  every ``threshold // 100`` values (a firing is late by at most 1 % of the threshold).
+* ``RayPlateau`` — Ray Tune ``TrialPlateauStopper`` (ray/tune/stopper/trial_plateau.py, defaults
+  ``std=0.01``, ``num_results=4``, ``grace_period=4``, ``metric_threshold=None``): fires when the
+  standard deviation (numpy's, ddof 0) of the last 4 results is below 0.01 (absolute) after at
+  least 4 results. Ray stops the trial there; here the rule re-arms after 4 more results.
 """
 
 from __future__ import annotations
@@ -35,6 +50,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
 
 
 @dataclass
@@ -309,6 +327,125 @@ class EmaSlope(_Rule):
         return self.state
 
 
+class DlibRobust(_Rule):
+    """dlib's dnn_trainer progress test: both step counts reach the threshold (module doc)."""
+
+    def __init__(
+        self,
+        series: str = "train",
+        mode: str = "min",
+        *,
+        threshold: int | None = None,
+        probability_of_decrease: float = 0.51,
+        quantile_discard: float = 0.10,
+    ) -> None:
+        super().__init__(series, mode)
+        # dlib's trainer: 2000 steps on the training loss, 500 on the test loss.
+        self.threshold = threshold or (2000 if series == "train" else 500)
+        self.p = probability_of_decrease
+        self.discard = quantile_discard
+        self._hist: deque[float] = deque(maxlen=2 * self.threshold)
+        self._steps: deque[int] = deque(maxlen=2 * self.threshold)
+        self._since_test = 0
+
+    @staticmethod
+    def count(values: np.ndarray, p: float) -> int:
+        """``count_steps_without_decrease``: values newest first, vectorised over every ``j``."""
+        n = values.size
+        if n < 3:
+            return n
+        i = np.arange(n, dtype=float)
+        k = i + 1.0  # points in the regression ending at index i
+        sx, sy = np.cumsum(i), np.cumsum(values)
+        sxx, sxy, syy = np.cumsum(i * i), np.cumsum(i * values), np.cumsum(values * values)
+        vxx = sxx - sx * sx / k
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (sxy - sx * sy / k) / vxx
+            rss = np.maximum(syy - sy * sy / k - slope * (sxy - sx * sy / k), 0.0)
+            se = np.sqrt(rss / (k - 2) * 12.0 / (k**3 - k))
+            # values go newest first, so a positive slope here is a decrease in time;
+            # P(decrease) = Φ(slope/se) < p  ⇔  slope/se < Φ⁻¹(p) (no erf per point)
+            z = slope / se
+        z = np.where(se > 0, z, np.where(slope > 0, np.inf, -np.inf))
+        bad = np.nonzero((k > 2) & (z < NormalDist().inv_cdf(p)))[0]
+        return int(bad[-1]) + 1 if bad.size else 0
+
+    def count_robust(self, values: np.ndarray) -> int:
+        """``count_steps_without_decrease_robust``: values above the upper quantile skipped; the
+        count is still in positions of the original sequence."""
+        if values.size == 0:
+            return 0
+        thresh = float(np.quantile(values, 1.0 - self.discard))
+        keep = values <= thresh
+        kept = values[keep]
+        c = self.count(kept, self.p)
+        if c == 0:
+            return 0
+        positions = np.nonzero(keep)[0]
+        # dlib counts j over the original positions: the last kept value counted maps back
+        return int(positions[min(c, positions.size) - 1]) + 1
+
+    def update(self, step: int, value: object, distance: object = None) -> str:
+        v = _finite(value)
+        if not math.isfinite(v):
+            return self.state
+        self._hist.append(v * self._sign)
+        self._steps.append(int(step))
+        self.state = "slow"
+        self._since_test += 1
+        if len(self._hist) < self.threshold or self._since_test < max(self.threshold // 100, 1):
+            return self.state
+        self._since_test = 0
+        newest_first = np.asarray(self._hist, dtype=float)[::-1]
+        if self.count(newest_first, self.p) >= self.threshold and (
+            self.count_robust(newest_first) >= self.threshold
+        ):
+            self.last_best_step = self._steps[-self.threshold]
+            self._fire(step)
+            self.state = "plateau"
+            self._hist.clear()
+            self._steps.clear()
+        return self.state
+
+
+class RayPlateau(_Rule):
+    """Ray Tune TrialPlateauStopper: std of the last 4 results < 0.01 (absolute)."""
+
+    def __init__(
+        self,
+        series: str = "train",
+        mode: str = "min",
+        *,
+        std: float = 0.01,
+        num_results: int = 4,
+        grace_period: int = 4,
+    ) -> None:
+        super().__init__(series, mode)
+        self.std = std
+        self.num_results = num_results
+        self.grace_period = grace_period
+        self._last: deque[tuple[int, float]] = deque(maxlen=num_results)
+        self._n = 0
+        self._since_fire = num_results
+
+    def update(self, step: int, value: object, distance: object = None) -> str:
+        v = _finite(value)
+        self._n += 1
+        self._since_fire += 1
+        self._last.append((int(step), v))
+        self.state = "slow"
+        if self._n < self.grace_period or len(self._last) < self.num_results:
+            return self.state
+        vals = [x for _, x in self._last]
+        armed = all(math.isfinite(x) for x in vals) and self._since_fire >= self.num_results
+        if armed and float(np.std(vals)) < self.std:
+            self.last_best_step = self._last[0][0]
+            self._fire(step)
+            self._since_fire = 0
+            self.state = "plateau"
+        return self.state
+
+
 def make_baselines(series: str = "train", mode: str = "min") -> dict[str, object]:
     """Fresh instances of every baseline, by benchmark name."""
     return {
@@ -317,7 +454,17 @@ def make_baselines(series: str = "train", mode: str = "min") -> dict[str, object
         "keras": KerasRLROP(series, mode),
         "fastai": FastaiRLROP(series, mode),
         "ema_slope": EmaSlope(series, mode),
+        "dlib_robust": DlibRobust(series, mode),
+        "ray_plateau": RayPlateau(series, mode),
     }
 
 
-BASELINE_NAMES = ("rlrop_every_step", "rlrop_mean50", "keras", "fastai", "ema_slope")
+BASELINE_NAMES = (
+    "rlrop_every_step",
+    "rlrop_mean50",
+    "keras",
+    "fastai",
+    "ema_slope",
+    "dlib_robust",
+    "ray_plateau",
+)

@@ -22,6 +22,19 @@ Scoring (per curve, then summed):
 * latency: detection step of the true positive minus the labeled onset ``s``; the median over
   true positives is reported.
 
+Family ``wild`` (when ``../shared/wild_logs/`` exists; one line says it is skipped otherwise):
+the 51 real logs from public repositories, read in-process with ``unstuck.analyze.load`` and
+scored by that folder's own ``run_wild.score`` (imported from it at run time, so the scoring is
+the one RESULTS.md describes). unstuck runs as ``unstuck analyze`` does (``analyze`` +
+``summary``); each baseline is fed the same loss series point by point and its firing is the
+plateau ``[start, detected_at]``. Reported per split: plateau precision / recall / F1 (a clear
+label found), false alarms per 10k loss points, logs without a clear plateau that got one, and
+for unstuck the validation series that got a rise (``rising``/``diverging``) on the logs
+labelled ``val_rising_from`` (and on the others). The logs are split **by log, before any
+tuning**, by a fixed hash of the name (:func:`wild_split`): ``dev`` when the first byte of
+``sha256(name)`` is even, else ``held_out``. Thresholds were calibrated on ``dev`` (and the
+generated curves) only; ``held_out`` was run once the defaults were fixed.
+
 ``--quick`` runs 3 short curves per family and a third of the real runs (under 2 minutes on 2
 cores). Results go to ``bench/results/detection.json`` (git-ignored) unless ``--json`` says
 otherwise.
@@ -30,8 +43,11 @@ otherwise.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
+import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import statistics
@@ -53,6 +69,9 @@ HERE = Path(__file__).resolve().parent
 TOLERANCE = 0.10
 DEFAULT_DETECTOR = "unstuck.detect:PlateauDetector"
 REAL_FAMILY = "real"
+WILD_FAMILY = "wild"
+WILD_DIR = HERE.parent.parent / "shared" / "wild_logs"  # ../shared/wild_logs from the repo
+WILD_SPLITS = ("dev", "held_out")
 MAX_LISTED = 20  # detection steps listed per curve and detector in the JSON
 
 
@@ -164,6 +183,201 @@ def load_real_curves(path: Path | None = None, every: int = 1) -> list[Curve]:
     return out
 
 
+# ----------------------------------------------------------------------------- wild logs
+
+
+def wild_split(name: str) -> str:
+    """The fixed split of a wild log, decided by its name alone (set before any tuning)."""
+    return "dev" if hashlib.sha256(name.encode()).digest()[0] % 2 == 0 else "held_out"
+
+
+def _wild_module(folder: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("run_wild", folder / "run_wild.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _baseline_summary(run: Any, name: str) -> dict[str, Any]:
+    """``unstuck analyze --json``'s shape for one baseline: its firings as plateaus."""
+    from unstuck.analyze.analysis import SERIES_LABELS, loss_series
+
+    series, plateaus = [], []
+    for raw in loss_series(run):
+        label = SERIES_LABELS.get(raw, raw)
+        steps, values = run.series[raw]
+        det: Any = make_baselines(label, "min")[name]
+        for s, v in zip(steps.tolist(), values.tolist()):
+            det.update(int(s), v)
+        # Firings whose stretches [start, detected_at] overlap are one stall (RLROP firing
+        # again and again without a new best), reported once, as unstuck reports a plateau.
+        merged: list[list[int]] = []
+        for e in sorted(det.plateaus, key=lambda e: e.start):
+            end = int(e.detected_at if e.detected_at is not None else e.start)
+            if merged and e.start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([int(e.start), end])
+        for start, end in merged:
+            plateaus.append({"series": label, "start": start, "end": end})
+        series.append(
+            {
+                "name": raw,
+                "label": label,
+                "points": int(steps.size),
+                "first_step": int(steps[0]) if steps.size else None,
+                "last_step": int(steps[-1]) if steps.size else None,
+                "final_state": det.state,
+                "episodes": [],
+            }
+        )
+    return {
+        "format": run.format,
+        "step_unit": run.meta.get("step_unit", "step"),
+        "series": series,
+        "plateaus": plateaus,
+        "findings": [],
+        "names": run.meta.get("names", {}),
+    }
+
+
+def _wild_log(args: tuple[str, str, bool]) -> list[dict[str, Any]]:
+    """Every detector over one wild log, scored by run_wild.score; one row per detector."""
+    short, folder_text, with_unstuck = args
+    from unstuck.analyze import analyze, load
+    from unstuck.analyze.analysis import summary
+
+    folder = Path(folder_text)
+    rw = _wild_module(folder)
+    labels = json.loads((folder / "labels.json").read_text())
+    sources = json.loads((folder / "sources.json").read_text())
+    run = load(rw.log_path(short, sources[short]))
+    docs: dict[str, dict[str, Any]] = {}
+    if with_unstuck:
+        docs["unstuck"] = summary(analyze(copy.deepcopy(run)))
+    for name in BASELINE_NAMES:
+        docs[name] = _baseline_summary(run, name)
+    rows = []
+    lab = labels[short]
+    for name, doc in docs.items():
+        out = {"rc": 0, "stdout": json.dumps(doc), "stderr": "", "wall": 0.0, "rss_mb": None}
+        r = rw.score(short, lab, out)
+        val_states = [
+            state
+            for a in (r["analysed"].get("val"),)
+            if a
+            for state in [a["final"], *(e[0] for e in a["episodes"])]
+        ]
+        rows.append(
+            {
+                "detector": name,
+                "log": short,
+                "split": wild_split(short),
+                "hits": r["hits"],
+                "false_alarms": r["false_alarms"],
+                "ambiguous": r["ambiguous"],
+                "labels_clear": r["labels_clear"],
+                "labels_found": r["labels_found"],
+                "points": r["points"],
+                "val_rising_label": lab.get("val_rising_from") is not None,
+                "val_rise_called": any(s in ("rising", "diverging") for s in val_states),
+                "detected": [
+                    [d["series"], d["start"], d["end"], d["verdict"]] for d in r["detected"]
+                ][:MAX_LISTED],
+            }
+        )
+    return rows
+
+
+def summarize_wild(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """run_wild.py's totals over some logs of one detector."""
+    hits = sum(r["hits"] for r in rows)
+    fas = sum(r["false_alarms"] for r in rows)
+    found = sum(r["labels_found"] for r in rows)
+    clear = sum(r["labels_clear"] for r in rows)
+    points = sum(r["points"] for r in rows)
+    precision = hits / (hits + fas) if hits + fas else None
+    recall = found / clear if clear else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    clean = [r for r in rows if r["labels_clear"] == 0]
+    rising = [r for r in rows if r["val_rising_label"]]
+    return {
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "false_alarms_per_10k": 1e4 * fas / points if points else None,
+        "hits": hits,
+        "false_alarms": fas,
+        "ambiguous": sum(r["ambiguous"] for r in rows),
+        "labels_found": found,
+        "labels_clear": clear,
+        "clean_logs_with_fa": sum(1 for r in clean if r["false_alarms"]),
+        "clean_logs": len(clean),
+        "val_rise_found": sum(r["val_rise_called"] for r in rising),
+        "val_rise_labelled": len(rising),
+        "val_rise_elsewhere": sum(r["val_rise_called"] for r in rows if not r["val_rising_label"]),
+        "n_logs": len(rows),
+        "points": points,
+    }
+
+
+def wild_table(title: str, stats: dict[str, dict[str, Any]]) -> str:
+    head = (
+        f"### {title}\n\n| detector | precision | recall | F1 | false alarms /10k pts | "
+        "hit / FA / ambiguous | clean logs with FA | val rise found (elsewhere) |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for name, s in stats.items():
+        lines.append(
+            f"| {name} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} | "
+            f"{_fmt(s['false_alarms_per_10k'], 2)} | {s['hits']} / {s['false_alarms']} / "
+            f"{s['ambiguous']} | {s['clean_logs_with_fa']} / {s['clean_logs']} | "
+            f"{s['val_rise_found']} / {s['val_rise_labelled']} ({s['val_rise_elsewhere']}) |"
+        )
+    return "\n".join(lines)
+
+
+def run_wild_family(
+    folder: Path, with_unstuck: bool, workers: int, quick: bool
+) -> dict[str, Any] | None:
+    """The wild family: per split and detector, run_wild's totals (None when absent)."""
+    if not (folder / "labels.json").exists() or not (folder / "run_wild.py").exists():
+        print(f"wild: {folder} not found; family skipped")
+        return None
+    labels = json.loads((folder / "labels.json").read_text())
+    names = sorted(k for k in labels if not k.startswith("_"))
+    if quick:
+        names = names[::3]
+    jobs = [(n, str(folder), with_unstuck) for n in names]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_wild_log, jobs, chunksize=1))
+    else:
+        results = [_wild_log(j) for j in jobs]
+    rows = [r for rs in results for r in rs]
+    detectors = (["unstuck"] if with_unstuck else []) + list(BASELINE_NAMES)
+    splits = {
+        split: {
+            d: summarize_wild([r for r in rows if r["detector"] == d and r["split"] == split])
+            for d in detectors
+        }
+        for split in WILD_SPLITS
+    }
+    for split in WILD_SPLITS:
+        n = sum(1 for x in names if wild_split(x) == split)
+        print(wild_table(f"wild, {split} split ({n} logs)", splits[split]) + "\n")
+    return {
+        "split_rule": "dev when sha256(log name)[0] is even, else held_out",
+        "splits": splits,
+        "logs": {split: [x for x in names if wild_split(x) == split] for split in WILD_SPLITS},
+        "per_log": rows,
+    }
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -256,6 +470,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--detector", default=DEFAULT_DETECTOR, help="module:Class, or '' for none")
+    ap.add_argument("--wild", type=Path, default=WILD_DIR, help="folder of the wild logs")
+    ap.add_argument("--no-wild", action="store_true", help="skip the wild family")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -312,6 +528,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     errors = [r for r in rows if r["error"]]
     for r in errors[:10]:
         print(f"error: {r['detector']} on {r['curve']}: {r['error']}", file=sys.stderr)
+    wild = None
+    if not args.no_wild:
+        print()
+        wild = run_wild_family(args.wild, spec == DEFAULT_DETECTOR, args.workers, args.quick)
     total = time.perf_counter() - t0
     print(
         f"\ncurves built in {t_gen:.1f}s; detectors ran in {t_run:.1f}s "
@@ -326,6 +546,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": total,
         "detectors": overall,
         "families": fam_stats,
+        "wild": None if wild is None else {k: v for k, v in wild.items() if k != "per_log"},
+        "wild_per_log": None if wild is None else wild["per_log"],
         "per_curve": [
             {
                 **{k: r[k] for k in ("detector", "curve", "family", "tp", "fp", "fn", "ignored")},
