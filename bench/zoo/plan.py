@@ -62,10 +62,12 @@ def _quantile(*parts: object) -> float:
     return float(np.random.default_rng(h).uniform())
 
 
-def zoo_runs(split: str, *, quick: bool = False) -> list[Job]:
-    """Every run of ``split`` (train, test or all), in a fixed order."""
+def zoo_runs(split: str, *, quick: bool = False, only: set[str] | None = None) -> list[Job]:
+    """Every run of ``split`` (train, test or all), in a fixed order; ``only``: these programs."""
     programs = load_programs()
-    names = sorted(p for p in programs if split == "all" or SPLIT[p] == split)
+    names = sorted(
+        p for p in programs if (split == "all" or SPLIT[p] == split) and (not only or p in only)
+    )
     specs = {p: programs[p].make(0) for p in names}
     jobs: list[Job] = []
     if quick:

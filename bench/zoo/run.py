@@ -59,14 +59,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     _init_worker()
+    from zoo import SPLIT
     from zoo.metrics import score, tables
     from zoo.operators import NOT_IN_ZOO, OPERATORS
     from zoo.plan import zoo_runs
 
-    jobs = zoo_runs(args.split, quick=args.quick)
-    if args.programs:
-        keep = set(args.programs.split(","))
-        jobs = [j for j in jobs if j.program in keep]
+    only = set(args.programs.split(",")) if args.programs else None
+    unknown_programs = sorted((only or set()) - set(SPLIT))
+    if unknown_programs:
+        ap.error(f"unknown programs {unknown_programs}")
+    jobs = zoo_runs(args.split, quick=args.quick, only=only)
     if args.operators:
         keep_ops = set(args.operators.split(","))
         unknown = sorted(keep_ops - set(OPERATORS))
