@@ -73,6 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from unstuck.cli import analyze
 
     analyze.register(sub)
+    from unstuck.cli import run
+
+    run.register(sub)
     return parser
 
 
@@ -126,6 +129,11 @@ def _explain(cause: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        from unstuck.cli import run
+
+        return run.main(argv[1:])
     args = parser.parse_args(argv)
     if args.version:
         from unstuck import __version__
@@ -138,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args.cause)
     if args.command == "report":
         return int(args.handler(args))
-    if args.command == "analyze":
+    if args.command in ("analyze", "run"):
         return int(args.handler(args))
     parser.print_help()
     return 0
