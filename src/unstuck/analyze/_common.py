@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from unstuck.analyze.hygiene import clean_series
 from unstuck.analyze.names import canonical_names
 from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR
 from unstuck.record.rundata import RunData
@@ -95,9 +96,17 @@ def build_run(
     raw: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     meta: Mapping[str, Any] | None = None,
 ) -> RunData:
-    """A RunData whose series carry canonical names; ``meta["names"]`` maps raw -> canonical."""
-    names = canonical_names(raw, {k: len(v[0]) for k, v in raw.items()}, MIN_SERIES_POINTS)
+    """A RunData whose series carry canonical names; ``meta["names"]`` maps raw -> canonical.
+
+    ``raw`` holds each series' points in the order the log has them: steps that go backwards
+    (a resumed run, several runs in one file) and per-epoch tags are sorted out here, once for
+    every reader (``hygiene.py``), before sorting by step could interleave them.
+    """
     run = RunData(source=source, format=fmt, meta=dict(meta or {}))
+    raw, notes = clean_series(raw, str(run.meta.get("step_unit", "step")))
+    if notes:
+        run.meta["notes"] = [*run.meta.get("notes", []), *notes]
+    names = canonical_names(raw, {k: len(v[0]) for k, v in raw.items()}, MIN_SERIES_POINTS)
     for raw_name, (steps, values) in raw.items():
         if len(steps):
             run.add_series(names[raw_name], steps, values)

@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from unstuck.analyze._common import to_step
-from unstuck.analyze.names import EPOCH_KEYS, STEP_KEYS, name_key
+from unstuck.analyze.hygiene import continuous_steps
+from unstuck.analyze.names import ALIASES, EPOCH_KEYS, STEP_KEYS, name_key
 
 __all__ = ["RawSeries", "Record", "series_from_records"]
 
 Record = Mapping[str, float]
 RawSeries = dict[str, tuple[list[int], list[float]]]
+LOSS_KEYS = frozenset(ALIASES["loss"]) | frozenset(ALIASES["val_loss"])
 
 
 def _first_key(lower: Mapping[str, str], keys: Sequence[str]) -> str | None:
@@ -30,7 +32,12 @@ def _first_key(lower: Mapping[str, str], keys: Sequence[str]) -> str | None:
 
 
 def _one_point_per_epoch(records: Sequence[Record], epoch_key: str) -> bool:
-    seen: set[tuple[str, int]] = set()
+    """Whether no series has two points in one epoch. Only the loss series count when the log
+    has one (a profiler's or a model summary's numbers printed within an epoch do not make a
+    per-epoch log per-batch), and an epoch met again after the epoch went back is a restarted
+    run (``hygiene.py``), not a second point in it."""
+    losses = {n for record in records for n in record if name_key(n) in LOSS_KEYS}
+    last: dict[str, int] = {}
     for record in records:
         epoch = record.get(epoch_key)
         if epoch is None:
@@ -38,10 +45,11 @@ def _one_point_per_epoch(records: Sequence[Record], epoch_key: str) -> bool:
         if epoch != round(epoch):
             return False  # a fractional epoch (HF's console) numbers log points, not epochs
         for name in record:
-            if name != epoch_key:
-                if (name, round(epoch)) in seen:
-                    return False
-                seen.add((name, round(epoch)))
+            if name == epoch_key or (losses and name not in losses):
+                continue
+            if last.get(name) == round(epoch):
+                return False
+            last[name] = round(epoch)
     return True
 
 
@@ -63,11 +71,16 @@ def series_from_records(records: Sequence[Record]) -> tuple[RawSeries, str, list
             f"the log has {why}: its points are numbered in the order they were logged "
             "(x axis: records)"
         )
+    xs: list[int | None] = [
+        index if axis is None else to_step(record.get(axis)) for index, record in enumerate(records)
+    ]
+    if unit == "step" and epoch_key is not None:  # a step counter restarting every epoch
+        xs, note = continuous_steps(xs, [record.get(epoch_key) for record in records])
+        notes += [note] if note else []
     raw: RawSeries = {}
     epochs: dict[int, float] = {}
     skipped = 0
-    for index, record in enumerate(records):
-        x = index if axis is None else to_step(record.get(axis))
+    for x, record in zip(xs, records):
         if x is None:
             skipped += any(name not in (step_key, epoch_key) for name in record)
             continue
