@@ -47,6 +47,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "running_loss",  # PyTorch's CIFAR-10 tutorial prints it
         "batch_loss",
         "total_loss",  # detectron2's printout, multi-term losses
+        # A negative log-likelihood is the training loss when nothing else is (opal-v2 logs
+        # only ``train/nll_loss``).
+        "train/nll_loss",
+        "train_nll_loss",
+        "nll_loss",
     ),
     "val_loss": (
         "val_loss",  # Keras CSVLogger, Lightning, unstuck's run store
@@ -74,6 +79,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "test/loss",
         "loss/test",
         "loss_test",
+        "valid_loss_epoch",  # Lightning's epoch mean of a ``valid_loss`` logged per step
+        "val/nll_loss",
+        "val_nll_loss",
+        "eval/nll_loss",
+        "eval_nll_loss",
     ),
     "grad_norm": (
         "grad_norm",  # HF ``log_history`` and TensorBoard (``train/grad_norm``), unstuck
@@ -95,6 +105,7 @@ STEP_KEYS: tuple[str, ...] = (
     "iter",  # nanoGPT's console lines
     "num_updates",  # fairseq's console lines
     "steps",
+    "current_steps",  # LLaMA-Factory's trainer_log.jsonl
 )
 # ... else an epoch (one point per epoch, or several: then the points are numbered in order).
 EPOCH_KEYS: tuple[str, ...] = ("epoch", "train/epoch", "epochs")

@@ -43,26 +43,51 @@ PAIR = re.compile(
     re.IGNORECASE,
 )
 X_KEYS = frozenset(STEP_KEYS) | frozenset(EPOCH_KEYS)
+SPLIT_WORDS = frozenset({"val", "valid", "validation", "eval", "evaluation", "test", "dev"})
+NUMBER_BEFORE = re.compile(r"\s*\d+\s+")  # the line opens "1 epoch = ..": a count, not an x
+WORD_BEFORE = re.compile(rf"(?<![\w./-])({_WORD}) $")  # the word just before a name
+COUNT_WORDS = frozenset({"steps", "epochs"})  # plurals count, they number nothing
+X_RECORD_KEYS = frozenset({"step", "epoch"})  # the x names parse_text gives records
+QUALIFIER = "\x00"  # joins that word to the name until the whole file is read
 LOSS_NAMES = frozenset(ALIASES["loss"]) | frozenset(ALIASES["val_loss"])
 
 
 def _x_name(name: str) -> str | None:
-    """The step or epoch key ``name`` stands for: itself, or the last of two words."""
+    """The step or epoch key ``name`` stands for: itself, or the last of two words. A plural
+    counts something (``epochs: 2``, ``warmup_steps: 100``, ``Total training steps: 13002`` in
+    a printed config): no x value, unless it is a known key of its own (``current_steps``)."""
     low = name.lower()
-    if low in X_KEYS:
+    if low in X_KEYS and low not in COUNT_WORDS:
         return low
     last = low.rsplit("_", 1)[-1]
-    return last if "_" in low and last in X_KEYS else None
+    return last if "_" in low and last in X_KEYS and last not in COUNT_WORDS else None
+
+
+def _split_of(name: str) -> str | None:
+    """The held-out split a name's first word names (``Val Loss`` -> ``Val``), if any."""
+    first = name.split("_", 1)[0]
+    return first if "_" in name and first.lower() in SPLIT_WORDS else None
 
 
 def parse_text(text: str) -> list[dict[str, float]]:
-    """The records of a console log: one per line with a metric, x values filled in."""
+    """The records of a console log: one per line with a metric, x values filled in.
+
+    Names keep what tells them apart: a word before a two-word name that varies across the
+    file (``pal1 conf loss`` / ``pal2 conf loss``) stays in the name; a name printed twice on a
+    line after a held-out one (``Train Loss .. Token Acc .. Val Loss .. Token Acc``) takes that
+    split (``Val_Token_Acc``); metrics on a line whose x is a split's (``test epoch:3 ||
+    Loss:x``) take the split too (``test_Loss``), and such a line without a step takes the
+    step its epoch had reached.
+    """
     records: list[dict[str, float]] = []
+    qualified: dict[str, set[str]] = {}  # two-word name -> the words seen before it
     context: dict[str, float] = {}
     for raw_line in text.split("\n"):  # not splitlines(): a bare \r rewrites a line
         line = ANSI.sub("", raw_line.rsplit("\r", 1)[-1] or raw_line).replace("\b", "")
         xs: dict[str, float] = {}
         metrics: dict[str, float] = {}
+        line_split: str | None = None  # a split named by the line's x (``test epoch``)
+        split: str | None = None  # the split of the last held-out metric on the line
         for match in PAIR.finditer(line):
             name = match.group("name").replace(" ", "_")
             value = to_float(match.group("value"))
@@ -70,14 +95,39 @@ def parse_text(text: str) -> list[dict[str, float]]:
                 continue
             x = _x_name(name)
             if x is not None:  # one step name per file: nanoGPT prints both iter and step
+                if NUMBER_BEFORE.fullmatch(line, 0, match.start()):
+                    continue  # "1 epoch = 2640 batches" counts, it is no x value
                 xs.setdefault("step" if x in STEP_KEYS else "epoch", value)
-            else:
-                metrics.setdefault(name, value)
+                line_split = line_split or _split_of(name)
+                continue
+            split = _split_of(name) or split
+            if "_" in name and name.lower() not in LOSS_NAMES:  # a known loss is unambiguous
+                before = WORD_BEFORE.search(line, 0, match.start())
+                if before is not None:
+                    qualified.setdefault(name, set()).add(before.group(1))
+                    name = f"{before.group(1)}{QUALIFIER}{name}"
+            if line_split and not _split_of(name):
+                name = f"{line_split}_{name}"
+            elif name in metrics and split and not _split_of(name):
+                name = f"{split}_{name}"
+            metrics.setdefault(name, value)
         if xs:
-            context = xs
+            same_epoch = "step" not in xs and xs.get("epoch") == context.get("epoch")
+            context = {**context, **xs} if same_epoch else xs
         if metrics:
             records.append({**context, **metrics})
-    return records
+    return [_unqualify(record, qualified) for record in records]
+
+
+def _unqualify(record: dict[str, float], qualified: dict[str, set[str]]) -> dict[str, float]:
+    """Keep the word before a two-word name only where the file prints it with several."""
+    out: dict[str, float] = {}
+    for name, value in record.items():
+        if QUALIFIER in name:
+            word, short = name.split(QUALIFIER, 1)
+            name = f"{word}_{short}" if len(qualified.get(short, ())) > 1 else short
+        out.setdefault(name, value)
+    return out
 
 
 def _has_loss(record: dict[str, float]) -> bool:
@@ -104,6 +154,10 @@ def read_text_log(path: str | os.PathLike[str]) -> RunData:
             f"'loss=0.41' (at least {MIN_TEXT_RECORDS} needed; known loss names: "
             f"{', '.join(ALIASES['loss'][:4])}, {', '.join(ALIASES['val_loss'][:4])} ...)"
         )
+    if any(X_RECORD_KEYS & set(r) for r in records):
+        # Numbers printed outside the training loop (a model summary, a config dump) carry no
+        # x value and no loss: they are no rows of the log, skipped without a note.
+        records = [r for r in records if X_RECORD_KEYS & set(r) or _has_loss(r)]
     raw, unit, notes = series_from_records(records)
     meta: dict[str, Any] = {"file": str(file), "step_unit": unit, "lines": len(records)}
     if notes:
