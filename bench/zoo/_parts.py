@@ -110,7 +110,7 @@ class CNN(nn.Module):
 
     def __init__(self, spec: Spec, n_out: int) -> None:
         super().__init__()
-        c = spec.hidden // 4  # 16 channels at the default hidden=64
+        c = max(spec.hidden // 4, 1)  # 16 channels at the default hidden=64
 
         def norm(ch: int) -> nn.Module:
             return nn.BatchNorm2d(ch) if spec.norm else nn.Identity()
@@ -150,7 +150,7 @@ class ResNet(nn.Module):
 
     def __init__(self, spec: Spec, n_out: int) -> None:
         super().__init__()
-        ch = spec.hidden // 4
+        ch = max(spec.hidden // 4, 1)
         self.stem = nn.Sequential(nn.Conv2d(1, ch, 3, padding=1), activation(spec.activation))
         self.blocks = nn.Sequential(*[_Block(ch, spec) for _ in range(spec.depth)])
         self.head = nn.Linear(ch, n_out)
@@ -198,7 +198,7 @@ class TransformerClassifier(nn.Module):
 
     def __init__(self, spec: Spec, vocab: int, length: int, n_out: int) -> None:
         super().__init__()
-        d = spec.hidden // 2
+        d = max(4, spec.hidden // 8 * 4)  # 32 at hidden=64; a multiple of the 4 heads
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(length, d) * 0.02)
         self.encoder = _encoder(spec, d)
@@ -214,7 +214,7 @@ class GPT(nn.Module):
 
     def __init__(self, spec: Spec, vocab: int, length: int) -> None:
         super().__init__()
-        d = spec.hidden // 2
+        d = max(4, spec.hidden // 8 * 4)  # 32 at hidden=64; a multiple of the 4 heads
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(length, d) * 0.02)
         self.encoder = _encoder(spec, d)
@@ -233,7 +233,7 @@ class Autoencoder(nn.Module):
 
     def __init__(self, spec: Spec, n_in: int) -> None:
         super().__init__()
-        z = spec.hidden // 4
+        z = max(spec.hidden // 4, 1)
         act = spec.activation
         self.encoder = nn.Sequential(
             nn.Linear(n_in, spec.hidden), activation(act), nn.Linear(spec.hidden, z)

@@ -185,9 +185,10 @@ def _imbalance(s: Spec, keep: float, seed: int) -> Spec:
     """Starve a third of the classes (at least one) to ``keep`` of their training samples."""
     m = _mutant(s)
     rng = np.random.default_rng(5000 + seed)
-    k = m.data.n_classes
-    starved = rng.choice(k, size=max(1, k // 3), replace=False)
     y = m.data.y.numpy()
+    counts = np.bincount(y, minlength=m.data.n_classes)
+    present = np.flatnonzero(counts >= 20)  # classes with samples to starve
+    starved = rng.choice(present, size=max(1, len(present) // 3), replace=False)
     mask = np.ones(y.size, dtype=bool)
     for c in starved:
         where = np.flatnonzero(y == c)
@@ -499,8 +500,8 @@ OPERATORS: dict[str, Operator] = {
             "pure_fp16",
             "precision_underflow",
             "model and inputs in float16, no scaler; LR × severity (SGD family)",
-            0.1,
-            1.0,
+            0.02,
+            0.5,
             True,
             lambda s: s.optimizer in SGD_FAMILY and _float_inputs(s),
             _half,
