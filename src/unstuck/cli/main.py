@@ -76,6 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from unstuck.cli import run
 
     run.register(sub)
+    from unstuck.cli import watch
+
+    watch.register(sub)
     return parser
 
 
@@ -146,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args.cause)
     if args.command == "report":
         return int(args.handler(args))
-    if args.command in ("analyze", "run"):
+    if args.command in ("analyze", "run", "watch"):
         return int(args.handler(args))
     parser.print_help()
     return 0
