@@ -313,3 +313,34 @@ def test_the_cli_prints_the_hygiene_note(
     out = capsys.readouterr().out
     assert "note: the log holds 4 runs" in out
     assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_run_picks_another_run_of_the_file(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--run N`` numbers the runs of a file from 1; one the file does not hold is one line."""
+    rows = ["epoch,loss,val_loss"]
+    for run_no, epochs in enumerate((5, 4, 10, 5)):
+        rows += [f"{e},{run_no + 1 - e / 20},{run_no + 1.1 - e / 20}" for e in range(epochs)]
+    path = _write(tmp_path / "training_log.csv", rows)
+    run = load(path, run="3")
+    assert _steps(run, "loss") == list(range(10))
+    assert _values(run, "loss")[0] == pytest.approx(3.0)
+    assert "run 3 (--run 3) is analysed" in _notes(run)
+    assert main(["analyze", str(path), "--no-report", "--run", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds 4 runs (--run 1 to 4)" in err
+    assert main(["analyze", str(path), "--no-report", "--run", "last"]) == 2
+    assert "pick one by its number, 1 to 4" in capsys.readouterr().err
+
+
+def test_a_series_missing_from_some_runs_is_left_out_of_a_picked_run() -> None:
+    raw = {
+        "loss": ([0, 1, 2, 0, 1, 2], [3.0, 2.0, 1.0, 6.0, 5.0, 4.0]),
+        "val_loss": ([0, 1, 2], [9.0, 8.0, 7.0]),  # logged in one of the two runs only
+    }
+    out, notes = clean_series(raw, "epoch", run=1)
+    assert list(out) == ["loss"] and list(out["loss"][1]) == [3.0, 2.0, 1.0]
+    assert any("val_loss" in n and "left out" in n for n in notes)
+    with pytest.raises(ValueError, match="holds 2 runs"):
+        clean_series(raw, "epoch", run=3)

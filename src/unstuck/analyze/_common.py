@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from unstuck.analyze.hygiene import clean_series
+from unstuck.analyze.hygiene import clean_series, count_runs
 from unstuck.analyze.names import canonical_names
 from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR
 from unstuck.record.rundata import RunData
@@ -20,6 +20,7 @@ __all__ = [
     "LogFormatError",
     "build_run",
     "require",
+    "run_number",
     "to_float",
     "to_step",
 ]
@@ -95,20 +96,42 @@ def build_run(
     fmt: str,
     raw: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     meta: Mapping[str, Any] | None = None,
+    run: str | None = None,
 ) -> RunData:
     """A RunData whose series carry canonical names; ``meta["names"]`` maps raw -> canonical.
 
     ``raw`` holds each series' points in the order the log has them: steps that go backwards
     (a resumed run, several runs in one file) and per-epoch tags are sorted out here, once for
-    every reader (``hygiene.py``), before sorting by step could interleave them.
+    every reader (``hygiene.py``), before sorting by step could interleave them. ``run`` (the
+    CLI's ``--run``) is a run's number, 1 = the first, in a file that holds several.
     """
-    run = RunData(source=source, format=fmt, meta=dict(meta or {}))
-    raw, notes = clean_series(raw, str(run.meta.get("step_unit", "step")))
+    number = run_number(run, raw)
+    run_data = RunData(source=source, format=fmt, meta=dict(meta or {}))
+    try:
+        raw, notes = clean_series(raw, str(run_data.meta.get("step_unit", "step")), number)
+    except ValueError as exc:  # a --run the file does not hold
+        raise LogFormatError(str(exc)) from None
     if notes:
-        run.meta["notes"] = [*run.meta.get("notes", []), *notes]
+        run_data.meta["notes"] = [*run_data.meta.get("notes", []), *notes]
+    if number is not None:
+        run_data.meta["run"] = number
     names = canonical_names(raw, {k: len(v[0]) for k, v in raw.items()}, MIN_SERIES_POINTS)
     for raw_name, (steps, values) in raw.items():
         if len(steps):
-            run.add_series(names[raw_name], steps, values)
-    run.meta["names"] = {k: v for k, v in names.items() if k in raw and len(raw[k][0])}
-    return run
+            run_data.add_series(names[raw_name], steps, values)
+    run_data.meta["names"] = {k: v for k, v in names.items() if k in raw and len(raw[k][0])}
+    return run_data
+
+
+def run_number(
+    run: str | None, raw: Mapping[str, tuple[Sequence[int], Sequence[float]]]
+) -> int | None:
+    """``--run`` for a file that holds several runs one after another: the run's number."""
+    if run is None:
+        return None
+    try:
+        return int(run)
+    except ValueError:
+        n = count_runs(raw)
+        held = "holds one run" if n == 1 else f"holds {n} runs: pick one by its number, 1 to {n}"
+        raise LogFormatError(f"--run {run!r}: the log {held}") from None

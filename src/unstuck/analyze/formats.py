@@ -172,7 +172,8 @@ def load(
     """Read ``path`` into a :class:`RunData` with canonical series names (``names.py``).
 
     ``fmt`` forces a reader (default: :func:`detect_format`); ``run`` picks a run in a source
-    holding several (a TensorBoard sub-folder, a run store's run_id, an MLflow run id);
+    holding several (a TensorBoard sub-folder, a run store's run_id, an MLflow run id, a W&B
+    export's run name; in a file of runs one after another, the run's number, 1 = the first);
     ``tracking_uri`` is MLflow's, for ``mlflow:RUN_ID``; ``loss`` / ``val_loss`` name the series
     to analyse as the training / validation loss when the name table does not know them.
     """
@@ -208,20 +209,20 @@ def _read(text: str, fmt: str, run: str | None, tracking_uri: str | None) -> Run
     if fmt == "tensorboard":
         return read_tensorboard(text, run)
     if fmt == "hf":
-        return read_hf(text)
+        return read_hf(text, run)
     if fmt == "lightning":
         p = Path(text)
         if p.is_dir() and not (p / "metrics.csv").is_file():
             versions = sorted(p.glob("version_*/metrics.csv"))
             if len(versions) == 1:
-                return read_lightning(versions[0])
-        return read_lightning(text)
+                return read_lightning(versions[0], run)
+        return read_lightning(text, run)
     if fmt == "keras":
-        return read_keras(text)
+        return read_keras(text, run)
     if fmt == "csv":
         return read_csv_log(text, run)
     if fmt == "jsonl":
-        return read_json_lines(text)
+        return read_json_lines(text, run)
     if fmt == "text":
-        return read_text_log(text)
+        return read_text_log(text, run)
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")

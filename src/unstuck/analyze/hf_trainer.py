@@ -52,7 +52,7 @@ def find_state_file(path: Path) -> Path | None:
     return max(checkpoints, key=number) if checkpoints else None
 
 
-def read_hf(path: str | os.PathLike[str]) -> RunData:
+def read_hf(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a ``trainer_state.json`` (or the output_dir / checkpoint folder holding one)."""
     file = find_state_file(Path(path))
     if file is None:
@@ -103,4 +103,4 @@ def read_hf(path: str | os.PathLike[str]) -> RunData:
         else "HF logs the training loss as the mean over the last "
         f"{logging_steps if logging_steps else 'logging_steps'} steps at each logged step"
     ]
-    return build_run(os.fspath(path), "hf", raw, meta)
+    return build_run(os.fspath(path), "hf", raw, meta, run=run)

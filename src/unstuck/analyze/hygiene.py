@@ -32,7 +32,7 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 
-__all__ = ["FRESH_SHARE", "PER_EPOCH_TAG", "clean_series", "continuous_steps"]
+__all__ = ["FRESH_SHARE", "PER_EPOCH_TAG", "clean_series", "continuous_steps", "count_runs"]
 
 # A restart that keeps at most this share of the points before it (or one point) starts a new
 # run; one that keeps more resumes the run from a checkpoint.
@@ -87,27 +87,26 @@ def continuous_steps(
     return out, note
 
 
-def _surviving(
-    steps: Sequence[int], values: Sequence[float]
-) -> tuple[list[int], list[float], int, int, int]:
-    """The series' surviving trajectory: kept steps and values, fresh restarts, resumes, and how
-    many points later records replaced."""
-    kept_s: list[int] = []
-    kept_v: list[float] = []
-    fresh = resumed = replaced = 0
-    for s, v in zip(steps, values):
-        if kept_s and s < kept_s[-1]:
-            k = bisect.bisect_left(kept_s, s)  # kept steps never decrease
-            if k <= max(1, int(FRESH_SHARE * len(kept_s))):
-                fresh += 1
-                k = 0  # a new run: nothing of the earlier one survives
-            else:
-                resumed += 1
-            replaced += len(kept_s) - k
-            del kept_s[k:], kept_v[k:]
-        kept_s.append(s)
-        kept_v.append(v)
-    return kept_s, kept_v, fresh, resumed, replaced
+class _Runs:
+    """One series split into its runs: each run's surviving trajectory, in step order."""
+
+    def __init__(self, steps: Sequence[int], values: Sequence[float]) -> None:
+        self.runs: list[tuple[list[int], list[float]]] = [([], [])]
+        self.resumed = 0  # restarts within a run (resumed from a checkpoint)
+        self.replaced = 0  # points a resume replaced
+        for s, v in zip(steps, values):
+            kept_s, kept_v = self.runs[-1]
+            if kept_s and s < kept_s[-1]:
+                k = bisect.bisect_left(kept_s, s)  # kept steps never decrease
+                if k <= max(1, int(FRESH_SHARE * len(kept_s))):
+                    self.runs.append(([], []))  # a new run: nothing of this one survives in it
+                    kept_s, kept_v = self.runs[-1]
+                else:
+                    self.resumed += 1
+                    self.replaced += len(kept_s) - k
+                    del kept_s[k:], kept_v[k:]
+            kept_s.append(s)
+            kept_v.append(v)
 
 
 def _per_epoch_tags(names: Sequence[str], raw: Mapping[str, Points]) -> list[str]:
@@ -126,11 +125,21 @@ def _per_epoch_tags(names: Sequence[str], raw: Mapping[str, Points]) -> list[str
     return out
 
 
+def count_runs(raw: Mapping[str, Points]) -> int:
+    """How many runs the log holds one after another (1 for a clean log)."""
+    return max((len(_Runs(*points).runs) for points in raw.values()), default=1)
+
+
 def clean_series(
-    raw: Mapping[str, Points], step_unit: str = "step"
+    raw: Mapping[str, Points], step_unit: str = "step", run: int | None = None
 ) -> tuple[dict[str, Points], list[str]]:
     """``raw`` (series in the order the log holds their points) with every series one
-    trajectory in step order, per-epoch tags left out; and one note per fix."""
+    trajectory in step order, per-epoch tags left out; and one note per fix.
+
+    A file of several runs keeps its last run, or run number ``run`` (1 = the first); then a
+    series logged in fewer runs than the file holds cannot be placed and is left out. A
+    ``run`` the file does not hold is a ``ValueError``.
+    """
     notes: list[str] = []
     dropped = _per_epoch_tags(list(raw), raw)
     if dropped:
@@ -139,34 +148,49 @@ def clean_series(
             f"{len(dropped)} per-epoch tag{'s' * (len(dropped) > 1)} left out ({shown}): "
             "their steps count batches within one epoch, not the run's steps"
         )
+    split = {name: _Runs(*points) for name, points in raw.items() if name not in dropped}
+    n_runs = max((len(r.runs) for r in split.values()), default=1)
+    if run is not None and not 1 <= run <= n_runs:
+        held = f"holds {n_runs} runs" if n_runs > 1 else "holds one run"
+        raise ValueError(f"--run {run}: the log {held} (--run 1 to {n_runs})")
+    index = n_runs - 1 if run is None else run - 1
     out: dict[str, Points] = {}
-    # (restarts, is a loss, points, replaced, name) of the series the note names
-    worst: tuple[int, bool, int, int, str] | None = None
-    runs = resumes = 0
-    for name, (steps, values) in raw.items():
-        if name in dropped:
+    unplaced: list[str] = []
+    for name, runs in split.items():
+        if run is not None and n_runs > 1 and len(runs.runs) != n_runs:
+            unplaced.append(name)
             continue
-        kept_s, kept_v, fresh, resumed, replaced = _surviving(steps, values)
-        out[name] = (kept_s, kept_v)
-        if fresh or resumed:
-            runs, resumes = max(runs, fresh + 1), max(resumes, resumed)
-            # the note names the series with most restarts, a loss first, then the longest
-            key = (fresh + resumed, "loss" in name.lower(), len(kept_s), replaced, name)
-            worst = key if worst is None or key[:3] > worst[:3] else worst
-    if worst is not None:
-        _, _, points, replaced, name = worst
-        kept = out[name][0]
-        span = f"{step_unit}s {kept[0]}–{kept[-1]}" if len(kept) else "no points"
-        if runs > 1:
-            notes.append(
-                f"the log holds {runs} runs ({step_unit}s start over {runs - 1} "
-                f"time{'s' * (runs > 2)}): the last is analysed ({name}: {points} points, {span}); "
-                f"{replaced} points of earlier runs left out"
-            )
-        if resumes:
-            notes.append(
-                f"{step_unit}s go back {resumes} time{'s' * (resumes > 1)} (a run resumed from a "
-                f"checkpoint): later records replace earlier ones from the {step_unit} they "
-                f"restart at ({name}: {points} points kept, {span})"
-            )
+        out[name] = runs.runs[index] if len(runs.runs) == n_runs else runs.runs[-1]
+    # the series a note names: most restarts, a loss first, then the longest
+    restarted = [
+        (len(r.runs) - 1 + r.resumed, "loss" in n.lower(), len(out[n][0]), n)
+        for n, r in split.items()
+        if n in out and (len(r.runs) > 1 or r.resumed)
+    ]
+    if not restarted:
+        return out, notes
+    name = max(restarted)[3]
+    kept, points = out[name][0], len(out[name][0])
+    span = f"{step_unit}s {kept[0]}–{kept[-1]}" if points else "no points"
+    if n_runs > 1:
+        which = "the last" if run is None else f"run {run} (--run {run})"
+        left = sum(len(s) for i, (s, _) in enumerate(split[name].runs) if i != index)
+        notes.append(
+            f"the log holds {n_runs} runs ({step_unit}s start over {n_runs - 1} "
+            f"time{'s' * (n_runs > 2)}): {which} is analysed ({name}: {points} points, {span}); "
+            f"{left} points of the other runs left out"
+            + ("" if run is not None else f"; --run 1 to {n_runs} picks another")
+        )
+    if unplaced:
+        notes.append(
+            f"{', '.join(unplaced[:3])}{' …' if len(unplaced) > 3 else ''}: logged in fewer runs "
+            f"than the log holds, left out of run {run}"
+        )
+    resumed = max(r.resumed for r in split.values())
+    if resumed:
+        notes.append(
+            f"{step_unit}s go back {resumed} time{'s' * (resumed > 1)} (a run resumed from a "
+            f"checkpoint): later records replace earlier ones from the {step_unit} they "
+            f"restart at ({name}: {points} points kept, {span})"
+        )
     return out, notes

@@ -46,7 +46,7 @@ def _flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, float]) -> None
                 out[name] = number
 
 
-def read_json_lines(path: str | os.PathLike[str]) -> RunData:
+def read_json_lines(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a JSON-lines log: one JSON object per line."""
     file = Path(path)
     try:
@@ -78,4 +78,4 @@ def read_json_lines(path: str | os.PathLike[str]) -> RunData:
     meta: dict[str, Any] = {"file": str(file), "step_unit": unit}
     if notes or more:
         meta["notes"] = [*more, *notes]
-    return build_run(os.fspath(path), "jsonl", raw, meta)
+    return build_run(os.fspath(path), "jsonl", raw, meta, run=run)

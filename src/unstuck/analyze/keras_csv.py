@@ -21,7 +21,7 @@ from unstuck.record.rundata import RunData
 __all__ = ["read_keras"]
 
 
-def read_keras(path: str | os.PathLike[str]) -> RunData:
+def read_keras(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a Keras ``CSVLogger`` file: one row per epoch."""
     file = Path(path)
     header, rows, notes = csv_rows(file)
@@ -41,4 +41,4 @@ def read_keras(path: str | os.PathLike[str]) -> RunData:
             values.append(value)
     meta: dict[str, Any] = {"step_unit": "epoch", "file": str(file), "columns": header}
     meta["notes"] = ["Keras logs the training loss as the mean over each epoch", *notes]
-    return build_run(os.fspath(path), "keras", raw, meta)
+    return build_run(os.fspath(path), "keras", raw, meta, run=run)

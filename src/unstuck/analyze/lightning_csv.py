@@ -26,7 +26,7 @@ from unstuck.record.rundata import RunData
 __all__ = ["read_lightning"]
 
 
-def read_lightning(path: str | os.PathLike[str]) -> RunData:
+def read_lightning(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a Lightning ``metrics.csv`` (or the ``version_N`` folder holding one)."""
     file = Path(path)
     if file.is_dir():
@@ -47,4 +47,4 @@ def read_lightning(path: str | os.PathLike[str]) -> RunData:
     meta: dict[str, Any] = {"step_unit": "step", "file": str(file), "columns": header}
     if notes:
         meta["notes"] = notes
-    return build_run(os.fspath(path), "lightning", raw, meta)
+    return build_run(os.fspath(path), "lightning", raw, meta, run=run)

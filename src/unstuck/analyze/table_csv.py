@@ -62,9 +62,7 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
             elif name_key(col) in STEP_KEYS:
                 rename[col] = col
         meta["run"] = chosen
-    elif run is not None:
-        raise LogFormatError(f"--run {run!r}: {file} holds one run (it is not a W&B export)")
-    else:
+    else:  # a --run here numbers the runs the file holds one after another (hygiene.py)
         rename = {col: col for col in header if not PANDAS_INDEX.match(col)}
     records = []
     for row in rows:
@@ -80,4 +78,4 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
     meta["step_unit"] = unit
     if notes or more:
         meta["notes"] = [*more, *notes]
-    return build_run(os.fspath(path), "csv", raw, meta)
+    return build_run(os.fspath(path), "csv", raw, meta, run=None if runs else run)

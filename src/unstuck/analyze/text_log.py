@@ -144,7 +144,7 @@ def _records_of(file: Path) -> tuple[list[dict[str, float]], int]:
     return records, sum(_has_loss(r) for r in records)
 
 
-def read_text_log(path: str | os.PathLike[str]) -> RunData:
+def read_text_log(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a training script's printout (see the module docstring for what is understood)."""
     file = Path(path)
     records, with_loss = _records_of(file)
@@ -162,7 +162,7 @@ def read_text_log(path: str | os.PathLike[str]) -> RunData:
     meta: dict[str, Any] = {"file": str(file), "step_unit": unit, "lines": len(records)}
     if notes:
         meta["notes"] = notes
-    return build_run(os.fspath(path), "text", raw, meta)
+    return build_run(os.fspath(path), "text", raw, meta, run=run)
 
 
 def looks_like_text_log(path: Path) -> bool:

@@ -58,7 +58,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--run",
         default=None,
         help="which run, when PATH holds several (TensorBoard sub-folder, run store run_id, "
-        "MLflow run id, run name in a W&B CSV export)",
+        "MLflow run id, run name in a W&B CSV export; in a file of runs one after another, "
+        "the run's number, 1 = the first; default: the last)",
     )
     parser.add_argument(
         "--tracking-uri",
