@@ -38,6 +38,7 @@ __all__ = ["FRESH_SHARE", "PER_EPOCH_TAG", "clean_series", "continuous_steps", "
 # run; one that keeps more resumes the run from a checkpoint.
 FRESH_SHARE = 0.05
 # ``<series>/epoch_3``, ``<series>_epoch3``: one tag per epoch, x = position within the epoch.
+HELD_OUT = re.compile(r"(val|valid|validation|eval|test|dev)\b|(val|eval|test)_", re.IGNORECASE)
 PER_EPOCH_TAG = re.compile(r"^(?P<stem>.+?)[/_.]epoch_?(?P<n>\d+)$", re.IGNORECASE)
 
 Points = tuple[Sequence[int], Sequence[float]]
@@ -161,15 +162,15 @@ def clean_series(
             unplaced.append(name)
             continue
         out[name] = runs.runs[index] if len(runs.runs) == n_runs else runs.runs[-1]
-    # the series a note names: most restarts, a loss first, then the longest
+    # the series a note names: most restarts, the training loss first, then the longest
     restarted = [
-        (len(r.runs) - 1 + r.resumed, "loss" in n.lower(), len(out[n][0]), n)
+        (len(r.runs) - 1 + r.resumed, "loss" in n.lower(), not HELD_OUT.match(n), len(out[n][0]), n)
         for n, r in split.items()
         if n in out and (len(r.runs) > 1 or r.resumed)
     ]
     if not restarted:
         return out, notes
-    name = max(restarted)[3]
+    name = max(restarted)[-1]
     kept, points = out[name][0], len(out[name][0])
     span = f"{step_unit}s {kept[0]}–{kept[-1]}" if points else "no points"
     if n_runs > 1:
