@@ -57,6 +57,14 @@ def test_analyze_json_imports_no_torch(small_csv: Path) -> None:
     assert out["torch"] == []
 
 
+def test_analyze_writing_its_report_imports_no_torch(small_csv: Path, tmp_path: Path) -> None:
+    report = tmp_path / "out" / "r.html"
+    report.parent.mkdir()
+    out = _run("analyze", str(small_csv), "-o", str(report))
+    assert out["code"] == 0 and report.is_file()
+    assert out["torch"] == []
+
+
 def test_help_imports_no_torch() -> None:
     out = _run("--help")
     assert out["code"] == 0
