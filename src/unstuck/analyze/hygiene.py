@@ -94,7 +94,6 @@ class _Runs:
     def __init__(self, steps: Sequence[int], values: Sequence[float]) -> None:
         self.runs: list[tuple[list[int], list[float]]] = [([], [])]
         self.resumed = 0  # restarts within a run (resumed from a checkpoint)
-        self.replaced = 0  # points a resume replaced
         for s, v in zip(steps, values):
             kept_s, kept_v = self.runs[-1]
             if kept_s and s < kept_s[-1]:
@@ -104,7 +103,6 @@ class _Runs:
                     kept_s, kept_v = self.runs[-1]
                 else:
                     self.resumed += 1
-                    self.replaced += len(kept_s) - k
                     del kept_s[k:], kept_v[k:]
             kept_s.append(s)
             kept_v.append(v)
