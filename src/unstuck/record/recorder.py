@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,17 @@ class Recorder:
         report: bool = True,
         build: bool = True,
     ) -> None:
+        if run_dir is not None:
+            if not isinstance(run_dir, (str, os.PathLike)):
+                raise TypeError(
+                    f"{owner}: run_dir must be a directory path or None, "
+                    f"got {type(run_dir).__name__}"
+                )
+            if not os.fspath(run_dir).strip():
+                raise ValueError(
+                    f"{owner}: run_dir is an empty path, which would write into the working "
+                    "directory; pass a directory such as run_dir='runs/exp1', or run_dir=None"
+                )
         self.sinks = make_sinks(owner, tensorboard, mlflow, build=build)
         try:
             self.store = (
@@ -124,7 +136,10 @@ class Recorder:
         """Hand the buffered rows to the store's writer thread; ``wait=True`` also waits for the
         commit (then a killed process keeps them) and flushes the sinks."""
         if self.store is not None:
-            self.store.flush(wait=wait)
+            try:
+                self.store.flush(wait=wait)
+            except RuntimeError as exc:  # a failed commit: the writer already warned once
+                logger.debug("unstuck: %s", exc)
         if wait:
             for sink in self.sinks:
                 sink.flush()
@@ -140,7 +155,10 @@ class Recorder:
             if self.store is not None:
                 if meta:
                     self.store.update_meta(**meta)
-                self.store.close()
+                try:
+                    self.store.close()
+                except RuntimeError as exc:  # a failed commit: the writer already warned once
+                    logger.debug("unstuck: %s", exc)
                 report_path = self._report()
         finally:
             for sink in self.sinks:
@@ -148,14 +166,25 @@ class Recorder:
         return report_path
 
     def _report(self) -> Path | None:
-        """Write ``run_dir/report.html`` from the closed store."""
+        """Write ``run_dir/report.html`` from the closed store: this run's, by its run id (other
+        runs may share the file). A store the disk could not hold gets no report, not an error:
+        the training it recorded has finished."""
         if not self.write_report or self.store is None:
             return None
         try:
             from unstuck.record.report import write_report
             from unstuck.record.rundata import load_run
 
-            return write_report(load_run(self.store.path), self.store.path.parent / "report.html")
+            run = load_run(self.store.path, run_id=self.store.run_id)
+            return write_report(run, self.store.path.parent / "report.html")
         except ImportError as exc:
             logger.info("unstuck: no HTML report (%s)", exc)
+            return None
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            logger.warning(
+                "unstuck: no HTML report for %s (%s); `unstuck report %s` writes it later",
+                self.store.path.parent,
+                exc,
+                self.store.path.parent,
+            )
             return None

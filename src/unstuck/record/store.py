@@ -167,6 +167,7 @@ class _Writer:
         self._submitted = 0
         self._committed = 0
         self._error: BaseException | None = None
+        self.failed_batches = 0  # batches the writer could not commit (dropped, never retried)
         self._thread = threading.Thread(
             target=self._run, name=f"unstuck-run-store-{path.parent.name}", daemon=True
         )
@@ -194,6 +195,9 @@ class _Writer:
 
     # handing over --------------------------------------------------------------------
     def flush(self, wait: bool, end: bool = False) -> None:
+        """Hand the buffer to the writer; ``wait`` (or ``end``) waits for the commit and raises
+        a failed earlier commit. ``wait=False`` never raises: a training loop's automatic flush
+        must not stop training because the disk filled up."""
         if os.getpid() != self._pid:
             return  # a forked child (a DataLoader worker) has no writer thread: never wait on it
         with self._lock:
@@ -214,7 +218,8 @@ class _Writer:
                 self._done.wait_for(lambda: self._committed >= ticket)
         if end:
             self._thread.join()
-        self._raise_pending()
+        if wait or end:
+            self._raise_pending()
 
     def close_quietly(self) -> None:
         """Finalizer / interpreter-exit path: flush what is buffered, never raise."""
@@ -240,9 +245,18 @@ class _Writer:
                 try:
                     self._commit(batch)
                 except Exception as exc:
-                    logger.error("unstuck run store %s: commit failed: %s", self.path, exc)
+                    # Said once per store: a full disk fails every later commit too.
+                    log = logger.warning if not self.failed_batches else logger.debug
+                    log(
+                        "unstuck: run store %s could not commit (%s); training goes on and "
+                        "records are dropped until a commit succeeds: free disk space under "
+                        "run_dir or check it is still writable",
+                        self.path,
+                        exc,
+                    )
                     with self._done:
                         self._error = exc
+                        self.failed_batches += 1
                 with self._done:
                     self._committed = ticket
                     self._done.notify_all()
@@ -375,6 +389,11 @@ class RunStore:
         logger.debug("run store %s: recording run %s", self.path, self.run_id)
 
     @property
+    def failed_batches(self) -> int:
+        """Batches the writer could not commit (disk full, directory removed): dropped."""
+        return self._writer.failed_batches
+
+    @property
     def closed(self) -> bool:
         """True once ``close()`` ran; every ``log_*`` then raises."""
         return self._writer.closed
@@ -411,7 +430,8 @@ class RunStore:
         """Commit everything buffered so far in one transaction, on the writer thread.
 
         ``wait=True`` returns once it is committed (then it survives SIGKILL) and raises if an
-        earlier commit failed; ``wait=False`` only hands the batch over. No-op once closed.
+        earlier commit failed; ``wait=False`` only hands the batch over and never raises. No-op
+        once closed.
         """
         self._writer.flush(wait=wait)
 
