@@ -462,8 +462,9 @@ def test_the_docs_example_runs_and_its_ranks_agree(tmp_path):
 def test_ranks_that_flushed_different_steps_all_raise(ranks):
     for rank in ranks:
         message = rank["failures"].get("mismatch", "")
-        assert "the ranks flushed different steps" in message
-        assert "rank 0: 3 steps ending at 2, rank 1: 4 steps ending at 3" in message
+        assert "the ranks are out of step (rank 1 is at guard.step 4" in message
+        assert "rank 0: flushing after 3 guard.step calls" in message
+        assert "rank 1: flushing after 4 guard.step calls" in message
 
 
 def test_a_failure_on_rank_0_while_deciding_raises_on_every_rank(ranks):

@@ -69,6 +69,37 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)  # NaN or ±inf: any non-finite rank makes the mean so
 
 
+_DOING = {
+    "flush": "flushing",
+    "close": "closing",
+    "validate": "in guard.validate",
+    "scores": "scoring branch trials",
+}
+
+
+def _out_of_step(heads: Sequence[tuple[str, int | None]]) -> str:
+    """One message, the same on every rank: who was doing what after how many steps."""
+    seen = ", ".join(
+        f"rank {i}: {_DOING.get(call, call)}"
+        + ("" if steps is None else f" after {steps} guard.step calls")
+        for i, (call, steps) in enumerate(heads)
+    )
+    counts = {steps for _, steps in heads if steps is not None}
+    first = next(
+        (i for i, (_, steps) in enumerate(heads) if steps is not None and steps != min(counts)),
+        None,
+    )
+    where = (
+        f"rank {first} is at guard.step {heads[first][1]}"
+        if first is not None and len(counts) > 1
+        else "the ranks are in different calls"
+    )
+    return (
+        f"unstuck: the ranks are out of step ({where}; {seen}); call guard.step once per "
+        "optimizer step, as many times on every rank, and validate/flush/close on every rank"
+    )
+
+
 class RankSync:
     """The collectives one Guard makes per flush when a process group with > 1 rank exists."""
 
@@ -90,11 +121,23 @@ class RankSync:
         return self.rank == LEAD
 
     # -- the collectives ----------------------------------------------------------------------
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank (one ``all_gather_object``)."""
+    def gather(self, obj: Any, call: str = "gather", steps: int | None = None) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (one ``all_gather_object``).
+
+        Each rank's ``obj`` travels with what it is doing (``call``) and, where the ranks must
+        agree on it, its ``guard.step`` count (``steps``). A rank closing while another flushes,
+        or flushing after another number of steps, is then seen by every rank in the same
+        gather, and every rank raises the same ``RuntimeError`` at once instead of waiting in
+        mismatched collectives until the process group times out.
+        """
         out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
+        torch.distributed.all_gather_object(out, (call, steps, obj))
+        heads = [(c, n) for c, n, _ in out]
+        if any(c != call for c, _ in heads) or (
+            steps is not None and any(n != steps for _, n in heads)
+        ):
+            raise RuntimeError(_out_of_step(heads))
+        return [o for _, _, o in out]
 
     def from_lead(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (one ``broadcast_object_list``); rank 0 keeps its own."""
@@ -134,7 +177,7 @@ class RankSync:
             "loss": None if loss is None else (list(loss[0]), list(loss[1])),
             **{name: signals.get(name) for name in DETECTOR_INPUTS},
         }
-        ranks = self.gather(mine)
+        ranks = self.gather(mine, "flush", frame.step)
         windows = [r["loss"] for r in ranks]
         steps = windows[LEAD][0] if windows[LEAD] is not None else None
         if any((w[0] if w is not None else None) != steps for w in windows):
@@ -160,15 +203,22 @@ class RankSync:
             else:
                 signals[name] = value
 
+    def check_in(self, call: str, steps: int) -> None:
+        """The first collective of every flush and close: what each rank is doing and after
+        how many ``guard.step`` calls (a few bytes, once per flush). A rank that stepped more
+        or less than the others, or closes while they flush, makes every rank raise the same
+        ``RuntimeError`` here, before any collective whose shapes could disagree."""
+        self.gather(None, call, int(steps))
+
     def mean_value(self, step: int, value: float) -> tuple[int, float]:
         """A validation loss: rank 0's step, the mean of every rank's value."""
-        ranks = self.gather((int(step), float(value)))
+        ranks = self.gather((int(step), float(value)), "validate")
         return int(ranks[LEAD][0]), _mean([float(v) for _, v in ranks])
 
     def mean_scores(self, scores: list[float] | None) -> list[float] | None:
         """Probe-set scores: the per-batch mean over ranks when every rank scored as many
         batches (each scored its own kept batches); otherwise rank 0's."""
-        ranks = self.gather(None if scores is None else [float(s) for s in scores])
+        ranks = self.gather(None if scores is None else [float(s) for s in scores], "scores")
         first = ranks[LEAD]
         if first is None or any(r is None or len(r) != len(first) for r in ranks):
             return None if first is None else list(first)

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
+import os
+import signal
+import threading
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -112,11 +116,70 @@ NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progr
 _OPEN_HUBS: weakref.WeakKeyDictionary[Any, weakref.WeakSet[SignalHub]] = weakref.WeakKeyDictionary()
 
 
+# SIGTERM (Slurm, Kubernetes and torchrun send it first): open Guards are closed, so the run is
+# marked closed and its report written, then the signal goes on to what was there before.
+_OPEN_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
+_SIGTERM_BEFORE: list[Any] = []  # the disposition our handler replaced (while it is installed)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Close every open Guard, then do what SIGTERM did before: the user's handler, or the
+    default (the process ends, killed by SIGTERM, as it would have been)."""
+    previous = _SIGTERM_BEFORE[0] if _SIGTERM_BEFORE else signal.SIG_DFL
+    for guard in list(_OPEN_GUARDS):
+        try:
+            guard._close_on_signal(signum)
+        except Exception:  # never in the way of the process ending
+            logger.exception("unstuck: closing a Guard on signal %d failed", signum)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_handler() -> None:
+    """Only where the Guard may own the process's lifetime: the main thread, and a SIGTERM
+    that would end the process or runs a Python handler we can chain to (an ignored SIGTERM,
+    or one handled outside Python, is left alone)."""
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm or current is signal.SIG_IGN or current is None:
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _SIGTERM_BEFORE[:] = [current]
+
+
+def _uninstall_sigterm_handler() -> None:
+    """The last open Guard closed: give SIGTERM back what it had (if nobody replaced ours)."""
+    if _OPEN_GUARDS or not _SIGTERM_BEFORE:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
+    _SIGTERM_BEFORE.clear()
+
+
 def _check_type(name: str, value: Any, expected: type, hint: str) -> None:
     if not isinstance(value, expected):
         raise TypeError(
             f"Guard: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
         )
+
+
+def _whole(name: str, value: Any, least: int, what: str) -> int:
+    """An int argument (a numpy integer too) of at least ``least``: NaN, inf, floats and text
+    are refused here, in one line, instead of misbehaving at the first decision."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"Guard: {name} must be an int >= {least} ({what}), got {_brief(value)} "
+            f"({type(value).__name__}); pass a whole number such as {name}={max(least, 1) * 50}"
+        )
+    if value < least:
+        raise ValueError(f"Guard: {name} must be an int >= {least} ({what}), got {value}")
+    return int(value)
 
 
 def _not_a_number(value: Any) -> bool:
@@ -149,9 +212,18 @@ def _loss_tensor(loss: Any) -> torch.Tensor:
         return loss
     number = _host_number(loss)
     if number is not None:
-        return torch.tensor(number)  # the default dtype, as a Python float always became
+        # The default dtype, as a Python float always became, unless that would turn a finite
+        # number into inf (a false non-finite loss, and a rollback): then float64.
+        if math.isfinite(number) and abs(number) > torch.finfo(torch.get_default_dtype()).max:
+            return torch.tensor(number, dtype=torch.float64)
+        return torch.tensor(number)
     if isinstance(loss, np.ndarray) and not _not_a_number(loss) and loss.dtype.kind in "iuf":
-        return torch.as_tensor(loss, dtype=torch.get_default_dtype())  # per-sample losses
+        dtype = torch.get_default_dtype()
+        if loss.dtype.itemsize > torch.finfo(dtype).bits // 8 and loss.size:
+            finite = loss[np.isfinite(loss)]
+            if finite.size and float(np.max(np.abs(finite))) > torch.finfo(dtype).max:
+                dtype = torch.float64  # host numbers: checking them costs no device sync
+        return torch.as_tensor(loss, dtype=dtype)  # per-sample losses
     raise TypeError(
         f"guard.step(loss) needs the loss as a tensor or a number, got {type(loss).__name__} "
         f"{_brief(loss)}; pass the loss tensor itself"
@@ -384,8 +456,8 @@ class Guard:
             raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
         if not isinstance(curvature_hvps, int) or curvature_hvps < 2:
             raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
-        if horizon < 1 or cooldown < 0:
-            raise ValueError(f"horizon must be >= 1 and cooldown >= 0, got {horizon}, {cooldown}")
+        horizon = _whole("horizon", horizon, 1, "steps an action runs before it is judged")
+        cooldown = _whole("cooldown", cooldown, 0, "steps after a kept action before the next")
         if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
             raise ValueError(f"Guard: probe_budget must be a share in [0, 1], got {probe_budget!r}")
         if not isinstance(snapshot_memory, int) or snapshot_memory < 0:
@@ -498,6 +570,9 @@ class Guard:
         self._val_points = 0
         self._diagnose(step=0, state="unknown", series="train")
         self._engine.note_start(self._hub.step)
+        self._signalled = False  # closed by SIGTERM: later calls are ignored, not errors
+        _OPEN_GUARDS.add(self)
+        _install_sigterm_handler()
 
     # -- construction helpers -----------------------------------------------------------------
     @staticmethod
@@ -562,6 +637,8 @@ class Guard:
         values this step (for the loss-component-dominance rule).
         """
         if self._closed:
+            if self._signalled:
+                return  # the process is ending on SIGTERM; the run is already closed
             raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
         loss = _loss_tensor(loss).detach()
         if loss.ndim == 0:
@@ -666,6 +743,8 @@ class Guard:
         numpy array); one with several elements is averaged. Text and booleans are refused.
         """
         if self._closed:
+            if self._signalled:
+                return
             raise RuntimeError(
                 "Guard.validate() after close(): create a new Guard to keep monitoring"
             )
@@ -697,12 +776,16 @@ class Guard:
         after it returns loses nothing recorded before it.
         """
         if self._closed:
+            if self._signalled:
+                return
             raise RuntimeError("Guard.flush() after close(): create a new Guard to keep monitoring")
         self._flush()
         self._recorder.flush(wait=True)
 
     # -- the pipeline -------------------------------------------------------------------------
     def _flush(self) -> None:
+        if self._sync is not None:
+            self._sync.check_in("flush", self._hub.step)  # before the hub's own collectives
         frame = self._hub.flush()
         if self._sync is not None:
             self._sync.merge_frame(frame)  # the mean loss over ranks; rank 0's detector inputs
@@ -815,7 +898,8 @@ class Guard:
                 actions=acted,
                 lrs=self._config_lrs() if new_findings else (),
             )
-            logger.info(line)
+            if line:  # empty when the only news is a symptom whose root is already named
+                logger.info(line)
         elif changed:
             logger.debug("step %d %s (%s)", step, state, series)
 
@@ -909,12 +993,17 @@ class Guard:
     def _capture_extra(self) -> dict[str, Any]:
         """The Guard's own state that decides what happens next, for snapshots (besides the
         handles the engine captures itself)."""
-        return {
+        extra: dict[str, Any] = {
             "accumulated": self._accumulated,
             "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
             "evidence_step": self._hub.step,
             "opt_steps": self._hub.opt_steps,
         }
+        if self._accumulation.owned:
+            # A flush may land mid-window: the gradients summed so far belong to the state, or
+            # a rollback would resume the window with the thrown-away branch's partial sums.
+            extra["grads"] = [p.grad for p in self._hub.ctx.params]  # cloned by the snapshot
+        return extra
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
         """The engine restores the handles (LR multiplier, clip, accumulation, stop) itself.
@@ -925,6 +1014,15 @@ class Guard:
         optimizer is not read as one whose state was lost.
         """
         self._accumulated = int(extra.get("accumulated", 0))
+        grads = extra.get("grads")
+        if grads is not None and len(grads) == len(self._hub.ctx.params):
+            for p, grad in zip(self._hub.ctx.params, grads):
+                if grad is None:
+                    p.grad = None
+                elif p.grad is not None and p.grad.shape == grad.shape:
+                    p.grad.copy_(grad)
+                else:
+                    p.grad = grad.to(device=p.device, dtype=p.dtype, copy=True)
         for name, state in extra["detectors"].items():
             self._detectors[name].load_state_dict(state)
         if "evidence_step" in extra:
@@ -1073,20 +1171,42 @@ class Guard:
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
         """Run the pipeline on the last partial window, then release hooks and the store."""
+        self._close(pipeline=True)
+
+    def _close_on_signal(self, signum: int) -> None:
+        """Close because the process got SIGTERM. Under torch.distributed the last window is
+        not flushed: its collectives could wait on a rank that is already gone."""
+        if self._closed:
+            return
+        if self._lead:
+            logger.warning(
+                "unstuck: got signal %d; closing the run at step %d", signum, self._hub.step
+            )
+        self._signalled = True
+        self._close(pipeline=self._sync is None)
+
+    def _close(self, pipeline: bool) -> None:
         if self._closed:
             return
         try:
-            if self._hub.step > self._flushed_at:
+            if not pipeline:
+                pass
+            elif self._hub.step > self._flushed_at:
                 self._flush()
+            elif self._sync is not None:
+                self._sync.check_in("close", self._hub.step)  # a rank still stepping: raise
             step = max(self._hub.step - 1, 0)
             # A run that ends inside a probe is put back; a pending action is judged on what
             # there is, and undone if it already shows harm.
-            self._emit(step, "train", self._engine.finish(step, self._loss_history()))
+            if pipeline:
+                self._emit(step, "train", self._engine.finish(step, self._loss_history()))
             if self._console and self._lead:
                 for line in self.summary():
                     logger.info(line)
         finally:
             self._closed = True
+            _OPEN_GUARDS.discard(self)
+            _uninstall_sigterm_handler()
             _OPEN_HUBS.get(self.optimizer, weakref.WeakSet()).discard(self._hub)
             self._hub.close()
             self._lr.close()

@@ -34,6 +34,7 @@ from unstuck.rescue.branches import BranchTrial
 from unstuck.rescue.policy import Policy, Proposal
 from unstuck.rescue.snapshot import (
     Snapshot,
+    SnapshotMismatchError,
     SnapshotStore,
     restore_snapshot,
     take_snapshot,
@@ -135,6 +136,7 @@ class RescueEngine:
         self._last_good_step = -LAST_GOOD_EVERY
         self._start_state: str | None = None  # the run as it began, for an early restart
         self._start_step = 0
+        self._mismatch_said = False  # a refused restore is logged once per run
 
     # -- snapshots ----------------------------------------------------------------------------
     def capture(self, step: int) -> Snapshot:
@@ -159,6 +161,46 @@ class RescueEngine:
             c.accumulation.load_state_dict(handles["accumulation"])
             c.stop.load_state_dict(handles["stop"])
         self._restore_extra(snap.extra)
+
+    def _refused(self, exc: SnapshotMismatchError) -> str:
+        """The one-line reason a restore was refused (nothing was touched); logged once."""
+        reason = f"could not roll back: {exc}"
+        if not self._mismatch_said:
+            self._mismatch_said = True
+            logger.warning(
+                "unstuck: %s; the run goes on as it is (call add_param_group before building "
+                "the Guard, or build a new Guard after changing the optimizer)",
+                reason,
+            )
+        return reason
+
+    def _restore_handles(self, snap: Snapshot) -> None:
+        """Only unstuck's own handles (LR multiplier, clip, accumulation, stop) from ``snap``:
+        what an action changed through them is undone even when the model cannot be."""
+        handles = snap.extra.get("controls")
+        if handles is not None:
+            c = self.controls
+            c.lr.load_state_dict(handles["lr"])
+            c.clip.load_state_dict(handles["clip"])
+            c.accumulation.load_state_dict(handles["accumulation"])
+            c.stop.load_state_dict(handles["stop"])
+
+    def _restore_or_forget(self, key: str | None) -> Snapshot | None:
+        """Restore a kept snapshot (last good, start) if it still fits; else drop it."""
+        if key is None:
+            return None
+        snap = self.snapshots.get(key)
+        try:
+            self.restore(snap)
+        except SnapshotMismatchError as exc:
+            self._refused(exc)
+            self.snapshots.drop(key)
+            if key == self._last_good:
+                self._last_good = None
+            if key == self._start_state:
+                self._start_state = None
+            return None
+        return snap
 
     def best_snapshot(self) -> Snapshot | None:
         return self.snapshots.get(self._best) if self._best is not None else None
@@ -373,16 +415,13 @@ class RescueEngine:
             self.forget_start()
         if proposal.cause == "nonfinite" and self._last_good is not None:
             # Retry from the last state whose loss was finite, not from the broken one.
-            snap = self.snapshots.get(self._last_good)
-            self.restore(snap)
-            restored_from = snap.step
+            snap = self._restore_or_forget(self._last_good)
+            restored_from = None if snap is None else snap.step
         snapshot = self.snapshots.put(self.capture(step))
         if self._restarts(step, proposal):
             # A rollback returns to the state this action found (``snapshot``), not the start.
-            assert self._start_state is not None
-            start = self.snapshots.get(self._start_state)
-            self.restore(start)
-            restarted_from = start.step
+            start = self._restore_or_forget(self._start_state)
+            restarted_from = None if start is None else start.step
             self.forget_start()
         if proposal.action == "branch_trial":
             trial = BranchTrial(self, step, snapshot, proposal, self.horizon)
@@ -400,7 +439,17 @@ class RescueEngine:
             record.evidence["restored_last_good_step"] = restored_from
         if restarted_from is not None:
             record.evidence["restarted_from_step"] = restarted_from
-        token = action.apply(self.controls, params)
+        try:
+            token = action.apply(self.controls, params)
+        except SnapshotMismatchError as exc:  # keep_best_and_stop: the best state no longer fits
+            self.snapshots.drop(snapshot)
+            if self._best is not None:
+                self.snapshots.drop(self._best)
+                self._best, self._best_value = None, math.inf
+            record.outcome = "skipped"
+            record.evidence["skipped_because"] = self._refused(exc)
+            record.verified_step = step
+            return [("action", record.to_dict())]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
         before_steps, before = _before_window(step, loss)
         if action.probe:
@@ -462,10 +511,17 @@ class RescueEngine:
         factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
         result = suggest(factors, losses, rt.planned)
         snap = self.snapshots.get(rt.snapshot)
-        self.restore(snap)
         record = rt.record
-        record.outcome = "restored"
         record.verified_step = step
+        try:
+            self.restore(snap)
+        except SnapshotMismatchError as exc:
+            self._restore_handles(snap)  # at least the sweep's LR ramp ends
+            record.outcome = "failed"
+            record.evidence["failed_because"] = self._refused(exc)
+            self.snapshots.drop(rt.snapshot)
+            return [("action_outcome", record.to_dict())]
+        record.outcome = "restored"
         record.evidence.update(
             {
                 "probe_steps": spent,
@@ -549,8 +605,22 @@ class RescueEngine:
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
         idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better
+        refused: str | None = None
         if verdict.worse or idle_cut:
-            self.restore(self.snapshots.get(p.snapshot))
+            snap = self.snapshots.get(p.snapshot)
+            try:
+                self.restore(snap)
+            except SnapshotMismatchError as exc:
+                self._restore_handles(snap)
+                refused = self._refused(exc)
+        if refused is not None:
+            # The model and optimizer train on as they are; what the action changed through
+            # unstuck's handles (the LR multiplier, clip, accumulation) is undone.
+            p.record.outcome = "failed"
+            p.record.evidence["failed_because"] = refused
+            self.quiet_until = step + self.cooldown
+            self.forget_start()
+        elif verdict.worse or idle_cut:
             p.record.outcome = "rolled_back"
             p.record.evidence["rolled_back_because"] = (
                 "a non-finite loss"
@@ -608,8 +678,14 @@ class RescueEngine:
         events: list[Event] = []
         running = self.range_test or self.branches
         if running is not None:
-            self.restore(self.snapshots.get(running.snapshot))
-            running.record.outcome = "interrupted"
+            snap = self.snapshots.get(running.snapshot)
+            try:
+                self.restore(snap)
+                running.record.outcome = "interrupted"
+            except SnapshotMismatchError as exc:
+                self._restore_handles(snap)
+                running.record.outcome = "failed"
+                running.record.evidence["failed_because"] = self._refused(exc)
             running.record.verified_step = step
             events.append(("action_outcome", running.record.to_dict()))
             self.range_test = None

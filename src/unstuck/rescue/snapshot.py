@@ -21,6 +21,7 @@ import torch
 
 __all__ = [
     "Snapshot",
+    "SnapshotMismatchError",
     "SnapshotStore",
     "capture_rng",
     "restore_rng",
@@ -140,6 +141,55 @@ def take_snapshot(
     )
 
 
+class SnapshotMismatchError(RuntimeError):
+    """The live model or optimizer no longer has the structure a snapshot was taken of."""
+
+
+def _group_sizes(groups: list[dict[str, Any]]) -> list[int]:
+    return [len(g["params"]) for g in groups]
+
+
+def _fitted_optimizer_state(snap: Snapshot, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state to load for ``snap``: its own, plus any param groups the user added
+    since (``add_param_group``, e.g. to unfreeze a layer), kept with their state cleared as
+    when they were added. Anything else that changed the groups cannot be rolled back."""
+    saved = snap.optimizer
+    old = _group_sizes(saved.get("param_groups", []))
+    live_groups = optimizer.param_groups
+    live = _group_sizes(live_groups)
+    if live[: len(old)] != old:
+        raise SnapshotMismatchError(
+            f"the optimizer's param groups changed since the snapshot of step {snap.step} "
+            f"(parameters per group then {old}, now {live}); only groups added after it can be "
+            "kept across a rollback"
+        )
+    if len(live) == len(old):
+        same: dict[str, Any] = _clone(saved)
+        return same
+    current = optimizer.state_dict()  # references, not copies; only the added groups are used
+    added = [dict(g) for g in current["param_groups"][len(old) :]]
+    return {
+        "state": _clone(saved["state"]),  # the added parameters start with no state
+        "param_groups": _clone(saved["param_groups"]) + copy.deepcopy(added),
+    }
+
+
+def _check_model(snap: Snapshot, model: torch.nn.Module) -> None:
+    live = model.state_dict()
+    changed = sorted(set(live) ^ set(snap.model)) or [
+        k
+        for k, v in live.items()
+        if isinstance(v, torch.Tensor)
+        and isinstance(snap.model[k], torch.Tensor)
+        and v.shape != snap.model[k].shape
+    ]
+    if changed:
+        raise SnapshotMismatchError(
+            f"the model's tensors changed since the snapshot of step {snap.step} "
+            f"({', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''})"
+        )
+
+
 def restore_snapshot(
     snap: Snapshot,
     model: torch.nn.Module | None,
@@ -150,10 +200,15 @@ def restore_snapshot(
     """Put the live objects back exactly as they were when ``snap`` was taken.
 
     Parameters are copied in place (their identity, which the optimizer and hooks hold, stays).
+    A model or optimizer whose structure changed since raises :class:`SnapshotMismatchError` before
+    anything is touched, so a refused restore leaves the run as it was.
     """
     if model is not None:
+        _check_model(snap, model)
+    optimizer_state = _fitted_optimizer_state(snap, optimizer)
+    if model is not None:
         model.load_state_dict(_clone(snap.model))
-    optimizer.load_state_dict(_clone(snap.optimizer))
+    optimizer.load_state_dict(optimizer_state)
     if scheduler is not None and snap.scheduler is not None:
         scheduler.load_state_dict(_clone(snap.scheduler))
     if scaler is not None and snap.scaler is not None:
