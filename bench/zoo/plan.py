@@ -1,10 +1,11 @@
 """Which runs the zoo holds, and the hurt check each mutant passes before it counts as a fault.
 
 A run is a base program at a seed, either healthy (``operator`` is None) or mutated by one
-operator at one severity. The full zoo: every program healthy at ``SEEDS`` seeds plus once
-trained ``LONG_FACTOR``× longer (converging), and every applicable operator at ``SEEDS`` seeds,
-each seed with its own severity drawn from the operator's range. ``--quick`` keeps one mutant
-per operator (programs taken in turn, so the operators spread over the split's programs) and
+operator at one severity. The full zoo: every program healthy at ``SEEDS`` seeds, once trained
+``LONG_FACTOR``× longer (converging) and once with a quarter of the batch (noisy); and every
+applicable operator at ``SEEDS`` seeds, each seed with its own severity drawn from the
+operator's range. ``--quick`` keeps one mutant per operator (programs taken in turn, so the
+operators spread over the split's programs) and
 one healthy run per program.
 """
 
@@ -25,6 +26,7 @@ __all__ = ["HURT_MARGIN", "Job", "hurt", "run_job", "zoo_runs"]
 
 SEEDS = 3  # seeds per (program, operator) and healthy runs per program in the full zoo
 LONG_FACTOR = 3  # the long healthy run: steps × this
+NOISY_DIVISOR = 4  # the noisy healthy run: batch size ÷ this (at least 4)
 QUICK_SEVERITY = 0.7  # the quantile of an operator's range that --quick uses (a clear fault)
 # A mutant hurts when its clean metric ends worse than the reference's by this share of the
 # reference (at least HURT_FLOOR absolute), or reaches the reference's end value (plus the same
@@ -42,7 +44,7 @@ class Job:
     seed: int
     operator: str | None  # None: a healthy run
     severity: float | None
-    variant: str = ""  # healthy runs: "" or "long"
+    variant: str = ""  # healthy runs: "", "long" or "noisy"
     max_steps: int | None = None  # a cap for tests
 
     @property
@@ -81,6 +83,7 @@ def zoo_runs(split: str, *, quick: bool = False, only: set[str] | None = None) -
     for p in names:
         jobs += [Job(p, s, None, None) for s in range(SEEDS)]
         jobs.append(Job(p, 0, None, None, variant="long"))
+        jobs.append(Job(p, 0, None, None, variant="noisy"))
         for op in OPERATORS.values():
             if op.applies(specs[p]):
                 jobs += [
@@ -101,6 +104,8 @@ def build(job: Job) -> tuple[Spec, Spec | None]:
     if job.operator is None:
         if job.variant == "long":
             base.steps *= LONG_FACTOR
+        elif job.variant == "noisy":  # a quarter of the batch: noisier steps, no fault
+            base.batch_size = max(base.batch_size // NOISY_DIVISOR, 4)
         return _cap(base, job.max_steps), None
     op = OPERATORS[job.operator]
     assert job.severity is not None

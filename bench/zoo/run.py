@@ -80,11 +80,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.max_steps:
         jobs = [replace(j, max_steps=args.max_steps) for j in jobs]
     t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+
+    def progress(r: dict[str, Any]) -> None:
+        records.append(r)
+        top = ", ".join(f"{c} {p:.2f}" for c, p in r["ranking"][:3]) or "nothing"
+        hurt = "" if r["hurt"] is None else f" hurt={r['hurt']}"
+        print(f"[{len(records)}/{len(jobs)}] {r['key']}{hurt}: {top}", file=sys.stderr, flush=True)
+
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
-            records = list(pool.map(_run, jobs, chunksize=1))
+            for r in pool.map(_run, jobs, chunksize=1):
+                progress(r)
     else:
-        records = [_run(j) for j in jobs]
+        for j in jobs:
+            progress(_run(j))
     result = {"split": args.split, "quick": args.quick, **score(records)}
     result["not_in_zoo"] = NOT_IN_ZOO
     result["runs"] = records
