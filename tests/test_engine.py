@@ -747,3 +747,27 @@ def test_a_rollback_forgets_the_undone_steps_in_the_evidence():
     assert steps.size and not undone.any()
     assert np.isfinite(values).all()  # the NaNs of the undone steps are gone with them
     assert (steps > raised.verified_step).any()  # and the run's own steps after are kept
+
+
+def test_a_branch_trial_whose_snapshot_no_longer_fits_fails_in_one_line(caplog):
+    """The model changed shape mid-trial (issue 21): the trial ends ``failed`` with the reason,
+    its LR change is undone, nothing raises, and later flushes run."""
+    loop = _scored_loop(
+        1e-3,
+        [
+            {"action": "lr_scale", "params": {"factor": 0.3}},
+            {"action": "lr_scale", "params": {"factor": 30.0}},
+        ],
+    )
+    loop.train(10)
+    assert loop.engine.branches is not None
+    loop.model.register_buffer("grown", torch.zeros(3))
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        loop.train(3 * 40 + 10)
+    outcome = _trial_outcome(loop)
+    assert outcome["outcome"] == "failed"
+    assert (
+        "could not roll back: the model's tensors changed" in outcome["evidence"]["failed_because"]
+    )
+    assert loop.engine.branches is None and loop.lr.value == pytest.approx(1.0)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1

@@ -109,6 +109,7 @@ class Recorder:
             raise
         self.write_report = bool(report)
         self.closed = False
+        self._sink_failed = False  # a sink's write failure is said once
 
     @property
     def run_dir(self) -> Path | None:
@@ -142,7 +143,16 @@ class Recorder:
                 logger.debug("unstuck: %s", exc)
         if wait:
             for sink in self.sinks:
-                sink.flush()
+                try:
+                    sink.flush()
+                except OSError as exc:  # a sink's disk filled up: the same as the store's
+                    if not self._sink_failed:
+                        logger.warning(
+                            "unstuck: %s could not write (%s); training goes on without it",
+                            type(sink).__name__,
+                            exc,
+                        )
+                    self._sink_failed = True
 
     def close(self, **meta: Any) -> Path | None:
         """Merge ``meta`` into the run's metadata, close the store, write the report (when asked

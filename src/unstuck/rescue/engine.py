@@ -486,12 +486,33 @@ class RescueEngine:
         if self.range_test is not None:
             return self._advance_range_test(step, steps, values)
         if self.branches is not None:
-            events = self.branches.advance(step, steps, values)
+            try:
+                events = self.branches.advance(step, steps, values)
+            except SnapshotMismatchError as exc:
+                return self._abandon_branches(step, exc)
             if self.branches.done:
                 self.probe_steps += self.branches.spent
                 self.branches = None
             return events
         return []
+
+    def _abandon_branches(self, step: int, exc: SnapshotMismatchError) -> list[Event]:
+        """A branch trial whose snapshot no longer fits the model or optimizer: it ends here,
+        ``failed`` with the reason; the branch running keeps no change of unstuck's handles."""
+        trial = self.branches
+        assert trial is not None
+        self._restore_handles(self.snapshots.get(trial.snapshot))
+        for branch in trial.branches:
+            self.snapshots.drop(branch.snapshot)
+        self.snapshots.drop(trial.snapshot)
+        self.probe_steps += max(step - trial.record.step, 0)
+        self.branches = None
+        record = trial.record
+        record.outcome = "failed"
+        record.verified_step = step
+        record.evidence["failed_because"] = self._refused(exc)
+        self.quiet_until = step + self.cooldown
+        return [("action_outcome", record.to_dict())]
 
     def _advance_range_test(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
         rt = self.range_test
