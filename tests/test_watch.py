@@ -76,12 +76,17 @@ class TBRun:
     """A TensorBoard run folder written with tensorboard's own event writer (no torch)."""
 
     def __init__(self, folder: Path) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.summary.writer.event_file_writer import (  # type: ignore[import-untyped]
+            EventFileWriter,
+        )
 
         self.writer = EventFileWriter(str(folder))
 
     def add(self, values: list[float], start: int = 0) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.compat.proto import (  # type: ignore[import-untyped]
+            event_pb2,
+            summary_pb2,
+        )
 
         for i, v in enumerate(values):
             summary = summary_pb2.Summary(
@@ -340,7 +345,7 @@ def test_mlflow_two_experiments(tmp_path: Path) -> None:
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     from mlflow.entities import Metric
 
-    expected = {}
+    expected: dict[str, str] = {}
     for exp_name, kinds in (("alpha", ("flat", "improving")), ("beta", ("diverging",))):
         exp = client.create_experiment(exp_name, artifact_location=str(tmp_path / exp_name))
         for kind in kinds:
