@@ -453,7 +453,7 @@ OPERATORS: dict[str, Operator] = {
             1e-3,
             3e-2,
             True,
-            lambda s: True,
+            lambda s: s.optimizer in SGD_FAMILY,  # Adam-family steps are scale-invariant
             _clip,
         ),
         Operator(
@@ -480,8 +480,8 @@ OPERATORS: dict[str, Operator] = {
             "fixed_shard",
             "truncated_data",
             "the loop only ever sees a fixed share of the training set",
-            0.03,
-            0.15,
+            0.1,
+            0.35,
             True,
             lambda s: s.data.x.shape[0] >= 500,
             _truncate,

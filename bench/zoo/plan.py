@@ -4,8 +4,8 @@ A run is a base program at a seed, either healthy (``operator`` is None) or muta
 operator at one severity. The full zoo: every program healthy at ``SEEDS`` seeds, once trained
 ``LONG_FACTOR``× longer (converging) and once with a quarter of the batch (noisy); and every
 applicable operator at ``SEEDS`` seeds, each seed with its own severity drawn from the
-operator's range. ``--quick`` keeps one mutant per operator (programs taken in turn, so the
-operators spread over the split's programs) and
+operator's range. ``--quick`` keeps two mutants per operator on two programs (taken in
+turn, so the operators spread over the split's programs) and
 one healthy run per program.
 """
 
@@ -27,6 +27,7 @@ __all__ = ["HURT_MARGIN", "Job", "hurt", "run_job", "zoo_runs"]
 SEEDS = 3  # seeds per (program, operator) and healthy runs per program in the full zoo
 LONG_FACTOR = 3  # the long healthy run: steps × this
 NOISY_DIVISOR = 4  # the noisy healthy run: batch size ÷ this (at least 4)
+QUICK_PER_OPERATOR = 2  # --quick: mutants per operator, on different programs
 QUICK_SEVERITY = 0.7  # the quantile of an operator's range that --quick uses (a clear fault)
 # A mutant hurts when its clean metric ends worse than the reference's by this share of the
 # reference (at least HURT_FLOOR absolute), or reaches the reference's end value (plus the same
@@ -76,8 +77,8 @@ def zoo_runs(split: str, *, quick: bool = False, only: set[str] | None = None) -
         jobs += [Job(p, 0, None, None) for p in names]
         for i, op in enumerate(OPERATORS.values()):
             fits = [p for p in names if op.applies(specs[p])]
-            if fits:
-                p = fits[i % len(fits)]
+            for k in range(min(QUICK_PER_OPERATOR, len(fits))):
+                p = fits[(i + k) % len(fits)]
                 jobs.append(Job(p, 0, op.name, op.severity(QUICK_SEVERITY)))
         return jobs
     for p in names:
