@@ -2,7 +2,7 @@
 
 Sections: the training side (a full disk, rollbacks after the user changed the optimizer or
 mid-accumulation, ranks that disagree, SIGTERM, extreme numbers, bad arguments); the readers
-(``unstuck analyze`` / ``report`` on hostile files) are a section of their own below.
+(``unstuck analyze`` / ``report`` on hostile files) are the section at the end.
 """
 
 from __future__ import annotations
@@ -165,6 +165,38 @@ def test_training_never_raises_because_of_recording(
     assert outcomes[0] == "rolled_back"  # ×300 on a momentum SGD blows up: undone
     committed = read_metrics(tmp_path, names=["loss"]).get("loss", ([], []))[0]
     assert 0 < len(committed) < 300  # some batches committed, some were dropped
+
+
+def test_a_snapshot_that_cannot_be_spilled_stays_in_memory(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``snapshot_memory=0`` spills every snapshot; a full disk there keeps them in memory
+    (said once) and a rollback still puts the state back."""
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    optimizer = _sgd(model)
+    guard = unstuck.Guard(
+        model,
+        optimizer,
+        policy=_ProposeFrom(50, HARMFUL),
+        run_dir=tmp_path,
+        flush_every=10,
+        horizon=40,
+        cooldown=10_000,
+        snapshot_memory=0,
+        console=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="unstuck"):
+        _train_plain(guard, model, optimizer, 150)
+    guard.close()
+    assert _outcome(guard) == "rolled_back"
+    said = [r.message for r in caplog.records if "could not spill" in r.message]
+    assert len(said) == 1 and "\n" not in said[0]
 
 
 # --------------------------------------------------------------------------- rollbacks
@@ -593,3 +625,9 @@ def test_sigterm_closes_the_run_and_writes_its_report(tmp_path: pathlib.Path, mo
     assert runs[0]["meta"]["steps"] >= 30
     assert (run_dir / "report.html").is_file()
     assert "got signal 15; closing the run" in err
+
+
+# =========================================================================== readers
+# ``unstuck analyze`` / ``unstuck report`` on hostile files (issue 21, items 5-10) go here: each
+# hostile file generated at test time, every case ending in exit 2 with one line, in bounded
+# time and memory, without writing to its input.

@@ -9,6 +9,7 @@ Python. Kept in memory; the snapshot is a dict of tensors and primitives, so
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import pathlib
 import random
@@ -28,6 +29,8 @@ __all__ = [
     "restore_snapshot",
     "take_snapshot",
 ]
+
+logger = logging.getLogger("unstuck")
 
 
 def _map_tensors(obj: Any, tensor_fn: Any, other_fn: Any) -> Any:
@@ -236,6 +239,7 @@ class SnapshotStore:
         self._disk: dict[str, pathlib.Path] = {}
         self._counter = 0
         self.spilled = 0  # snapshots written to disk so far
+        self._spill_failed = False  # a failed spill is said once
 
     def _dir(self) -> pathlib.Path:
         if self._spill_dir is None:
@@ -254,8 +258,21 @@ class SnapshotStore:
         if self.held_bytes() + snap.nbytes() <= self.memory_budget:
             self._memory[key] = snap
             return key
-        path = self._dir() / f"{key}.pt"
-        torch.save(_to_cpu(snap.to_dict()), path)
+        try:
+            path = self._dir() / f"{key}.pt"
+            torch.save(_to_cpu(snap.to_dict()), path)
+        except OSError as exc:
+            # A full disk must not stop training: hold this one in memory, past the budget.
+            if not self._spill_failed:
+                logger.warning(
+                    "unstuck: could not spill a snapshot to %s (%s); keeping it in memory, past "
+                    "snapshot_memory: free disk space there or raise snapshot_memory",
+                    self._spill_dir or "a temporary directory",
+                    exc,
+                )
+            self._spill_failed = True
+            self._memory[key] = snap
+            return key
         self._disk[key] = path
         self.spilled += 1
         return key
