@@ -147,7 +147,10 @@ def _install_sigterm_handler() -> None:
     current = signal.getsignal(signal.SIGTERM)
     if current is _on_sigterm or current is signal.SIG_IGN or current is None:
         return
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # e.g. a sub-interpreter: SIGTERM is not ours to handle
+        return
     _SIGTERM_BEFORE[:] = [current]
 
 
