@@ -13,9 +13,10 @@ diverging), then times, in one process:
   ``analyze`` costs, about a detector decision per point on a diverging run, so the whole fleet
   would take tens of minutes here; the per-run figures scale linearly.
 
-Time is wall time without tracing; memory is the peak of Python allocations (tracemalloc) during
-the quiet and appended refreshes, and the process' peak RSS growth over the first refresh
-(tracemalloc would slow the first refresh several-fold).
+Time is wall time without tracing. Memory is the peak of Python allocations (tracemalloc) during
+a second quiet refresh and a second appended one (traced apart from the timed ones: tracing
+slows Python), and the process' peak RSS growth over the first refresh (tracemalloc would slow
+it several-fold).
 
     python bench/watch.py [--runs 200] [--points 10000] [--append 100] [--point-runs 20]
                           [--quick] [--json PATH]
@@ -145,9 +146,12 @@ def _measure(paths: list[str], feed: str, fleet: Fleet, append: int) -> dict[str
     rss0 = _rss_mib()
     first = _timed(watcher, trace=False)
     first["rss_growth_mib"] = round(_rss_mib() - rss0, 1)
-    quiet = _timed(watcher, trace=True)
+    quiet = _timed(watcher, trace=False)
+    quiet["peak_alloc_mib"] = _timed(watcher, trace=True)["peak_alloc_mib"]
     fleet.append(append)
-    appended = _timed(watcher, trace=True)
+    appended = _timed(watcher, trace=False)
+    fleet.append(append)
+    appended["peak_alloc_mib"] = _timed(watcher, trace=True)["peak_alloc_mib"]
     out = {
         "runs": len(watcher.runs),
         "first_refresh": first,

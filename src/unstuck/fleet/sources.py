@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,9 @@ def _file_source(file: Path, name: str) -> RunSource:
     return RunSource(name, fmt, str(file))
 
 
-def _walk(root: Path, d: Path, depth: int, out: list[RunSource]) -> None:
+def _walk(
+    root: Path, d: Path, depth: int, out: list[RunSource], known: Mapping[str, RunSource]
+) -> None:
     try:
         entries = sorted(os.scandir(d), key=lambda e: e.name)
     except OSError as exc:
@@ -98,9 +101,10 @@ def _walk(root: Path, d: Path, depth: int, out: list[RunSource]) -> None:
             continue
         p = Path(e.path)
         if e.is_dir() and depth < MAX_DEPTH:
-            _walk(root, p, depth + 1, out)
+            _walk(root, p, depth + 1, out, known)
         elif e.is_file() and p.suffix.lower() in LOG_SUFFIXES:
-            out.append(_file_source(p, _name(root, p)))
+            seen = known.get(str(p))  # a file's format is sniffed once, not at every refresh
+            out.append(seen if seen is not None else _file_source(p, _name(root, p)))
 
 
 def _name(root: Path, p: Path) -> str:
@@ -146,8 +150,13 @@ def _mlflow(spec: str, client: Any) -> list[RunSource]:
         raise SourceError(f"cannot list MLflow runs of {spec}: {why}") from None
 
 
-def discover(paths: list[str], client: Any = None) -> list[RunSource]:
+def discover(
+    paths: list[str], client: Any = None, known: Mapping[str, RunSource] | None = None
+) -> list[RunSource]:
     """Every run under ``paths`` (folders, log files, ``mlflow:NAME``), in path order.
+
+    ``known`` maps the paths of loose files found before to their readable sources: their
+    format is not sniffed again.
 
     Raises :class:`SourceError` for a path that does not exist; a file whose format is unknown
     is a run with ``error`` set, shown as unreadable rather than stopping the watch.
@@ -165,7 +174,7 @@ def discover(paths: list[str], client: Any = None) -> list[RunSource]:
         if p.is_file():
             out.append(_file_source(p, p.name))
         else:
-            _walk(p, p, 0, out)
+            _walk(p, p, 0, out, known or {})
     seen: set[str] = set()
     unique = []
     for s in out:

@@ -212,7 +212,8 @@ class Watcher:
 
     def _sources(self) -> list[RunSource]:
         try:
-            return discover(self.paths, self._client)
+            known = {r.source.path: r.source for r in self.runs.values() if r.source.error is None}
+            return discover(self.paths, self._client, known)
         except SourceError:
             if self.refreshes == 0:
                 raise
