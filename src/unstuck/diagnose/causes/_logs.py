@@ -120,12 +120,21 @@ MIN_BLOCK_POINTS = 6  # fewer points per block and the block medians are too noi
 # 2 degrees of freedom, stays below 4.7 and 4.9 at the 99.9th percentile; a rise of 1.7σ over the
 # window reaches 3.7 at the median and a 3.3σ bump 4.4. 5 keeps a log-level claim rare on noise.
 CLIMB_Z = 5.0
-# A period-2 bounce (each step overshoots the last) gives residuals about a running median of 10
-# points (an even window, which a period-2 swing cannot follow) a lag-1 autocorrelation of −0.74
-# at the median for a swing of twice the noise and −0.5 for one equal to it; white noise, normal
-# or Student-t(2), stays above −0.37 at the 0.1th percentile (2,000 simulated windows of 100).
-BOUNCE_WINDOW = 10
-BOUNCE_RHO = -0.4
+# A period-2 bounce (each step overshoots the last) makes consecutive differences alternate in
+# sign: their lag-1 autocorrelation goes to −1, where white noise gives −0.5 in expectation and a
+# smooth trend under noise the same. Its 0.1th percentile over simulated white noise (4,000
+# windows each, normal and Student-t(2)): −0.87 at 16 points, −0.82 at 20, −0.80 at 30, −0.74
+# at 50, −0.70 at 100, −0.65 at 200; −(0.55 + 1.5/√n) stays below all of them. A swing of twice
+# the noise reaches −0.90 at 20 points and −0.94 at 200.
+BOUNCE_BASE, BOUNCE_SCALE = 0.55, 1.5
+MIN_SWING_POINTS = 16  # fewer points and neither a climb nor a bounce can be told from noise
+
+
+def bounce_threshold(points: int) -> float:
+    """The lag-1 autocorrelation below which white noise of ``points`` values rarely goes."""
+    return -(BOUNCE_BASE + BOUNCE_SCALE / math.sqrt(points))
+
+
 # Logged values rounded to a decimal quantum (the HF Trainer logs round(loss, 4)): swings within
 # two quanta are the rounding, not the loss. Only a quantum of 1e-3 or finer counts as rounding:
 # a loss that lives on coarser steps is a loss, not a print format.
@@ -152,7 +161,7 @@ class SwingReading:
     points: int
     climb_z: float  # the largest rise of a block median, in standard errors
     rise: float  # that rise in loss units
-    bounce_rho: float  # lag-1 autocorrelation of the residuals about a running median
+    bounce_rho: float  # lag-1 autocorrelation of consecutive differences (−0.5 for noise)
     resolution: float  # the decimal quantum the values were logged at (0: not rounded)
     rounding: bool  # every swing is within ROUNDING_STEPS of the resolution
 
@@ -162,7 +171,7 @@ class SwingReading:
 
     @property
     def bounces(self) -> bool:
-        return self.bounce_rho < BOUNCE_RHO and not self.rounding
+        return self.bounce_rho < bounce_threshold(self.points) and not self.rounding
 
     @property
     def beyond_noise(self) -> bool:
@@ -174,11 +183,14 @@ def read_swings(values: np.ndarray) -> SwingReading | None:
     """Read the latest losses of a log for a climb or a bounce; ``None`` with too few points."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)][-SWING_WINDOW:]
-    per_block = x.size // SWING_BLOCKS
-    if per_block < MIN_BLOCK_POINTS:
+    if x.size < MIN_SWING_POINTS:
         return None
+    # Up to 8 blocks of at least 6 points: a short window gets fewer blocks, fewer pairs of
+    # blocks to compare, so the same threshold is, if anything, stricter there.
+    n_blocks = min(SWING_BLOCKS, x.size // MIN_BLOCK_POINTS)
+    per_block = x.size // n_blocks
     resolution = decimal_quantum(x)
-    blocks = x[-per_block * SWING_BLOCKS :].reshape(SWING_BLOCKS, per_block)
+    blocks = x[-per_block * n_blocks :].reshape(n_blocks, per_block)
     medians = np.median(blocks, axis=1)
     residuals = blocks - medians[:, None]
     sigma = 1.4826 * float(np.median(np.abs(residuals)))
@@ -187,12 +199,10 @@ def read_swings(values: np.ndarray) -> SwingReading | None:
     rises = medians - np.minimum.accumulate(medians)
     rise = float(rises.max())
     climb_z = rise / se if se > 0 else (math.inf if rise > 0 else 0.0)
-    padded = np.pad(x, (BOUNCE_WINDOW // 2, BOUNCE_WINDOW // 2 - 1), mode="edge")
-    trend = np.median(np.lib.stride_tricks.sliding_window_view(padded, BOUNCE_WINDOW), axis=1)
-    r = x - trend
-    r = r - r.mean()
-    denom = float(np.dot(r, r))
-    rho = float(np.dot(r[1:], r[:-1]) / denom) if denom > 0 else 0.0
+    d = np.diff(x)
+    d = d - d.mean()
+    denom = float(np.dot(d, d))
+    rho = float(np.dot(d[1:], d[:-1]) / denom) if denom > 0 else 0.0
     spread = float(np.percentile(x, 90) - np.percentile(x, 10))
     rounding = 0 < resolution <= FINEST_ROUNDING and spread <= ROUNDING_STEPS * resolution
     return SwingReading(int(x.size), climb_z, rise, rho, resolution, bool(rounding))

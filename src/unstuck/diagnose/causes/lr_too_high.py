@@ -8,9 +8,9 @@ import numpy as np
 
 from unstuck.diagnose.base import Rule
 from unstuck.diagnose.causes._logs import (
-    BOUNCE_RHO,
     CLIMB_Z,
     LOG_MAX_CONFIDENCE,
+    bounce_threshold,
     detector_stats,
     finite_or_nan,
     latest_lrs,
@@ -201,7 +201,7 @@ class LRTooHigh(Rule):
                 "climb_z": swings.climb_z,
                 "climb_threshold": CLIMB_Z,
                 "bounce_rho": swings.bounce_rho,
-                "bounce_threshold": BOUNCE_RHO,
+                "bounce_threshold": bounce_threshold(swings.points),
                 "resolution": swings.resolution,
                 "source": "log",
             },
