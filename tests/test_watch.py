@@ -416,3 +416,43 @@ def test_watch_imports_no_torch(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_diagnose_shows_analyze_top_finding_once_per_episode(tmp_path: Path) -> None:
+    write_csv(tmp_path / "blowup.csv", curve("diverging", seed=3))
+    write_csv(tmp_path / "stuck.csv", curve("flat", seed=3))
+    watcher = Watcher([str(tmp_path)], diagnose=True)
+    rows = {r["name"]: r for r in watcher.refresh()}
+    top = analyze(load(tmp_path / "blowup.csv")).findings[0]
+    assert rows[f"{tmp_path.name}/blowup.csv"]["finding"] == f"{top.cause}: {top.summary}"
+    # analyze names no cause for the plain flat curve: the detector's reading stays
+    assert rows[f"{tmp_path.name}/stuck.csv"]["finding"].startswith("loss flat since step")
+    again = {r["name"]: r for r in watcher.refresh()}  # the episode goes on: kept, not re-run
+    assert again[f"{tmp_path.name}/blowup.csv"]["finding"].startswith(top.cause)
+
+
+def test_live_view_refreshes_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    write_csv(tmp_path / "run.csv", curve("flat", n=40))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unstuck", "watch", "--interval", "0.3", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        seen = ""
+        assert proc.stdout is not None
+        while seen.count("unstuck watch ") < 2 and time.time() < deadline:
+            seen += proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert seen.count("unstuck watch ") >= 2, seen + err
+    assert proc.returncode == 0, err
