@@ -103,11 +103,12 @@ class Spec:
     clip_fraction: float | None = None  # the user's clip_grad_norm_ at this × the first norm
     freeze_share: float = 0.0  # share of the parameter tensors (first ones) never updated
     freeze_mode: str = "requires_grad"  # or "left_out" (not in the optimizer)
-    half: bool = False  # model and inputs in float16, no scaler
+    half: str | None = None  # model and inputs in float16 or bfloat16 (no fp32 master weights)
     pretrain_steps: int = 0  # a first job before the Guard attaches (resume)
     pretrain_scale: float = 1.0  # that job's loss × this (reduction="sum")
     pretrain_reset: bool = False  # resume with a fresh optimizer (the fix of a stale state)
     aux_weight: float = 0.0  # an auxiliary logit penalty, reduction="sum", × this
+    logit_scale: float = 1.0  # logits × this inside the loss (a softmax temperature 1 / this)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> Spec:
@@ -195,8 +196,10 @@ def loss_function(spec: Spec) -> Callable[..., torch.Tensor]:
     """``loss(out, y, reduction="mean")`` for the spec's task and loss fault."""
     task, k = spec.data.task, spec.data.n_classes
 
+    t = spec.logit_scale
+
     def default(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        out = out.float()
+        out = out.float() * t if task != "regression" else out.float()
         if task == "classification":
             return functional.cross_entropy(out, y, reduction=reduction)
         if task == "lm":
@@ -212,7 +215,7 @@ def loss_function(spec: Spec) -> Callable[..., torch.Tensor]:
     def naive_log_softmax(
         out: torch.Tensor, y: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
-        probs = torch.softmax(out.float(), dim=1)
+        probs = torch.softmax(out.float() * t, dim=1)
         per = -(functional.one_hot(y, k) * torch.log(probs)).sum(1)  # 0·log(0) = NaN
         return per.mean() if reduction == "mean" else per
 
@@ -315,9 +318,10 @@ def execute(spec: Spec, seed: int, *, guard: bool) -> Outcome:
     if spec.out_act == "softmax":
         model = SoftmaxOut(model)
     if spec.half:
-        model = model.half()
+        dtype = getattr(torch, spec.half)
+        model = model.to(dtype)
         if x_all.is_floating_point():
-            x_all, x_val = x_all.half(), x_val.half()
+            x_all, x_val = x_all.to(dtype), x_val.to(dtype)
     params = list(model.parameters())
     n_frozen = round(spec.freeze_share * len(params))
     frozen, trained = params[:n_frozen], params[n_frozen:]

@@ -24,6 +24,7 @@ __all__ = ["NOT_IN_ZOO", "OPERATORS", "Operator"]
 
 ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad"})
 SGD_FAMILY = frozenset({"sgd", "momentum", "nesterov"})
+SADDLE_LR = 0.05  # plain SGD on the deep linear net; its default-init reference trains at it
 
 # Causes with no operator, and why (reported as such, not silently missing).
 NOT_IN_ZOO: dict[str, str] = {
@@ -149,7 +150,9 @@ def _saddle(s: Spec, std: float, seed: int) -> Spec:
             torch.nn.Linear(32, n_out, bias=False),
         )
 
+    # plain SGD, as Saxe et al.: an adaptive optimizer rescales the tiny gradients away
     m.build, m.init_std, m.family = build, std, "linear"
+    m.optimizer, m.lr, m.schedule, m.weight_decay = "sgd", SADDLE_LR, None, 0.0
     return m
 
 
@@ -243,7 +246,9 @@ def _repeat(s: Spec, batches: float, seed: int) -> Spec:
 
 
 def _half(s: Spec, lr_factor: float, seed: int) -> Spec:
-    return replace(_mutant(s), half=True, lr=s.lr * lr_factor)
+    """Pure bfloat16 training (``model.bfloat16()``, no fp32 master weights): 8 bits of
+    mantissa, so an update below ~0.2 % of its weight rounds away; the LR × ``lr_factor``."""
+    return replace(_mutant(s), half="bfloat16", lr=s.lr * lr_factor)
 
 
 def _half_ref(s: Spec, lr_factor: float, seed: int) -> Spec:
@@ -275,12 +280,14 @@ def _batch(s: Spec, size: float, seed: int) -> Spec:
     return replace(_mutant(s), batch_size=round(size))
 
 
-def _nonfinite(s: Spec, factor: float, seed: int) -> Spec:
-    return replace(_mutant(s), loss="naive_log_softmax", lr=s.lr * factor)
+def _nonfinite(s: Spec, inv_t: float, seed: int) -> Spec:
+    """A hand-written torch.log(torch.softmax(logits / T)) at a sharp temperature T: once a
+    logit gap exceeds ~104 a probability underflows to 0 and 0·log(0) is NaN."""
+    return replace(_mutant(s), loss="naive_log_softmax", logit_scale=inv_t)
 
 
-def _nonfinite_ref(s: Spec, factor: float, seed: int) -> Spec:
-    return replace(_mutant(s), lr=s.lr * factor)  # the same LR with F.cross_entropy
+def _nonfinite_ref(s: Spec, inv_t: float, seed: int) -> Spec:
+    return replace(_mutant(s), logit_scale=inv_t)  # the same temperature with F.cross_entropy
 
 
 def _dominance(s: Spec, weight: float, seed: int) -> Spec:
@@ -292,9 +299,14 @@ def _overfit(s: Spec, n: float, seed: int) -> Spec:
     m = _mutant(s)
     keep = round(n)
     m.data.x, m.data.y = m.data.x[:keep], m.data.y[:keep]
+    g = torch.Generator().manual_seed(7000 + seed)
     if m.data.task == "regression":
-        g = torch.Generator().manual_seed(7000 + seed)
         m.data.y = m.data.y + 0.5 * m.data.y.std() * torch.randn(m.data.y.shape, generator=g)
+    else:  # a fifth of the few labels wrong
+        wrong = torch.randperm(keep, generator=g)[: keep // 5]
+        k = m.data.n_classes
+        shift = torch.randint(1, k, (wrong.numel(),), generator=g)
+        m.data.y[wrong] = (m.data.y[wrong] + shift) % k
     if "hidden" in s.knobs:
         m.hidden = 4 * s.hidden
     m.steps = 2 * s.steps
@@ -372,15 +384,16 @@ OPERATORS: dict[str, Operator] = {
             1e-4,
             3e-3,
             True,
-            lambda s: s.family != "linear",
+            # normalisation undoes a small init (it never hurt a BatchNorm/LayerNorm program)
+            lambda s: s.family not in ("linear", "transformer") and not s.norm,
             _poor_init,
         ),
         Operator(
             "deep_linear_small_init",
             "saddle_point",
-            "the model replaced by a 3-layer linear net at a tiny init (regression)",
+            "the model replaced by a 3-layer linear net at a tiny init, plain SGD (regression)",
             1e-4,
-            1e-2,
+            3e-3,
             True,
             lambda s: s.data.task == "regression",
             _saddle,
@@ -497,13 +510,14 @@ OPERATORS: dict[str, Operator] = {
             _repeat,
         ),
         Operator(
-            "pure_fp16",
+            "pure_bf16",
             "precision_underflow",
-            "model and inputs in float16, no scaler; LR × severity (SGD family, dense models)",
-            0.003,
+            "model and inputs in bfloat16, no fp32 master weights, LR × s (SGD family, dense "
+            "models)",
+            0.01,
             0.1,
             True,
-            # convolutions in float16 are too slow on CPU to be in the zoo: dense models only
+            # low-precision convolutions are too slow on CPU to be in the zoo: dense models only
             lambda s: s.optimizer in SGD_FAMILY and s.family in ("mlp", "linear"),
             _half,
             reference=_half_ref,
@@ -515,7 +529,7 @@ OPERATORS: dict[str, Operator] = {
             2.0,
             4.0,
             False,
-            lambda s: _float_inputs(s) and s.family != "autoencoder",
+            lambda s: _float_inputs(s) and s.family != "autoencoder" and not s.norm,
             _input_scale,
         ),
         Operator(
@@ -552,9 +566,9 @@ OPERATORS: dict[str, Operator] = {
         Operator(
             "log_of_softmax",
             "nonfinite",
-            "torch.log(torch.softmax(x)) as the loss, LR × severity",
-            5.0,
-            50.0,
+            "torch.log(torch.softmax(logits / T)) as the loss, 1 / T = s",
+            30.0,
+            300.0,
             True,
             _classification,
             _nonfinite,
@@ -573,7 +587,8 @@ OPERATORS: dict[str, Operator] = {
         Operator(
             "few_noisy_samples",
             "overfitting",
-            "training set cut to severity samples (regression targets noised), wider, 2× longer",
+            "training set cut to s samples (a fifth of labels wrong, or targets noised), wider, "
+            "2× longer",
             48,
             120,
             False,

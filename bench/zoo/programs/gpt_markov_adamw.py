@@ -14,7 +14,7 @@ def make(seed: int) -> Spec:
         data=markov_tokens(seed),
         build=lambda s: GPT(s, 16, 16),
         optimizer="adamw",
-        lr=3e-3,
+        lr=1e-2,
         weight_decay=0.01,
         schedule="warmup_cosine",
         warmup=30,
@@ -25,5 +25,5 @@ def make(seed: int) -> Spec:
 
 
 PROGRAM = Program(
-    "gpt_markov_adamw", "transformer", "causal pre-LN decoder (d=32, 2 layers), AdamW 3e-3", make
+    "gpt_markov_adamw", "transformer", "causal pre-LN decoder (d=32, 2 layers), AdamW 1e-2", make
 )
