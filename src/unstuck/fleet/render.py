@@ -89,7 +89,7 @@ def format_table(rows: Sequence[dict[str, Any]], *, when: float | None = None) -
         lines.append(
             f"{_cut(str(r['name']), NAME_WIDTH):{NAME_WIDTH}}  {r['source']!s:11}  "
             f"{step:>8}  {_loss(r.get('last_loss')):>9}  {_cut(state_label(r), 24):24}  "
-            f"{stuck:>14}  {_cut(str(r.get('finding') or ''), FINDING_WIDTH)}"
+            f"{stuck:>14}  {_cut(str(r.get('finding') or ''), FINDING_WIDTH)}".rstrip()
         )
     return lines
 
