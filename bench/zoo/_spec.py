@@ -98,7 +98,10 @@ class Spec:
     head_gain: float | None = None  # the output layer's weights × gain
     out_act: str | None = None  # softmax appended to the model
     loss: str = "default"  # default, mse_onehot, naive_log_softmax
-    per_sample: bool = False  # per-sample losses with ids and targets to the Guard
+    # per-sample losses with ids (and class targets) to the Guard, on every run, healthy ones
+    # included: a data fault must not be told by the path it takes (label_noise, hard_subset,
+    # class_imbalance, truncated_data and repeated_data read per-sample groups)
+    per_sample: bool = True
     indices: Callable[[int, torch.Generator], torch.Tensor] | None = None  # data pipeline
     clip_fraction: float | None = None  # the user's clip_grad_norm_ at this × the first norm
     freeze_share: float = 0.0  # share of the parameter tensors (first ones) never updated
