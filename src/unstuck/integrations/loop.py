@@ -13,6 +13,7 @@ transfer; detection, diagnosis and rescue run then, never in between.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
@@ -122,20 +123,62 @@ _OPEN_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
 _SIGTERM_BEFORE: list[Any] = []  # the disposition our handler replaced (while it is installed)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """Close every open Guard, then do what SIGTERM did before: the user's handler, or the
-    default (the process ends, killed by SIGTERM, as it would have been)."""
-    previous = _SIGTERM_BEFORE[0] if _SIGTERM_BEFORE else signal.SIG_DFL
+_PACKAGE_DIRS = (
+    str(Path(torch.__file__ or ".").resolve().parent) + os.sep,
+    str(Path(__file__).resolve().parents[1]) + os.sep,  # unstuck's own
+)
+_AT_EXIT: list[bool] = []  # whether the exit-time close of signalled Guards is registered
+
+
+def _inside_training(frame: Any) -> bool:
+    """Whether the interrupted code is unstuck's or torch's (a step, a hook, a forward): the
+    Guard's hooks and store must not be torn down under it, so its close waits."""
+    while frame is not None:
+        if str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIRS):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _close_guards(signum: int, midway: bool = False) -> None:
     for guard in list(_OPEN_GUARDS):
         try:
-            guard._close_on_signal(signum)
+            guard._close_on_signal(signum, midway)
         except Exception:  # never in the way of the process ending
             logger.exception("unstuck: closing a Guard on signal %d failed", signum)
-    if callable(previous):
-        previous(signum, frame)
+
+
+def _close_signalled_at_exit() -> None:
+    for guard in list(_OPEN_GUARDS):
+        if guard._signal_pending:
+            _close_guards(guard._signal_pending)
+            return
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Close every open Guard, then do what SIGTERM did before: the user's handler, or the
+    default (the process ends, killed by SIGTERM, as it would have been).
+
+    With a handler of the user's the process may go on, so a Guard interrupted in the middle of
+    training code is closed at its next call (``step``, ``validate``, ``flush``) or at exit.
+    """
+    previous = _SIGTERM_BEFORE[0] if _SIGTERM_BEFORE else signal.SIG_DFL
+    if not callable(previous):
+        # Nothing resumes after this: close now, without the last flush if a step was cut
+        # short (its half-gathered window is not worth a traceback on the way out).
+        _close_guards(signum, midway=_inside_training(frame))
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         return
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    if _inside_training(frame):
+        for guard in list(_OPEN_GUARDS):
+            guard._signal_pending = signum
+        if not _AT_EXIT:
+            _AT_EXIT.append(True)
+            atexit.register(_close_signalled_at_exit)
+    else:
+        _close_guards(signum)
+    previous(signum, frame)
 
 
 def _install_sigterm_handler() -> None:
@@ -574,6 +617,7 @@ class Guard:
         self._diagnose(step=0, state="unknown", series="train")
         self._engine.note_start(self._hub.step)
         self._signalled = False  # closed by SIGTERM: later calls are ignored, not errors
+        self._signal_pending = 0  # SIGTERM came in mid-step: close at the next call
         _OPEN_GUARDS.add(self)
         _install_sigterm_handler()
 
@@ -643,6 +687,9 @@ class Guard:
             if self._signalled:
                 return  # the process is ending on SIGTERM; the run is already closed
             raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
+        if self._signal_pending:
+            self._close_on_signal(self._signal_pending)
+            return
         loss = _loss_tensor(loss).detach()
         if loss.ndim == 0:
             pass  # the usual scalar loss: nothing to reshape (a view costs ~1 µs per step)
@@ -751,6 +798,9 @@ class Guard:
             raise RuntimeError(
                 "Guard.validate() after close(): create a new Guard to keep monitoring"
             )
+        if self._signal_pending:
+            self._close_on_signal(self._signal_pending)
+            return
         value = _validation_value(val_loss)
         at = max(self._hub.step - 1, 0) if step is None else int(step)
         if self._sync is not None:
@@ -782,6 +832,9 @@ class Guard:
             if self._signalled:
                 return
             raise RuntimeError("Guard.flush() after close(): create a new Guard to keep monitoring")
+        if self._signal_pending:
+            self._close_on_signal(self._signal_pending)
+            return
         self._flush()
         self._recorder.flush(wait=True)
 
@@ -1176,9 +1229,10 @@ class Guard:
         """Run the pipeline on the last partial window, then release hooks and the store."""
         self._close(pipeline=True)
 
-    def _close_on_signal(self, signum: int) -> None:
+    def _close_on_signal(self, signum: int, midway: bool = False) -> None:
         """Close because the process got SIGTERM. Under torch.distributed the last window is
-        not flushed: its collectives could wait on a rank that is already gone."""
+        not flushed: its collectives could wait on a rank that is already gone; nor is it when
+        the signal cut a step short (``midway``)."""
         if self._closed:
             return
         if self._lead:
@@ -1186,7 +1240,7 @@ class Guard:
                 "unstuck: got signal %d; closing the run at step %d", signum, self._hub.step
             )
         self._signalled = True
-        self._close(pipeline=self._sync is None)
+        self._close(pipeline=self._sync is None and not midway)
 
     def _close(self, pipeline: bool) -> None:
         if self._closed:

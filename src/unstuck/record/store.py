@@ -159,7 +159,9 @@ class _Writer:
         self.path = path
         self.closed = False
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # guards the buffer
+        # Guards the buffer. Reentrant: a SIGTERM handler closing the Guard runs in the thread
+        # it interrupted, which may be inside a ``with self._lock`` block.
+        self._lock = threading.RLock()
         self._buffer = _Batch()
         self._next_seq = 0
         self._queue: queue.SimpleQueue[tuple[int, _Batch] | None] = queue.SimpleQueue()
