@@ -43,6 +43,7 @@ otherwise.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import gzip
 import hashlib
@@ -212,10 +213,15 @@ def _baseline_summary(run: Any, name: str) -> dict[str, Any]:
             det.update(int(s), v)
         # Firings whose stretches [start, detected_at] overlap are one stall (RLROP firing
         # again and again without a new best), reported once, as unstuck reports a plateau.
+        # Stretches that touch (the next starts at the point after the last one's call, as
+        # Ray's re-armed window does) are one stall too.
         merged: list[list[int]] = []
+        step_list = steps.tolist()
         for e in sorted(det.plateaus, key=lambda e: e.start):
             end = int(e.detected_at if e.detected_at is not None else e.start)
-            if merged and e.start <= merged[-1][1]:
+            k = bisect.bisect_right(step_list, merged[-1][1]) if merged else 0
+            touch = step_list[k] if merged and k < len(step_list) else None
+            if merged and (e.start <= merged[-1][1] or (touch is not None and e.start <= touch)):
                 merged[-1][1] = max(merged[-1][1], end)
             else:
                 merged.append([int(e.start), end])

@@ -506,7 +506,8 @@ def test_flat_from_the_start_is_an_early_plateau():
     states = _feed(det, np.arange(2000), y)
     assert len(det.plateaus) == 1
     p = det.plateaus[0]
-    assert p.kind == "early" and p.start == 0 and p.is_open
+    # dated from the first points (the longest window that passes at the corrected level)
+    assert p.kind == "early" and p.start <= 2 * det.min_points and p.is_open
     # no verdict before the warm-up (2·min_points points)
     assert "plateau" not in states[:15]
     assert states[-1] == "plateau"
@@ -734,7 +735,8 @@ def test_window_adapts_to_the_logging_cadence(seed):
         assert p.is_open, name
         rel = p.start / total
         assert 0.28 <= rel <= 0.5, (name, p)  # the flat part starts at 1/3 of the run
-        assert (p.detected_at - p.start) / total < 0.3, (name, p)
+        # 60 points leave few bins: the corrected (sequential) level costs them latency
+        assert (p.detected_at - p.start) / total < (0.45 if total == 60 else 0.3), (name, p)
         rel_starts[name] = rel
     # the same shape is dated at about the same fraction of the run whatever the cadence; the
     # 3000-point runs agree closely, the 60-point one within its coarser windows (×1.5 steps)
@@ -780,3 +782,83 @@ def test_constructor_accepts_valid_arguments():
 def test_update_many_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="steps"):
         PlateauDetector().update_many([1, 2, 3], [1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- real-run shapes
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "floor", "n"),
+    [
+        (10.2, 8.3, 0.0, 190),  # tb_deepsc's straight line, 190 logged points
+        (0.59, 0.50, 0.0, 200),  # text_rooftop: 200 epochs, 15 % over the run
+        (1.0, 0.5, 2.0, 200),  # a halving above an irreducible floor of 2 (-18 % in total)
+        (1000.0, 800.0, 0.0, 200),  # the same shape at another loss scale
+    ],
+)
+def test_a_constant_rate_descent_is_never_a_plateau(start, end, floor, n):
+    """Progress is judged against the run's own course: a steady fall is progress at any
+    point of the run, whatever its loss scale or floor."""
+    rng = np.random.default_rng(5)
+    t = np.arange(n)
+    y = (floor + np.linspace(start, end, n)) * np.exp(0.002 * rng.standard_normal(n))
+    det = PlateauDetector()
+    states = _feed(det, t, y)
+    assert det.plateaus == []
+    assert "diverging" not in states
+
+
+def test_the_plateau_before_an_lr_cut_is_found_and_left_at_the_cut():
+    """tb_satd's shape: a fast fall, a long stretch falling ~15 % while the earlier course fell
+    ~60 % over the same log-time, then an LR cut drops the loss 4×."""
+    rng = np.random.default_rng(6)
+    t = np.arange(1, 2401)
+    fall = 3.0 * (t / 10.0) ** -0.8
+    level = 3.0 * (400 / 10.0) ** -0.8
+    stall = level * (1 - 0.15 * (t - 400) / 1200)
+    cut = stall[1599 - 400] * 0.25 * np.ones_like(t, dtype=float)
+    clean = np.where(t < 400, fall, np.where(t < 1600, stall, cut))
+    y = clean * np.exp(0.03 * rng.standard_normal(t.size))
+    det = PlateauDetector()
+    states = _feed(det, t, y)
+    assert det.plateaus, "the stall before the cut is a plateau"
+    p = det.plateaus[0]
+    # dated from the knee (the fit of a window reaching just into it still passes)
+    assert 350 <= p.start <= 1000 and p.detected_at is not None and p.detected_at < 1600
+    assert p.end is not None and 1600 <= p.end <= 1650, "left as soon as the loss drops"
+    assert states[1700] != "plateau"
+
+
+def test_a_slowly_rising_validation_loss_is_a_rise_not_a_plateau():
+    """keras_speaker250's shape: validation loss up 30 % over 50 epochs, noisy."""
+    rng = np.random.default_rng(7)
+    t = np.arange(50)
+    y = np.linspace(4.2, 5.5, 50) * np.exp(0.03 * rng.standard_normal(50))
+    det = PlateauDetector("val")
+    states = _feed(det, t, y)
+    assert det.plateaus == []
+    assert states[-1] == "diverging"
+    assert det.stats()["rise"] in ("persistent", "fast")
+
+
+def test_pure_noise_is_not_a_rise():
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = 0.7 * np.exp(0.05 * rng.standard_normal(3000))
+        states = _feed(PlateauDetector(), np.arange(3000), y)
+        # (the projected-rise test may still flicker on the first ~20 points' noise)
+        assert "diverging" not in states[100:]
+
+
+def test_quantised_converged_tail_is_neither_a_rise_nor_flapping():
+    """HF rounds to 4 decimals: a tail at 2e-4 bounces between 0.0002 and 0.0003 (±40 % in
+    log units): no rise, and at most one plateau (no falling-again / re-called flips)."""
+    rng = np.random.default_rng(8)
+    t = np.arange(0, 5000, 25)
+    clean = 2.0 * np.exp(-t / 300.0) + 2.4e-4
+    y = np.round(clean * np.exp(0.05 * rng.standard_normal(t.size)), 4)
+    y = np.maximum(y, 1e-4)
+    det = PlateauDetector()
+    states = _feed(det, t, y)
+    assert len(det.plateaus) <= 1
+    assert "diverging" not in states

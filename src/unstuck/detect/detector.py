@@ -4,26 +4,34 @@ ReduceLROnPlateau asks "no new best in N checks?" — so noise triggers it early
 it, and a slow descent looks like a stall. This detector instead asks a trend question of the
 (log) series, with the noise measured from the data:
 
-* **Progress is measured as a projection.** ``D = −slope · H``: how much the log loss would
-  still fall if training ran as long again as it has (``H`` is the elapsed steps), from a
-  Theil–Sen slope with Sen's confidence interval on bin means (``trend.py``, ``history.py``).
-  ``D`` is scale-free in steps and loss: a power law ``t^−α`` has ``D = α`` at every length.
-* **Plateau** = an equivalence test (TOST): the confidence interval of ``D`` lies inside
-  ``(−epsilon, epsilon)`` (default 0.15: "running twice as long would change the loss by less
-  than ~15 %", neither way) on some trailing window of at least ``2·min_points`` bins and 1/6
-  of the run; the longest such window dates the start.
-  Noise widens the interval, so a noisy series needs more evidence: windows adapt to the noise
-  by construction, and to the logging cadence because they are fractions of the run.
-* The plateau ends when the series falls again: a significant, meaningful decrease on the
-  recent window, or the last bins all clearly below the plateau's level.
+* **Progress is judged against the run's own course.** A trailing window's *drop* (the fall of
+  its Theil–Sen fit, in log units, with Sen's confidence interval on bin means: ``trend.py``,
+  ``history.py``) is compared with the drop of the window of the same length *in log-time*
+  just before it (``[a²/T, a]`` for ``[a, T]``): a power law falls as much over both, a
+  constant-rate descent falls more over the later one, whatever its scale or floor; a run
+  that has stopped falls by much less.
+* **Plateau** = a one-sided equivalence test: the upper bound of the window's drop is below
+  ``pace_ratio`` (0.15) of the drop before it (at most ``max_flat_drop``), or, with no faster
+  course before it (flat from the start), below ``flat_margin`` (2 %) on ``4·min_points`` bins.
+  The window holds at least ``2·min_points`` bins and 1/6 of the run; the longest passing one
+  dates the start. The test repeats at every closed bin, so its level is halved (Optuna's
+  WilcoxonPruner warns that repeated looks double the false rate): one-sided 1.25 % for
+  ``z = 1.96``.
+* The plateau ends when the series falls clearly again: the recent window's drop is
+  significantly above the margin the plateau was called with, or the last bins all lie well
+  below its level (the drop after an LR cut).
 * **Hidden progress**: when the loss passes the plateau test but the parameter distance
   ``‖θ − θ₀‖`` has a significant trend that moved it by at least ``hidden_progress_growth``
   (relative) over the same window, the state is ``hidden_progress`` (wait; do not act).
   Without a distance signal (offline logs) this check is skipped and ``stats()`` says so.
-* **Oscillating**: no meaningful progress and structured swings (spread above
+* **Oscillating**: not significantly falling, and structured swings (spread above
   ``oscillation_sigma`` in log units with a lag-1 autocorrelation of magnitude above 0.3),
-  between bins or inside them. **Diverging**: even the most favourable bound of the recent
-  trend is a rise larger than ``epsilon``, or ``nonfinite_run`` non-finite values in a row.
+  between bins or inside them. **Diverging**: a rise. Either *persistent* (some window of a
+  plateau's size rises significantly, at the corrected level, by more than ``flat_margin``,
+  for 4 decisions in a row, with the series above its noise-robust best: a validation loss
+  creeping up is overfitting, never a plateau) or *fast* (even the most favourable bound of
+  the recent trend rises by more than ``epsilon`` per run-length), or ``nonfinite_run``
+  non-finite values in a row; ``stats()["rise"]`` says which.
 
 docs/detection.md has the derivation, the defaults and how they were calibrated.
 """
@@ -33,12 +41,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from unstuck.detect.history import BinnedSeries
-from unstuck.detect.trend import Trend, robust_trend, theil_sen_windows
+from unstuck.detect.trend import Trend, coarsen, robust_trend, theil_sen_windows
 from unstuck.types import Plateau
 
 __all__ = [
@@ -48,9 +57,15 @@ __all__ = [
     "detect_plateaus",
 ]
 
-# Calibrated once on the generated curves of bench/detection.py (docs/detection.md):
-DEFAULT_EPSILON = 0.15  # least projected log-decrease over the elapsed span that is progress
+# The "fast" rise test (docs/detection.md), calibrated on the generated curves before:
+DEFAULT_EPSILON = 0.15  # projected log-rise over the elapsed span that is a fast divergence
 DEFAULT_Z = 1.96  # Sen interval level (two-sided 95 %) for every trend decision
+DEFAULT_PACE_RATIO = 0.15  # flat: falls by < this share of the course before (dev grid, docs)
+DEFAULT_FLAT_MARGIN = 0.02  # ... or, with no course before it, by < 2 % (log; dev grid, docs)
+MAX_FLAT_DROP = 0.15  # ... and never by more than this (log units; dev grid {0.15, 0.25, 0.3})
+SEQUENTIAL_LOOKS = 2  # WilcoxonPruner's warning: repeated looks ≈ 2× the nominal false rate
+FLAT_WINDOW_FACTOR = 4  # a flat call with no course before it needs 4·min_points bins
+RISE_CONFIRM = 4  # decisions in a row a persistent rise must hold (min_points / 2)
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
 DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
 WINDOW_GROWTH = 1.5  # trailing windows tested: min_points, ×1.5, ×2.25 ... up to the whole run
@@ -89,7 +104,12 @@ class PlateauDetector:
         scale: ``"log"`` (relative changes), ``"linear"`` (changes relative to the series'
             range; for values that can be ≤ 0) or ``"auto"`` (log for ``min``, linear for
             ``max``).
-        epsilon: the least projected improvement that counts as progress (see module doc).
+        epsilon: the projected rise over the elapsed span that is a fast divergence.
+        pace_ratio: a window is flat when it falls by less than this share of what the run
+            fell over the same log-time just before it.
+        flat_margin: with no faster course before a window, it is flat when it falls by less
+            than this (log units); also the least rise that is a rise.
+        max_flat_drop: a window that falls by more than this (log units) is never flat.
         z: confidence level of every trend interval, as a normal quantile.
         min_points: fewest bins (= points, early in a run) before any verdict.
         capacity: bins kept; the history holds between ``capacity`` and ``2·capacity``.
@@ -112,6 +132,9 @@ class PlateauDetector:
         capacity: int = DEFAULT_CAPACITY,
         hidden_progress_growth: float = HIDDEN_PROGRESS_GROWTH,
         oscillation_sigma: float = OSCILLATION_SIGMA,
+        pace_ratio: float = DEFAULT_PACE_RATIO,
+        flat_margin: float = DEFAULT_FLAT_MARGIN,
+        max_flat_drop: float = MAX_FLAT_DROP,
         distance_signal: bool = False,
         distance_scale: float | None = None,
     ) -> None:
@@ -137,6 +160,12 @@ class PlateauDetector:
         self.epsilon = float(epsilon)
         self.z = float(z)
         self.min_points = min_points
+        self.pace_ratio = float(pace_ratio)
+        self.flat_margin = float(flat_margin)
+        self.max_flat_drop = float(max_flat_drop)
+        # The plateau call is one-sided at the level of ``z`` divided by the looks correction.
+        alpha = (1.0 - NormalDist().cdf(self.z)) / SEQUENTIAL_LOOKS
+        self._z_plateau = NormalDist().inv_cdf(1.0 - alpha)
         self.hidden_progress_growth = float(hidden_progress_growth)
         self.oscillation_sigma = float(oscillation_sigma)
         self.distance_signal = bool(distance_signal)
@@ -161,6 +190,8 @@ class PlateauDetector:
         self._min_gap = math.inf
         self._gradient_snr: float | None = None
         self._boundary: int | None = None  # plateau windows start after this step
+        self._plateau_margin = 0.0  # the margin the open plateau was called with
+        self._rise_run = 0  # decisions in a row that saw a persistent rise
         self._stats: dict[str, Any] = {}
 
     # -- feeding ----------------------------------------------------------------------------
@@ -286,17 +317,26 @@ class PlateauDetector:
             unit = 1.0
         else:
             unit = max(float(np.ptp(y)), abs(float(np.median(y))), 1e-12)
+        first, last = bins["first"], bins["last"]
+        # Elapsed time of a step, counted from one logging interval before the first point, so
+        # that the first point is at one interval, not at zero (log-time windows need t > 0).
+        gap = self._min_gap if math.isfinite(self._min_gap) else 1.0
+        origin = float(first[0]) - gap
+        end = float(last[-1])
 
-        def decrease(slope: float) -> float:
+        def drop(trend: Trend, n: int) -> tuple[float, float, float]:
+            """Decrease of the fit over the last ``n`` bins: estimate, lower, upper bound."""
+            span = (end - float(first[-n])) / unit
+            return -trend.slope * span, -trend.high * span, -trend.low * span
+
+        def decrease(slope: float) -> float:  # the projection over the elapsed span (diverging)
             return -slope * horizon / unit
 
-        # The windows a plateau may be dated by: long enough to be more than a pause (a share of
-        # the run and 2·min_points bins), and after the last plateau the series left.
         after = self._boundary
-        longest_start = float(bins["last"][-1]) - MIN_PLATEAU_FRACTION * horizon
+        longest_start = end - MIN_PLATEAU_FRACTION * horizon
         eligible = []
         for n in self._window_sizes(int(x.size)):
-            first_step = bins["first"][-n]
+            first_step = first[-n]
             if after is not None and first_step <= after:
                 break
             if (
@@ -307,21 +347,25 @@ class PlateauDetector:
                 eligible.append(n)
         recent_n = max(self.min_points, int(x.size * RECENT_FRACTION))
         sizes = sorted({recent_n, *eligible})
-        trends = dict(zip(sizes, theil_sen_windows(x, y, sizes, self.z, bins["count"])))
+        w = bins["count"]
+        trends = dict(zip(sizes, theil_sen_windows(x, y, sizes, self.z, w)))
+        strict = dict(zip(eligible, theil_sen_windows(x, y, eligible, self._z_plateau, w)))
         recent = trends[recent_n]
         rx, ry = x[-recent_n:], y[-recent_n:]
         resid = ry - recent.fitted(rx)
-        # Bin means average white minibatch noise away; what is left around the trend is
-        # structure: swings slower than a bin, i.e. oscillation.
         spread = float(np.std(resid)) / unit
         centred = resid - resid.mean()
         denom = float(np.dot(centred, centred))
         autocorr = float(np.dot(centred[1:], centred[:-1])) / denom if denom > 0 else 0.0
-        # Swings faster than a bin average out of the bin means but not out of the bins: the
-        # within-bin spread and lag-1 autocorrelation, less the part the trend explains.
         within, within_autocorr = self._within_bins(bins, recent_n, recent.slope, unit)
         level_now = float(recent.fitted(x[-1:])[0])
-        best = float(np.min(y))
+        # The best level, robust to noise: the lowest mean of min_points consecutive bins (the
+        # lowest single bin is noise's extreme, biased low by ~2.5σ on a long flat series).
+        k = min(self.min_points, int(y.size))
+        best = float(np.min(np.convolve(y, np.ones(k) / k, mode="valid")))
+        r_est, r_low, r_high = drop(recent, recent_n)
+        # The run's own course before the recent window: the pace it must keep to be progress.
+        r_ref = self._reference_drop(bins, recent_n, origin, unit)
         stats: dict[str, Any] = {
             "points": self.n_points,
             "bins": int(x.size),
@@ -331,46 +375,102 @@ class PlateauDetector:
             "recent_decrease": decrease(recent.slope),
             "recent_decrease_low": decrease(recent.high),
             "recent_decrease_high": decrease(recent.low),
+            "recent_drop": r_est,
+            "recent_drop_low": r_low,
+            "recent_drop_high": r_high,
+            "reference_drop": r_ref,
             "spread": spread,
             "autocorr": autocorr,
             "within_spread": within,
             "within_autocorr": within_autocorr,
             "epsilon": self.epsilon,
+            "flat_margin": self.flat_margin,
+            "pace_ratio": self.pace_ratio,
             "nonfinite": self.n_nonfinite,
             "hidden_progress_check": "distance" if len(self._distance) else "unavailable",
         }
         self._stats = stats
-
-        # Diverging: even the most favourable bound of the recent trend is a meaningful rise.
-        # (On a validation series this is the curve pulling away from the training loss.)
         stats["above_best"] = (level_now - best) / unit
-        if decrease(recent.low) < -self.epsilon:
+
+        # Diverging: even the most favourable bound of the recent trend is a rise of more than
+        # epsilon per run-length (the projection over the elapsed span).
+        # "Above its best" must clear the noise of the best itself (the lowest of many means
+        # of k bins sits ~2.5 of their standard errors below the level on a flat series): a
+        # series at its best level is not rising, whatever its last few bins do.
+        best_noise = 3.0 * spread / math.sqrt(k)
+        above = stats["above_best"] > max(self.flat_margin, best_noise)
+        if above and decrease(recent.low) < -self.epsilon:
+            stats["rise"] = "fast"
+            self._set_state("diverging", step)
+            return
+        # Rising: a significant rise on the recent window, larger than the flat margin. Never a
+        # plateau (a validation loss creeping up while training falls is overfitting).
+        # Any trailing window a plateau could be called on may show it (a slow rise needs the
+        # longer ones to clear the noise), tested at the corrected level like a plateau, as
+        # long as the recent window is not falling and the series sits above its best by more
+        # than the flat margin.
+        rising = r_est < 0 and r_low <= 0 and above
+        if rising:
+            rising = False
+            rise_sizes = [
+                n
+                for n in self._window_sizes(int(x.size))
+                if n >= FLAT_WINDOW_FACTOR * self.min_points and first[-n] <= longest_start
+            ]
+            for n, trend in zip(
+                rise_sizes, theil_sen_windows(x, y, rise_sizes, self._z_plateau, w)
+            ):
+                est, _, high = drop(trend, n)
+                if high < 0 and est < -self.flat_margin:
+                    rising = True
+                    break
+        current = self.current
+        if current is not None:
+            # Hysteresis, as for leaving a plateau downwards: an open plateau ends in a rise
+            # only when the recent window itself clearly rises by more than the flat margin.
+            rising = rising and r_high < -self.flat_margin
+        # Persistent: the rise must hold over RISE_CONFIRM decisions in a row (each decision
+        # is a look; early in a run every point is one, and flukes add up).
+        self._rise_run = self._rise_run + 1 if rising else 0
+        rising = self._rise_run >= RISE_CONFIRM
+        stats["rising"] = rising
+
+        waiting = current is not None or self.state == "hidden_progress"
+        if waiting and not rising and self._fell_again(x, y, r_low, r_ref, current, unit):
+            self._set_state("improving", step)
+            return
+        if rising:
+            # Reported as ``diverging`` (the state the rest of unstuck reads for a rise);
+            # ``stats()["rise"]`` says which test saw it.
+            stats["rise"] = "persistent"
             self._set_state("diverging", step)
             return
 
-        # An open plateau holds until the series clearly falls again (hysteresis).
-        current = self.current
-        waiting = current is not None or self.state == "hidden_progress"
-        if waiting and self._fell_again(x, y, recent, decrease, current):
-            self._set_state("improving", step)
-            return
-
-        # Plateau test: the longest trailing window, after the last plateau, whose upper bound
-        # on the projected decrease is below epsilon.
-        passing: tuple[int, Trend] | None = None
+        # Plateau test: the longest eligible trailing window whose upper bound on the drop is
+        # below its margin: a fraction of the drop the run achieved over the preceding window
+        # of the same length in log-time, or the flat margin when it had no faster course.
+        passing: tuple[int, Trend, float] | None = None
         if self.distance_signal and len(self._distance) < MIN_DISTANCE_POINTS:
             eligible = []  # cannot tell a stall from hidden progress yet
         for n in eligible:
-            # Equivalence, two-sided: the whole interval of D inside (−ε, ε). A window whose
-            # interval allows a meaningful rise (a spike at its end) is not flat either.
-            if decrease(trends[n].low) < self.epsilon and decrease(trends[n].high) > -self.epsilon:
-                passing = (n, trends[n])
+            est, low, high = drop(strict[n], n)
+            ref = self._reference_drop(bins, n, origin, unit)
+            margin = self._margin(ref)
+            # Slowed down: the run fell meaningfully before the window, and the window falls
+            # by less than pace_ratio of that. Flat: with no faster course to compare with (a
+            # run flat from its start), by less than the flat margin, on twice the bins (a slow
+            # steady descent looks flat on its first few points).
+            slowed = ref is not None and ref > self.flat_margin and high < margin
+            flat = high < self.flat_margin and n >= FLAT_WINDOW_FACTOR * self.min_points
+            if (slowed or flat) and low > -margin:
+                passing = (n, strict[n], margin)
         structured_between = (
             spread > self.oscillation_sigma and abs(autocorr) > OSCILLATION_AUTOCORR
         )
         structured_within = (
             within > self.oscillation_sigma and abs(within_autocorr) > OSCILLATION_AUTOCORR
         )
+        # (as before: even the most favourable projected decrease is under 2·epsilon)
         oscillating = (structured_between or structured_within) and decrease(
             recent.low
         ) < 2 * self.epsilon
@@ -381,29 +481,66 @@ class PlateauDetector:
             self._set_state("plateau", step)  # grey zone: not flat enough to call, not falling
             return
         if passing is not None:
-            n, trend = passing
-            start = int(bins["first"][-n])
+            n, trend, margin = passing
+            start = int(first[-n])
+            est, low, high = drop(trend, n)
             stats["plateau_window"] = n
-            stats["plateau_decrease_high"] = decrease(trend.low)
-            se = max((trend.high - trend.low) * horizon / unit / (2 * self.z), 1e-12)
-            confidence = 0.5 * (1 + math.erf((self.epsilon - decrease(trend.slope)) / se / 2**0.5))
+            stats["plateau_drop_high"] = high
+            stats["plateau_margin"] = margin
+            se = max((high - low) / (2 * self._z_plateau), 1e-12)
+            confidence = 0.5 * (1 + math.erf((margin - est) / se / 2**0.5))
             hidden = self._hidden_progress(start if current is None else current.start)
             if hidden:
                 self._set_state("hidden_progress", step)
                 return
             if current is None:
+                self._plateau_margin = margin
                 kind = self._kind(x, y, start)
                 self.plateaus.append(
                     Plateau(self.series, start, None, kind, round(confidence, 4), step)
                 )
             self._set_state("plateau", step)
             return
-        # Neither flat nor oscillating nor diverging: improving or slow.
+        # Neither flat nor oscillating nor rising: improving when it falls significantly and by
+        # 2·epsilon projected over the elapsed span, else slow (progress, but slow: what the
+        # lr_too_low rule reads as a creep).
         significant = decrease(recent.high) > 0
         if significant and decrease(recent.slope) >= 2 * self.epsilon:
             self._set_state("improving", step)
         else:
             self._set_state("slow", step)
+
+    def _margin(self, reference: float | None) -> float:
+        """The largest drop over a window that is still flat, given the run's course before it."""
+        if reference is None or reference <= self.flat_margin:
+            return self.flat_margin
+        return min(max(self.pace_ratio * reference, self.flat_margin), self.max_flat_drop)
+
+    def _reference_drop(
+        self, bins: dict[str, np.ndarray], n: int, origin: float, unit: float
+    ) -> float | None:
+        """Drop over the log-time window just before the last ``n`` bins, of the same length.
+
+        The window ``[a, T]`` (elapsed) is compared with ``[a²/T, a]``: a power law falls by the
+        same amount over both, a constant-rate descent by more over the later one, and a run
+        that has stopped by much less. ``None`` when fewer than ``min_points / 2`` bins (at
+        least 2) lie there.
+        """
+        first, last, x, y = bins["first"], bins["last"], bins["x"], bins["y"]
+        a = float(first[-n]) - origin
+        t = float(last[-1]) - origin
+        lo = origin + a * a / t
+        sel = (first >= lo) & (last < float(first[-n]))
+        k = int(sel.sum())
+        if k < max(2, self.min_points // 2):
+            return None
+        rx, ry = x[sel], y[sel]
+        if k == 2:  # (min_points 4) the course is the step between its two bins
+            return float(ry[0] - ry[1]) / unit
+        wx, wy = coarsen(rx, ry, bins["count"][sel], 48)
+        trend = robust_trend(wx, wy, self.z)
+        span = float(last[sel][-1] - first[sel][0]) / unit
+        return -trend.slope * span
 
     @staticmethod
     def _within_bins(
@@ -429,11 +566,15 @@ class PlateauDetector:
         self,
         x: np.ndarray,
         y: np.ndarray,
-        recent: Trend,
-        decrease: Any,
+        recent_low: float,
+        recent_ref: float | None,
         current: Plateau | None,
+        unit: float = 1.0,
     ) -> bool:
-        if decrease(recent.high) > self.epsilon:
+        """Clearly falling again: the recent drop's lower bound clears the margin the plateau was
+        called with, or the last bins all lie well below the plateau's level (a sharp drop
+        after an LR cut)."""
+        if recent_low > max(self.flat_margin, self._plateau_margin):
             return True
         if current is None:
             return False
@@ -531,6 +672,8 @@ class PlateauDetector:
             "min_gap": self._min_gap if math.isfinite(self._min_gap) else None,
             "gradient_snr": self._gradient_snr,
             "boundary": self._boundary,
+            "plateau_margin": self._plateau_margin,
+            "rise_run": self._rise_run,
             "stats": dict(self._stats),
         }
 
@@ -558,6 +701,8 @@ class PlateauDetector:
         self._gradient_snr = None if snr is None else float(snr)
         boundary = state.get("boundary")
         self._boundary = None if boundary is None else int(boundary)
+        self._plateau_margin = float(state.get("plateau_margin", 0.0))
+        self._rise_run = int(state.get("rise_run", 0))
         self._stats = dict(state["stats"])
 
 
