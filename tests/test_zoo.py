@@ -69,6 +69,9 @@ def test_operators_cover_the_catalog() -> None:
         assert 0 < op.low <= op.high
         assert op.severity(0.0) == pytest.approx(op.low)
         assert op.severity(1.0) == pytest.approx(op.high)
+        assert op.worse(1.0) == pytest.approx(op.low if op.low_is_worse else op.high)
+    assert OPERATORS["fixed_shard"].low_is_worse  # a smaller shard is the worse truncation
+    assert not OPERATORS["lr_x10k"].low_is_worse
 
 
 def test_full_zoo_size_and_quick_subset() -> None:

@@ -46,6 +46,11 @@ class Operator:
     apply: Callable[[Spec, float, int], Spec]
     reference: Callable[[Spec, float, int], Spec] | None = None  # default: the base program
     hurt_required: bool = True  # False for an end state (converged): nothing to hurt
+    low_is_worse: bool = False  # the fault is worse at the low end (a share kept, a tiny std)
+
+    def worse(self, u: float) -> float:
+        """The severity ``u`` of the way from the mild end of the range to the bad end."""
+        return self.severity(1.0 - u if self.low_is_worse else u)
 
     def severity(self, u: float) -> float:
         """The severity at quantile ``u`` of the range."""
@@ -387,6 +392,7 @@ OPERATORS: dict[str, Operator] = {
             # normalisation undoes a small init (it never hurt a BatchNorm/LayerNorm program)
             lambda s: s.family not in ("linear", "transformer") and not s.norm,
             _poor_init,
+            low_is_worse=True,
         ),
         Operator(
             "deep_linear_small_init",
@@ -397,6 +403,7 @@ OPERATORS: dict[str, Operator] = {
             True,
             lambda s: s.data.task == "regression",
             _saddle,
+            low_is_worse=True,
             reference=_saddle_ref,
         ),
         Operator(
@@ -428,6 +435,7 @@ OPERATORS: dict[str, Operator] = {
             False,
             _knob("hidden"),
             _capacity,
+            low_is_worse=True,
         ),
         Operator(
             "label_noise",
@@ -448,6 +456,7 @@ OPERATORS: dict[str, Operator] = {
             True,
             _classification,
             _imbalance,
+            low_is_worse=True,
         ),
         Operator(
             "noisy_subset",
@@ -498,6 +507,7 @@ OPERATORS: dict[str, Operator] = {
             True,
             lambda s: s.data.x.shape[0] >= 500,
             _truncate,
+            low_is_worse=True,
         ),
         Operator(
             "same_batches",
@@ -508,6 +518,7 @@ OPERATORS: dict[str, Operator] = {
             False,
             lambda s: s.data.x.shape[0] >= 500,
             _repeat,
+            low_is_worse=True,
         ),
         Operator(
             "pure_bf16",
@@ -520,6 +531,7 @@ OPERATORS: dict[str, Operator] = {
             # low-precision convolutions are too slow on CPU to be in the zoo: dense models only
             lambda s: s.optimizer in SGD_FAMILY and s.family in ("mlp", "linear"),
             _half,
+            low_is_worse=True,
             reference=_half_ref,
         ),
         Operator(
@@ -562,6 +574,7 @@ OPERATORS: dict[str, Operator] = {
             False,
             lambda s: True,
             _batch,
+            low_is_worse=True,
         ),
         Operator(
             "log_of_softmax",
@@ -594,6 +607,7 @@ OPERATORS: dict[str, Operator] = {
             False,
             lambda s: s.data.task != "lm" and s.family != "autoencoder",
             _overfit,
+            low_is_worse=True,
             reference=_overfit_ref,
         ),
         Operator(

@@ -28,7 +28,7 @@ SEEDS = 3  # seeds per (program, operator) and healthy runs per program in the f
 LONG_FACTOR = 3  # the long healthy run: steps × this
 NOISY_DIVISOR = 4  # the noisy healthy run: batch size ÷ this (at least 4)
 QUICK_PER_OPERATOR = 2  # --quick: mutants per operator, on different programs
-QUICK_SEVERITY = 0.7  # the quantile of an operator's range that --quick uses (a clear fault)
+QUICK_SEVERITY = 0.7  # --quick: this far from the mild end of each range (a clear fault)
 # A mutant hurts when its clean validation metric ends worse than the reference's by this share
 # of the reference (at least HURT_FLOOR absolute), or reaches the reference's end value (plus
 # the same margin) at least SLOWDOWN× later, or ends non-finite.
@@ -79,7 +79,7 @@ def zoo_runs(split: str, *, quick: bool = False, only: set[str] | None = None) -
             fits = [p for p in names if op.applies(specs[p])]
             for k in range(min(QUICK_PER_OPERATOR, len(fits))):
                 p = fits[(i + k) % len(fits)]
-                jobs.append(Job(p, 0, op.name, op.severity(QUICK_SEVERITY)))
+                jobs.append(Job(p, 0, op.name, op.worse(QUICK_SEVERITY)))
         return jobs
     for p in names:
         jobs += [Job(p, s, None, None) for s in range(SEEDS)]
