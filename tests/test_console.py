@@ -331,3 +331,12 @@ def test_a_symptom_whose_root_is_named_stays_off_the_console() -> None:
     real = Finding("lr_too_low", 0.7, {}, 399, "tiny updates")
     line = format_event_line(399, findings=[echo, real])
     assert "lr_too_low 0.70" in line and "capacity_limit" not in line
+
+
+def test_the_summary_leaves_symptoms_to_the_record() -> None:
+    from unstuck.record.console import format_summary
+
+    echo = Finding("capacity_limit", 0.2, {"explained_by": ["lr_too_low"]}, 99, "plateau")
+    root = Finding("lr_too_low", 0.61, {}, 49, "tiny updates")
+    text = "\n".join(format_summary(steps=600, findings=[root, echo]))
+    assert "lr_too_low 0.61" in text and "capacity_limit" not in text

@@ -280,9 +280,12 @@ def _plateaus_text(plateaus: Sequence[Plateau]) -> str:
 
 
 def _top_findings(findings: Sequence[Finding], top: int) -> list[Finding]:
-    """The most confident finding of each cause (the latest on a tie), best causes first."""
+    """The most confident finding of each cause (the latest on a tie), best causes first;
+    symptoms whose root was named (``explained_by``) are left to the record."""
     best: dict[str, Finding] = {}
     for f in findings:
+        if f.evidence.get("explained_by"):
+            continue
         kept = best.get(f.cause)
         if kept is None or f.confidence >= kept.confidence:
             best[f.cause] = f
