@@ -762,6 +762,8 @@ def test_cli_lines_name_real_commands_and_options(
     paths = [w for w in argv[1:] if not w.startswith("-") and ("/" in w or "." in w)]
     if command == "demo" or not paths or not all((docs_files / p).exists() for p in paths[:1]):
         return
+    if command in ("watch", "run") and "--once" not in argv:
+        return  # a live view refreshes until Ctrl-C, and run starts a training script
     shutil.copytree(docs_files, tmp_path, dirs_exist_ok=True)
     with _in_dir(tmp_path):
         code, _ = _run_cli(argv)
