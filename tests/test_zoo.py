@@ -124,6 +124,29 @@ def test_every_operator_makes_a_runnable_mutant(name: str) -> None:
     assert outcome.final_val >= 0  # inf is allowed: a NaN-producing fault ends non-finite
 
 
+def test_batch_of_one_keeps_two_samples_under_batchnorm() -> None:
+    """BatchNorm raises on a batch of 1 in training: the fault there is a batch of 2."""
+    job = Job("tabular_breast_cancer_adamw_cosine", 0, "batch_of_one", 1.0, max_steps=5)
+    mutant, _ = build(job)
+    assert mutant.norm and mutant.batch_size == 2
+    assert execute(mutant, 0, guard=False).checkpoints
+    mutant, _ = build(Job("mlp_moons_sgd", 0, "batch_of_one", 1.0, max_steps=5))
+    assert mutant.batch_size == 1
+
+
+def test_a_run_that_raises_is_recorded_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo import plan, run
+
+    def broken(job: Job) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(plan, "run_job", broken)
+    record = run._run(Job("logistic_iris_sgd", 0, "lr_x10k", 100.0))
+    assert record["error"] == "ValueError: boom" and record["scored"] is False
+    result = score([record, _record(None, [])])
+    assert result["not_hurt_runs"] == 0 and result["healthy_runs"] == 1
+
+
 def _outcome(final: float, checkpoints: list[tuple[int, float]]) -> Outcome:
     """A run whose clean metric ends at ``final`` on both training and validation data."""
     return Outcome(final, final, checkpoints, 0.0, 0.0)
@@ -244,12 +267,13 @@ def test_run_py_quick_json_on_a_small_subset(tmp_path: Path) -> None:
         "reliability",
         "not_hurt",
         "not_in_zoo",
+        "errors",
         "runs",
         "seconds",
     ):
         assert key in result, key
     assert result["split"] == "test" and result["quick"] is True
-    assert result["not_in_zoo"] == NOT_IN_ZOO
+    assert result["not_in_zoo"] == NOT_IN_ZOO and result["errors"] == {}
     runs = result["runs"]
     assert {r["operator"] for r in runs} == {None, "lr_x10k", "lr_div10k"}
     for r in runs:

@@ -90,7 +90,7 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
             "healthy": len(well),
             "healthy_false": sum(false_alarm(r) for r in well),
         }
-    not_hurt = [r for r in records if not r["scored"]]
+    not_hurt = [r for r in records if not r["scored"] and "error" not in r]
     calibration = reliability(runs)
     return {
         "top1": sum(_top(r, 1) for r in seeded) / n,

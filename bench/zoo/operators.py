@@ -282,7 +282,8 @@ def _no_warmup(s: Spec, factor: float, seed: int) -> Spec:
 
 
 def _batch(s: Spec, size: float, seed: int) -> Spec:
-    return replace(_mutant(s), batch_size=round(size))
+    # BatchNorm refuses a batch of 1 in training (an error, not a stall): 2 is the least there
+    return replace(_mutant(s), batch_size=max(round(size), 2 if s.norm else 1))
 
 
 def _nonfinite(s: Spec, inv_t: float, seed: int) -> Spec:

@@ -7,7 +7,8 @@ Every run trains under ``Guard(policy="observe")`` with the Guard's defaults; ev
 also trained without unstuck, beside its reference, for the hurt check (``plan.hurt``). The
 JSON holds the figures of ``metrics.score`` (keys: split, quick, top1, top3,
 healthy_false_rate, ece, seeded_runs, healthy_runs, not_hurt_runs, per_cause, per_program,
-reliability, not_hurt, healthy_false, not_in_zoo, runs, seconds).
+reliability, not_hurt, healthy_false, not_in_zoo, errors, runs, seconds). A run that raises
+is recorded under ``errors`` and left out of every figure.
 """
 
 from __future__ import annotations
@@ -40,10 +41,30 @@ def _init_worker() -> None:
 
 
 def _run(job: Any) -> dict[str, Any]:
+    """One run; an exception is recorded (and the run left out of every figure), not raised:
+    one broken mutant must not lose an hour of runs."""
     _init_worker()
+    import traceback
+    from dataclasses import asdict
+
+    from zoo import SPLIT
     from zoo.plan import run_job
 
-    return run_job(job)
+    try:
+        return run_job(job)
+    except Exception as exc:
+        return {
+            **asdict(job),
+            "key": job.key,
+            "split": SPLIT[job.program],
+            "expected": job.expected,
+            "ranking": [],
+            "findings": [],
+            "hurt": None,
+            "scored": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -96,10 +117,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for j in jobs:
             progress(_run(j))
     result = {"split": args.split, "quick": args.quick, **score(records)}
+    result["errors"] = {r["key"]: r["error"] for r in records if "error" in r}
     result["not_in_zoo"] = NOT_IN_ZOO
     result["runs"] = records
     result["seconds"] = time.perf_counter() - t0
     print(tables(result))
+    for key, error in result["errors"].items():
+        print(f"error (left out): {key}: {error}")
     print(f"\n{len(records)} runs in {result['seconds']:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str))
