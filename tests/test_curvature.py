@@ -194,7 +194,9 @@ def test_guard_probes_once_per_plateau_and_records_the_event(tmp_path):
 
     guard._curvature.run = spy
     for _ in range(600):
-        idx = torch.randint(0, 256, (32,))
+        # Full batches: the fit converges onto its noise floor and stays there, a plateau the
+        # trend test can show (a batch of 32 leaves log-loss swings of ±25 % per window).
+        idx = torch.arange(256)
         loss = F.mse_loss(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()

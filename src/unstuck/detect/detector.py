@@ -318,6 +318,7 @@ class PlateauDetector:
         else:
             unit = max(float(np.ptp(y)), abs(float(np.median(y))), 1e-12)
         first, last = bins["first"], bins["last"]
+        start_level = float(np.median(y[: self.min_points]))  # where the run began (its bins)
         # Elapsed time of a step, counted from one logging interval before the first point, so
         # that the first point is at one interval, not at zero (log-time windows need t > 0).
         gap = self._min_gap if math.isfinite(self._min_gap) else 1.0
@@ -461,8 +462,18 @@ class PlateauDetector:
             # run flat from its start), by less than the flat margin, on twice the bins (a slow
             # steady descent looks flat on its first few points).
             slowed = ref is not None and ref > self.flat_margin and high < margin
-            flat = high < self.flat_margin and n >= FLAT_WINDOW_FACTOR * self.min_points
-            if (slowed or flat) and low > -margin:
+            long_enough = n >= FLAT_WINDOW_FACTOR * self.min_points
+            flat = high < self.flat_margin and long_enough
+            # Still at its starting level: the window's median sits within flat_margin of the
+            # first bins' (the run never left where it began) and its trend holds 0. Noise too
+            # wide for the slope test (a saddle under minibatch noise) cannot hide that the level
+            # has not moved; a run that fell at all, however noisily, is not this.
+            unmoved = (
+                long_enough
+                and low < 0 < high
+                and start_level - float(np.median(y[-n:])) < self.flat_margin * unit
+            )
+            if ((slowed or flat) and low > -margin) or unmoved:
                 passing = (n, strict[n], margin)
         structured_between = (
             spread > self.oscillation_sigma and abs(autocorr) > OSCILLATION_AUTOCORR
