@@ -52,6 +52,24 @@ class _ProposeFrom(Policy):
 HARMFUL = Proposal("lr_scale", {"factor": 300.0}, reason="test: a harmful action")
 
 
+def _harmful_guard(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: pathlib.Path, **extra: object
+) -> unstuck.Guard:
+    """A Guard that takes a harmful action at step 50 and judges it 40 steps later (so the
+    rollback is what the test exercises), acting once."""
+    return unstuck.Guard(
+        model,
+        optimizer,
+        policy=_ProposeFrom(50, HARMFUL),
+        run_dir=run_dir,
+        flush_every=10,
+        horizon=40,
+        cooldown=10_000,
+        console=False,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 def _params(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
@@ -180,17 +198,7 @@ def test_a_snapshot_that_cannot_be_spilled_stays_in_memory(
     torch.manual_seed(0)
     model = tiny_mlp()
     optimizer = _sgd(model)
-    guard = unstuck.Guard(
-        model,
-        optimizer,
-        policy=_ProposeFrom(50, HARMFUL),
-        run_dir=tmp_path,
-        flush_every=10,
-        horizon=40,
-        cooldown=10_000,
-        snapshot_memory=0,
-        console=False,
-    )
+    guard = _harmful_guard(model, optimizer, tmp_path, snapshot_memory=0)
     with caplog.at_level(logging.WARNING, logger="unstuck"):
         _train_plain(guard, model, optimizer, 150)
     guard.close()
@@ -289,16 +297,7 @@ def test_a_param_group_added_after_the_snapshot_is_kept_across_an_exact_rollback
     torch.manual_seed(0)
     model = _frozen_head_model()
     optimizer = torch.optim.SGD(model[0].parameters(), lr=0.05, momentum=0.9)
-    guard = unstuck.Guard(
-        model,
-        optimizer,
-        policy=_ProposeFrom(50, HARMFUL),
-        run_dir=tmp_path,
-        flush_every=10,
-        horizon=40,
-        cooldown=10_000,
-        console=False,
-    )
+    guard = _harmful_guard(model, optimizer, tmp_path)
     twin = None
     i = 0
     while not guard.actions:
@@ -347,16 +346,7 @@ def test_a_model_changed_since_the_snapshot_fails_the_rollback_in_one_line(
     torch.manual_seed(0)
     model = tiny_mlp()
     optimizer = _sgd(model)
-    guard = unstuck.Guard(
-        model,
-        optimizer,
-        policy=_ProposeFrom(50, HARMFUL),
-        run_dir=tmp_path,
-        flush_every=10,
-        horizon=40,
-        cooldown=10_000,
-        console=False,
-    )
+    guard = _harmful_guard(model, optimizer, tmp_path)
     _train_plain(guard, model, optimizer, 60)
     assert _outcome(guard) == "pending"
     model.register_buffer("extra", torch.zeros(2))  # not used in forward; changes the state
