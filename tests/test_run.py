@@ -17,29 +17,13 @@ import pytest
 from unstuck.cli.run import build_command
 from unstuck.record import read_metrics, read_runs
 
-SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+EXAMPLES = ROOT / "examples"  # the unmodified scripts the docs name
 TIMEOUT_S = 240
 
-# A plain loop: a 2-layer MLP on a generated 4-class problem, Adam at an LR 100x too low.
-PLAIN = """
-import sys
-import torch
-
-torch.manual_seed(0)
-x = torch.randn(2048, 16)
-y = (x @ torch.randn(16, 4)).argmax(dim=1)
-model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
-g = torch.Generator().manual_seed(1)
-for step in range(STEPS):
-    idx = torch.randint(0, len(x), (64,), generator=g)
-    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-print("script done", flush=True)
-sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
-"""
+# The example scripts, exactly as shipped in examples/ (none mentions unstuck).
+PLAIN = (EXAMPLES / "plain_low_lr.py").read_text()
 
 # Two optimizers stepping in turn, as a GAN's generator and discriminator do.
 GAN = """
@@ -100,7 +84,7 @@ def _run(
     tmp_path: pathlib.Path, script: str, *cli_args: str, steps: int = 300
 ) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "train.py"
-    path.write_text(textwrap.dedent(script).replace("STEPS", str(steps)))
+    path.write_text(textwrap.dedent(script).replace("range(300)", f"range({steps})"))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p),
@@ -202,34 +186,7 @@ dist.destroy_process_group()
 print(f"rank {rank} done", flush=True)
 """
 
-LIGHTNING = """
-import lightning as L
-import torch
-from torch.utils.data import DataLoader, TensorDataset
-
-class Net(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
-        )
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return torch.nn.functional.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-5)
-
-torch.manual_seed(0)
-x = torch.randn(4096, 16)
-y = (x @ torch.randn(16, 4)).argmax(dim=1)
-trainer = L.Trainer(accelerator="cpu", max_steps=300, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
-trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True))
-print("lightning done", flush=True)
-"""
+LIGHTNING = (EXAMPLES / "lightning_low_lr.py").read_text()
 
 
 def test_torchrun_workers_are_watched_and_rank_0_records(tmp_path: pathlib.Path) -> None:
@@ -269,41 +226,7 @@ def test_a_lightning_script_without_the_callback_is_watched(tmp_path: pathlib.Pa
     assert len(steps) >= 290
 
 
-HF = """
-import torch
-from transformers import Trainer, TrainingArguments
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
-        )
-
-    def forward(self, x, labels=None):
-        logits = self.net(x)
-        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
-
-class Data(torch.utils.data.Dataset):
-    def __init__(self):
-        torch.manual_seed(0)
-        self.x = torch.randn(4096, 16)
-        self.y = (self.x @ torch.randn(16, 4)).argmax(dim=1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "labels": self.y[i]}
-
-args = TrainingArguments(output_dir="out", max_steps=300, per_device_train_batch_size=32,
-                         learning_rate=1e-5, lr_scheduler_type="constant", report_to=[],
-                         save_strategy="no", logging_steps=1000, use_cpu=True,
-                         disable_tqdm=True)
-Trainer(model=Net(), args=args, train_dataset=Data()).train()
-print("hf done", flush=True)
-"""
+HF = (EXAMPLES / "hf_low_lr.py").read_text()
 
 
 def test_an_hf_trainer_script_without_the_callback_is_watched(tmp_path: pathlib.Path) -> None:
