@@ -626,3 +626,390 @@ def test_sigterm_closes_the_run_and_writes_its_report(tmp_path: pathlib.Path, mo
 # ``unstuck analyze`` / ``unstuck report`` on hostile files (issue 21, items 5-10) go here: each
 # hostile file generated at test time, every case ending in exit 2 with one line, in bounded
 # time and memory, without writing to its input.
+
+import contextlib  # noqa: E402  (the readers section's own imports, kept with it)
+import shutil  # noqa: E402
+import stat as stat_module  # noqa: E402
+import struct  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from unstuck.analyze import _limits, load  # noqa: E402
+from unstuck.cli.main import main  # noqa: E402
+from unstuck.record.store import STORE_FILENAME, RunStore  # noqa: E402
+
+READ_SECONDS = 20  # any hostile input is refused well within this (the hangs were unbounded)
+DEEP = 100_000  # JSON nesting levels of the RecursionError cases
+
+
+@contextlib.contextmanager
+def _bounded(seconds: int = READ_SECONDS) -> Iterator[None]:
+    """Fail the test, instead of hanging the suite, when a read blocks (a FIFO, a recursive
+    view): SIGALRM interrupts the blocking call in the main thread."""
+
+    def _timeout(signum: int, frame: object) -> None:
+        raise TimeoutError(f"the read took over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the CLI on a hostile input: exit 2 with exactly one line on stderr, in bounded time."""
+    capsys.readouterr()
+    with _bounded():
+        code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _store(run_dir: pathlib.Path, points: int = 60) -> pathlib.Path:
+    """A real, closed run store with a falling loss and one event."""
+    with RunStore(run_dir) as store:
+        store.log_metrics([("loss", step, 2.0 / (1 + step)) for step in range(points)])
+        store.log_event("state", points - 1, {"state": "improving"})
+        store.flush()
+    return run_dir / STORE_FILENAME
+
+
+def _edit(file: pathlib.Path, *statements: str) -> None:
+    conn = sqlite3.connect(file)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+
+
+def _fingerprint(run_dir: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
+    """The store's bytes and mtime, and the -wal beside it (absent: None)."""
+    out: dict[str, tuple[bytes, int] | None] = {}
+    for suffix in ("", "-wal"):
+        f = run_dir / (STORE_FILENAME + suffix)
+        out[suffix] = (f.read_bytes(), f.stat().st_mtime_ns) if f.exists() else None
+    out["-shm present"] = (b"", 1) if (run_dir / (STORE_FILENAME + "-shm")).exists() else None
+    return out
+
+
+# --------------------------------------------------------------------------- 5: a recursive view
+
+
+def test_a_store_whose_metrics_is_a_recursive_view_is_refused_at_once(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    file = _store(run_dir)
+    _edit(
+        file,
+        "DROP TABLE metrics",
+        "CREATE VIEW metrics AS WITH RECURSIVE r(run, name, step, value) AS "
+        "(SELECT 1, 'loss', 0, 0.5 UNION ALL SELECT run, name, step + 1, value FROM r) "
+        "SELECT * FROM r ORDER BY step DESC",
+    )
+    before = _fingerprint(run_dir)
+    start = time.monotonic()
+    line = _refused(capsys, "analyze", str(run_dir), "--no-report")
+    assert "'metrics' is a view, not a table" in line
+    line = _refused(capsys, "report", str(run_dir), "-o", str(tmp_path / "r.html"))
+    assert "'metrics' is a view, not a table" in line
+    assert time.monotonic() - start < 5
+    assert _fingerprint(run_dir) == before
+
+
+def test_a_store_query_past_its_deadline_is_one_line(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    _store(run_dir, points=20_000)
+    monkeypatch.setattr(_limits, "QUERY_SECONDS", 0.0)
+    line = _refused(capsys, "report", str(run_dir), "-o", str(tmp_path / "r.html"))
+    assert "took over 0 s" in line
+
+
+# --------------------------------------------------------------------------- 6: a FIFO
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("analyze", "{fifo}", "--no-report"),
+        ("analyze", "{fifo}", "--format", "csv", "--no-report"),
+        ("analyze", "{fifo}", "--format", "unstuck", "--no-report"),
+        ("report", "{fifo}", "-o", "{out}"),
+    ],
+)
+def test_a_fifo_is_refused_without_blocking(
+    argv: tuple[str, ...], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "metrics.csv"
+    os.mkfifo(fifo)
+    args = [a.format(fifo=fifo, out=tmp_path / "r.html") for a in argv]
+    line = _refused(capsys, *args)
+    assert "fifo" in line.lower() or "pipe" in line or "no run store" in line
+
+
+def test_a_folder_whose_store_is_a_fifo_is_refused(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(tmp_path / STORE_FILENAME)
+    _refused(capsys, "analyze", str(tmp_path), "--no-report")
+    _refused(capsys, "report", str(tmp_path))
+
+
+# --------------------------------------------------------------------------- 7: size limits
+
+
+@pytest.mark.parametrize("fmt", [None, "csv", "text", "jsonl", "lightning"])
+def test_a_sparse_file_past_the_size_limit_is_refused_before_reading(
+    fmt: str | None,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_limits, "MAX_FILE_BYTES", 1 << 20)  # the 2 GB case as a 2 MB one
+    log = tmp_path / "train.csv"
+    log.write_text("step,epoch,loss\n0,0,2.0\n")
+    with log.open("r+b") as fh:
+        fh.truncate(2 << 20)  # sparse: the rest reads as NUL bytes
+    forced = ["--format", fmt] if fmt else []
+    line = _refused(capsys, "analyze", str(log), *forced, "--no-report")
+    assert "over the 1 MiB" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "fmt"),
+    [
+        ("train.csv", "step,loss\n", None),
+        ("train.csv", "step,loss\n", "csv"),
+        ("metrics.jsonl", '{"step": 0, "loss": 1}\n', "jsonl"),
+        ("train.log", "step 1: loss 0.5\n", "text"),
+        ("trainer_state.json", '{"log_history": [\n', "hf"),
+    ],
+)
+def test_a_line_past_the_line_limit_is_refused(
+    name: str,
+    head: str,
+    fmt: str | None,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_limits, "MAX_LINE_BYTES", 64 * 1024)  # the 100 MB line as a 200 KB one
+    log = tmp_path / name
+    log.write_text(head + "1," + "9" * 200_000 + "\n" + "2,0.5\n" * 10)
+    forced = ["--format", fmt] if fmt else []
+    line = _refused(capsys, "analyze", str(log), *forced, "--no-report")
+    assert "over 0.0625 MiB" in line or "no known log" in line
+
+
+def test_a_field_past_the_csv_default_limit_is_one_line(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "train.csv"  # a 200 KB quoted field: csv's own 128 KiB limit raised _csv.Error
+    log.write_text("step,loss,note\n" + '0,1.0,"' + "x" * 200_000 + '"\n' + "1,0.9,a\n" * 5)
+    with _bounded():
+        data = load(log)
+    assert data.series["loss"][1][0] == 1.0
+
+
+def test_points_past_the_limit_are_thinned_with_a_note(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_limits, "MAX_POINTS", 100)
+    log = tmp_path / "train.csv"
+    log.write_text("step,loss\n" + "".join(f"{s},{1 / (1 + s)}\n" for s in range(1000)))
+    data = load(log)
+    steps, _ = data.series["loss"]
+    assert 50 <= len(steps) <= 100
+    assert list(steps[:3]) == [0, 10, 20]
+    assert any("every 10th is kept" in note for note in data.meta["notes"])
+
+
+# --------------------------------------------------------------------------- 8: JSON and numbers
+
+
+def _nested(levels: int = DEEP) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("metrics.jsonl", '{"step": 0, "loss": 1, "x": ' + _nested() + "}\n" * 1),
+        ("trainer_state.json", '{"log_history": ' + _nested() + "}"),
+    ],
+)
+def test_json_nested_100k_levels_is_one_line(
+    name: str, text: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / name
+    log.write_text(text + ('\n{"step": 1, "loss": 0.5}\n' if name.endswith("l") else ""))
+    line = _refused(capsys, "analyze", str(log), "--no-report")
+    assert "nested" in line or "not JSON" in line or "no known log" in line
+
+
+def test_a_store_event_payload_nested_100k_levels_is_one_line(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    file = _store(run_dir)
+    _edit(file, f"UPDATE events SET payload = '{_nested()}'")
+    line = _refused(capsys, "report", str(run_dir), "-o", str(tmp_path / "r.html"))
+    assert "nested deeper" in line
+    line = _refused(capsys, "analyze", str(run_dir), "--no-report")
+    assert "nested deeper" in line
+
+
+@pytest.mark.parametrize("huge", ["1e30", "1e300", "-1e300", "9223372036854775808"])
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_huge_step_numbers_are_skipped_with_a_note(
+    huge: str, kind: str, tmp_path: pathlib.Path
+) -> None:
+    rows = [(str(s), 2.0 / (1 + s)) for s in range(40)] + [(huge, 0.1)]
+    if kind == "csv":
+        log = tmp_path / "train.csv"
+        log.write_text("step,loss\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    else:
+        log = tmp_path / "train.jsonl"
+        log.write_text("".join(f'{{"step": {s}, "loss": {v}}}\n' for s, v in rows))
+    data = load(log)
+    steps, _ = data.series["loss"]
+    assert len(steps) == 40 and max(steps) == 39
+    assert any("skipped" in note for note in data.meta["notes"])
+
+
+def test_a_tensorboard_record_claiming_2_to_the_40_bytes_is_one_line(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(str(tmp_path))
+    writer.close()
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    with event_file.open("ab") as fh:
+        fh.write(struct.pack("<Q", 1 << 40) + b"\0" * 4 + b"x" * 64)
+    line = _refused(capsys, "analyze", str(tmp_path), "--no-report")
+    assert "claiming 1099511627776 bytes" in line
+
+
+# --------------------------------------------------------------------------- 9: a fake MLflow db
+
+_MLFLOW_TABLES = ("experiments", "runs", "metrics", "params", "tags", "latest_metrics")
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # what detection takes for MLflow, and nothing else
+        ("CREATE TABLE experiments (x)", "CREATE TABLE alembic_version (version_num TEXT)"),
+        # every table MLflow's store has, with a version no MLflow knows
+        (
+            *(f"CREATE TABLE {t} (x)" for t in _MLFLOW_TABLES),
+            "CREATE TABLE alembic_version (version_num TEXT)",
+            "INSERT INTO alembic_version VALUES ('deadbeef0000')",
+        ),
+    ],
+    ids=["two-tables", "all-tables-unknown-version"],
+)
+def test_a_fake_mlflow_db_is_one_line_and_never_written(
+    statements: tuple[str, ...], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "mlflow.db"
+    conn = sqlite3.connect(db)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    before = (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(tmp_path)))
+    line = _refused(capsys, "analyze", str(db), "--no-report")
+    assert "mlflow" in line.lower()
+    assert (db.read_bytes(), db.stat().st_mtime_ns, sorted(os.listdir(tmp_path))) == before
+
+
+# --------------------------------------------------------------------------- 10: read-only stores
+
+
+def _killed_store(run_dir: pathlib.Path) -> None:
+    """A store whose writer was SIGKILLed after a flush: its rows are in the -wal."""
+    script = textwrap.dedent(
+        f"""
+        import os
+        from unstuck.record.store import RunStore
+        store = RunStore({str(run_dir)!r})
+        store.log_metrics([("loss", s, 2.0 / (1 + s)) for s in range(60)])
+        store.flush()
+        os._exit(0)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    assert (run_dir / (STORE_FILENAME + "-wal")).exists()
+
+
+@pytest.mark.parametrize("kind", ["killed", "closed"])
+def test_reading_a_store_never_modifies_it(
+    kind: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    if kind == "killed":
+        _killed_store(run_dir)
+    else:
+        _store(run_dir)
+    before = _fingerprint(run_dir)
+    time.sleep(0.01)  # a rewrite would move the mtime
+    assert main(["analyze", str(run_dir), "--no-report", "--json"]) == 0
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "r.html")]) == 0
+    assert read_metrics(run_dir)["loss"][0] == list(range(60))
+    assert _fingerprint(run_dir) == before
+
+
+def test_a_store_on_a_read_only_folder_is_read(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    _store(run_dir)
+    copy = tmp_path / "ro"
+    shutil.copytree(run_dir, copy)
+    (copy / STORE_FILENAME).chmod(stat_module.S_IRUSR)
+    copy.chmod(stat_module.S_IRUSR | stat_module.S_IXUSR)
+    try:
+        assert main(["report", str(copy), "-o", str(tmp_path / "r.html")]) == 0
+        assert main(["analyze", str(copy), "--no-report", "--json"]) == 0
+        assert sorted(os.listdir(copy)) == [STORE_FILENAME]
+    finally:
+        copy.chmod(stat_module.S_IRWXU)
+
+
+def test_a_killed_store_whose_wal_cannot_be_opened_is_read_immutable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only mount refuses the WAL index (as root, chmod cannot make one): the reader
+    falls back to ``immutable=1`` and reads the main file instead of calling it no store."""
+    from unstuck.record import store as store_module
+
+    run_dir = tmp_path / "run"
+    _killed_store(run_dir)
+    _edit(run_dir / STORE_FILENAME)  # checkpoint: the rows are in the main file too
+    _killed_store(run_dir)  # and a second run left in the -wal
+    real_connect = sqlite3.connect
+    opened: list[str] = []
+
+    def read_only_mount(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(database)
+        if "immutable=1" not in database:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(database, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module.sqlite3, "connect", read_only_mount)
+    runs = read_runs(run_dir)
+    assert len(runs) >= 1
+    assert any("immutable=1" in uri for uri in opened)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import stat
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from unstuck.analyze import _limits
 from unstuck.analyze.hygiene import clean_series, count_runs
 from unstuck.analyze.names import canonical_names
 from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR
@@ -19,6 +23,8 @@ __all__ = [
     "KNOWN_FORMATS",
     "LogFormatError",
     "build_run",
+    "check_regular",
+    "read_text",
     "require",
     "run_number",
     "to_float",
@@ -65,6 +71,63 @@ def require(module: str, extra: str) -> ModuleType:
         ) from exc
 
 
+def check_regular(path: str | os.PathLike[str], *, folder_ok: bool = True) -> os.stat_result:
+    """Refuse anything that is not a regular file (or a folder): opening a FIFO, a socket or a
+    device blocks for ever or reads without end."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise LogFormatError(f"{path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode) or (folder_ok and stat.S_ISDIR(st.st_mode)):
+        return st
+    raise LogFormatError(
+        f"{path} is not a regular file or folder (a pipe, socket or device?); "
+        "save the log to a file and pass that"
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A text log whole, after the size and line-length limits of ``_limits`` (a file past
+    them is a one-line error before it fills memory)."""
+    file = Path(path)
+    st = check_regular(file, folder_ok=False)
+    if st.st_size > _limits.MAX_FILE_BYTES:
+        raise LogFormatError(
+            f"{file} is {_mib(st.st_size)}, over the {_mib(_limits.MAX_FILE_BYTES)} a text log "
+            "may be; pass a shorter log (e.g. its last lines: tail -n 1000000)"
+        )
+    cap = max(1, _limits.MAX_LINE_BYTES)
+    chunks: list[bytes] = []
+    run = 0  # bytes since the last newline
+    total = 0
+    with file.open("rb") as fh:
+        while chunk := fh.read(cap):  # a line within one chunk is at most cap bytes long
+            total += len(chunk)
+            if total > _limits.MAX_FILE_BYTES:  # grew while being read
+                raise LogFormatError(f"{file} grew past {_mib(_limits.MAX_FILE_BYTES)}")
+            first = chunk.find(b"\n")
+            if first < 0:
+                run += len(chunk)
+            else:
+                run += first
+            if run > cap:
+                raise LogFormatError(
+                    f"{file} has a line over {_mib(cap)}: no metric log has one; "
+                    "is it the right file?"
+                )
+            if first >= 0:
+                run = len(chunk) - chunk.rfind(b"\n") - 1
+            chunks.append(chunk)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise LogFormatError(f"{file} is not a text file") from None
+
+
 def to_float(value: Any) -> float | None:
     """A logged cell as a float: numbers and numeric strings (``nan``/``inf`` included); empty
     cells, ``NA`` and anything else non-numeric are missing (None)."""
@@ -86,8 +149,8 @@ def to_float(value: Any) -> float | None:
 def to_step(value: Any) -> int | None:
     """A step or epoch cell as an int (CSV writers may print ``12.0``)."""
     number = to_float(value)
-    if number is None or not math.isfinite(number):
-        return None
+    if number is None or not math.isfinite(number) or abs(number) > _limits.MAX_STEP:
+        return None  # 1e300 is no step: the row is skipped like one without a step
     return round(number)
 
 
@@ -111,6 +174,8 @@ def build_run(
         raw, notes = clean_series(raw, str(run_data.meta.get("step_unit", "step")), number)
     except ValueError as exc:  # a --run the file does not hold
         raise LogFormatError(str(exc)) from None
+    raw, thinned = _thin(raw)
+    notes = [*notes, *thinned]
     if notes:
         run_data.meta["notes"] = [*run_data.meta.get("notes", []), *notes]
     if number is not None:
@@ -121,6 +186,25 @@ def build_run(
             run_data.add_series(names[raw_name], steps, values)
     run_data.meta["names"] = {k: v for k, v in names.items() if k in raw and len(raw[k][0])}
     return run_data
+
+
+def _thin(
+    raw: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+) -> tuple[dict[str, tuple[Sequence[int], Sequence[float]]], list[str]]:
+    """Every series within ``_limits.MAX_POINTS``: a longer one keeps every k-th point (a
+    plateau spans many points, so the analysis sees the same shape; memory stays bounded)."""
+    cap = max(1, _limits.MAX_POINTS)
+    out: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
+    notes: list[str] = []
+    for name, (steps, values) in raw.items():
+        n = len(steps)
+        if n <= cap:
+            out[name] = (steps, values)
+            continue
+        k = -(-n // cap)  # ceil: the stride that brings n points within the cap
+        out[name] = (list(steps)[::k], list(values)[::k])
+        notes.append(f"{name!r} has {n} points, over {cap}: every {k}th is kept")
+    return out, notes
 
 
 def run_number(

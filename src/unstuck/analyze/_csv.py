@@ -9,18 +9,12 @@ import csv
 import io
 from pathlib import Path
 
-from unstuck.analyze._common import LogFormatError
+from unstuck.analyze import _limits
+from unstuck.analyze._common import LogFormatError, read_text
 
 __all__ = ["csv_header", "csv_rows"]
 
 SEPARATORS = (",", ";", "\t")
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LogFormatError(f"{path} is not a text file") from None
 
 
 def _dialect(header_line: str) -> str:
@@ -31,23 +25,27 @@ def _dialect(header_line: str) -> str:
 def csv_header(path: Path) -> list[str]:
     """The header fields of a CSV file (empty when the first line is empty)."""
     with path.open(encoding="utf-8", errors="replace") as fh:
-        first = fh.readline().rstrip("\r\n")
+        first = fh.readline(_limits.MAX_LINE_BYTES).rstrip("\r\n")
     if not first:
         return []
     return next(csv.reader([first], delimiter=_dialect(first)))
 
 
 def csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
-    text = _text(path)
+    text = read_text(path)
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise LogFormatError(f"{path} is empty")
     sep = _dialect(lines[0])
+    csv.field_size_limit(max(1, _limits.MAX_LINE_BYTES))  # a field is within one line
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = next(reader)
     rows: list[dict[str, str]] = []
     notes: list[str] = []
-    body = list(reader)
+    try:
+        body = list(reader)
+    except csv.Error as exc:
+        raise LogFormatError(f"{path} is not a CSV file ({exc})") from None
     for i, fields in enumerate(body):
         if not fields:
             continue

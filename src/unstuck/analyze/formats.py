@@ -17,23 +17,26 @@ Recognition, in this order (docs/analyze.md has the table):
   (``step 100: loss 0.41``) -> ``text``.
 
 Anything else, and any file its reader cannot parse, is a :class:`LogFormatError` whose one-line
-message says why and lists the formats and how to pass each.
+message says why and lists the formats and how to pass each. So is anything past the limits of
+``_limits.py`` (a pipe or device, a text log too large or with too long a line, JSON nested too
+deeply, a TensorBoard record too large).
 """
 
 from __future__ import annotations
 
-import json
+import csv
 import os
 import sqlite3
 from pathlib import Path
 
-from unstuck.analyze._common import FORMATS, KNOWN_FORMATS, LogFormatError
+from unstuck.analyze import _limits
+from unstuck.analyze._common import FORMATS, KNOWN_FORMATS, LogFormatError, check_regular
 from unstuck.analyze._csv import csv_header
 from unstuck.analyze.hf_trainer import find_state_file, read_hf
 from unstuck.analyze.json_lines import looks_like_json_lines, read_json_lines
 from unstuck.analyze.keras_csv import read_keras
 from unstuck.analyze.lightning_csv import read_lightning
-from unstuck.analyze.mlflow_run import MLFLOW_PREFIX, read_mlflow, sqlite_uri
+from unstuck.analyze.mlflow_run import MLFLOW_PREFIX, read_mlflow, read_mlflow_file
 from unstuck.analyze.names import ALIASES, STEP_KEYS, name_key, use_series
 from unstuck.analyze.run_store import read_store
 from unstuck.analyze.table_csv import read_csv_log, wandb_runs
@@ -63,8 +66,10 @@ def _fail(
 
 
 def _sqlite_tables(path: Path) -> set[str]:
+    """The plain tables of a SQLite file, read without creating or changing anything beside it
+    (``immutable=1``: no ``-wal``/``-shm`` made, no journal recovered)."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     except sqlite3.Error:
         return set()
     try:
@@ -113,6 +118,13 @@ def _detect_file(path: Path) -> str:
         raise _fail(
             path, "a SQLite file that is neither an unstuck run store nor MLflow's", unknown=True
         )
+    size = path.stat().st_size
+    if size > _limits.MAX_FILE_BYTES:
+        raise _fail(
+            path,
+            f"{size / 2**20:g} MiB, over the {_limits.MAX_FILE_BYTES / 2**20:g} MiB a text log "
+            "may be; pass a shorter log (e.g. its last lines: tail -n 1000000)",
+        )
     if not head.strip():
         raise _fail(path, "the file is empty")
     try:
@@ -157,6 +169,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     p = Path(text)
     if not p.exists():
         raise _fail(text, "no such file or folder")
+    try:
+        check_regular(p)
+    except LogFormatError as exc:
+        raise _fail(text, str(exc).removeprefix(f"{text} ")) from None
     return _detect_dir(p) if p.is_dir() else _detect_file(p)
 
 
@@ -182,12 +198,19 @@ def load(
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     fmt = fmt or detect_format(text)
     try:
+        if not text.startswith(MLFLOW_PREFIX) and os.path.lexists(text):
+            check_regular(text)  # also when --format skipped detection: a FIFO blocks for ever
         data = _read(text, fmt, run, tracking_uri)
     except LogFormatError as exc:
         if str(exc).startswith("cannot read "):
             raise
         raise _fail(text, str(exc), fmt) from None
-    except (OSError, ValueError, sqlite3.Error, json.JSONDecodeError) as exc:
+    except RecursionError:
+        why = "JSON nested deeper than Python parses (about 1000 levels)"
+        raise _fail(text, why, fmt) from None
+    except MemoryError:
+        raise _fail(text, "it does not fit in memory; pass a shorter log", fmt) from None
+    except (OSError, ValueError, OverflowError, sqlite3.Error, csv.Error) as exc:
         raise _fail(text, f"{type(exc).__name__}: {exc}", fmt) from None
     for canonical, name in (("loss", loss), ("val_loss", val_loss)):
         if name is not None:
@@ -203,7 +226,9 @@ def _read(text: str, fmt: str, run: str | None, tracking_uri: str | None) -> Run
         if text.startswith(MLFLOW_PREFIX):
             run_id = text[len(MLFLOW_PREFIX) :] or run
             return read_mlflow(run_id, tracking_uri, source=text)
-        return read_mlflow(run, tracking_uri or sqlite_uri(text), source=text)
+        if tracking_uri:
+            return read_mlflow(run, tracking_uri, source=text)
+        return read_mlflow_file(text, run, source=text)
     if fmt == "unstuck":
         return read_store(text, run)
     if fmt == "tensorboard":

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unstuck.analyze._common import LogFormatError, build_run, to_float, to_step
+from unstuck.analyze._common import LogFormatError, build_run, read_text, to_float, to_step
 from unstuck.record.rundata import RunData
 
 __all__ = ["STATE_FILENAME", "find_state_file", "read_hf"]
@@ -58,13 +58,13 @@ def read_hf(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     if file is None:
         raise LogFormatError(f"no {STATE_FILENAME} in {path} or its checkpoint-* folders")
     try:
-        state = json.loads(file.read_text(encoding="utf-8"))
+        state = json.loads(read_text(file))
     except json.JSONDecodeError as exc:
         raise LogFormatError(
             f"{file} is not valid JSON ({exc.msg} at line {exc.lineno}; truncated?)"
         ) from None
-    except UnicodeDecodeError:
-        raise LogFormatError(f"{file} is not a text file") from None
+    except RecursionError:
+        raise LogFormatError(f"{file} is JSON nested deeper than Python parses") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise LogFormatError(f"{file} has no log_history list: not an HF trainer_state.json")
     raw: dict[str, tuple[list[int], list[float]]] = {}

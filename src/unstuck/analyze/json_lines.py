@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unstuck.analyze._common import LogFormatError, build_run, to_float
+from unstuck.analyze._common import LogFormatError, build_run, read_text, to_float
 from unstuck.analyze._records import series_from_records
 from unstuck.record.rundata import RunData
 
@@ -31,7 +31,7 @@ def looks_like_json_lines(head: str) -> bool:
         return False
     try:
         return all(isinstance(json.loads(line), dict) for line in lines)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
 
 
@@ -49,10 +49,7 @@ def _flatten(obj: Mapping[str, Any], prefix: str, out: dict[str, float]) -> None
 def read_json_lines(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     """Read a JSON-lines log: one JSON object per line."""
     file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise LogFormatError(f"{file} is not a text file") from None
+    lines = read_text(file).splitlines()
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     if not numbered:
         raise LogFormatError(f"{file} is empty")

@@ -15,11 +15,13 @@ TF1) and TF2 tensor summaries of the ``scalars`` plugin (Keras' callback, ``tf.s
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from unstuck.analyze._common import LogFormatError, build_run, require
+from unstuck.analyze import _limits
+from unstuck.analyze._common import LogFormatError, build_run, check_regular, require
 from unstuck.record.rundata import RunData
 
 __all__ = ["EVENT_PREFIX", "SPLIT_DIRS", "event_dirs", "read_tensorboard"]
@@ -28,6 +30,7 @@ EVENT_PREFIX = "events.out.tfevents"
 SPLIT_DIRS = frozenset(
     {"train", "training", "validation", "val", "valid", "eval", "evaluation", "test"}
 )
+RECORD_HEADER = 12  # a TFRecord: u64 length, u32 CRC of it, the data, u32 CRC of the data
 _KEEP_ALL = {"scalars": 0, "tensors": 0, "histograms": 1, "images": 1, "audio": 1}
 
 
@@ -39,8 +42,27 @@ def event_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _check_records(file: Path) -> None:
+    """Refuse an event file with a record claiming more than ``_limits.MAX_TB_RECORD_BYTES``
+    before TensorBoard's reader allocates that much (a corrupt header claiming 2**40 bytes is a
+    MemoryError there). Only the 12-byte headers are read; the data is skipped."""
+    check_regular(file, folder_ok=False)
+    with file.open("rb") as fh:
+        while len(header := fh.read(RECORD_HEADER)) == RECORD_HEADER:
+            (length,) = struct.unpack("<Q", header[:8])
+            if length > _limits.MAX_TB_RECORD_BYTES:
+                raise LogFormatError(
+                    f"{file} has a record claiming {length} bytes, over the "
+                    f"{_limits.MAX_TB_RECORD_BYTES} an event record may be (a corrupt file?)"
+                )
+            fh.seek(length + 4, os.SEEK_CUR)
+
+
 def _load(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Scalars of one event folder (or one event file) as ``{tag: (steps, values)}``."""
+    files = [path] if path.is_file() else sorted(path.glob(EVENT_PREFIX + "*"))
+    for file in files:
+        _check_records(file)
     accumulator = require("tensorboard.backend.event_processing.event_accumulator", "tensorboard")
     tensor_util = require("tensorboard.util.tensor_util", "tensorboard")
     acc: Any = accumulator.EventAccumulator(str(path), size_guidance=_KEEP_ALL)

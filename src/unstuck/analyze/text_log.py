@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from unstuck.analyze._common import LogFormatError, build_run, to_float
+from unstuck.analyze._common import LogFormatError, build_run, read_text, to_float
 from unstuck.analyze._records import series_from_records
 from unstuck.analyze.names import ALIASES, EPOCH_KEYS, STEP_KEYS
 from unstuck.record.rundata import RunData
@@ -136,10 +136,7 @@ def _has_loss(record: dict[str, float]) -> bool:
 
 def _records_of(file: Path) -> tuple[list[dict[str, float]], int]:
     """The file's records and how many of them carry a loss."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LogFormatError(f"{file} is not a text file") from None
+    text = read_text(file)
     records = parse_text(text)
     return records, sum(_has_loss(r) for r in records)
 

@@ -93,7 +93,14 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         run = load_run(source, args.run_id)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"unstuck report: {exc}", file=sys.stderr)
+        print(f"unstuck report: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError, OverflowError) as exc:  # a hostile store's payloads
+        print(
+            f"unstuck report: cannot read {store}: {type(exc).__name__} "
+            "(not a run store unstuck wrote?)",
+            file=sys.stderr,
+        )
         return 2
     output = Path(args.output) if args.output else store.parent / REPORT_FILENAME
     try:

@@ -461,23 +461,85 @@ def _store_file(path: str | os.PathLike[str]) -> pathlib.Path:
     return p / STORE_FILENAME if p.is_dir() else p
 
 
+# The tables a run store is made of; each must be a plain table (a view, even a recursive one,
+# is a hostile or foreign file, and querying it could run for ever and fill the temp disk).
+_STORE_TABLES = ("schema_info", "runs", "metrics", "events")
+PROGRESS_OPS = 10_000  # SQLite VM steps between two checks of the query deadline
+
+
+def _query_seconds() -> float:
+    """The query deadline, from ``unstuck.analyze._limits`` (one place for every reader's
+    limits; imported here, not at the top, so the writer never loads the analysis)."""
+    from unstuck.analyze import _limits
+
+    return _limits.QUERY_SECONDS
+
+
+def _open_read_only(file: pathlib.Path) -> sqlite3.Connection:
+    """A connection that cannot change the file or the files beside it.
+
+    With no ``-wal`` beside the file there is nothing to recover and ``immutable=1`` reads it
+    without creating ``-wal``/``-shm`` (``mode=ro`` alone would create both, and a read-write
+    connection checkpoints and deletes a killed run's WAL on close). With a ``-wal`` (a live or
+    killed writer), ``mode=ro`` reads the committed rows in it; where even that cannot open (a
+    read-only mount with no ``-shm``), ``immutable=1`` reads the main file as it is.
+    """
+    uri = file.resolve().as_uri()
+    wal = file.with_name(file.name + "-wal")
+    if wal.exists():
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            pass  # the WAL index cannot be opened or created here: read the main file alone
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def _check_schema(conn: sqlite3.Connection, file: pathlib.Path) -> None:
+    """Refuse a file whose store tables are missing or are not plain tables, before any query
+    touches them (reading ``sqlite_master`` runs no user SQL)."""
+    rows = conn.execute(
+        "SELECT name, type, sql FROM sqlite_master WHERE name IN (?, ?, ?, ?)", _STORE_TABLES
+    ).fetchall()
+    kinds = {str(name): (str(kind), str(sql or "")) for name, kind, sql in rows}
+    for table in _STORE_TABLES:
+        kind, sql = kinds.get(table, ("missing", ""))
+        if kind != "table" or sql.upper().startswith("CREATE VIRTUAL"):
+            what = "missing" if kind == "missing" else f"a {kind}, not a table"
+            raise ValueError(
+                f"{file} is not an unstuck run store (its {table!r} is {what}); pass the "
+                f"run_dir a Guard wrote or its {STORE_FILENAME}"
+            )
+
+
 def _connect_read(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open without creating; works while a writer is live and after one was killed."""
+    """Open for reading without creating or changing anything; works while a writer is live
+    and after one was killed. Every query on it stops after ``QUERY_SECONDS``."""
     file = _store_file(path)
     if not file.is_file():
         raise FileNotFoundError(f"no run store at {file}; pass a run_dir or its {STORE_FILENAME}")
-    uri = file.resolve().as_uri()
+    seconds = _query_seconds()
     try:
-        # read-write so a killed writer's WAL can be recovered; we never write ourselves
-        conn = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.OperationalError:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = _open_read_only(file)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{file} cannot be opened as a run store ({exc})") from None
+    deadline = time.monotonic() + seconds
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_OPS)
     try:
+        _check_schema(conn, file)
         row = conn.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise ValueError(f"{file} is not an unstuck run store ({exc})") from None
-    if row is None or int(row[0]) > SCHEMA_VERSION:
+    except ValueError:
+        conn.close()
+        raise
+    try:
+        version = None if row is None else int(row[0])
+    except (TypeError, ValueError):
+        version = None
+    if version is None or version > SCHEMA_VERSION:
         conn.close()
         raise ValueError(
             f"{file} has schema version {None if row is None else row[0]}; this unstuck reads "
@@ -486,17 +548,42 @@ def _connect_read(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
+def _query(conn: sqlite3.Connection, file: object, sql: str, params: Any = ()) -> list[Any]:
+    """All rows of one query, or a one-line ValueError (a corrupt file, or the deadline)."""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.Error as exc:
+        seconds = _query_seconds()
+        why = f"reading it took over {seconds:g} s" if "interrupt" in str(exc) else str(exc)
+        raise ValueError(f"{file} cannot be read as a run store ({why})") from None
+
+
+def _decode_payload(text: Any, file: object) -> Any:
+    """A stored JSON text, or a one-line ValueError for one nested too deeply or not JSON."""
+    if not isinstance(text, str):
+        raise ValueError(f"{file} holds a JSON column that is not text; not a store unstuck wrote")
+    try:
+        return _decode_json(text)
+    except RecursionError:
+        raise ValueError(
+            f"{file} holds JSON nested deeper than Python parses (~1000 levels); "
+            "it is not a run store unstuck wrote"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{file} holds a payload that is not JSON ({exc})") from None
+
+
 def _run_pk(conn: sqlite3.Connection, file: str | os.PathLike[str], run_id: str | None) -> int:
     if run_id is None:
-        row = conn.execute("SELECT id FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
+        rows = _query(conn, file, "SELECT id FROM runs ORDER BY id DESC LIMIT 1")
+        if not rows:
             raise ValueError(f"run store {file} holds no runs yet")
     else:
-        row = conn.execute("SELECT id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            known = [r[0] for r in conn.execute("SELECT run_id FROM runs ORDER BY id")]
+        rows = _query(conn, file, "SELECT id FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            known = [r[0] for r in _query(conn, file, "SELECT run_id FROM runs ORDER BY id")]
             raise ValueError(f"no run {run_id!r} in {file}; known runs: {known}")
-    return int(row[0])
+    return int(rows[0][0])
 
 
 def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -506,13 +593,19 @@ def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     conn = _connect_read(path)
     try:
-        rows = conn.execute(
-            "SELECT run_id, started_at, ended_at, status, meta FROM runs ORDER BY id"
-        ).fetchall()
+        rows = _query(
+            conn, path, "SELECT run_id, started_at, ended_at, status, meta FROM runs ORDER BY id"
+        )
     finally:
         conn.close()
     return [
-        {"run_id": r, "started_at": s, "ended_at": e, "status": st, "meta": _decode_json(m)}
+        {
+            "run_id": r,
+            "started_at": s,
+            "ended_at": e,
+            "status": st,
+            "meta": _decode_payload(m, path),
+        }
         for r, s, e, st, m in rows
     ]
 
@@ -522,10 +615,10 @@ def read_meta(path: str | os.PathLike[str], run_id: str | None = None) -> dict[s
     conn = _connect_read(path)
     try:
         pk = _run_pk(conn, path, run_id)
-        (meta,) = conn.execute("SELECT meta FROM runs WHERE id = ?", (pk,)).fetchone()
+        ((meta,),) = _query(conn, path, "SELECT meta FROM runs WHERE id = ?", (pk,))
     finally:
         conn.close()
-    decoded: dict[str, Any] = _decode_json(meta)
+    decoded: dict[str, Any] = _decode_payload(meta, path)
     return decoded
 
 
@@ -544,7 +637,7 @@ def read_metrics(
             wanted = list(names)
             sql += f" AND name IN ({','.join('?' * len(wanted))})"
             params.extend(wanted)
-        rows = conn.execute(sql + " ORDER BY name, step, rowid", params).fetchall()
+        rows = _query(conn, path, sql + " ORDER BY name, step, rowid", params)
     finally:
         conn.close()
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -569,10 +662,10 @@ def read_events(
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
-        rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+        rows = _query(conn, path, sql + " ORDER BY seq", params)
     finally:
         conn.close()
     return [
-        {"kind": k, "step": int(s), "payload": _decode_json(p), "seq": int(q), "time": t}
+        {"kind": k, "step": int(s), "payload": _decode_payload(p, path), "seq": int(q), "time": t}
         for q, k, s, t, p in rows
     ]
