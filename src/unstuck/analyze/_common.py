@@ -24,6 +24,7 @@ __all__ = [
     "LogFormatError",
     "build_run",
     "check_regular",
+    "check_text",
     "read_text",
     "require",
     "run_number",
@@ -90,9 +91,9 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:g} MiB"
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A text log whole, after the size and line-length limits of ``_limits`` (a file past
-    them is a one-line error before it fills memory)."""
+def check_text(path: str | os.PathLike[str]) -> Path:
+    """Refuse a text log past the size and line-length limits of ``_limits`` before it is read
+    (one pass over the bytes, keeping none of them)."""
     file = Path(path)
     st = check_regular(file, folder_ok=False)
     if st.st_size > _limits.MAX_FILE_BYTES:
@@ -101,7 +102,6 @@ def read_text(path: str | os.PathLike[str]) -> str:
             "may be; pass a shorter log (e.g. its last lines: tail -n 1000000)"
         )
     cap = max(1, _limits.MAX_LINE_BYTES)
-    chunks: list[bytes] = []
     run = 0  # bytes since the last newline
     total = 0
     with file.open("rb") as fh:
@@ -110,10 +110,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
             if total > _limits.MAX_FILE_BYTES:  # grew while being read
                 raise LogFormatError(f"{file} grew past {_mib(_limits.MAX_FILE_BYTES)}")
             first = chunk.find(b"\n")
-            if first < 0:
-                run += len(chunk)
-            else:
-                run += first
+            run += len(chunk) if first < 0 else first
             if run > cap:
                 raise LogFormatError(
                     f"{file} has a line over {_mib(cap)}: no metric log has one; "
@@ -121,9 +118,15 @@ def read_text(path: str | os.PathLike[str]) -> str:
                 )
             if first >= 0:
                 run = len(chunk) - chunk.rfind(b"\n") - 1
-            chunks.append(chunk)
+    return file
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A text log whole, after :func:`check_text` (a file past the limits is a one-line error
+    before it fills memory)."""
+    file = check_text(path)
     try:
-        return b"".join(chunks).decode("utf-8")
+        return file.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise LogFormatError(f"{file} is not a text file") from None
 

@@ -6,11 +6,11 @@ A last line cut off by a killed run is skipped and noted; any other ragged line 
 from __future__ import annotations
 
 import csv
-import io
+from collections.abc import Iterator
 from pathlib import Path
 
 from unstuck.analyze import _limits
-from unstuck.analyze._common import LogFormatError, read_text
+from unstuck.analyze._common import LogFormatError, check_text
 
 __all__ = ["csv_header", "csv_rows"]
 
@@ -31,33 +31,46 @@ def csv_header(path: Path) -> list[str]:
     return next(csv.reader([first], delimiter=_dialect(first)))
 
 
-def csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]], list[str]]:
-    text = read_text(path)
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
+def csv_rows(path: Path) -> tuple[list[str], Iterator[dict[str, str]], list[str]]:
+    """The header, the rows (streamed from the file: a log near the size limit is never held
+    as text and rows at once) and the notes list, which the rows fill as they are read."""
+    check_text(path)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        first = fh.readline(_limits.MAX_LINE_BYTES)
+    if not first.strip():
         raise LogFormatError(f"{path} is empty")
-    sep = _dialect(lines[0])
+    sep = _dialect(first.rstrip("\r\n"))
     csv.field_size_limit(max(1, _limits.MAX_LINE_BYTES))  # a field is within one line
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
-    header = next(reader)
-    rows: list[dict[str, str]] = []
     notes: list[str] = []
-    try:
-        body = list(reader)
-    except csv.Error as exc:
-        raise LogFormatError(f"{path} is not a CSV file ({exc})") from None
-    for i, fields in enumerate(body):
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            if i == len(body) - 1:
+    header = next(csv.reader([first], delimiter=sep))
+    return header, _rows(path, sep, header, notes), notes
+
+
+def _rows(path: Path, sep: str, header: list[str], notes: list[str]) -> Iterator[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter=sep)
+        try:
+            next(reader)
+            held: list[str] | None = None  # one row behind: the last one may be cut off
+            held_line = 0
+            for fields in reader:
+                if held is not None:
+                    if len(held) != len(header):
+                        raise LogFormatError(
+                            f"{path}: line {held_line} has {len(held)} fields, "
+                            f"the header {len(header)}"
+                        )
+                    yield dict(zip(header, held))
+                held, held_line = (fields, reader.line_num) if fields else (None, 0)
+        except csv.Error as exc:
+            raise LogFormatError(f"{path} is not a CSV file ({exc})") from None
+        except UnicodeDecodeError:
+            raise LogFormatError(f"{path} is not a text file") from None
+        if held is not None:
+            if len(held) != len(header):
                 notes.append(
-                    f"the last line has {len(fields)} of {len(header)} fields "
+                    f"the last line has {len(held)} of {len(header)} fields "
                     "(cut off?) and was skipped"
                 )
-                continue
-            raise LogFormatError(
-                f"{path}: line {i + 2} has {len(fields)} fields, the header {len(header)}"
-            )
-        rows.append(dict(zip(header, fields)))
-    return header, rows, notes
+            else:
+                yield dict(zip(header, held))
