@@ -417,16 +417,18 @@ def test_resuming_mid_probe_restores_the_state_before_it():
 
 
 def test_keep_best_and_stop_restores_the_best_validation_weights():
+    """The loss at lr=1e-6 never moves; the first decision (flush_every=200, at step 199) sees a
+    plateau and three validation losses, the best at step 99, whose weights come back."""
     torch.manual_seed(0)
     model = tiny_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-    guard = unstuck.Guard(model, opt, policy=["keep_best_and_stop"], flush_every=25, console=False)
+    guard = unstuck.Guard(model, opt, policy=["keep_best_and_stop"], flush_every=200, console=False)
     best = {}
 
     def val(i):
-        value = 1.0 if i != 199 else 0.5  # the best validation loss is at step 199
-        if i == 199:
-            best["params"] = _params(model)
+        value = 1.0 if i != 99 else 0.5  # the best validation loss is at step 99
+        if i in (99, 149):
+            best["params" if i == 99 else "later"] = _params(model)
         return value
 
     for i in range(3000):
@@ -434,7 +436,9 @@ def test_keep_best_and_stop_restores_the_best_validation_weights():
         if guard.should_stop:
             break
     assert guard.should_stop, f"never stopped: {guard!r}"
-    assert "keep_best_and_stop" in [a.name for a in guard.actions]
+    stop = next(a for a in guard.actions if a.name == "keep_best_and_stop")
+    assert stop.step > 99
+    assert not _same(best["later"], best["params"])  # the weights did move after the best
     assert _same(_params(model), best["params"])
     guard.close()
 

@@ -196,7 +196,8 @@ def test_a_harmful_action_is_rolled_back() -> None:
         [("lr_scale", {"factor": 1e4})],
         horizon=100,
         console=False,
-        detector_options={"epsilon": 0.5},  # call the slow descent a plateau, to act at once
+        # call the slow descent a plateau, to act at once
+        detector_options={"flat_margin": 1.0, "max_flat_drop": 1.0},
     )
     model.fit(x, y, batch_size=32, epochs=12, verbose=0, callbacks=[callback])
     raised = [a for a in callback.actions if a.name == "lr_scale"]
