@@ -844,6 +844,18 @@ def test_points_past_the_limit_are_thinned_with_a_note(
     assert any("every 10th is kept" in note for note in data.meta["notes"])
 
 
+def test_a_store_series_past_the_point_limit_is_thinned_with_a_note(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_limits, "MAX_POINTS", 100)
+    run_dir = tmp_path / "run"
+    _store(run_dir, points=1000)
+    data = load(run_dir)
+    steps, _ = data.series["loss"]
+    assert len(steps) == 100 and list(steps[:3]) == [0, 10, 20]
+    assert any("every 10th is kept" in note for note in data.meta["notes"])
+
+
 # --------------------------------------------------------------------------- 8: JSON and numbers
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "read_text",
     "require",
     "run_number",
+    "thin",
     "to_float",
     "to_step",
 ]
@@ -177,7 +178,7 @@ def build_run(
         raw, notes = clean_series(raw, str(run_data.meta.get("step_unit", "step")), number)
     except ValueError as exc:  # a --run the file does not hold
         raise LogFormatError(str(exc)) from None
-    raw, thinned = _thin(raw)
+    raw, thinned = thin(raw)
     notes = [*notes, *thinned]
     if notes:
         run_data.meta["notes"] = [*run_data.meta.get("notes", []), *notes]
@@ -191,13 +192,11 @@ def build_run(
     return run_data
 
 
-def _thin(
-    raw: Mapping[str, tuple[Sequence[int], Sequence[float]]],
-) -> tuple[dict[str, tuple[Sequence[int], Sequence[float]]], list[str]]:
+def thin(raw: Mapping[str, tuple[Any, Any]]) -> tuple[dict[str, tuple[Any, Any]], list[str]]:
     """Every series within ``_limits.MAX_POINTS``: a longer one keeps every k-th point (a
     plateau spans many points, so the analysis sees the same shape; memory stays bounded)."""
     cap = max(1, _limits.MAX_POINTS)
-    out: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
+    out: dict[str, tuple[Any, Any]] = {}  # lists or arrays: both slice
     notes: list[str] = []
     for name, (steps, values) in raw.items():
         n = len(steps)
@@ -205,7 +204,7 @@ def _thin(
             out[name] = (steps, values)
             continue
         k = -(-n // cap)  # ceil: the stride that brings n points within the cap
-        out[name] = (list(steps)[::k], list(values)[::k])
+        out[name] = (steps[::k], values[::k])
         notes.append(f"{name!r} has {n} points, over {cap}: every {k}th is kept")
     return out, notes
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from unstuck.analyze._common import LogFormatError
+from unstuck.analyze._common import LogFormatError, thin
 from unstuck.record.rundata import RunData, load_run
 
 __all__ = ["read_store"]
@@ -23,6 +23,11 @@ def read_store(path: str | os.PathLike[str], run: str | None = None) -> RunData:
     except FileNotFoundError as exc:
         raise LogFormatError(str(exc)) from None
     data.meta.setdefault("step_unit", "step")
+    kept, notes = thin(data.series)  # a 10M-step run is analysed on MAX_POINTS per series
+    for name, (steps, values) in kept.items():
+        data.series[name] = (steps, values)
+    if notes:
+        data.meta["notes"] = [*data.meta.get("notes", []), *notes]
     data.meta["recorded"] = {
         "plateaus": [p.to_dict() for p in data.plateaus],
         "findings": [f.to_dict() for f in data.findings],

@@ -487,12 +487,15 @@ def _open_read_only(file: pathlib.Path) -> sqlite3.Connection:
     uri = file.resolve().as_uri()
     wal = file.with_name(file.name + "-wal")
     if wal.exists():
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL
             return conn
         except sqlite3.OperationalError:
-            pass  # the WAL index cannot be opened or created here: read the main file alone
+            if conn is not None:  # the WAL index cannot be opened or created here
+                conn.close()
+            # read the main file alone
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S)
 
 
