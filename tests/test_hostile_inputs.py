@@ -658,11 +658,23 @@ def _bounded(seconds: int = READ_SECONDS) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run the CLI on a hostile input: exit 2 with exactly one line on stderr, in bounded time."""
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str, peak_bytes: int | None = None) -> str:
+    """Run the CLI on a hostile input: exit 2 with exactly one line on stderr, in bounded time
+    (and, given ``peak_bytes``, with Python allocating at most that much while it runs)."""
+    import tracemalloc
+
     capsys.readouterr()
-    with _bounded():
-        code = main(list(argv))
+    if peak_bytes is not None:
+        tracemalloc.start()
+    try:
+        with _bounded():
+            code = main(list(argv))
+        peak = tracemalloc.get_traced_memory()[1] if peak_bytes is not None else 0
+    finally:
+        if peak_bytes is not None:
+            tracemalloc.stop()
+    if peak_bytes is not None:
+        assert peak <= peak_bytes, f"{peak} bytes allocated"
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -789,9 +801,10 @@ def test_a_sparse_file_past_the_size_limit_is_refused_before_reading(
     log = tmp_path / "train.csv"
     log.write_text("step,epoch,loss\n0,0,2.0\n")
     with log.open("r+b") as fh:
-        fh.truncate(2 << 20)  # sparse: the rest reads as NUL bytes
+        fh.truncate(64 << 20)  # sparse: the rest reads as NUL bytes (no disk used)
     forced = ["--format", fmt] if fmt else []
-    line = _refused(capsys, "analyze", str(log), *forced, "--no-report")
+    # far less than the file: it is refused, not read (imports on first use take a few MiB)
+    line = _refused(capsys, "analyze", str(log), *forced, "--no-report", peak_bytes=8 << 20)
     assert "over the 1 MiB" in line
 
 
@@ -817,7 +830,7 @@ def test_a_line_past_the_line_limit_is_refused(
     log = tmp_path / name
     log.write_text(head + "1," + "9" * 200_000 + "\n" + "2,0.5\n" * 10)
     forced = ["--format", fmt] if fmt else []
-    line = _refused(capsys, "analyze", str(log), *forced, "--no-report")
+    line = _refused(capsys, "analyze", str(log), *forced, "--no-report", peak_bytes=8 << 20)
     assert "over 0.0625 MiB" in line or "no known log" in line
 
 
