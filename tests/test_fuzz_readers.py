@@ -7,6 +7,7 @@ runs the same generators over 10,000+ inputs and prints the counts.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pathlib
@@ -82,15 +83,17 @@ def write_rows(folder: pathlib.Path, fmt: str | None, rows: list[dict[str, Any]]
             "".join(" ".join(f"{k} {_cell(v)}:" for k, v in r.items()) + "\n" for r in rows)
         )
     elif fmt == "tensorboard":
-        payload = json.dumps(rows, default=str).encode()
-        path.write_bytes(len(payload).to_bytes(8, "little") + b"\0" * 4 + payload + b"\0" * 4)
+        path.write_bytes(_tensorboard_events(rows))
     elif fmt == "unstuck":
         conn = sqlite3.connect(path)
         conn.executescript(_SCHEMA)
         conn.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         conn.execute("INSERT INTO runs (run_id, started_at, meta) VALUES ('r', 0, '{}')")
         for i, r in enumerate(rows):
-            step = _sql(i if r.get("step") is None else r["step"])  # NOT NULL in the schema
+            step = r.get("step")
+            if step is None or (isinstance(step, float) and math.isnan(step)):
+                step = i  # NOT NULL in the schema, and SQLite stores NaN as NULL
+            step = _sql(step)
             for name_, value in r.items():
                 conn.execute("INSERT INTO metrics VALUES (1, ?, ?, ?)", (name_, step, _sql(value)))
             conn.execute(
@@ -109,6 +112,30 @@ def write_rows(folder: pathlib.Path, fmt: str | None, rows: list[dict[str, Any]]
         conn.commit()
         conn.close()
     return path
+
+
+def _tensorboard_events(rows: list[dict[str, Any]]) -> bytes:
+    """Real, CRC-framed TensorBoard scalar events (tag = column, step = the row's ``step``),
+    so the fuzz reaches the scalar parsing and not only the framing checks."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    buffer = io.BytesIO()
+    writer = RecordWriter(buffer)
+    writer.write(event_pb2.Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+    for i, row in enumerate(rows):
+        step = row.get("step")
+        step = step if isinstance(step, int) and -(2**63) <= step < 2**63 else i
+        values = [
+            summary_pb2.Summary.Value(tag=str(tag), simple_value=float(value))
+            for tag, value in row.items()
+            if tag != "step" and isinstance(value, float | int) and abs(value) < 1e300
+        ]
+        event = event_pb2.Event(
+            step=step, wall_time=float(i), summary=summary_pb2.Summary(value=values)
+        )
+        writer.write(event.SerializeToString())
+    return buffer.getvalue()
 
 
 def _sql(value: Any) -> Any:
