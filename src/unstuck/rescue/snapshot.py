@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unstuck.signals.base import local_shard
+
 __all__ = [
     "Snapshot",
     "SnapshotMismatchError",
@@ -95,13 +97,15 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def nbytes(self) -> int:
-        """Bytes held by the snapshot's tensors."""
+        """Bytes this rank holds for the snapshot's tensors (its own shards under FSDP2)."""
         total = 0
 
         def visit(obj: Any) -> None:
             nonlocal total
             if isinstance(obj, torch.Tensor):
-                total += obj.numel() * obj.element_size()
+                # A sharded tensor (FSDP2's DTensor) holds only this rank's shard: count that.
+                local = local_shard(obj)
+                total += local.numel() * local.element_size()
             elif isinstance(obj, dict):
                 for v in obj.values():
                     visit(v)

@@ -105,3 +105,18 @@ class Tap:
 def flat_float(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack 0-d tensors into one float32 vector on their device (no host sync)."""
     return torch.stack([t.detach().reshape(()).float() for t in tensors])
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's own part of a sharded tensor (an FSDP2 ``DTensor``), else the tensor itself.
+
+    Taps read what each rank holds and never gather a full tensor: under FSDP2 a rank's
+    statistics describe its own shards, a fixed share of every parameter (docs/distributed.md).
+    """
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def local_grads(params: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Each parameter's gradient as this rank holds it (None where there is none)."""
+    return [None if p.grad is None else local_shard(p.grad) for p in params]

@@ -32,7 +32,11 @@ class ClipTap(Tap):
 
     def record(self, step: int, total_norm: torch.Tensor, max_norm: float) -> None:
         """Keep the pre-clip norm on the device; no host sync."""
-        self._norms.append(total_norm.detach().reshape(()).float())
+        # Under FSDP2 torch returns the norm as a DTensor of partial sums: its full value is one
+        # all-reduce, made here on every rank (each clips at the same call), never a host sync.
+        full = getattr(total_norm, "full_tensor", None)
+        value = full() if callable(full) else total_norm
+        self._norms.append(value.detach().reshape(()).float())
         self._steps.append(int(step))
         self._max_norms.append(float(max_norm))
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from unstuck.signals.distributed import is_sharded
 from unstuck.signals.host import (
     DIRECTION_SNR,
     FLAT_FELT_CURVATURE,
@@ -118,6 +119,9 @@ class CurvatureProbe:
         self.probe_fn = probe_fn
         self.max_hvps = max_hvps
         self.lr = lr
+        # Under FSDP the probe's forward pass gathers parameters with every rank, but the probe
+        # runs where the rules run (rank 0 alone): it would wait for the other ranks forever.
+        self.sharded = is_sharded(model, params)
 
     # -- the loss -----------------------------------------------------------------------------
     @property
@@ -151,6 +155,11 @@ class CurvatureProbe:
         params = [p for p in self.params if p.requires_grad]
         if not params:
             return {"status": "skipped", "reason": "no trainable parameters"}
+        if self.sharded:
+            return {
+                "status": "skipped",
+                "reason": "sharded parameters (FSDP): the probe would need every rank's shards",
+            }
         buffers = [b.detach().clone() for b in self.model.buffers()]
         try:
             # The math kernel of scaled_dot_product_attention: the fused (flash, efficient)

@@ -25,7 +25,7 @@ import torch
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
 from unstuck.signals.host import CHECKSUM_FIELDS, checksum_spread
 
-__all__ = ["CHECKSUM_FIELDS", "RankChecksumTap", "distributed_world"]
+__all__ = ["CHECKSUM_FIELDS", "RankChecksumTap", "distributed_world", "is_sharded"]
 
 PROJECTION_SEED = 20_240_917  # any fixed value: every rank must draw the same projection
 
@@ -38,7 +38,7 @@ def distributed_world() -> int:
     return int(dist.get_world_size())
 
 
-def _is_sharded(model: torch.nn.Module | None, params: list[torch.Tensor]) -> bool:
+def is_sharded(model: torch.nn.Module | None, params: list[torch.Tensor]) -> bool:
     """True for FSDP / DTensor parameters: each rank then holds a different shard."""
     try:
         from torch.distributed.tensor import DTensor
@@ -73,7 +73,7 @@ class RankChecksumTap(Tap):
 
     def bind(self, ctx: StepContext) -> None:
         self._params = list(ctx.params)
-        self._sharded = _is_sharded(ctx.model, self._params)
+        self._sharded = is_sharded(ctx.model, self._params)
 
     def _local_checksum(self) -> torch.Tensor:
         home = self._params[0].device if self._params else torch.device("cpu")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_grads
 from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS, CoordinateSample
 
 __all__ = ["GradNoiseTap"]
@@ -56,7 +56,7 @@ class GradNoiseTap(Tap):
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
         if opt_step % self.every or self._sample is None:
             return
-        grads = [p.grad for p in self._params]
+        grads = local_grads(self._params)
         if any(g is None for g in grads):
             return  # a step where some tensor got no gradient: skip rather than mix supports
         view = [v.float() for v in self._sample.view(grads)]  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_grads, local_shard
 
 __all__ = ["GradNormTap", "NormPlan"]
 
@@ -78,12 +78,12 @@ class GradNormTap(Tap):
 
     def bind(self, ctx: StepContext) -> None:
         home = ctx.params[0].device if ctx.params else torch.device("cpu")
-        self._plan = NormPlan(ctx.params, home)
+        self._plan = NormPlan([local_shard(p) for p in ctx.params], home)
 
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
         if opt_step % self.every or self._plan is None:
             return
-        grads = [p.grad for p in ctx.params]
+        grads = local_grads(ctx.params)
         missing = sum(g is None for g in grads)
         self._missing += missing
         if self._plan.single and not missing:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 
 __all__ = ["OptimizerStateTap", "second_moment_key"]
 
@@ -83,7 +83,7 @@ class OptimizerStateTap(Tap):
         steps: list[torch.Tensor] = []
         empty = with_grad = 0
         for p, g in zip(ctx.params, ctx.group_index):
-            grad = p.grad
+            grad = None if p.grad is None else local_shard(p.grad)
             if grad is None:
                 continue
             with_grad += 1
@@ -94,12 +94,14 @@ class OptimizerStateTap(Tap):
                 continue
             step = state.get("step")
             if isinstance(step, torch.Tensor):
-                steps.append(step.detach().reshape(()).float())
+                steps.append(local_shard(step.detach()).reshape(()).float())
             elif isinstance(step, (int, float)):
                 steps.append(torch.tensor(float(step)))
             if key is None or grad.is_sparse:
                 continue
             moment = state.get(key[0])
+            if isinstance(moment, torch.Tensor):
+                moment = local_shard(moment)
             if not isinstance(moment, torch.Tensor) or moment.shape != grad.shape:
                 continue
             if key[0] == "exp_inf":

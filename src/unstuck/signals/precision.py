@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 
 __all__ = ["LOW_PRECISION", "PrecisionTap"]
 
@@ -119,7 +119,7 @@ class PrecisionTap(Tap):
         if before is None:
             return
         self._before = None
-        params = [ctx.params[i].detach() for i in self._low]
+        params = [local_shard(ctx.params[i].detach()) for i in self._low]
         same = torch.stack([(p == b).sum() for p, b in zip(params, before)]).sum().float()
         total = float(sum(p.numel() for p in params))
         self._unchanged.append(torch.stack([same, torch.tensor(total, device=same.device)]))
@@ -130,10 +130,10 @@ class PrecisionTap(Tap):
             return
         if self._low:
             # 16-bit weights: an update below half the weight's last bit rounds away entirely.
-            self._before = [ctx.params[i].detach().clone() for i in self._low]
+            self._before = [local_shard(ctx.params[i].detach()).clone() for i in self._low]
         counts = []
         for p in ctx.params:
-            g = p.grad
+            g = None if p.grad is None else local_shard(p.grad)
             if g is None or g.is_sparse:
                 continue
             zeros = (g == 0).sum()
@@ -147,7 +147,7 @@ class PrecisionTap(Tap):
             return
         home = counts[0].device
         row = torch.stack([c.to(home) for c in counts]).sum(0)
-        numel = sum(p.grad.numel() for p in ctx.params if p.grad is not None)
+        numel = sum(local_shard(p.grad).numel() for p in ctx.params if p.grad is not None)
         self._zero_rows.append(torch.cat([row, torch.tensor([float(numel)], device=home)]))
         self._zero_steps.append(self.current_step)
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from unstuck.signals.base import local_shard
+
 __all__ = ["DEFAULT_MAX_ELEMENTS", "CoordinateSample"]
 
 DEFAULT_MAX_ELEMENTS = 1 << 20  # 4 MiB of float32 at most; exact below that size
@@ -25,6 +27,7 @@ class CoordinateSample:
     ) -> None:
         if max_elements < 1:
             raise ValueError(f"max_elements must be >= 1, got {max_elements!r}")
+        params = [local_shard(p) for p in params]  # a rank samples its own shards (FSDP2)
         total = sum(p.numel() for p in params)
         generator = torch.Generator().manual_seed(seed)
         self.index: list[torch.Tensor | None] = []
@@ -41,7 +44,8 @@ class CoordinateSample:
 
     def view(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The sampled coordinates of each tensor, flattened (views when exact)."""
+        local = [local_shard(t.detach()) for t in tensors]
         return [
-            t.detach().reshape(-1) if i is None else t.detach().reshape(-1).index_select(0, i)
-            for t, i in zip(tensors, self.index)
+            t.reshape(-1) if i is None else t.reshape(-1).index_select(0, i)
+            for t, i in zip(local, self.index)
         ]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 from unstuck.signals.grad_norm import NormPlan
 
 __all__ = ["UpdateRatioTap"]
@@ -38,16 +38,16 @@ class UpdateRatioTap(Tap):
 
     def bind(self, ctx: StepContext) -> None:
         home = ctx.params[0].device if ctx.params else torch.device("cpu")
-        self._plan = NormPlan(ctx.params, home)
+        self._plan = NormPlan([local_shard(p) for p in ctx.params], home)
 
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
         if opt_step % self.every == 0:
-            self._before = [p.detach().clone() for p in ctx.params]
+            self._before = [local_shard(p.detach()).clone() for p in ctx.params]
 
     def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
         if self._before is None or self._plan is None:
             return
-        now = [p.detach() for p in ctx.params]
+        now = [local_shard(p.detach()) for p in ctx.params]
         deltas = torch._foreach_sub(now, self._before)
         row = torch.cat([self._plan.norms(list(deltas)), self._plan.norms(list(self._before))])
         self._rows.append(row)

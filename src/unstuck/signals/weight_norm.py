@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 from unstuck.signals.grad_norm import NormPlan
 
 __all__ = ["WeightNormTap", "decoupled_decay"]
@@ -42,16 +42,18 @@ class WeightNormTap(Tap):
     def bind(self, ctx: StepContext) -> None:
         self._ctx = ctx
         home = ctx.params[0].device if ctx.params else torch.device("cpu")
-        self._plan = NormPlan(ctx.params, home)
+        self._plan = NormPlan([local_shard(p) for p in ctx.params], home)
         # ‖θ‖ as the Guard starts (initialisation or the loaded checkpoint), sent at the first
         # flush: the reference "shrinking weights" is measured against.
-        self._initial = self._plan.norms([p.detach() for p in ctx.params]) if ctx.params else None
+        self._initial = (
+            self._plan.norms([local_shard(p.detach()) for p in ctx.params]) if ctx.params else None
+        )
 
     def collect(self) -> Packet:
         ctx, plan = self._ctx, self._plan
         if ctx is None or plan is None or not ctx.params:
             return Packet()
-        norms = plan.norms([p.detach() for p in ctx.params])
+        norms = plan.norms([local_shard(p.detach()) for p in ctx.params])
         groups = ctx.optimizer.param_groups
         tensors = {"param_norms": norms}
         if self._initial is not None:
