@@ -212,16 +212,81 @@ def restore_snapshot(
     """
     if model is not None:
         _check_model(snap, model)
-    optimizer_state = _fitted_optimizer_state(snap, optimizer)
+    in_place = _fits_in_place(snap.optimizer, optimizer)
+    optimizer_state = None if in_place else _fitted_optimizer_state(snap, optimizer)
     if model is not None:
-        model.load_state_dict(_clone(snap.model))
-    optimizer.load_state_dict(optimizer_state)
+        # load_state_dict copies into the live tensors, so the snapshot needs no copy of its own
+        # (a restore then holds the state once, not twice) and stays intact for the next one.
+        model.load_state_dict(snap.model)
+    if optimizer_state is None:
+        _load_optimizer_in_place(snap.optimizer, optimizer)
+    else:
+        optimizer.load_state_dict(optimizer_state)
     if scheduler is not None and snap.scheduler is not None:
         scheduler.load_state_dict(_clone(snap.scheduler))
     if scaler is not None and snap.scaler is not None:
         scaler.load_state_dict(_clone(snap.scaler))
     if snap.rng:
         restore_rng(snap.rng)
+
+
+def _fits_in_place(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every saved state tensor has a live twin of the same kind, shape, dtype and
+    device, and the same parameters hold state now as then (the common case: a rollback a few
+    hundred steps later). Then the state is copied into the live tensors instead of loaded as
+    a fresh copy (``Optimizer.load_state_dict`` keeps what it is given, so it needs one)."""
+    groups = saved.get("param_groups", [])
+    if _group_sizes(groups) != [len(g["params"]) for g in optimizer.param_groups]:
+        return False
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    old_state = saved.get("state", {})
+    ids = [i for g in groups for i in g["params"]]
+    for index, p in zip(ids, params):
+        live, old = optimizer.state.get(p), old_state.get(index)
+        if not live and not old:
+            continue
+        if not live or not old or set(live) != set(old):
+            return False
+        for key, value in old.items():
+            now = live[key]
+            if torch.is_tensor(value) != torch.is_tensor(now):
+                return False
+            if torch.is_tensor(value) and (
+                type(value) is not type(now)
+                or value.shape != now.shape
+                or value.dtype != now.dtype
+                or value.device != now.device
+            ):
+                return False
+    return True
+
+
+def _load_optimizer_in_place(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Copy a fitting saved state (:func:`_fits_in_place`) into the live optimizer, bit for bit."""
+    groups = saved["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with torch.no_grad():
+        for index, p in zip(ids, params):
+            old = saved["state"].get(index)
+            if not old:
+                continue
+            live = optimizer.state[p]
+            for key, value in old.items():
+                if torch.is_tensor(value):
+                    live[key].copy_(value)
+                else:
+                    live[key] = copy.deepcopy(value)
+        for group, old_group in zip(optimizer.param_groups, groups):
+            for key in [k for k in group if k not in old_group and k != "params"]:
+                del group[key]  # as load_state_dict, which keeps the saved group's keys only
+            for key, value in old_group.items():
+                if key == "params":
+                    continue
+                if torch.is_tensor(value) and torch.is_tensor(group.get(key)):
+                    group[key].copy_(value)  # a tensor LR stays the tensor the user holds
+                else:
+                    group[key] = copy.deepcopy(value)
 
 
 class SnapshotStore:
