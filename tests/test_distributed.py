@@ -19,20 +19,18 @@ import os
 import re
 import subprocess
 import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import unstuck
+from _gloo import HarmfulOnce, run_on_ranks
 from unstuck.diagnose import Evidence, get_rule, run_rules
 from unstuck.diagnose.causes.rank_desync import DESYNC_TOLERANCE
-from unstuck.rescue import Policy, Proposal
+from unstuck.rescue import Policy
 from unstuck.signals import RankChecksumTap, SignalHub
 from unstuck.signals.distributed import PROJECTION_SEED, checksum_spread
 
@@ -90,16 +88,6 @@ def _train(rank: int, mode: str) -> dict:
     }
 
 
-class _HarmfulOnce(Policy):
-    """Raises the LR ×1000 once, at the first decision after step 100: the loss blows up."""
-
-    name = "harmful"
-
-    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
-        proposal = Proposal("lr_scale", {"factor": 1000.0}, reason="test: a harmful action")
-        return proposal if step >= 100 and proposal.key not in tried else None
-
-
 def _digest(model: torch.nn.Module) -> str:
     """A hash of every parameter's bytes: equal digests are bitwise equal weights."""
     h = hashlib.sha256()
@@ -118,7 +106,7 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
         policy: str | Policy = "rescue"
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        policy = _HarmfulOnce()
+        policy = HarmfulOnce()
     guard = unstuck.Guard(model, opt, policy=policy, run_dir=run_dir, **RESCUE_KW)
     w = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
     lr_history, local_loss, local_val = [], [], []
@@ -184,41 +172,17 @@ def _failures(rank: int) -> dict:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        results = {mode: _train(rank, mode) for mode in ("ddp", "seeds", "skip")}
-        results["failures"] = _failures(rank)
-        for mode in ("rescue", "rollback"):
-            results[mode] = _train_decisions(rank, mode, str(Path(out_dir, f"run-{mode}")))
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.barrier()  # both ranks done talking before either tears gloo down
-    finally:
-        dist.destroy_process_group()
-    # Leave without interpreter teardown: gloo's threads sometimes abort the process there
-    # ("terminate called without an active exception", ~1 run in 20) after all work is done
-    # and written, which made this fixture flaky. Reached only when the ranks succeeded.
-    os._exit(0)
+def _work(rank: int, out_dir: str) -> dict:
+    results = {mode: _train(rank, mode) for mode in ("ddp", "seeds", "skip")}
+    results["failures"] = _failures(rank)
+    for mode in ("rescue", "rollback"):
+        results[mode] = _train_decisions(rank, mode, str(Path(out_dir, f"run-{mode}")))
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("dist")
-    ctx = mp.spawn(_worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.terminate()
-            pytest.fail(f"gloo ranks did not finish within {SPAWN_TIMEOUT_S:.0f} s")
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return run_on_ranks(_work, tmp_path_factory.mktemp("dist"), WORLD, SPAWN_TIMEOUT_S)
 
 
 def test_ddp_ranks_in_sync_get_no_finding(ranks):

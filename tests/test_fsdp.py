@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import unstuck
+from _gloo import HarmfulOnce, run_on_ranks
 from unstuck.record.store import read_events
-from unstuck.rescue import Policy, Proposal
+from unstuck.rescue import Policy
 from unstuck.rescue.snapshot import SnapshotStore, restore_snapshot, take_snapshot
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
@@ -69,16 +65,6 @@ def _shard_digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> s
     return h.hexdigest()
 
 
-class _HarmfulOnce(Policy):
-    """Raises the LR x1000 once, at the first decision after step 100: the loss blows up."""
-
-    name = "harmful"
-
-    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
-        proposal = Proposal("lr_scale", {"factor": 1000.0}, reason="test: a harmful action")
-        return proposal if step >= 100 and proposal.key not in tried else None
-
-
 def _train(rank: int, mode: str, run_dir: str) -> dict[str, Any]:
     model = _sharded_model()
     if mode == "rescue":
@@ -86,7 +72,7 @@ def _train(rank: int, mode: str, run_dir: str) -> dict[str, Any]:
         policy: str | Policy = "rescue"
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
-        policy = _HarmfulOnce()
+        policy = HarmfulOnce()
     guard = unstuck.Guard(
         model,
         opt,
@@ -166,39 +152,19 @@ def _snapshot_round_trip(spill_dir: str) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=90),
-    )
-    try:
-        results: dict[str, Any] = {
-            mode: _train(rank, mode, str(Path(out_dir, f"run-{mode}")))
-            for mode in ("rescue", "rollback")
-        }
-        results["snapshot"] = _snapshot_round_trip(str(Path(out_dir, f"spill{rank}")))
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
-        dist.barrier()  # both ranks done talking before either tears gloo down
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # skip interpreter teardown (gloo's threads; see tests/test_distributed.py)
+def _work(rank: int, out_dir: str) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        mode: _train(rank, mode, str(Path(out_dir, f"run-{mode}")))
+        for mode in ("rescue", "rollback")
+    }
+    results["snapshot"] = _snapshot_round_trip(str(Path(out_dir, f"spill{rank}")))
+    return results
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("fsdp")
-    ctx = mp.spawn(_worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                proc.terminate()
-            pytest.fail(f"FSDP2 ranks did not finish within {SPAWN_TIMEOUT_S:.0f} s")
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    out = tmp_path_factory.mktemp("fsdp")
+    return run_on_ranks(_work, out, WORLD, SPAWN_TIMEOUT_S, group_timeout_s=90.0)
 
 
 def _same(a: Any, b: Any) -> bool:
