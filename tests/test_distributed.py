@@ -76,7 +76,7 @@ def _train(rank: int, mode: str) -> dict:
         opt.step()
         guard.step(loss)
     guard.close()
-    ev = guard._evidence.build(guard.steps)
+    ev = guard.evidence.build(guard.steps)
     spread = ev.values_of("rank_checksum_spread").tolist()
     return {
         "findings": [
@@ -139,7 +139,7 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
             local_val.append(float(val))
             guard.validate(val)
     guard.close()
-    loss_steps, loss_values = guard._evidence.series("loss")
+    loss_steps, loss_values = guard.evidence.series("loss")
     return {
         "actions": [[a.name, a.step, a.outcome, a.verified_step] for a in guard.actions],
         "findings": [[f.cause, f.step, f.confidence, f.series] for f in guard.findings],
@@ -150,7 +150,7 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
         "loss_steps": loss_steps.tolist(),
         "loss": loss_values.tolist(),
         "local_loss": local_loss,
-        "val": guard._evidence.series("val_loss")[1].tolist(),
+        "val": guard.evidence.series("val_loss")[1].tolist(),
         "local_val": local_val,
         "run_dir": None if guard.run_dir is None else str(guard.run_dir),
     }
@@ -275,7 +275,7 @@ def test_tap_is_a_noop_with_world_size_one(tmp_path):
             opt.step()
             guard.step(loss)
         guard.close()
-        ev = guard._evidence.build(guard.steps)
+        ev = guard.evidence.build(guard.steps)
         assert "rank_checksums" not in ev
         assert "loss" in ev
     finally:

@@ -13,7 +13,7 @@ import numpy as np
 
 from unstuck.signals.host import Frame
 
-__all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
+__all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder", "EvidenceView"]
 
 HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
 INITIAL_POINTS = 8  # finite points whose median is a run's starting level (``loss_initial``)
@@ -207,3 +207,24 @@ class EvidenceBuilder:
         self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}
         for name, total in self._totals.items():
             self._latest[name + "_total"] = total
+
+
+class EvidenceView:
+    """What a front-end may read of a run's evidence, and nothing it could change.
+
+    The Guard's ``evidence`` property hands this out: callers (tests, notebooks, front-ends)
+    read series and build snapshots, while adding a point stays the pipeline's job.
+    """
+
+    __slots__ = ("_builder",)
+
+    def __init__(self, builder: EvidenceBuilder) -> None:
+        self._builder = builder
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One recorded series as read-only ``(steps, values)`` arrays (empty if never seen)."""
+        return self._builder.series(name)
+
+    def build(self, step: int) -> Evidence:
+        """What the rules would read at ``step`` (without the decision's own extras)."""
+        return self._builder.build(step)

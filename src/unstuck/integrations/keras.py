@@ -46,6 +46,7 @@ import torch
 
 from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.diagnose.evidence import EvidenceView
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations.loop import (
     DEFAULT_DISTANCE_EVERY,
@@ -485,6 +486,11 @@ class UnstuckCallback(_Callback):
     def findings(self) -> list[Finding]:
         """Every finding recorded so far, oldest first (the live list)."""
         return self._finding_log.findings
+
+    @property
+    def evidence(self) -> EvidenceView:
+        """The history diagnosis reads (series and snapshots), read-only; as ``Guard.evidence``."""
+        return EvidenceView(self._evidence)
 
     @property
     def lr_multiplier(self) -> float:

@@ -33,13 +33,13 @@ import torch
 
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.diagnose.evidence import EvidenceView
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line, format_summary
 from unstuck.record.recorder import Recorder, state_payload
 from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
-from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -67,7 +67,7 @@ from unstuck.signals import (
     UpdateRatioTap,
     WeightNormTap,
 )
-from unstuck.signals.architecture import beta2_of, post_norm_layers
+from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, Finding, Plateau, primitive
 
@@ -765,15 +765,58 @@ class Guard:
         Call it where you would call torch's (after ``backward``, before ``optimizer.step``);
         the pre-clip norm stays on the device and feeds the over-clipping rule.
         """
-        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
-            raise ValueError(
-                f"clip_grad_norm_: max_norm must be a positive number, got {max_norm!r}"
-            )
-        self._clip.owned = True
-        threshold = float(max_norm) * self._clip.factor  # the rescue may have adjusted it
+        threshold = self.clip_threshold(max_norm, caller="clip_grad_norm_")
         total = torch.nn.utils.clip_grad_norm_(self._hub.ctx.params, threshold, norm_type)
-        self._clip_tap.record(self._hub.step, total, threshold)
+        self.record_clip(total, threshold)
         return total
+
+    # -- seams for front-ends that run the step themselves (Lightning) ------------------------
+    def clip_threshold(self, max_norm: float, *, caller: str = "clip_threshold") -> float:
+        """The norm to clip at: ``max_norm`` times the rescue's clip factor (1.0 until a
+        ``clip_adjust``). Calling it says the loop clips by norm, which lets the rescue adjust
+        the threshold; a loop that clips itself calls it each step and then :meth:`record_clip`.
+        """
+        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
+            raise ValueError(f"{caller}: max_norm must be a positive number, got {max_norm!r}")
+        self._clip.owned = True
+        return float(max_norm) * self._clip.factor
+
+    def record_clip(self, total_norm: torch.Tensor, threshold: float) -> None:
+        """Record one step's pre-clip total gradient norm (kept on the device) and threshold,
+        for the over-clipping rule. A loop that clips itself calls it after measuring."""
+        self._clip_tap.record(self._hub.step, total_norm, threshold)
+
+    def read_gradients_manually(self) -> None:
+        """Stop reading gradients in the optimizer's step pre-hook; call :meth:`read_gradients`
+        each optimizer step once they are final instead. For loops whose
+        ``optimizer.step(closure)`` runs the backward inside the step, after the pre-hooks
+        (Lightning). The LR is still read in the hook, as the user's schedule."""
+        self._hub.read_gradients_manually()
+
+    def read_gradients(self) -> None:
+        """Read this optimizer step's gradients (after :meth:`read_gradients_manually`), with
+        the sampling the step hook would have used. No host sync."""
+        self._hub.read_gradients()
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        """The parameters the optimizer steps, in the order every per-tensor signal uses."""
+        return list(self._hub.ctx.params)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps seen through the step hooks so far (the current one not yet)."""
+        return self._hub.opt_steps
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (later calls to ``step`` raise)."""
+        return self._closed
+
+    @property
+    def evidence(self) -> EvidenceView:
+        """The history diagnosis reads (series and snapshots), read-only."""
+        return EvidenceView(self._evidence)
 
     @staticmethod
     def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:

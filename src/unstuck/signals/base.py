@@ -65,6 +65,10 @@ class Tap:
     # The hub calls on_pre_step/on_post_step only on optimizer steps that are multiples of
     # ``every``: a sampled tap costs nothing at all on the other steps, not even a call.
     every: int = 1
+    # Whether on_pre_step must run inside the optimizer's step pre-hook even when a front-end
+    # reads gradients itself (SignalHub.read_gradients_manually): a tap whose reading depends
+    # on its order among the step hooks (the LR, before unstuck's LR multiplier scales it).
+    in_step_hook: ClassVar[bool] = False
 
     def bind(self, ctx: StepContext) -> None:
         """Called once when the hub starts, with the parameters to watch."""

@@ -29,6 +29,8 @@ class LRTap(Tap):
 
     name: ClassVar[str] = "lr"
     tier: ClassVar[CostTier] = "always"
+    # Read before the LR multiplier's own pre-hook scales the LR: the user's schedule.
+    in_step_hook: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, list[float | torch.Tensor]]] = []
