@@ -32,9 +32,18 @@ import torch.multiprocessing as mp
 import unstuck
 from unstuck.diagnose import Evidence, get_rule, run_rules
 from unstuck.diagnose.causes.rank_desync import DESYNC_TOLERANCE
+from unstuck.integrations._distributed import RankSync
 from unstuck.rescue import Policy, Proposal
-from unstuck.signals import RankChecksumTap, SignalHub
+from unstuck.signals import (
+    GradNoiseTap,
+    GradNormTap,
+    LossTap,
+    ParamDistanceTap,
+    RankChecksumTap,
+    SignalHub,
+)
 from unstuck.signals.distributed import PROJECTION_SEED, checksum_spread
+from unstuck.signals.host import Frame, Series
 
 WORLD = 2
 STEPS = 120  # two flushes at the Guard's default cadence of 50, and the close
@@ -472,3 +481,54 @@ def test_a_failure_on_rank_0_while_deciding_raises_on_every_rank(ranks):
     assert ranks[1]["failures"]["rank0_failed"] == (
         "RuntimeError: unstuck: rank 0 failed while deciding: ZeroDivisionError: a rule failed"
     )
+
+
+# --------------------------------------------------------------------------- declared reductions
+
+
+class _TwoRanks(RankSync):
+    """A RankSync whose gather hands back the given per-rank payloads (this rank's first)."""
+
+    def __init__(self, others: list[dict]) -> None:
+        super().__init__(rank=0, world=1 + len(others))
+        self.others = others
+        self.sent: list[dict] = []
+
+    def gather(self, obj, call="gather", steps=None):
+        self.sent.append(obj)
+        return [obj, *self.others]
+
+
+def test_the_sync_applies_what_the_taps_declare():
+    model = torch.nn.Linear(2, 1)
+    taps = [LossTap(), ParamDistanceTap(), GradNoiseTap(), GradNormTap()]
+    hub = SignalHub(model, torch.optim.SGD(model.parameters(), lr=0.1), taps)
+    reductions = hub.reductions()
+    hub.close()
+    assert reductions == {
+        "loss": "mean",
+        "nonfinite_loss": "mean",
+        "param_distance": "lead",
+        "grad_snr": "lead",
+    }
+    frame = Frame(
+        step=3,
+        signals={
+            "loss": Series([0, 1, 2], [1.0, 2.0, float("nan")]),
+            "nonfinite_loss": Series([2], [1.0]),
+            "param_distance": Series([2], [0.5]),
+            "grad_norm": Series([0], [7.0]),
+        },
+    )
+    other = {"loss": ([0, 1, 2], [3.0, 4.0, 1.0]), "param_distance": None, "grad_snr": None}
+    sync = _TwoRanks([other])
+    sync.merge_frame(frame, reductions)
+    assert set(sync.sent[0]) == {"loss", "param_distance", "grad_snr"}  # local ones stay home
+    loss = frame.signals["loss"]
+    assert isinstance(loss, Series) and loss.steps == [0, 1, 2]
+    assert loss.values[:2] == [2.0, 3.0] and math.isnan(loss.values[2])
+    assert frame.signals["nonfinite_loss"] == Series([2], [1.0])  # counted on the mean
+    assert frame.signals["param_distance"] == Series([2], [0.5])  # this rank leads
+    assert frame.signals["grad_norm"] == Series([0], [7.0])  # local: untouched
+    with pytest.raises(RuntimeError, match="flushed different steps"):
+        _TwoRanks([{**other, "loss": ([0, 1], [3.0, 4.0])}]).merge_frame(frame, reductions)

@@ -69,7 +69,17 @@ from unstuck.signals import (
 )
 from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 from unstuck.signals.distributed import distributed_world
-from unstuck.types import ActionRecord, Finding, Plateau, primitive
+from unstuck.signals.host import Series
+from unstuck.types import (
+    DIAGNOSE_ON,
+    FLAT_STATES,
+    NOTABLE_STATES,
+    ActionRecord,
+    DetectorState,
+    Finding,
+    Plateau,
+    primitive,
+)
 
 __all__ = ["Guard"]
 
@@ -108,8 +118,6 @@ SELF_TUNING_OPTIMIZERS = {
     "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
     "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
 }
-DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
-NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
 
 
 # The SignalHub of every Guard not yet closed, by optimizer. A hub stays alive while its hooks
@@ -614,7 +622,7 @@ class Guard:
         self._actions: list[ActionRecord] = []
         self._current_findings: list[Finding] = []
         self._val_points = 0
-        self._diagnose(step=0, state="unknown", series="train")
+        self._diagnose(step=0, state=DetectorState.UNKNOWN, series="train")
         self._engine.note_start(self._hub.step)
         self._signalled = False  # closed by SIGTERM: later calls are ignored, not errors
         self._signal_pending = 0  # SIGTERM came in mid-step: close at the next call
@@ -887,7 +895,8 @@ class Guard:
             self._sync.check_in("flush", self._hub.step)  # before the hub's own collectives
         frame = self._hub.flush()
         if self._sync is not None:
-            self._sync.merge_frame(frame)  # the mean loss over ranks; rank 0's detector inputs
+            # as the taps declare: the mean loss over ranks, rank 0's detector inputs
+            self._sync.merge_frame(frame, self._hub.reductions())
         elif not self._late_dist_warned and distributed_world() > 1:
             self._late_dist_warned = True
             logger.warning(
@@ -950,8 +959,8 @@ class Guard:
     def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
         rows: list[tuple[str, int, float]] = []
         for name, value in signals.items():
-            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
-                rows += [(name, int(s), float(v)) for s, v in zip(value[0], value[1])]
+            if isinstance(value, Series):
+                rows += [(name, int(s), float(v)) for s, v in zip(value.steps, value.values)]
         rows.append(("lr_multiplier", step, self._lr.value))  # one row per flush: its cadence
         momentum = momentum_of(self.optimizer)
         if momentum is not None:
@@ -1025,7 +1034,7 @@ class Guard:
         if series != "train":
             return
         plateau = self._detectors["train"].current
-        if state not in ("plateau", "hidden_progress"):
+        if state not in FLAT_STATES:
             if self._curvature_for is not None:
                 self._evidence.set("curvature", None)
                 self._curvature_for = None
@@ -1175,8 +1184,8 @@ class Guard:
         return list(self._actions)
 
     @property
-    def state(self) -> str:
-        """The training-loss detector's current state."""
+    def state(self) -> DetectorState:
+        """The training-loss detector's current state (a ``str``: ``guard.state == "plateau"``)."""
         return self._detectors["train"].state
 
     @property
@@ -1328,7 +1337,8 @@ class Guard:
 
     def __repr__(self) -> str:
         return (
-            f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, state={self.state!r}, "
+            f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, "
+            f"state={str(self.state)!r}, "
             f"plateaus={len(self.plateaus)}, findings={len(self._finding_log.findings)}, "
             f"actions={len(self._actions)}, lr_multiplier={self._lr.value:g})"
         )

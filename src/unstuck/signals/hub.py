@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unstuck.signals.base import Packet, StepContext, Tap
+from unstuck.signals.base import Packet, Reduction, StepContext, Tap
 from unstuck.signals.host import Frame
 
 __all__ = ["Frame", "SignalHub", "optimizer_parameters"]
@@ -140,6 +140,16 @@ class SignalHub:
         for tap, packet in zip(self.taps, packets):
             frame.signals.update(tap.finish(packet.host))
         return frame
+
+    def reductions(self) -> dict[str, Reduction]:
+        """The series ranks combine at a flush, each with its tap's ``reduction`` (the
+        ``local`` ones stay off the wire)."""
+        return {
+            name: tap.reduction
+            for tap in self.taps
+            if tap.reduction != "local"
+            for name in sorted(tap.provides)
+        }
 
     def close(self) -> None:
         for handle in self._handles:

@@ -36,6 +36,13 @@ class AddMomentum(Action):
         "already average their gradients. Undo restores momentum 0 and drops the buffers."
     )
     example_params: ClassVar[dict[str, Any]] = {"momentum": DEFAULT_MOMENTUM}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"momentum": 1.0},
+        {"momentum": 0.0},
+        {"momentum": "0.9"},
+        {"beta": 0.9},
+    )
 
     def _momentum(self, params: dict[str, Any]) -> float:
         check_keys(self.name, params, ("momentum",))
