@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from conftest import regression_batch, tiny_mlp
+from unstuck import signals
 from unstuck.diagnose import Evidence, all_rules
+from unstuck.diagnose.base import Rule
+from unstuck.diagnose.evidence import FACTS, derived_names
+from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
+from unstuck.rescue.base import Action
 from unstuck.rescue.controls import AccumulationControl, ClipControl
+from unstuck.signals.base import Tap
 from unstuck.types import Finding
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -117,31 +123,137 @@ def _owned_controls(make_optimizer=_adam):
     )
 
 
-# One bad value per parameter an action reads (every action with params is covered).
-BAD_PARAMS = {
-    "lr_scale": [{"factor": 0.0}, {"factor": float("nan")}],
-    "warm_restart": [{"peak": 1.0}, {"end": 5.0}, {"length": 1}, {"length": 2.5}],
-    "cyclical_bump": [{"peak": 0.5}, {"length": 0}],
-    "clip_adjust": [{"factor": -1.0}, {"factor": "10"}, {"factr": 10.0}],
-    "accumulation_change": [{"factor": 1.0}, {"factor": 0.0}, {"factor": True}],
-    "reset_optimizer_state": [{"factor": 2.0}],
-    "keep_best_and_stop": [{"best_step": -1}, {"steps": 3}],
-    "lr_range_test": [{"steps": 5}, {"low": 0.0}, {"low": 10.0, "high": 1.0}, {"high": "x"}],
-    "add_momentum": [{"momentum": 1.0}, {"momentum": 0.0}, {"momentum": "0.9"}, {"beta": 0.9}],
-    "warmup": [{"length": 1}, {"length": 100.0}, {"steps": 100}],
-}
+# --------------------------------------------------------------------------- inputs
 
 
-def test_every_action_has_bad_params_listed():
-    assert set(ACTIONS) <= set(BAD_PARAMS)
+TAPS = [
+    cls
+    for cls in (getattr(signals, n) for n in signals.__all__)
+    if isinstance(cls, type) and issubclass(cls, Tap) and cls is not Tap
+]
+PROVIDED = frozenset().union(*(tap.provides for tap in TAPS))
+AVAILABLE = PROVIDED | derived_names(PROVIDED) | FACTS
+
+
+def _declared(name: str, names: frozenset[str]) -> bool:
+    """``name`` is in ``names``, or falls under a ``prefix/*`` entry there."""
+    return name in names or ("/" in name and name.split("/", 1)[0] + "/*" in names)
+
+
+def check_rule_inputs(rule: Rule) -> None:
+    """What a rule requires is something a tap provides or a front-end sets: a misspelt name
+    would otherwise keep the rule from ever running, with no error anywhere."""
+    for names in (rule.requires, *rule.requires_any):
+        unknown = sorted(n for n in names if not _declared(n, AVAILABLE))
+        assert not unknown, f"{rule.code} requires {unknown}: provided by no tap and no fact"
+
+
+@pytest.mark.parametrize("code", sorted(RULES))
+def test_rule_requires_only_what_is_provided(code):
+    check_rule_inputs(RULES[code])
+
+
+def test_a_rule_with_a_misspelt_requirement_fails_the_check():
+    class Misspelt(Rule):
+        code = "misspelt"
+        requires = frozenset({"loss", "grad_nrom"})
+
+    class MisspeltFallback(Rule):
+        code = "misspelt_fallback"
+        requires = frozenset({"loss"})
+        requires_any = (frozenset({"val_los"}),)
+
+    with pytest.raises(AssertionError, match="grad_nrom"):
+        check_rule_inputs(Misspelt())
+    with pytest.raises(AssertionError, match="val_los"):
+        check_rule_inputs(MisspeltFallback())
+
+
+def test_every_tap_returns_only_what_it_provides(monkeypatch):
+    outputs: dict[str, set[str]] = {tap.name: set() for tap in TAPS}
+    for tap in TAPS:
+        finish = tap.finish
+
+        def record(self, host, finish=finish, tap=tap):
+            out = finish(self, host)
+            outputs[tap.name] |= set(out)
+            return out
+
+        monkeypatch.setattr(tap, "finish", record)
+    evidence = _guarded_run_with_every_tap()
+    for tap in TAPS:
+        assert tap.provides, f"{tap.name} declares no provides"
+        extra = sorted(n for n in outputs[tap.name] if not _declared(n, tap.provides))
+        assert not extra, f"{tap.name} returns {extra} beyond its provides"
+    # Taps that need a condition this run lacks (a GradScaler, several ranks) return nothing.
+    assert {n for n, seen in outputs.items() if not seen} <= {"rank_checksum"}
+    undeclared = sorted(n for n in evidence if not _declared(n, AVAILABLE))
+    assert not undeclared, f"the Guard's evidence holds undeclared names {undeclared}"
+
+
+def _guarded_run_with_every_tap():
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    every = dict.fromkeys(
+        (
+            "grad_norm_every",
+            "update_ratio_every",
+            "distance_every",
+            "grad_noise_every",
+            "activation_every",
+            "optimizer_state_every",
+            "precision_every",
+        ),
+        1,
+    )
+    guard = Guard(model, optimizer, console=False, flush_every=5, dataset_size=64, **every)
+    for step in range(30):
+        x, y = regression_batch(seed=step)
+        per_sample = torch.nn.functional.mse_loss(model(x), y, reduction="none").mean(dim=1)
+        optimizer.zero_grad()
+        per_sample.mean().backward()
+        guard.clip_grad_norm_(1.0)
+        optimizer.step()
+        ids = torch.arange(16) + 16 * (step % 4)
+        guard.step(per_sample, ids=ids, targets=ids % 3, components={"mse": 1.0})
+        if step % 10 == 9:
+            guard.validate(float(per_sample.detach().mean()))
+    guard.close()
+    return guard.evidence.build(guard.steps)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def check_invalid_params_refused(action: Action) -> None:
+    """Every parameter set the action declares invalid is refused, naming the action."""
+    assert action.invalid_params, f"{action.name}: declare invalid_params (one per parameter)"
+    for bad in action.invalid_params:
+        with pytest.raises(ValueError, match=action.name):
+            action.validate(dict(bad))
 
 
 @pytest.mark.parametrize("name", sorted(ACTIONS))
-def test_action_rejects_bad_params(name):
-    action = ACTIONS[name]
-    for bad in BAD_PARAMS.get(name, []):
-        with pytest.raises(ValueError, match=name):
-            action.validate(bad)
+def test_action_rejects_its_declared_invalid_params(name):
+    check_invalid_params_refused(ACTIONS[name])
+
+
+def test_an_action_whose_bad_params_validate_fails_the_check():
+    class Lax(Action):
+        name = "lax"
+        invalid_params = ({"factor": 0.0},)
+
+        def validate(self, params):  # accepts anything: the bug the check exists for
+            return None
+
+    class Undeclared(Action):
+        name = "undeclared"
+
+    with pytest.raises(pytest.fail.Exception):
+        check_invalid_params_refused(Lax())
+    with pytest.raises(AssertionError, match="declare invalid_params"):
+        check_invalid_params_refused(Undeclared())
 
 
 @pytest.mark.parametrize("name", sorted(ACTIONS))

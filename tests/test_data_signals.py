@@ -221,7 +221,7 @@ def test_guard_wires_components_and_samples_to_evidence():
         per.mean().backward()
         opt.step()
         guard.step(per.detach(), ids=idx, targets=y[idx])
-    ev = guard._evidence.build(guard.steps)
+    ev = guard.evidence.build(guard.steps)
     assert ev["data_reach"] == 1.0
     assert ev["epoch_coverage"] == [1.0, 1.0, 1.0, 1.0]
     assert ev["class_counts"] == {0: 12, 1: 12, 2: 8}
@@ -237,7 +237,7 @@ def test_guard_wires_components_and_samples_to_evidence():
         (a + b).backward()
         opt.step()
         guard.step(a + b, components={"a": a, "b": b})
-    ev = guard._evidence.build(guard.steps)
+    ev = guard.evidence.build(guard.steps)
     assert list(ev.steps_of("loss_component/a")) == list(range(8))
     assert set(ev["loss_components_start"]) == {"a", "b"}
     guard.close()

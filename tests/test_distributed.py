@@ -30,9 +30,18 @@ import unstuck
 from _gloo import HarmfulOnce, run_on_ranks
 from unstuck.diagnose import Evidence, get_rule, run_rules
 from unstuck.diagnose.causes.rank_desync import DESYNC_TOLERANCE
+from unstuck.integrations._distributed import RankSync
 from unstuck.rescue import Policy
-from unstuck.signals import RankChecksumTap, SignalHub
+from unstuck.signals import (
+    GradNoiseTap,
+    GradNormTap,
+    LossTap,
+    ParamDistanceTap,
+    RankChecksumTap,
+    SignalHub,
+)
 from unstuck.signals.distributed import PROJECTION_SEED, checksum_spread
+from unstuck.signals.host import Frame, Series
 
 WORLD = 2
 STEPS = 120  # two flushes at the Guard's default cadence of 50, and the close
@@ -74,7 +83,7 @@ def _train(rank: int, mode: str) -> dict:
         opt.step()
         guard.step(loss)
     guard.close()
-    ev = guard._evidence.build(guard.steps)
+    ev = guard.evidence.build(guard.steps)
     spread = ev.values_of("rank_checksum_spread").tolist()
     return {
         "findings": [
@@ -127,7 +136,7 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
             local_val.append(float(val))
             guard.validate(val)
     guard.close()
-    loss_steps, loss_values = guard._evidence.series("loss")
+    loss_steps, loss_values = guard.evidence.series("loss")
     return {
         "actions": [[a.name, a.step, a.outcome, a.verified_step] for a in guard.actions],
         "findings": [[f.cause, f.step, f.confidence, f.series] for f in guard.findings],
@@ -138,7 +147,7 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
         "loss_steps": loss_steps.tolist(),
         "loss": loss_values.tolist(),
         "local_loss": local_loss,
-        "val": guard._evidence.series("val_loss")[1].tolist(),
+        "val": guard.evidence.series("val_loss")[1].tolist(),
         "local_val": local_val,
         "run_dir": None if guard.run_dir is None else str(guard.run_dir),
     }
@@ -239,7 +248,7 @@ def test_tap_is_a_noop_with_world_size_one(tmp_path):
             opt.step()
             guard.step(loss)
         guard.close()
-        ev = guard._evidence.build(guard.steps)
+        ev = guard.evidence.build(guard.steps)
         assert "rank_checksums" not in ev
         assert "loss" in ev
     finally:
@@ -436,3 +445,54 @@ def test_a_failure_on_rank_0_while_deciding_raises_on_every_rank(ranks):
     assert ranks[1]["failures"]["rank0_failed"] == (
         "RuntimeError: unstuck: rank 0 failed while deciding: ZeroDivisionError: a rule failed"
     )
+
+
+# --------------------------------------------------------------------------- declared reductions
+
+
+class _TwoRanks(RankSync):
+    """A RankSync whose gather hands back the given per-rank payloads (this rank's first)."""
+
+    def __init__(self, others: list[dict]) -> None:
+        super().__init__(rank=0, world=1 + len(others))
+        self.others = others
+        self.sent: list[dict] = []
+
+    def gather(self, obj, call="gather", steps=None):
+        self.sent.append(obj)
+        return [obj, *self.others]
+
+
+def test_the_sync_applies_what_the_taps_declare():
+    model = torch.nn.Linear(2, 1)
+    taps = [LossTap(), ParamDistanceTap(), GradNoiseTap(), GradNormTap()]
+    hub = SignalHub(model, torch.optim.SGD(model.parameters(), lr=0.1), taps)
+    reductions = hub.reductions()
+    hub.close()
+    assert reductions == {
+        "loss": "mean",
+        "nonfinite_loss": "mean",
+        "param_distance": "lead",
+        "grad_snr": "lead",
+    }
+    frame = Frame(
+        step=3,
+        signals={
+            "loss": Series([0, 1, 2], [1.0, 2.0, float("nan")]),
+            "nonfinite_loss": Series([2], [1.0]),
+            "param_distance": Series([2], [0.5]),
+            "grad_norm": Series([0], [7.0]),
+        },
+    )
+    other = {"loss": ([0, 1, 2], [3.0, 4.0, 1.0]), "param_distance": None, "grad_snr": None}
+    sync = _TwoRanks([other])
+    sync.merge_frame(frame, reductions)
+    assert set(sync.sent[0]) == {"loss", "param_distance", "grad_snr"}  # local ones stay home
+    loss = frame.signals["loss"]
+    assert isinstance(loss, Series) and loss.steps == [0, 1, 2]
+    assert loss.values[:2] == [2.0, 3.0] and math.isnan(loss.values[2])
+    assert frame.signals["nonfinite_loss"] == Series([2], [1.0])  # counted on the mean
+    assert frame.signals["param_distance"] == Series([2], [0.5])  # this rank leads
+    assert frame.signals["grad_norm"] == Series([0], [7.0])  # local: untouched
+    with pytest.raises(RuntimeError, match="flushed different steps"):
+        _TwoRanks([{**other, "loss": ([0, 1], [3.0, 4.0])}]).merge_frame(frame, reductions)

@@ -745,7 +745,7 @@ def test_a_rollback_forgets_the_undone_steps_in_the_evidence():
     guard.close()
     raised = guard.actions[0]
     assert raised.outcome == "rolled_back"
-    steps, values = guard._evidence.series("loss")
+    steps, values = guard.evidence.series("loss")
     # the loss of step ``raised.step + 1`` was computed before the changed LR took its first step
     undone = (steps > raised.step + 1) & (steps <= raised.verified_step)
     assert steps.size and not undone.any()

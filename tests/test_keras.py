@@ -433,6 +433,6 @@ def test_monitor_val_watches_the_named_metric() -> None:
     x, y = _data(256)
     callback = UnstuckCallback(monitor_val="val_accuracy", console=False)
     model.fit(x, y, batch_size=32, epochs=3, validation_split=0.25, verbose=0, callbacks=[callback])
-    watched = callback._evidence.series("val_loss")[1]
+    watched = callback.evidence.series("val_loss")[1]
     assert len(watched) == 3
     assert all(0.0 <= v <= 1.0 for v in watched)  # accuracies, not the loss

@@ -198,7 +198,7 @@ def test_a_lightning_run_decides_exactly_as_a_plain_guard_loop() -> None:
     assert ours.findings == guard.findings
     assert ours.plateaus == guard.plateaus
     for name in ("loss", "grad_norm", "update_ratio", "param_distance", "lr/0"):
-        a, b = ours._evidence.series(name), guard._evidence.series(name)
+        a, b = ours.evidence.series(name), guard.evidence.series(name)
         assert np.array_equal(a[0], b[0]), name
         assert np.array_equal(a[1], b[1]), name
     assert all(torch.equal(p, q) for p, q in zip(module.net.parameters(), model.parameters()))
@@ -269,12 +269,12 @@ def test_gradients_are_read_before_lightning_clips(caplog: pytest.LogCaptureFixt
         trainer.fit(Stuck(log_val=False), data, data)
     guard = callback.guard
     assert guard is not None
-    norms = guard._evidence.series("grad_norm")[1]
+    norms = guard.evidence.series("grad_norm")[1]
     assert len(norms) == steps
     assert (norms > 100 * clip).all()  # read before clipping: clipped norms would be ≤ clip
-    rate = guard._evidence.series("clip_rate")[1]
+    rate = guard.evidence.series("clip_rate")[1]
     assert rate.size and (rate == 1.0).all()
-    assert (guard._evidence.series("clip_threshold")[1] == clip).all()
+    assert (guard.evidence.series("clip_threshold")[1] == clip).all()
     assert trainer.gradient_clip_val == clip
     missing = [r for r in caplog.records if "val_loss" in r.getMessage()]
     assert len(missing) == 1
@@ -319,10 +319,10 @@ def test_amp_gradients_arrive_unscaled_and_the_scaler_is_watched() -> None:
     guard = callback.guard
     assert guard is not None
     assert guard.scaler is scaler
-    norms = guard._evidence.series("grad_norm")[1]
+    norms = guard.evidence.series("grad_norm")[1]
     assert len(norms) == steps
     assert norms.min() > 0.1 and norms.max() < 10  # scaled gradients would be ~4096 times this
-    assert (guard._evidence.series("loss_scale")[1] == scale).all()
+    assert (guard.evidence.series("loss_scale")[1] == scale).all()
 
 
 def test_accumulated_micro_batches_make_one_guard_step() -> None:
@@ -347,7 +347,7 @@ def test_accumulated_micro_batches_make_one_guard_step() -> None:
     guard = callback.guard
     assert guard is not None
     assert guard.steps == batches // k
-    steps, values = guard._evidence.series("loss")
+    steps, values = guard.evidence.series("loss")
     assert steps.tolist() == list(range(batches // k))
     expected = np.asarray(module.losses).reshape(-1, k).mean(axis=1)
     np.testing.assert_allclose(values, expected, rtol=1e-6)

@@ -76,7 +76,7 @@ def test_optimizer_state_lost_on_resume_through_the_guard():
     resumed = unstuck.Guard(model, fresh, console=False, optimizer_state_every=4, flush_every=8)
     resumed.load_state_dict(state)
     _guarded_steps(model, fresh, resumed, 8)
-    ev = resumed._evidence.build(24)
+    ev = resumed.evidence.build(24)
     assert ev.values_of("optimizer_state_empty").max() == pytest.approx(1.0)  # at opt step 16
     assert ev.values_of("optimizer_step_lag")[-1] == pytest.approx(16.0)  # 20 vs its own 4
     finding = unstuck.diagnose.get_rule("stale_optimizer_state").check(ev)
@@ -94,8 +94,8 @@ def test_a_restore_is_not_read_as_lost_optimizer_state():
     _guarded_steps(model, opt, guard, 40)
     guard._engine.restore(first)
     _guarded_steps(model, opt, guard, 24)
-    assert guard._hub.opt_steps == 64
-    ev = guard._evidence.build(guard._hub.step)
+    assert guard.optimizer_steps == 64
+    ev = guard.evidence.build(guard.steps)
     assert ev.values_of("optimizer_step_lag")[-1] == pytest.approx(0.0)
     assert ev.values_of("optimizer_state_empty").max() == pytest.approx(0.0)
     assert unstuck.diagnose.get_rule("stale_optimizer_state").check(ev) is None
@@ -173,7 +173,7 @@ def test_clip_tap_rate_and_norms_through_the_guard():
         guard.clip_grad_norm_(0.5)
         opt.step()
         guard.step(loss)
-    ev = guard._evidence.build(10)
+    ev = guard.evidence.build(10)
     expected = np.mean(np.array(pre) > 0.5)
     assert ev.values_of("clip_rate")[-1] == pytest.approx(expected)
     assert ev.values_of("clip_pre_norm")[-1] == pytest.approx(np.median(pre), rel=1e-5)

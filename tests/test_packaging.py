@@ -127,6 +127,7 @@ def test_the_wheel_holds_every_module_and_the_type_marker(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert "unstuck/py.typed" in names
+    assert "unstuck/record/report/page.html" in names  # the report's page shell
     sources = {
         path.relative_to(ROOT / "src").as_posix()
         for path in (ROOT / "src" / "unstuck").rglob("*.py")

@@ -12,13 +12,19 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
 
 __all__ = [
     "ACTION_OUTCOMES",
+    "ACT_ON_STATES",
     "DETECTOR_STATES",
+    "DIAGNOSE_ON",
+    "FLAT_STATES",
+    "NOTABLE_STATES",
     "PLATEAU_KINDS",
     "SERIES",
+    "UNSTABLE_STATES",
     "ActionRecord",
     "DetectorState",
     "Finding",
@@ -27,24 +33,44 @@ __all__ = [
     "primitive",
 ]
 
-DetectorState = Literal[
-    "unknown",  # too few points to say anything yet
-    "improving",
-    "slow",
-    "plateau",
-    "oscillating",
-    "diverging",
-    "hidden_progress",  # loss flat, parameters still moving steadily: wait, do not act
-]
-DETECTOR_STATES: tuple[str, ...] = (
-    "unknown",
-    "improving",
-    "slow",
-    "plateau",
-    "oscillating",
-    "diverging",
-    "hidden_progress",
-)
+
+class DetectorState(str, Enum):
+    """What a plateau detector says of its series now.
+
+    A ``str`` subclass: a member equals (and hashes as) its value, so states read back from a
+    run store or a checkpoint as plain strings compare with these members, and JSON writes the
+    value. The groupings below are the one place that says which states mean what. (An
+    ``enum.StrEnum`` but for Python 3.10, which has none: ``str()`` and formatting give the
+    value, as StrEnum's do.)
+    """
+
+    UNKNOWN = "unknown"  # too few points to say anything yet
+    IMPROVING = "improving"
+    SLOW = "slow"
+    PLATEAU = "plateau"
+    OSCILLATING = "oscillating"
+    DIVERGING = "diverging"
+    HIDDEN_PROGRESS = "hidden_progress"  # loss flat, parameters still moving steadily: wait
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return str(self.value).__format__(spec)
+
+
+DETECTOR_STATES: tuple[str, ...] = tuple(state.value for state in DetectorState)
+# The states the pipeline reads by group, each defined once:
+# unstable: the loss swings or grows (acted on at once; an episode in the analysis).
+UNSTABLE_STATES = frozenset({DetectorState.OSCILLATING, DetectorState.DIVERGING})
+# flat: the loss is flat, whether or not the weights still move (the curvature probe runs).
+FLAT_STATES = frozenset({DetectorState.PLATEAU, DetectorState.HIDDEN_PROGRESS})
+# acted on without a confident finding: a plateau, or an unstable loss.
+ACT_ON_STATES = frozenset({DetectorState.PLATEAU, *UNSTABLE_STATES})
+# shown on the console when entered or left.
+NOTABLE_STATES = frozenset({*ACT_ON_STATES, DetectorState.HIDDEN_PROGRESS})
+# every rule is run (elsewhere only the continuous ones): anything but improving or unknown.
+DIAGNOSE_ON = frozenset({*NOTABLE_STATES, DetectorState.SLOW})
 PLATEAU_KINDS: tuple[str, ...] = ("early", "mid", "near_convergence")
 SERIES: tuple[str, ...] = ("train", "val")
 # pending → kept | rolled_back (verified after the horizon) | unverified (the run ended first);
@@ -69,6 +95,8 @@ def primitive(value: Any) -> Any:
 
     Non-finite floats stay floats (``nan``/``inf``): they are data, not errors.
     """
+    if isinstance(value, Enum):
+        value = value.value  # a DetectorState as the plain str it stands for
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):

@@ -41,7 +41,7 @@ from unstuck.diagnose.evidence import (
 )
 from unstuck.diagnose.log import FindingLog
 from unstuck.record.rundata import REFERENCE_SERIES_KEY, RunData
-from unstuck.types import Finding, Plateau, primitive
+from unstuck.types import DIAGNOSE_ON, UNSTABLE_STATES, Finding, Plateau, primitive
 
 __all__ = [
     "DIAGNOSE_ON",
@@ -58,12 +58,11 @@ __all__ = [
 ]
 
 SERIES_LABELS = {"loss": "train", "val_loss": "val"}  # the Guard's detector names
-# The states at which the Guard runs every rule (integrations/loop.py); at the others only the
-# continuous rules (non-finite values, frozen parameters) run.
-DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
+# DIAGNOSE_ON (unstuck.types): the states at which the Guard runs every rule; at the others
+# only the continuous rules (non-finite values, frozen parameters) run.
 # States reported as stretches of their own (plateaus are reported as Plateau objects): the loss
 # bouncing or climbing, what lr_too_high reads on a log.
-EPISODE_STATES = ("oscillating", "diverging")
+EPISODE_STATES = UNSTABLE_STATES
 # The detector calls no plateau before 2·min_points points, on a window of 2·min_points bins.
 MIN_PLATEAU_POINTS = MIN_SERIES_POINTS
 NOT_LOSS_PREFIXES = ("lr/", "nonfinite_")  # names with "loss" in them that are no loss ...

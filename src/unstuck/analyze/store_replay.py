@@ -27,14 +27,13 @@ from unstuck.record.rundata import (
     RUN_FACTS_KEY,
     RunData,
 )
-from unstuck.types import Plateau
+from unstuck.types import FLAT_STATES, Plateau
 
 __all__ = ["StoreReplay", "store_replay"]
 
 PER_TENSOR_PREFIX = "grad_norm/"  # the Guard's per-tensor gradient norms, one mean per flush
 # Series that stand for a per-flush scalar the live rules read as a number, not as a series.
 SCALAR_SERIES = (FLUSH_SERIES, MOMENTUM_SERIES)
-STALL_STATES = ("plateau", "hidden_progress")  # where the Guard measures curvature
 
 
 def _latest(pair: tuple[np.ndarray, np.ndarray] | None, step: int) -> float | None:
@@ -122,7 +121,7 @@ class StoreReplay:
 
     def _curvature_at(self, step: int, state: str, plateau: Plateau | None) -> Any:
         """The curvature the live run measured for this stall, once it had measured it."""
-        if state not in STALL_STATES:
+        if state not in FLAT_STATES:  # where the Guard measures curvature
             return None
         start = plateau.start if plateau is not None else None
         found = None

@@ -48,7 +48,7 @@ import numpy as np
 
 from unstuck.detect.history import BinnedSeries
 from unstuck.detect.trend import Trend, coarsen, robust_trend, theil_sen_windows
-from unstuck.types import Plateau
+from unstuck.types import DetectorState, Plateau
 
 __all__ = [
     "DEFAULT_EPSILON",
@@ -179,7 +179,7 @@ class PlateauDetector:
         self.distance_scale = None if distance_scale is None else float(distance_scale)
         self._bins = BinnedSeries(capacity)
         self._distance = BinnedSeries(max(capacity // 2, 8))
-        self.state = "unknown"
+        self.state = DetectorState.UNKNOWN
         self.plateaus: list[Plateau] = []
         self.n_points = 0
         self.n_nonfinite = 0
@@ -209,7 +209,7 @@ class PlateauDetector:
         *,
         distance: Any = None,
         gradient_snr: Any = None,
-    ) -> str:
+    ) -> DetectorState:
         """Add one point and return the state. Non-finite values are counted, never raised."""
         return self.update_many([step], [value], distance=distance, gradient_snr=gradient_snr)
 
@@ -220,7 +220,7 @@ class PlateauDetector:
         *,
         distance: Any = None,
         gradient_snr: Any = None,
-    ) -> str:
+    ) -> DetectorState:
         """Add several points (one flush of a live run) and decide once.
 
         ``distance`` (``‖θ − θ₀‖``) is a number taken as of the last step, or a
@@ -267,7 +267,7 @@ class PlateauDetector:
         snr = _finite(gradient_snr)
         if snr is not None:
             self._gradient_snr = snr
-        if closed or self._nonfinite_run >= NONFINITE_RUN or self.state == "diverging":
+        if closed or self._nonfinite_run >= NONFINITE_RUN or self.state == DetectorState.DIVERGING:
             self._evaluate()
         return self.state
 
@@ -305,12 +305,12 @@ class PlateauDetector:
         step = int(self._last_step) if self._last_step is not None else 0
         if self._nonfinite_run >= NONFINITE_RUN:
             self._stats = {"reason": "nonfinite", "nonfinite_run": self._nonfinite_run}
-            self._set_state("diverging", step)
+            self._set_state(DetectorState.DIVERGING, step)
             return
         bins = self._bins.arrays()
         x, y = bins["x"], bins["y"]
         if x.size < self.min_points or np.ptp(x) <= 0:
-            self._set_state("unknown", step)
+            self._set_state(DetectorState.UNKNOWN, step)
             return
         horizon = self._elapsed()
         if self.scale == "log":
@@ -402,7 +402,7 @@ class PlateauDetector:
         above = stats["above_best"] > max(self.flat_margin, best_noise)
         if above and decrease(recent.low) < -self.epsilon:
             stats["rise"] = "fast"
-            self._set_state("diverging", step)
+            self._set_state(DetectorState.DIVERGING, step)
             return
         # Rising: a significant rise on the recent window, larger than the flat margin. Never a
         # plateau (a validation loss creeping up while training falls is overfitting).
@@ -436,15 +436,15 @@ class PlateauDetector:
         rising = self._rise_run >= RISE_CONFIRM
         stats["rising"] = rising
 
-        waiting = current is not None or self.state == "hidden_progress"
+        waiting = current is not None or self.state == DetectorState.HIDDEN_PROGRESS
         if waiting and not rising and self._fell_again(x, y, r_low, r_ref, current, unit):
-            self._set_state("improving", step)
+            self._set_state(DetectorState.IMPROVING, step)
             return
         if rising:
             # Reported as ``diverging`` (the state the rest of unstuck reads for a rise);
             # ``stats()["rise"]`` says which test saw it.
             stats["rise"] = "persistent"
-            self._set_state("diverging", step)
+            self._set_state(DetectorState.DIVERGING, step)
             return
 
         # Plateau test: the longest eligible trailing window whose upper bound on the drop is
@@ -486,10 +486,12 @@ class PlateauDetector:
             recent.low
         ) < 2 * self.epsilon
         if oscillating and current is None:
-            self._set_state("oscillating", step)
+            self._set_state(DetectorState.OSCILLATING, step)
             return
         if passing is None and current is not None:
-            self._set_state("plateau", step)  # grey zone: not flat enough to call, not falling
+            self._set_state(
+                DetectorState.PLATEAU, step
+            )  # grey zone: not flat enough to call, not falling
             return
         if passing is not None:
             n, trend, margin = passing
@@ -502,7 +504,7 @@ class PlateauDetector:
             confidence = 0.5 * (1 + math.erf((margin - est) / se / 2**0.5))
             hidden = self._hidden_progress(start if current is None else current.start)
             if hidden:
-                self._set_state("hidden_progress", step)
+                self._set_state(DetectorState.HIDDEN_PROGRESS, step)
                 return
             if current is None:
                 self._plateau_margin = margin
@@ -510,16 +512,16 @@ class PlateauDetector:
                 self.plateaus.append(
                     Plateau(self.series, start, None, kind, round(confidence, 4), step)
                 )
-            self._set_state("plateau", step)
+            self._set_state(DetectorState.PLATEAU, step)
             return
         # Neither flat nor oscillating nor rising: improving when it falls significantly and by
         # 2·epsilon projected over the elapsed span, else slow (progress, but slow: what the
         # lr_too_low rule reads as a creep).
         significant = decrease(recent.high) > 0
         if significant and decrease(recent.slope) >= 2 * self.epsilon:
-            self._set_state("improving", step)
+            self._set_state(DetectorState.IMPROVING, step)
         else:
-            self._set_state("slow", step)
+            self._set_state(DetectorState.SLOW, step)
 
     def _margin(self, reference: float | None) -> float:
         """The largest drop over a window that is still flat, given the run's course before it."""
@@ -647,10 +649,10 @@ class PlateauDetector:
         if current is not None:
             self.plateaus[-1] = dataclasses.replace(current, end=step)
 
-    def _set_state(self, state: str, step: int) -> None:
-        if state != "plateau" and self.current is not None:
+    def _set_state(self, state: DetectorState, step: int) -> None:
+        if state != DetectorState.PLATEAU and self.current is not None:
             self._close_plateau(step)
-            if state != "hidden_progress":
+            if state != DetectorState.HIDDEN_PROGRESS:
                 # The series moved on: the next plateau is judged on what comes after.
                 # (A plateau that turned out to be hidden progress sets no boundary, so the
                 # same flat stretch keeps being judged as one.)
@@ -672,7 +674,7 @@ class PlateauDetector:
             "scale": self.scale,
             "bins": self._bins.state_dict(),
             "distance": self._distance.state_dict(),
-            "state": self.state,
+            "state": self.state.value,
             "plateaus": [p.to_dict() for p in self.plateaus],
             "n_points": self.n_points,
             "n_nonfinite": self.n_nonfinite,
@@ -698,7 +700,7 @@ class PlateauDetector:
         self.scale = str(state["scale"])
         self._bins.load_state_dict(state["bins"])
         self._distance.load_state_dict(state["distance"])
-        self.state = str(state["state"])
+        self.state = DetectorState(str(state["state"]))
         self.plateaus = [Plateau.from_dict(p) for p in state["plateaus"]]
         self.n_points = int(state["n_points"])
         self.n_nonfinite = int(state["n_nonfinite"])

@@ -11,9 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from unstuck.signals.host import Frame
+from unstuck.signals.host import Frame, Series
 
-__all__ = ["HISTORY_POINTS", "Evidence", "EvidenceBuilder"]
+__all__ = [
+    "FACTS",
+    "HISTORY_POINTS",
+    "Evidence",
+    "EvidenceBuilder",
+    "EvidenceView",
+    "derived_names",
+]
 
 HISTORY_POINTS = 4096  # points kept per series: enough for the longest detector window we use
 INITIAL_POINTS = 8  # finite points whose median is a run's starting level (``loss_initial``)
@@ -29,6 +36,39 @@ PEAK_OF = ("grad_norm",)
 # architecture (``vanishing_gradients``).
 PER_TENSOR_GRAD = "grad_norm_per_tensor"
 PER_TENSOR_GRAD_INITIAL = PER_TENSOR_GRAD + "_initial"
+# Names the evidence holds besides the taps' signals: facts a front-end sets once (what the
+# model and optimizer are), at each decision (the detector's verdict, unstuck's own LR factor
+# and momentum) or when measured (validation, the curvature probe). With the names the taps
+# provide and those derived from them (``derived_names``), they are every name a rule may
+# require: the conformance test checks each rule's ``requires`` against them.
+FACTS = frozenset(
+    {
+        "param_names",
+        "param_ndims",
+        "post_norm_transformer_layers",
+        "optimizer_type",
+        "optimizer_beta2",
+        "optimizer_momentum",
+        "params_not_in_optimizer",
+        "curvature",
+        "lr_multiplier",
+        "val_loss",
+        "detector_state",
+        "detector_series",
+        "detector_stats",
+    }
+)
+
+
+def derived_names(provided: frozenset[str]) -> frozenset[str]:
+    """The names :class:`EvidenceBuilder` derives from the series in ``provided`` and keeps for
+    good: starting levels, peaks, the first per-tensor gradient row, non-finite totals."""
+    out = {f"{n}_initial" for n in INITIAL_OF if n in provided}
+    out |= {f"{n}_peak" for n in PEAK_OF if n in provided}
+    out |= {f"{n}_total" for n in provided if n.startswith("nonfinite_")}
+    if PER_TENSOR_GRAD in provided:
+        out.add(PER_TENSOR_GRAD_INITIAL)
+    return frozenset(out)
 
 
 class Evidence(Mapping[str, Any]):
@@ -145,8 +185,8 @@ class EvidenceBuilder:
                 total = self._totals.get(name, 0.0) + float(sum(value[1]))
                 self._totals[name] = total
                 self._latest[name + "_total"] = total
-            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
-                self.add_series(name, value[0], value[1])
+            if isinstance(value, Series):
+                self.add_series(name, value.steps, value.values)
             else:
                 self._latest[name] = value
                 if name == PER_TENSOR_GRAD:
@@ -207,3 +247,24 @@ class EvidenceBuilder:
         self._totals = {k: float(v) for k, v in state.get("totals", {}).items()}
         for name, total in self._totals.items():
             self._latest[name + "_total"] = total
+
+
+class EvidenceView:
+    """What a front-end may read of a run's evidence, and nothing it could change.
+
+    The Guard's ``evidence`` property hands this out: callers (tests, notebooks, front-ends)
+    read series and build snapshots, while adding a point stays the pipeline's job.
+    """
+
+    __slots__ = ("_builder",)
+
+    def __init__(self, builder: EvidenceBuilder) -> None:
+        self._builder = builder
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One recorded series as read-only ``(steps, values)`` arrays (empty if never seen)."""
+        return self._builder.series(name)
+
+    def build(self, step: int) -> Evidence:
+        """What the rules would read at ``step`` (without the decision's own extras)."""
+        return self._builder.build(step)

@@ -27,6 +27,7 @@ from typing import Any
 from unstuck.detect.detector import DEFAULT_MIN_POINTS, WARMUP_FACTOR, PlateauDetector
 from unstuck.fleet.sources import RunSource, SourceError, discover, mlflow_client
 from unstuck.fleet.tail import Poll, Tail, TailError, tail_for
+from unstuck.types import ACT_ON_STATES, DetectorState
 
 __all__ = [
     "ATTENTION",
@@ -50,8 +51,9 @@ ATTENTION = (
     "improving",
     "finished",
 )
-EPISODE_STATES = frozenset({"plateau", "diverging"})  # the states --on-stall is run for
-STUCK_STATES = frozenset({"plateau", "diverging", "oscillating"})  # "stuck for" is counted in
+# the states --on-stall is run for
+EPISODE_STATES = frozenset({DetectorState.PLATEAU, DetectorState.DIVERGING})
+STUCK_STATES = ACT_ON_STATES  # "stuck for" is counted in the states the rescue acts on
 DEFAULT_STALE_AFTER = 900.0  # seconds without new data before a live run is called stale
 SPARK_POINTS = 120  # points kept per run for the sparkline (every k-th, k doubling as it grows)
 HOOK_TIMEOUT_S = 60.0  # an --on-stall command running longer is killed
@@ -134,7 +136,8 @@ class _Run:
         if state not in EPISODE_STATES:
             return None
         current = self.detector.current
-        start = current.start if state == "plateau" and current is not None else self.state_since
+        plateau = current if state == DetectorState.PLATEAU else None
+        start = plateau.start if plateau is not None else self.state_since
         return (self.source.key, state, start)
 
 
@@ -151,19 +154,19 @@ def _fmt_age(seconds: float) -> str:
 def _detector_finding(run: _Run, state: str) -> str:
     """The top finding when analyze's rules are not run: what the detector says, and since when."""
     d = run.detector
-    if state == "plateau" and d.current is not None:
+    if state == DetectorState.PLATEAU and d.current is not None:
         return f"loss flat since step {d.current.start} ({d.current.kind} plateau)"
-    if state == "diverging":
+    if state == DetectorState.DIVERGING:
         if d.stats().get("reason") == "nonfinite":
             return "non-finite loss values in a row"
         return "loss rising"
-    if state == "oscillating":
+    if state == DetectorState.OSCILLATING:
         return "loss swinging with no net progress"
-    if state == "slow":
+    if state == DetectorState.SLOW:
         return "improving, slowly"
-    if state == "hidden_progress":
+    if state == DetectorState.HIDDEN_PROGRESS:
         return "loss flat, weights still moving: wait"
-    if state == "unknown":
+    if state == DetectorState.UNKNOWN:
         return f"warming up ({d.n_points} of {WARMUP_POINTS} points)"
     return ""
 
@@ -277,7 +280,7 @@ class Watcher:
         last_step = run.last_step
         plateau_start = current.start if current is not None else None
         stuck_from: int | None = None
-        if detector_state == "plateau" and plateau_start is not None:
+        if detector_state == DetectorState.PLATEAU and plateau_start is not None:
             stuck_from = plateau_start
         elif detector_state in STUCK_STATES:
             stuck_from = run.state_since

@@ -6,6 +6,9 @@ one rank could raise its LR while another kept it, or roll back an action the ot
 the run would train several models at once (DALLE-pytorch#268 is this bug with stock
 schedulers). The Guard therefore makes every rank's decision from the same inputs:
 
+What crosses between ranks at a flush is what each tap declares (``Tap.reduction``): the loss
+tap's ``mean``, the parameter-distance and gradient-noise taps' ``lead``; the rest stay local.
+
 * **The loss is averaged.** At each flush every rank hands in its window of per-step losses and
   one ``all_gather_object`` brings every rank's window to every rank; each rank averages them in
   rank order with ``math.fsum`` (exact, so the same bits everywhere, whatever the machine). The
@@ -29,19 +32,20 @@ rank, :meth:`RankSync.create` returns ``None`` and the Guard makes no collective
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from unstuck.signals.base import Reduction
 from unstuck.signals.distributed import distributed_world
+from unstuck.signals.host import Series
 from unstuck.signals.hub import Frame
 
-__all__ = ["DETECTOR_INPUTS", "RankSync", "unwrap_model"]
+__all__ = ["RankSync", "unwrap_model"]
 
-# Detector inputs besides the loss: taken from rank 0 so every rank's detectors agree.
-DETECTOR_INPUTS = ("param_distance", "grad_snr")
 LEAD = 0  # the rank that diagnoses and writes the run store
+NONFINITE = "nonfinite_"  # the prefix of a series' non-finite count
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,6 +64,32 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             assert isinstance(inner, torch.nn.Module)
             return inner
     return model
+
+
+def _on_wire(value: Any, how: Reduction) -> Any:
+    """What one rank hands in for a series: plain lists for an averaged one."""
+    if how == "mean" and value is not None:
+        return (list(value[0]), list(value[1]))
+    return value
+
+
+def _mean_series(windows: list[Any]) -> Series | None:
+    """Every rank's ``(steps, values)`` window averaged step by step; ``None`` when no rank
+    has one. Ranks whose windows cover other steps make every rank raise the same error."""
+    steps = windows[LEAD][0] if windows[LEAD] is not None else None
+    if any((w[0] if w is not None else None) != steps for w in windows):
+        seen = ", ".join(
+            f"rank {i}: " + (f"{len(w[0])} steps ending at {w[0][-1]}" if w and w[0] else "none")
+            for i, w in enumerate(windows)
+        )
+        raise RuntimeError(
+            f"unstuck: the ranks flushed different steps ({seen}); build the Guard on every "
+            "rank and call guard.step once per optimizer step on every rank"
+        )
+    if steps is None:
+        return None
+    columns = zip(*(w[1] for w in windows))
+    return Series(list(steps), [_mean([float(v) for v in column]) for column in columns])
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -165,43 +195,41 @@ class RankSync:
         return value
 
     # -- what the Guard asks for --------------------------------------------------------------
-    def merge_frame(self, frame: Frame) -> None:
-        """Replace the frame's loss by the mean over ranks and its detector inputs by rank 0's.
+    def merge_frame(self, frame: Frame, reductions: Mapping[str, Reduction]) -> None:
+        """Combine the frame's series across ranks as their taps declare (``Tap.reduction``):
+        ``mean`` series averaged step by step, ``lead`` ones replaced by rank 0's.
 
-        One gather per flush. Every rank must have called ``guard.step`` for the same steps;
-        otherwise every rank raises the same ``RuntimeError`` (none is left waiting).
+        One gather per flush. Every rank must have recorded a ``mean`` series for the same
+        steps (``guard.step`` on every rank); otherwise every rank raises the same
+        ``RuntimeError`` (none is left waiting). A non-finite count of an averaged series
+        (``nonfinite_loss``) is counted again on the mean, not averaged.
         """
         signals = frame.signals
-        loss = signals.get("loss")
-        mine = {
-            "loss": None if loss is None else (list(loss[0]), list(loss[1])),
-            **{name: signals.get(name) for name in DETECTOR_INPUTS},
+        counts = {
+            name
+            for name, how in reductions.items()
+            if how == "mean"
+            and name.startswith(NONFINITE)
+            and reductions.get(name[len(NONFINITE) :]) == "mean"
         }
+        wire = [name for name in reductions if name not in counts]
+        mine = {name: _on_wire(signals.get(name), reductions[name]) for name in wire}
         ranks = self.gather(mine, "flush", frame.step)
-        windows = [r["loss"] for r in ranks]
-        steps = windows[LEAD][0] if windows[LEAD] is not None else None
-        if any((w[0] if w is not None else None) != steps for w in windows):
-            seen = ", ".join(
-                f"rank {i}: "
-                + (f"{len(w[0])} steps ending at {w[0][-1]}" if w and w[0] else "none")
-                for i, w in enumerate(windows)
-            )
-            raise RuntimeError(
-                f"unstuck: the ranks flushed different steps ({seen}); build the Guard on every "
-                "rank and call guard.step once per optimizer step on every rank"
-            )
-        if steps is not None:
-            columns = zip(*(w[1] for w in windows))
-            mean = [_mean([float(v) for v in column]) for column in columns]
-            signals["loss"] = (list(steps), mean)
-            bad = sum(1 for v in mean if not math.isfinite(v))
-            signals["nonfinite_loss"] = (list(steps[-1:]), [float(bad)])
-        for name in DETECTOR_INPUTS:
-            value = ranks[LEAD][name]
-            if value is None:
-                signals.pop(name, None)
-            else:
-                signals[name] = value
+        for name in wire:
+            values = [r[name] for r in ranks]
+            if reductions[name] == "lead":
+                if values[LEAD] is None:
+                    signals.pop(name, None)
+                else:
+                    signals[name] = values[LEAD]
+                continue
+            merged = _mean_series(values)
+            if merged is None:
+                continue
+            signals[name] = merged
+            if NONFINITE + name in counts:
+                bad = sum(1 for v in merged.values if not math.isfinite(v))
+                signals[NONFINITE + name] = Series(merged.steps[-1:], [float(bad)])
 
     def check_in(self, call: str, steps: int) -> None:
         """The first collective of every flush and close: what each rank is doing and after

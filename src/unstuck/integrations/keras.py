@@ -46,13 +46,12 @@ import torch
 
 from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.diagnose.evidence import EvidenceView
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations.loop import (
     DEFAULT_DISTANCE_EVERY,
     DEFAULT_FLUSH_EVERY,
     DEFAULT_UPDATE_RATIO_EVERY,
-    DIAGNOSE_ON,
-    NOTABLE_STATES,
 )
 from unstuck.record.console import LOGGER_NAME, ensure_console_handler, format_event_line
 from unstuck.record.recorder import Recorder, make_sinks, state_payload
@@ -65,8 +64,9 @@ from unstuck.rescue.engine import (
     merge_action_events,
 )
 from unstuck.rescue.policy import Policy, Proposal
+from unstuck.signals.host import Series
 from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS
-from unstuck.types import ActionRecord, Finding, Plateau, primitive
+from unstuck.types import DIAGNOSE_ON, NOTABLE_STATES, ActionRecord, Finding, Plateau, primitive
 
 __all__ = [
     "KERAS_ACTIONS",
@@ -487,6 +487,11 @@ class UnstuckCallback(_Callback):
         return self._finding_log.findings
 
     @property
+    def evidence(self) -> EvidenceView:
+        """The history diagnosis reads (series and snapshots), read-only; as ``Guard.evidence``."""
+        return EvidenceView(self._evidence)
+
+    @property
     def lr_multiplier(self) -> float:
         """unstuck's factor over your LR (1.0 until an action changes it)."""
         return self._lr.value
@@ -695,16 +700,16 @@ class UnstuckCallback(_Callback):
         if self._distance_rows:
             squared = _numpy(keras.ops.stack(self._distance_rows))
             values = [math.sqrt(max(float(s), 0.0)) * self._scale for s in squared]
-            out["param_distance"] = (self._distance_steps, values)
+            out["param_distance"] = Series(self._distance_steps, values)
             self._last_distance = values[-1]
         if self._ratio_rows:
             rows = _numpy(keras.ops.stack(self._ratio_rows))
             rows = rows.astype(np.float64).reshape(-1, 3)
             ratios = np.sqrt(rows[:, 0]) / (np.sqrt(rows[:, 1]) + _TINY)
-            out["update_ratio"] = (self._ratio_steps, ratios.tolist())
+            out["update_ratio"] = Series(self._ratio_steps, ratios.tolist())
             grads = rows[:, 2]
             if np.all(grads >= 0) or not np.all(np.isfinite(grads)):
-                out["grad_norm"] = (self._ratio_steps, np.sqrt(grads).tolist())
+                out["grad_norm"] = Series(self._ratio_steps, np.sqrt(grads).tolist())
         self._distance_rows, self._distance_steps = [], []
         self._ratio_rows, self._ratio_steps = [], []
         return out

@@ -45,8 +45,6 @@ import torch
 from unstuck.integrations.loop import Guard
 from unstuck.record.console import console_above_progress_bars
 from unstuck.rescue.policy import Policy
-from unstuck.signals import LRTap
-from unstuck.signals.base import Tap
 
 try:
     import lightning.pytorch as pl
@@ -187,7 +185,6 @@ class UnstuckCallback(Callback):
         self._guard: Guard | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None  # loaded before the Guard exists
-        self._gradient_taps: list[Tap] = []  # the Guard's pre-step taps, run from the hook
         self._loss_sum: torch.Tensor | None = None  # this optimizer step's micro-batch losses
         self._loss_count = 0
         self._stepped = False  # the watched optimizer reached its step since the last loss
@@ -244,11 +241,14 @@ class UnstuckCallback(Callback):
             **options,
         )
         self._guard, self._optimizer = guard, optimizer
-        self._gradient_taps = _defer_gradient_taps(guard)
+        # Lightning calls optimizer.step(closure): the step pre-hook fires before the closure
+        # runs the forward and backward, where .grad still holds the previous step's gradients
+        # (or nothing after zero_grad), so the gradients are read in on_before_optimizer_step.
+        guard.read_gradients_manually()
         self._loss_sum, self._loss_count, self._stepped = None, 0, False
         self._clip_base = _norm_clip_value(trainer)
         if self._clip_base is not None:
-            guard._clip.owned = True  # the rescue may change Lightning's threshold (clip_adjust)
+            guard.clip_threshold(self._clip_base)  # the rescue may change Lightning's threshold
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             guard.load_state_dict(state)
@@ -260,19 +260,18 @@ class UnstuckCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         guard = self._guard
-        if guard is None or guard._closed or not _is_watched(optimizer, self._optimizer):
+        if guard is None or guard.closed or not _is_watched(optimizer, self._optimizer):
             return
-        hub = guard._hub
-        n = hub.opt_steps  # this step's index: the post-hook has not counted it yet
-        _run_pre_taps(guard, self._gradient_taps, optimizer)
+        n = guard.optimizer_steps  # this step's index: the post-hook has not counted it yet
+        guard.read_gradients()
         if self._clip_base is not None:
-            threshold = self._clip_base * guard._clip.factor
+            threshold = guard.clip_threshold(self._clip_base)
             trainer.gradient_clip_val = threshold  # Lightning clips right after this hook
             if n % CLIP_RECORD_EVERY == 0:
-                grads = [p.grad for p in hub.ctx.params if p.grad is not None]
+                grads = [p.grad for p in guard.parameters if p.grad is not None]
                 if grads:
                     total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
-                    guard._clip_tap.record(hub.step, total, threshold)
+                    guard.record_clip(total, threshold)
         self._stepped = True
 
     def on_train_batch_end(
@@ -284,7 +283,7 @@ class UnstuckCallback(Callback):
         batch_idx: int,
     ) -> None:
         guard = self._guard
-        if guard is None or guard._closed:
+        if guard is None or guard.closed:
             return
         loss = _step_loss(outputs, self.loss_key)
         if loss is not None:
@@ -313,7 +312,7 @@ class UnstuckCallback(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         guard = self._guard
-        if trainer.sanity_checking or guard is None or guard._closed:
+        if trainer.sanity_checking or guard is None or guard.closed:
             return
         if self.monitor_val is not None:
             value = trainer.callback_metrics.get(self.monitor_val)
@@ -342,7 +341,7 @@ class UnstuckCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         guard = self._guard
-        if guard is None or guard._closed:
+        if guard is None or guard.closed:
             return
         if trainer.world_size == 1:
             guard.close()
@@ -355,7 +354,7 @@ class UnstuckCallback(Callback):
 
     def _close(self, trainer: pl.Trainer) -> None:
         guard = self._guard
-        if guard is None or guard._closed:
+        if guard is None or guard.closed:
             return
         try:
             guard.close()
@@ -390,7 +389,7 @@ class UnstuckCallback(Callback):
                 f"{STATE_VERSION}; it was saved by an incompatible unstuck"
             )
         guard_state = dict(state_dict["guard"])
-        if self._guard is not None and not self._guard._closed:
+        if self._guard is not None and not self._guard.closed:
             self._guard.load_state_dict(guard_state)
         else:
             self._pending_state = guard_state
@@ -398,7 +397,7 @@ class UnstuckCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # ddp_spawn pickles the callbacks into each worker; a live Guard holds hooks and threads.
         state = self.__dict__.copy()
-        state.update(_guard=None, _optimizer=None, _gradient_taps=[], _loss_sum=None)
+        state.update(_guard=None, _optimizer=None, _loss_sum=None)
         return state
 
 
@@ -414,28 +413,3 @@ def _norm_clip_value(trainer: pl.Trainer) -> float | None:
     if value is None or float(value) <= 0 or algorithm != "norm":
         return None
     return float(value)
-
-
-def _defer_gradient_taps(guard: Guard) -> list[Tap]:
-    """Take the Guard's gradient-reading pre-step taps out of the optimizer's step pre-hook.
-
-    Lightning calls ``optimizer.step(closure)``: the pre-hook fires before the closure runs the
-    forward and backward, where ``.grad`` still holds the previous step's gradients (or nothing
-    at all after ``zero_grad``). The callback runs these taps from ``on_before_optimizer_step``
-    instead. The LR tap stays in the pre-hook: it runs there before the LR multiplier's own
-    pre-hook, so it records the user's schedule and not schedule × multiplier.
-    """
-    hub = guard._hub
-    deferred = [tap for tap in hub._pre_taps if not isinstance(tap, LRTap)]
-    hub._pre_taps = [tap for tap in hub._pre_taps if isinstance(tap, LRTap)]
-    return deferred
-
-
-def _run_pre_taps(guard: Guard, taps: list[Tap], optimizer: Any) -> None:
-    """Run ``taps`` through the hub's own pre-step dispatch (its sampling and step numbers)."""
-    hub = guard._hub
-    kept, hub._pre_taps = hub._pre_taps, taps
-    try:
-        hub._pre_hook(optimizer, (), {})
-    finally:
-        hub._pre_taps = kept

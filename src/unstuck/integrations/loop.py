@@ -33,13 +33,13 @@ import torch
 
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose import EvidenceBuilder, run_rules
+from unstuck.diagnose.evidence import EvidenceView
 from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
 from unstuck.record.console import ensure_console_handler, format_event_line, format_summary
 from unstuck.record.recorder import Recorder, state_payload
 from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
 from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
-from unstuck.rescue.actions.add_momentum import momentum_of
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -67,9 +67,19 @@ from unstuck.signals import (
     UpdateRatioTap,
     WeightNormTap,
 )
-from unstuck.signals.architecture import beta2_of, post_norm_layers
+from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 from unstuck.signals.distributed import distributed_world
-from unstuck.types import ActionRecord, Finding, Plateau, primitive
+from unstuck.signals.host import Series
+from unstuck.types import (
+    DIAGNOSE_ON,
+    FLAT_STATES,
+    NOTABLE_STATES,
+    ActionRecord,
+    DetectorState,
+    Finding,
+    Plateau,
+    primitive,
+)
 
 __all__ = ["Guard"]
 
@@ -108,8 +118,6 @@ SELF_TUNING_OPTIMIZERS = {
     "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
     "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
 }
-DIAGNOSE_ON = frozenset({"plateau", "slow", "oscillating", "diverging", "hidden_progress"})
-NOTABLE_STATES = frozenset({"plateau", "oscillating", "diverging", "hidden_progress"})
 
 
 # The SignalHub of every Guard not yet closed, by optimizer. A hub stays alive while its hooks
@@ -614,7 +622,7 @@ class Guard:
         self._actions: list[ActionRecord] = []
         self._current_findings: list[Finding] = []
         self._val_points = 0
-        self._diagnose(step=0, state="unknown", series="train")
+        self._diagnose(step=0, state=DetectorState.UNKNOWN, series="train")
         self._engine.note_start(self._hub.step)
         self._signalled = False  # closed by SIGTERM: later calls are ignored, not errors
         self._signal_pending = 0  # SIGTERM came in mid-step: close at the next call
@@ -765,15 +773,58 @@ class Guard:
         Call it where you would call torch's (after ``backward``, before ``optimizer.step``);
         the pre-clip norm stays on the device and feeds the over-clipping rule.
         """
-        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
-            raise ValueError(
-                f"clip_grad_norm_: max_norm must be a positive number, got {max_norm!r}"
-            )
-        self._clip.owned = True
-        threshold = float(max_norm) * self._clip.factor  # the rescue may have adjusted it
+        threshold = self.clip_threshold(max_norm, caller="clip_grad_norm_")
         total = torch.nn.utils.clip_grad_norm_(self._hub.ctx.params, threshold, norm_type)
-        self._clip_tap.record(self._hub.step, total, threshold)
+        self.record_clip(total, threshold)
         return total
+
+    # -- seams for front-ends that run the step themselves (Lightning) ------------------------
+    def clip_threshold(self, max_norm: float, *, caller: str = "clip_threshold") -> float:
+        """The norm to clip at: ``max_norm`` times the rescue's clip factor (1.0 until a
+        ``clip_adjust``). Calling it says the loop clips by norm, which lets the rescue adjust
+        the threshold; a loop that clips itself calls it each step and then :meth:`record_clip`.
+        """
+        if not (isinstance(max_norm, (int, float)) and max_norm > 0):
+            raise ValueError(f"{caller}: max_norm must be a positive number, got {max_norm!r}")
+        self._clip.owned = True
+        return float(max_norm) * self._clip.factor
+
+    def record_clip(self, total_norm: torch.Tensor, threshold: float) -> None:
+        """Record one step's pre-clip total gradient norm (kept on the device) and threshold,
+        for the over-clipping rule. A loop that clips itself calls it after measuring."""
+        self._clip_tap.record(self._hub.step, total_norm, threshold)
+
+    def read_gradients_manually(self) -> None:
+        """Stop reading gradients in the optimizer's step pre-hook; call :meth:`read_gradients`
+        each optimizer step once they are final instead. For loops whose
+        ``optimizer.step(closure)`` runs the backward inside the step, after the pre-hooks
+        (Lightning). The LR is still read in the hook, as the user's schedule."""
+        self._hub.read_gradients_manually()
+
+    def read_gradients(self) -> None:
+        """Read this optimizer step's gradients (after :meth:`read_gradients_manually`), with
+        the sampling the step hook would have used. No host sync."""
+        self._hub.read_gradients()
+
+    @property
+    def parameters(self) -> list[torch.Tensor]:
+        """The parameters the optimizer steps, in the order every per-tensor signal uses."""
+        return list(self._hub.ctx.params)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps seen through the step hooks so far (the current one not yet)."""
+        return self._hub.opt_steps
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run (later calls to ``step`` raise)."""
+        return self._closed
+
+    @property
+    def evidence(self) -> EvidenceView:
+        """The history diagnosis reads (series and snapshots), read-only."""
+        return EvidenceView(self._evidence)
 
     @staticmethod
     def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
@@ -844,7 +895,8 @@ class Guard:
             self._sync.check_in("flush", self._hub.step)  # before the hub's own collectives
         frame = self._hub.flush()
         if self._sync is not None:
-            self._sync.merge_frame(frame)  # the mean loss over ranks; rank 0's detector inputs
+            # as the taps declare: the mean loss over ranks, rank 0's detector inputs
+            self._sync.merge_frame(frame, self._hub.reductions())
         elif not self._late_dist_warned and distributed_world() > 1:
             self._late_dist_warned = True
             logger.warning(
@@ -907,8 +959,8 @@ class Guard:
     def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
         rows: list[tuple[str, int, float]] = []
         for name, value in signals.items():
-            if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
-                rows += [(name, int(s), float(v)) for s, v in zip(value[0], value[1])]
+            if isinstance(value, Series):
+                rows += [(name, int(s), float(v)) for s, v in zip(value.steps, value.values)]
         rows.append(("lr_multiplier", step, self._lr.value))  # one row per flush: its cadence
         momentum = momentum_of(self.optimizer)
         if momentum is not None:
@@ -982,7 +1034,7 @@ class Guard:
         if series != "train":
             return
         plateau = self._detectors["train"].current
-        if state not in ("plateau", "hidden_progress"):
+        if state not in FLAT_STATES:
             if self._curvature_for is not None:
                 self._evidence.set("curvature", None)
                 self._curvature_for = None
@@ -1132,8 +1184,8 @@ class Guard:
         return list(self._actions)
 
     @property
-    def state(self) -> str:
-        """The training-loss detector's current state."""
+    def state(self) -> DetectorState:
+        """The training-loss detector's current state (a ``str``: ``guard.state == "plateau"``)."""
         return self._detectors["train"].state
 
     @property
@@ -1285,7 +1337,8 @@ class Guard:
 
     def __repr__(self) -> str:
         return (
-            f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, state={self.state!r}, "
+            f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, "
+            f"state={str(self.state)!r}, "
             f"plateaus={len(self.plateaus)}, findings={len(self._finding_log.findings)}, "
             f"actions={len(self._actions)}, lr_multiplier={self._lr.value:g})"
         )

@@ -35,8 +35,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from unstuck.detect import PlateauDetector
 from unstuck.detect.detector import WARMUP_FACTOR
-from unstuck.rescue.policy import ACT_ON_STATES
-from unstuck.types import primitive
+from unstuck.types import ACT_ON_STATES, DetectorState, primitive
 
 __all__ = ["PlateauScheduler"]
 
@@ -309,7 +308,7 @@ class PlateauScheduler(ReduceLROnPlateau):
         """Whether the detector's state is one a cut may answer (the rescue policy's own)."""
         if state not in ACT_ON_STATES:
             return False  # improving, slow (a cut slows a creep), hidden_progress, unknown
-        if state == "plateau":
+        if state == DetectorState.PLATEAU:
             plateau = self.detector.current
             # Early: the metric never fell. An LR too low, a saddle or a bad init holds it there,
             # and a cut makes each of those worse.

@@ -61,8 +61,8 @@ def state_payload(
     ``state``, with the plateau it holds open (if any) and its statistics."""
     return {
         "series": series,
-        "from": before,
-        "to": state,
+        "from": str(before),  # plain str: a DetectorState is stored as its value
+        "to": str(state),
         "plateau": plateau.to_dict() if plateau else None,
         "stats": primitive(stats),
     }

@@ -52,6 +52,9 @@ class Action:
     name: ClassVar[str]
     explanation: ClassVar[str] = ""
     example_params: ClassVar[dict[str, Any]] = {}  # valid parameters, for docs and conformance
+    # Parameters validate() must refuse, one bad value per parameter it reads (and an unknown
+    # key): the conformance test fails for an action that accepts any of them.
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = ()
     probe: ClassVar[bool] = False  # measures over the next steps, then the engine restores
     final: ClassVar[bool] = False  # ends the run's rescue (a stop): recorded, never verified
     changes_lr: ClassVar[bool] = False  # skipped for optimizers that set their own step size

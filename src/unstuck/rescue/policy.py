@@ -10,13 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from unstuck.types import Finding
+from unstuck.types import ACT_ON_STATES, UNSTABLE_STATES, Finding
 
 __all__ = ["ActionSequence", "Ladder", "Observe", "Policy", "Proposal", "make_policy"]
 
-ACT_ON_STATES = frozenset({"plateau", "oscillating", "diverging"})
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
-UNSTABLE_STATES = frozenset({"oscillating", "diverging"})
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
 # A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
 WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
-from unstuck.signals.host import SATURATION_BOUND
+from unstuck.signals.host import SATURATION_BOUND, Series
 
 __all__ = ["DEAD_WINDOW", "SATURATION_BOUND", "ActivationTap"]
 
@@ -101,6 +101,18 @@ class ActivationTap(Tap):
 
     name: ClassVar[str] = "activations"
     tier: ClassVar[CostTier] = "sampled"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {
+            "act_dead_fraction",
+            "act_dead_overall",
+            "act_dead_layers",
+            "act_saturation",
+            "act_saturation_overall",
+            "act_saturation_layers",
+            "act_scale",
+            "input_stats",
+        }
+    )
 
     def __init__(self, every: int = 32) -> None:
         if not isinstance(every, int) or every < 1:
@@ -342,11 +354,11 @@ class ActivationTap(Tap):
                 )
                 out["input_stats"] = stats
         if dead_steps:
-            out["act_dead_fraction"] = (dead_steps, dead_worst)
-            out["act_dead_overall"] = (dead_steps, dead_all)
+            out["act_dead_fraction"] = Series(dead_steps, dead_worst)
+            out["act_dead_overall"] = Series(dead_steps, dead_all)
         if sat_steps:
-            out["act_saturation"] = (sat_steps, sat_worst)
-            out["act_saturation_overall"] = (sat_steps, sat_all)
+            out["act_saturation"] = Series(sat_steps, sat_worst)
+            out["act_saturation_overall"] = Series(sat_steps, sat_all)
         return out
 
     def state_dict(self) -> dict[str, Any]:

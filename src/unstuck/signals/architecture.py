@@ -3,7 +3,8 @@
 ``post_norm_layers`` counts Transformer layers that normalise after the residual (post-LN, the
 original Transformer's and BERT's layout), which need a warm-up under Adam (Xiong et al. 2020;
 ``missing_warmup``). ``beta2_of`` reads an Adam-family optimizer's second-moment decay, which
-sets the untuned warm-up length (Ma & Yarats 2021).
+sets the untuned warm-up length (Ma & Yarats 2021). ``momentum_of`` reads plain SGD's
+heavy-ball momentum (the ``add_momentum`` action sets it; the Guard records it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "ADAM_BETA2",
     "POST_LN_MODEL_TYPES",
     "beta2_of",
+    "momentum_of",
     "post_norm_layers",
     "untuned_warmup_length",
 ]
@@ -89,6 +91,16 @@ def beta2_of(optimizer: torch.optim.Optimizer) -> float | None:
         except (TypeError, ValueError):
             return None
     return None
+
+
+def momentum_of(optimizer: torch.optim.Optimizer) -> float | None:
+    """The largest heavy-ball momentum over the groups of a ``torch.optim.SGD``; ``None`` for
+    any other optimizer (adaptive ones average their own first moment)."""
+    import torch  # here: this module is imported where torch is not (unstuck analyze)
+
+    if not isinstance(optimizer, torch.optim.SGD):
+        return None
+    return max(float(group.get("momentum", 0.0) or 0.0) for group in optimizer.param_groups)
 
 
 def untuned_warmup_length(beta2: float | None) -> int:

@@ -15,9 +15,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-__all__ = ["CostTier", "Packet", "StepContext", "Tap"]
+__all__ = ["CostTier", "Packet", "Reduction", "StepContext", "Tap"]
 
 CostTier = Literal["always", "sampled", "probe"]
+# How a distributed run combines a tap's series across ranks at each flush (applied by the
+# Guard's RankSync.merge_frame): "mean" averages them step by step on every rank, "lead" hands
+# every rank rank 0's (inputs the detectors must read alike everywhere), "local" leaves each
+# rank its own (rank 0 diagnoses on its own signals).
+Reduction = Literal["mean", "lead", "local"]
 
 
 @dataclass
@@ -61,10 +66,18 @@ class Tap:
 
     name: ClassVar[str]
     tier: ClassVar[CostTier]
-    reduction: ClassVar[Literal["mean", "sum", "max", "none"]] = "mean"  # across ranks
+    # The evidence names finish() can return (``prefix/*``: any name under the prefix). The
+    # conformance test holds each rule's ``requires`` to these and the front-ends' facts, and
+    # each tap's real output to its list, so a misspelt name fails a test, not a rule silently.
+    provides: ClassVar[frozenset[str]] = frozenset()
+    reduction: ClassVar[Reduction] = "local"  # across ranks: see Reduction
     # The hub calls on_pre_step/on_post_step only on optimizer steps that are multiples of
     # ``every``: a sampled tap costs nothing at all on the other steps, not even a call.
     every: int = 1
+    # Whether on_pre_step must run inside the optimizer's step pre-hook even when a front-end
+    # reads gradients itself (SignalHub.read_gradients_manually): a tap whose reading depends
+    # on its order among the step hooks (the LR, before unstuck's LR multiplier scales it).
+    in_step_hook: ClassVar[bool] = False
 
     def bind(self, ctx: StepContext) -> None:
         """Called once when the hub starts, with the parameters to watch."""

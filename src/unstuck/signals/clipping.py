@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from unstuck.signals.base import CostTier, Packet, Tap
+from unstuck.signals.host import Series
 
 __all__ = ["ClipTap"]
 
@@ -24,6 +25,9 @@ class ClipTap(Tap):
 
     name: ClassVar[str] = "clipping"
     tier: ClassVar[CostTier] = "always"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {"clip_rate", "clip_pre_norm", "clip_threshold", "clip_steps"}
+    )
 
     def __init__(self) -> None:
         self._norms: list[torch.Tensor] = []
@@ -62,8 +66,8 @@ class ClipTap(Tap):
         step = int(host["steps"][-1])
         clipped = norms[finite] > limits[finite]
         return {
-            "clip_rate": ([step], [float(clipped.mean())]),
-            "clip_pre_norm": ([step], [float(np.median(norms[finite]))]),
-            "clip_threshold": ([step], [float(limits[-1])]),
-            "clip_steps": ([step], [float(finite.sum())]),
+            "clip_rate": Series([step], [float(clipped.mean())]),
+            "clip_pre_norm": Series([step], [float(np.median(norms[finite]))]),
+            "clip_threshold": Series([step], [float(limits[-1])]),
+            "clip_steps": Series([step], [float(finite.sum())]),
         }

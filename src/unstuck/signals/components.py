@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from unstuck.signals.base import CostTier, Packet, Tap
-from unstuck.signals.host import COMPONENT_PREFIX
+from unstuck.signals.host import COMPONENT_PREFIX, Series
 
 __all__ = ["COMPONENT_PREFIX", "MAX_COMPONENTS", "LossComponentsTap"]
 
@@ -25,6 +25,7 @@ class LossComponentsTap(Tap):
 
     name: ClassVar[str] = "loss_components"
     tier: ClassVar[CostTier] = "always"
+    provides: ClassVar[frozenset[str]] = frozenset({"loss_component/*", "loss_components_start"})
 
     def __init__(self) -> None:
         self._pending: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
@@ -60,7 +61,7 @@ class LossComponentsTap(Tap):
             values = [float(v) for v in host.get(COMPONENT_PREFIX + name, [])]
             if len(values) != len(steps) or not values:
                 continue
-            out[COMPONENT_PREFIX + name] = (list(steps), values)
+            out[COMPONENT_PREFIX + name] = Series(list(steps), values)
             if name not in self.start:
                 finite = [v for v in values if v == v and abs(v) != float("inf")]
                 if finite:

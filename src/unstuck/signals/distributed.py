@@ -18,12 +18,12 @@ Sharded parameters (FSDP, DTensor) differ between ranks by design; the tap then 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
-from unstuck.signals.host import CHECKSUM_FIELDS, checksum_spread
+from unstuck.signals.base import CostTier, Packet, Reduction, StepContext, Tap
+from unstuck.signals.host import CHECKSUM_FIELDS, Series, checksum_spread
 
 __all__ = ["CHECKSUM_FIELDS", "RankChecksumTap", "distributed_world", "is_sharded"]
 
@@ -64,7 +64,10 @@ class RankChecksumTap(Tap):
 
     name: ClassVar[str] = "rank_checksum"
     tier: ClassVar[CostTier] = "always"
-    reduction: ClassVar[Literal["mean", "sum", "max", "none"]] = "none"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {"rank_checksums", "rank_world_size", "rank_checksum_spread"}
+    )
+    reduction: ClassVar[Reduction] = "local"  # it gathers every rank's checksums itself
 
     def __init__(self) -> None:
         self._params: list[torch.Tensor] = []
@@ -110,5 +113,5 @@ class RankChecksumTap(Tap):
         return {
             "rank_checksums": [list(map(float, row)) for row in table],
             "rank_world_size": len(table),
-            "rank_checksum_spread": ([int(host.get("step", 0))], [spread]),
+            "rank_checksum_spread": Series([int(host.get("step", 0))], [spread]),
         }

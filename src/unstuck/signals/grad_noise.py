@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_grads
+from unstuck.signals.base import CostTier, Packet, Reduction, StepContext, Tap, local_grads
+from unstuck.signals.host import Series
 from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS, CoordinateSample
 
 __all__ = ["GradNoiseTap"]
@@ -33,6 +34,10 @@ class GradNoiseTap(Tap):
 
     name: ClassVar[str] = "grad_noise"
     tier: ClassVar[CostTier] = "sampled"
+    # A detector input: rank 0's on every rank, so every rank's detectors agree (equal on ranks
+    # in sync; a desync is the rank_desync rule's business, not a reason to disagree).
+    reduction: ClassVar[Reduction] = "lead"
+    provides: ClassVar[frozenset[str]] = frozenset({"grad_snr"})
 
     def __init__(
         self, every: int = DEFAULT_EVERY, max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 1
@@ -94,4 +99,4 @@ class GradNoiseTap(Tap):
         signal = mean_vector - noise / k  # ‖G‖²
         if not (math.isfinite(noise) and math.isfinite(signal)) or noise <= 0:
             return {}
-        return {"grad_snr": ([int(host["step"])], [max(signal, 0.0) / noise])}
+        return {"grad_snr": Series([int(host["step"])], [max(signal, 0.0) / noise])}

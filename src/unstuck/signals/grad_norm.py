@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_grads, local_shard
+from unstuck.signals.host import Series
 
 __all__ = ["GradNormTap", "NormPlan"]
 
@@ -65,6 +66,9 @@ class GradNormTap(Tap):
 
     name: ClassVar[str] = "grad_norm"
     tier: ClassVar[CostTier] = "always"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {"grad_norm", "nonfinite_grad", "grad_norm_per_tensor", "grad_missing"}
+    )
 
     def __init__(self, every: int = 1) -> None:
         if every < 1:
@@ -128,8 +132,8 @@ class GradNormTap(Tap):
         steps: list[int] = host["steps"]
         nonfinite = int(np.sum(~np.isfinite(total)))
         return {
-            "grad_norm": (steps, total.tolist()),
-            "nonfinite_grad": (steps[-1:], [float(nonfinite)]),
+            "grad_norm": Series(steps, total.tolist()),
+            "nonfinite_grad": Series(steps[-1:], [float(nonfinite)]),
             "grad_norm_per_tensor": per_tensor,  # rows: sampled steps, columns: tensors
             "grad_missing": host["missing"],
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "CHECKSUM_FIELDS",
@@ -22,29 +22,38 @@ __all__ = [
     "SATURATION_BOUND",
     "STALLED_PROGRESS",
     "Frame",
+    "Series",
     "checksum_spread",
     "classify",
 ]
+
+
+class Series(NamedTuple):
+    """A scalar signal over steps: what a tap measured at each of ``steps``.
+
+    Frame values are told apart by type, not by shape: a ``Series`` goes to the run store as
+    metrics and to the evidence as a history; any other value (per-tensor arrays, summaries) is
+    the tap's latest reading. A tuple, so ``steps, values = series`` still reads it.
+    """
+
+    steps: list[int]
+    values: list[float]
 
 
 @dataclass
 class Frame:
     """Everything the taps measured since the previous flush, on the host.
 
-    Scalar series are ``name -> (steps, values)``; other entries (per-tensor arrays, summaries)
-    are documented by the tap that makes them.
+    Scalar series are ``name -> Series(steps, values)``; other entries (per-tensor arrays,
+    summaries) are documented by the tap that makes them.
     """
 
     step: int
     signals: dict[str, Any] = field(default_factory=dict)
 
-    def series(self) -> dict[str, tuple[list[int], list[float]]]:
+    def series(self) -> dict[str, Series]:
         """Only the scalar series, the part that goes to the run store as metrics."""
-        return {
-            k: v
-            for k, v in self.signals.items()
-            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], list)
-        }
+        return {k: v for k, v in self.signals.items() if isinstance(v, Series)}
 
 
 # --- curvature (``signals.curvature``) ---

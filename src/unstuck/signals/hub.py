@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unstuck.signals.base import Packet, StepContext, Tap
+from unstuck.signals.base import Packet, Reduction, StepContext, Tap
 from unstuck.signals.host import Frame
 
 __all__ = ["Frame", "SignalHub", "optimizer_parameters"]
@@ -65,6 +65,7 @@ class SignalHub:
         self._pre_taps = [t for t in taps if type(t).on_pre_step is not Tap.on_pre_step]
         self._post_taps = [t for t in taps if type(t).on_post_step is not Tap.on_post_step]
         self._loss_taps = [t for t in taps if type(t).on_loss is not Tap.on_loss]
+        self._manual_taps: list[Tap] = []  # pre-step taps run by read_gradients instead
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
@@ -72,8 +73,25 @@ class SignalHub:
 
     # -- hooks (hot path) -------------------------------------------------------------------
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._run_pre_taps(self._pre_taps)
+
+    def read_gradients_manually(self) -> None:
+        """Take the gradient-reading pre-step taps out of the step pre-hook: the caller runs
+        them with :meth:`read_gradients` once the gradients are final. Taps that declare
+        ``in_step_hook`` (the LR) stay in the hook, where their order among hooks matters."""
+        if self._manual_taps:
+            return
+        self._manual_taps = [t for t in self._pre_taps if not t.in_step_hook]
+        self._pre_taps = [t for t in self._pre_taps if t.in_step_hook]
+
+    def read_gradients(self) -> None:
+        """Run the taps :meth:`read_gradients_manually` took out of the pre-hook, with the same
+        sampling and step numbers the pre-hook would have given them."""
+        self._run_pre_taps(self._manual_taps)
+
+    def _run_pre_taps(self, taps: list[Tap]) -> None:
         n = self.opt_steps
-        for tap in self._pre_taps:
+        for tap in taps:
             if n % tap.every:
                 continue
             tap.current_step = self.step  # type: ignore[attr-defined]
@@ -122,6 +140,16 @@ class SignalHub:
         for tap, packet in zip(self.taps, packets):
             frame.signals.update(tap.finish(packet.host))
         return frame
+
+    def reductions(self) -> dict[str, Reduction]:
+        """The series ranks combine at a flush, each with its tap's ``reduction`` (the
+        ``local`` ones stay off the wire)."""
+        return {
+            name: tap.reduction
+            for tap in self.taps
+            if tap.reduction != "local"
+            for name in sorted(tap.provides)
+        }
 
     def close(self) -> None:
         for handle in self._handles:

@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, Tap
+from unstuck.signals.base import CostTier, Packet, Reduction, Tap
+from unstuck.signals.host import Series
 
 __all__ = ["LossTap"]
 
@@ -19,6 +20,9 @@ class LossTap(Tap):
 
     name: ClassVar[str] = "loss"
     tier: ClassVar[CostTier] = "always"
+    # Averaged over ranks: every rank's detectors, verdicts and probes read the same loss.
+    reduction: ClassVar[Reduction] = "mean"
+    provides: ClassVar[frozenset[str]] = frozenset({"loss", "nonfinite_loss"})
 
     def __init__(self) -> None:
         self._steps: list[int] = []
@@ -43,4 +47,7 @@ class LossTap(Tap):
         values: list[float] = host["loss"]
         steps: list[int] = host["steps"]
         nonfinite = sum(1 for v in values if v != v or v in (float("inf"), float("-inf")))
-        return {"loss": (steps, values), "nonfinite_loss": (steps[-1:], [float(nonfinite)])}
+        return {
+            "loss": Series(steps, values),
+            "nonfinite_loss": Series(steps[-1:], [float(nonfinite)]),
+        }

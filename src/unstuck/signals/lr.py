@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.host import Series
 
 __all__ = ["LRTap", "read_lr"]
 
@@ -29,6 +30,9 @@ class LRTap(Tap):
 
     name: ClassVar[str] = "lr"
     tier: ClassVar[CostTier] = "always"
+    provides: ClassVar[frozenset[str]] = frozenset({"lr/*"})
+    # Read before the LR multiplier's own pre-hook scales the LR: the user's schedule.
+    in_step_hook: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, list[float | torch.Tensor]]] = []
@@ -68,5 +72,7 @@ class LRTap(Tap):
         out: dict[str, Any] = {}
         n_groups = len(rows[-1][1])
         for g in range(n_groups):
-            out[f"lr/{g}"] = ([s for s, _ in rows], [float(v[g]) for _, v in rows if g < len(v)])
+            out[f"lr/{g}"] = Series(
+                [s for s, _ in rows], [float(v[g]) for _, v in rows if g < len(v)]
+            )
         return out

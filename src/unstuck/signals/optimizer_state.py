@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
+from unstuck.signals.host import Series
 
 __all__ = ["OptimizerStateTap", "second_moment_key"]
 
@@ -55,6 +56,17 @@ class OptimizerStateTap(Tap):
 
     name: ClassVar[str] = "optimizer_state"
     tier: ClassVar[CostTier] = "sampled"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {
+            "second_moment_ratio",
+            "second_moment_ratio_global",
+            "second_moment_sum",
+            "second_moment_beta",
+            "optimizer_state_step",
+            "optimizer_step_lag",
+            "optimizer_state_empty",
+        }
+    )
 
     def __init__(self, every: int = DEFAULT_EVERY) -> None:
         if not isinstance(every, int) or every < 1:
@@ -157,19 +169,19 @@ class OptimizerStateTap(Tap):
             with np.errstate(divide="ignore", invalid="ignore"):
                 per_tensor = v_hat / np.maximum(g2, _TINY)
                 total = v_hat.sum(axis=1) / np.maximum(g2.sum(axis=1), _TINY)
-            out["second_moment_ratio"] = (steps, np.median(per_tensor, axis=1).tolist())
-            out["second_moment_ratio_global"] = (steps, total.tolist())
-            out["second_moment_sum"] = (steps, v_hat.sum(axis=1).tolist())
+            out["second_moment_ratio"] = Series(steps, np.median(per_tensor, axis=1).tolist())
+            out["second_moment_ratio_global"] = Series(steps, total.tolist())
+            out["second_moment_sum"] = Series(steps, v_hat.sum(axis=1).tolist())
         if "state_steps" in host:
             own = np.asarray(host["state_steps"], dtype=np.float64)
             guard = np.asarray(host["guard_opt_steps"], dtype=np.float64)
-            out["optimizer_state_step"] = (host["lag_steps"], own.tolist())
-            out["optimizer_step_lag"] = (host["lag_steps"], (guard - own).tolist())
+            out["optimizer_state_step"] = Series(host["lag_steps"], own.tolist())
+            out["optimizer_step_lag"] = Series(host["lag_steps"], (guard - own).tolist())
         if host.get("beta2") is not None:
             out["second_moment_beta"] = float(host["beta2"])
         if "empty" in host:
             rows = host["empty"]
-            out["optimizer_state_empty"] = (
+            out["optimizer_state_empty"] = Series(
                 [int(s) for s, _, _ in rows],
                 [float(e) / max(int(n), 1) for _, e, n in rows],
             )

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, Reduction, StepContext, Tap
+from unstuck.signals.host import Series
 from unstuck.signals.sampling import DEFAULT_MAX_ELEMENTS, CoordinateSample
 
 __all__ = ["DEFAULT_MAX_ELEMENTS", "ParamDistanceTap"]
@@ -32,6 +33,10 @@ class ParamDistanceTap(Tap):
 
     name: ClassVar[str] = "param_distance"
     tier: ClassVar[CostTier] = "always"
+    # A detector input: rank 0's on every rank, so every rank's detectors agree (equal on ranks
+    # in sync; a desync is the rank_desync rule's business, not a reason to disagree).
+    reduction: ClassVar[Reduction] = "lead"
+    provides: ClassVar[frozenset[str]] = frozenset({"param_distance"})
 
     def __init__(
         self, every: int = DEFAULT_EVERY, max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0
@@ -102,7 +107,7 @@ class ParamDistanceTap(Tap):
         if "distance" not in host:
             return {}
         values = [float(v) for v in host["distance"]]
-        return {"param_distance": (list(host["steps"]), values)}
+        return {"param_distance": Series(list(host["steps"]), values)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"reference": [r.detach().cpu().clone() for r in self._reference]}

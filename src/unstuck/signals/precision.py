@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
+from unstuck.signals.host import Series
 
 __all__ = ["LOW_PRECISION", "PrecisionTap"]
 
@@ -55,6 +56,19 @@ class PrecisionTap(Tap):
 
     name: ClassVar[str] = "precision"
     tier: ClassVar[CostTier] = "sampled"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {
+            "param_dtypes",
+            "output_dtype",
+            "grad_scaler",
+            "loss_scale",
+            "skipped_steps",
+            "skipped_step_share",
+            "zero_grad_fraction",
+            "subnormal_grad_fraction",
+            "unchanged_weight_fraction",
+        }
+    )
 
     def __init__(self, every: int = 32, scaler: Any = None) -> None:
         if not isinstance(every, int) or every < 1:
@@ -203,21 +217,21 @@ class PrecisionTap(Tap):
             out["output_dtype"] = max(host["output_dtypes"].items(), key=lambda kv: kv[1])[0]
         out["grad_scaler"] = self.scaler is not None and "loss_scale" in host
         if "loss_scale" in host:
-            out["loss_scale"] = ([step], [float(host["loss_scale"][0])])
+            out["loss_scale"] = Series([step], [float(host["loss_scale"][0])])
         guard_steps = int(host["guard_steps"])
         if guard_steps > 0:
             skipped = max(guard_steps - int(host["opt_steps"]), 0)
-            out["skipped_steps"] = ([step], [float(skipped)])
-            out["skipped_step_share"] = ([step], [skipped / guard_steps])
+            out["skipped_steps"] = Series([step], [float(skipped)])
+            out["skipped_step_share"] = Series([step], [skipped / guard_steps])
         if "zero_counts" in host:
             steps: list[int] = host["zero_steps"]
             rows = [host["zero_counts"][3 * i : 3 * i + 3] for i in range(len(steps))]
-            out["zero_grad_fraction"] = (steps, [r[0] / max(r[2], 1.0) for r in rows])
-            out["subnormal_grad_fraction"] = (steps, [r[1] / max(r[2], 1.0) for r in rows])
+            out["zero_grad_fraction"] = Series(steps, [r[0] / max(r[2], 1.0) for r in rows])
+            out["subnormal_grad_fraction"] = Series(steps, [r[1] / max(r[2], 1.0) for r in rows])
         if "unchanged" in host:
             steps = host["unchanged_steps"]
             pairs = [host["unchanged"][2 * i : 2 * i + 2] for i in range(len(steps))]
-            out["unchanged_weight_fraction"] = (steps, [a / max(b, 1.0) for a, b in pairs])
+            out["unchanged_weight_fraction"] = Series(steps, [a / max(b, 1.0) for a, b in pairs])
         return out
 
     def close(self) -> None:

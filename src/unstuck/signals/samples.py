@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from unstuck.signals.base import CostTier, Packet, Tap
-from unstuck.signals.host import PERSIST_OBSERVATIONS
+from unstuck.signals.base import CostTier, Packet, Reduction, Tap
+from unstuck.signals.host import PERSIST_OBSERVATIONS, Series
 
 __all__ = ["MAX_TRACKED_IDS", "PERSIST_OBSERVATIONS", "SamplesTap"]
 
@@ -37,7 +37,22 @@ class SamplesTap(Tap):
 
     name: ClassVar[str] = "samples"
     tier: ClassVar[CostTier] = "always"
-    reduction = "sum"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {
+            "samples_seen",
+            "samples_per_step",
+            "epoch_coverage",
+            "epoch_new_ids",
+            "epoch_overlap",
+            "data_reach",
+            "per_sample",
+            "class_loss",
+            "class_loss_history",
+            "class_counts",
+            "sample_groups",
+        }
+    )
+    reduction: ClassVar[Reduction] = "local"  # each rank's own samples (rank 0 diagnoses)
 
     def __init__(self, dataset_size: int | None = None) -> None:
         if dataset_size is not None and dataset_size < 1:
@@ -96,7 +111,7 @@ class SamplesTap(Tap):
         out: dict[str, Any] = {}
         step = host.get("last_step")
         if step is not None:
-            out["samples_seen"] = ([step], [float(host["samples_seen"])])
+            out["samples_seen"] = Series([step], [float(host["samples_seen"])])
         calls = int(host.get("loss_calls", 0))
         if calls and "ids" in host:
             out["samples_per_step"] = float(host["samples_seen"]) / calls

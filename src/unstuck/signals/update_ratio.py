@@ -14,6 +14,7 @@ import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 from unstuck.signals.grad_norm import NormPlan
+from unstuck.signals.host import Series
 
 __all__ = ["UpdateRatioTap"]
 
@@ -25,6 +26,7 @@ class UpdateRatioTap(Tap):
 
     name: ClassVar[str] = "update_ratio"
     tier: ClassVar[CostTier] = "sampled"
+    provides: ClassVar[frozenset[str]] = frozenset({"update_ratio", "update_ratio_per_tensor"})
 
     def __init__(self, every: int = 25) -> None:
         if every < 1:
@@ -68,6 +70,6 @@ class UpdateRatioTap(Tap):
         delta, weight = norms[:, 0, :], norms[:, 1, :]
         total = np.sqrt((delta**2).sum(axis=1)) / (np.sqrt((weight**2).sum(axis=1)) + _TINY)
         return {
-            "update_ratio": (host["steps"], total.tolist()),
+            "update_ratio": Series(host["steps"], total.tolist()),
             "update_ratio_per_tensor": delta / (weight + _TINY),
         }

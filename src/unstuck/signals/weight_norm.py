@@ -15,6 +15,7 @@ import torch
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 from unstuck.signals.grad_norm import NormPlan
+from unstuck.signals.host import Series
 
 __all__ = ["WeightNormTap", "decoupled_decay"]
 
@@ -32,6 +33,16 @@ class WeightNormTap(Tap):
 
     name: ClassVar[str] = "weight_norm"
     tier: ClassVar[CostTier] = "always"
+    provides: ClassVar[frozenset[str]] = frozenset(
+        {
+            "weight_norm",
+            "weight_norm_initial",
+            "weight_norm_per_group",
+            "weight_decay",
+            "weight_decay_decoupled",
+            "weight_decay_lr",
+        }
+    )
 
     def __init__(self) -> None:
         self._ctx: StepContext | None = None
@@ -83,7 +94,7 @@ class WeightNormTap(Tap):
             initial = np.asarray(host["initial_norms"], dtype=np.float64)
             out["weight_norm_initial"] = float(np.sqrt(np.sum(initial**2)))
         return out | {
-            "weight_norm": ([step], [float(np.sqrt(np.sum(norms**2)))]),
+            "weight_norm": Series([step], [float(np.sqrt(np.sum(norms**2)))]),
             "weight_norm_per_group": per_group,
             "weight_decay": list(host["weight_decay"]),
             "weight_decay_decoupled": list(host["decoupled"]),

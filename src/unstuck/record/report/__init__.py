@@ -19,14 +19,18 @@ SVG (labels, ``<title>`` hover text, attributes). The page has no script at all.
 
 Module layout: ``svg`` (chart primitives), ``series`` (downsampling, smoothing), ``text``
 (escaping, formatting), ``doc`` (the page being built), one module per section (``loss``,
-``lr``, ``grads``, ``tables``, ``probes``, ``other``).
+``lr``, ``grads``, ``tables``, ``probes``, ``other``), and ``page.html``, the page shell (head,
+style, header, footer) as a :class:`string.Template` that this module fills.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
+import importlib.resources
 import os
+import string
 from pathlib import Path
 
 from unstuck.record.report.doc import Doc
@@ -45,35 +49,7 @@ __all__ = ["MAX_HEATMAP_COLUMNS", "MAX_POINTS", "REPORT_FILENAME", "write_report
 REPORT_FILENAME = "report.html"  # the name used when write_report is given a directory
 DISTRIBUTION = "unstuck"  # the installed package whose version the footer names
 
-_CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: #222; margin: 0 auto; max-width: 1200px; padding: 1em 2em 3em; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-h3 { margin-bottom: 0.3em; }
-.source { color: #555; margin-top: 0; word-break: break-all; }
-.note { color: #666; font-style: italic; }
-table { border-collapse: collapse; width: 100%; margin: 0.5em 0; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; }
-table.kv { width: auto; } table.kv th { font-weight: normal; font-family: monospace; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.badge { border-radius: 3px; color: #fff; padding: 1px 6px; white-space: nowrap; }
-ul.kv { margin: 0.3em 0; padding-left: 1.2em; font-size: 13px; }
-ul.kv code { color: #333; }
-details summary { cursor: pointer; color: #1f5fa8; }
-svg.chart { display: block; width: 100%; height: auto; margin: 0.6em 0; overflow: visible; }
-svg.chart text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-                 fill: #333; }
-svg.chart .axis-title { font-size: 13px; fill: #444; }
-svg.chart .span-label { font-size: 11px; fill: #555; }
-svg.chart .marker-label { font-size: 11px; }
-svg.chart .series:hover polyline { stroke-width: 3; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr));
-        gap: 0.5em 1.5em; }
-figure.small { margin: 0; } figure.small figcaption { font-family: monospace;
-        font-size: 13px; word-break: break-all; }
-footer { margin-top: 3em; color: #888; font-size: 12px; }
-"""
+PAGE = "page.html"  # the page shell, a string.Template beside this module (package data)
 
 
 def _version() -> str:
@@ -133,26 +109,19 @@ def _page(run: RunData, doc: Doc) -> str:
     )
     meta = {"format": run.format, **run.meta}
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "\n".join(doc.sections)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<header>
-<h1>unstuck report</h1>
-<p class="source">source: {esc(run.source)}</p>
-<p>{esc(counts)}</p>
-<details><summary>run metadata</summary>{kv_table(meta)}</details>
-</header>
-{body}
-<footer>Written by unstuck {esc(_version())} on {esc(generated)}.
-Hover a line, a shaded span or a marker for details.
-</footer>
-</body>
-</html>
-"""
+    return _shell().substitute(
+        title=esc(title),
+        source=esc(run.source),
+        counts=esc(counts),
+        meta=kv_table(meta),
+        body="\n".join(doc.sections),
+        version=esc(_version()),
+        generated=esc(generated),
+    )
+
+
+@functools.cache
+def _shell() -> string.Template:
+    """The page around the sections (head, style, header, footer), read once per process."""
+    text = importlib.resources.files(__name__).joinpath(PAGE).read_text(encoding="utf-8")
+    return string.Template(text)

@@ -40,6 +40,12 @@ class AccumulationChange(Action):
         "optimizer.step()."
     )
     example_params: ClassVar[dict[str, Any]] = {"factor": DEFAULT_FACTOR}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"factor": 1.0},
+        {"factor": 0.0},
+        {"factor": True},
+    )
 
     def _factor(self, params: dict[str, Any]) -> float:
         check_keys(self.name, params, ("factor",))

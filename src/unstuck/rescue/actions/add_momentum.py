@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-
 from unstuck.rescue.actions._params import check_keys, number
 from unstuck.rescue.base import Action, Controls
+from unstuck.signals.architecture import momentum_of
 
 DEFAULT_MOMENTUM = 0.9  # the textbook heavy-ball coefficient (Sutskever et al. 2013; torch docs)
-
-
-def momentum_of(optimizer: torch.optim.Optimizer) -> float | None:
-    """The largest heavy-ball momentum over the groups of a ``torch.optim.SGD``; ``None`` for
-    any other optimizer (adaptive ones average their own first moment)."""
-    if not isinstance(optimizer, torch.optim.SGD):
-        return None
-    return max(float(group.get("momentum", 0.0) or 0.0) for group in optimizer.param_groups)
 
 
 class AddMomentum(Action):
@@ -45,6 +36,13 @@ class AddMomentum(Action):
         "already average their gradients. Undo restores momentum 0 and drops the buffers."
     )
     example_params: ClassVar[dict[str, Any]] = {"momentum": DEFAULT_MOMENTUM}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"momentum": 1.0},
+        {"momentum": 0.0},
+        {"momentum": "0.9"},
+        {"beta": 0.9},
+    )
 
     def _momentum(self, params: dict[str, Any]) -> float:
         check_keys(self.name, params, ("momentum",))

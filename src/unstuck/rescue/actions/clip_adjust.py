@@ -38,6 +38,12 @@ class ClipAdjust(Action):
         "through guard.clip_grad_norm_(max_norm): unstuck then multiplies your max_norm."
     )
     example_params: ClassVar[dict[str, Any]] = {"factor": DEFAULT_FACTOR}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"factor": -1.0},
+        {"factor": "10"},
+        {"factr": 10.0},
+    )
 
     def _factor(self, params: dict[str, Any]) -> float:
         check_keys(self.name, params, ("factor",))

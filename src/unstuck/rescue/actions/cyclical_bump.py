@@ -32,6 +32,8 @@ class CyclicalBump(Action):
         "unchanged, so the bump leaves nothing behind but the progress it made."
     )
     example_params: ClassVar[dict[str, Any]] = {"peak": DEFAULT_PEAK, "length": DEFAULT_LENGTH}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = ({"peak": 0.5}, {"length": 0})
 
     def _params(self, params: dict[str, Any]) -> tuple[float, int]:
         check_keys(self.name, params, ("peak", "length"))

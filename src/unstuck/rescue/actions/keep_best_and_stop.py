@@ -34,6 +34,8 @@ class KeepBestAndStop(Action):
     # ``best_step`` is informational: the overfitting rule passes the step it found the minimum
     # at; the snapshot restored is the Guard's own best.
     example_params: ClassVar[dict[str, Any]] = {}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = ({"best_step": -1}, {"steps": 3})
 
     def validate(self, params: dict[str, Any]) -> None:
         check_keys(self.name, params, ("best_step",))

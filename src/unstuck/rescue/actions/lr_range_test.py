@@ -182,6 +182,13 @@ class LRRangeTest(Action):
         "The suggestion is cross-checked two ways and verified after a horizon like any action."
     )
     example_params: ClassVar[dict[str, Any]] = {"steps": 100, "low": 1e-2, "high": 1e4}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"steps": 5},
+        {"low": 0.0},
+        {"low": 10.0, "high": 1.0},
+        {"high": "x"},
+    )
     probe: ClassVar[bool] = True
 
     def validate(self, params: dict[str, Any]) -> None:

@@ -23,6 +23,11 @@ class LRScale(Action):
     )
 
     example_params: ClassVar[dict[str, Any]] = {"factor": 3.0}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"factor": 0.0},
+        {"factor": float("nan")},
+    )
 
     def validate(self, params: dict[str, Any]) -> None:
         for key in ("factor", "estimate"):

@@ -46,6 +46,8 @@ class ResetOptimizerState(Action):
         "by about the learning rate."
     )
     example_params: ClassVar[dict[str, Any]] = {}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = ({"factor": 2.0},)
 
     def validate(self, params: dict[str, Any]) -> None:
         check_keys(self.name, params, ())

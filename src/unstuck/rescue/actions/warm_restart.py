@@ -39,6 +39,13 @@ class WarmRestart(Action):
         "end": DEFAULT_END,
         "length": DEFAULT_LENGTH,
     }
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"peak": 1.0},
+        {"end": 5.0},
+        {"length": 1},
+        {"length": 2.5},
+    )
 
     def _params(self, params: dict[str, Any]) -> tuple[float, float, int]:
         check_keys(self.name, params, ("peak", "end", "length"))

@@ -38,6 +38,12 @@ class Warmup(Action):
         "product."
     )
     example_params: ClassVar[dict[str, Any]] = {"length": DEFAULT_LENGTH}
+    # Parameters validate() must refuse (the conformance test checks each one).
+    invalid_params: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"length": 1},
+        {"length": 100.0},
+        {"steps": 100},
+    )
 
     def _length(self, params: dict[str, Any]) -> int:
         check_keys(self.name, params, ("length",))
