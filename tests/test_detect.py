@@ -862,3 +862,41 @@ def test_quantised_converged_tail_is_neither_a_rise_nor_flapping():
     states = _feed(det, t, y)
     assert len(det.plateaus) <= 1
     assert "diverging" not in states
+
+
+def test_a_diverging_series_is_decided_once_per_closed_bin_not_at_every_point(monkeypatch):
+    """The trend tests read closed bins only: re-deciding at every point while diverging
+    re-tested the same bins (a 100k-point diverging log took minutes to analyse)."""
+    decisions, closes = [], []
+    evaluate, add = PlateauDetector._evaluate, BinnedSeries.add
+
+    def counting_evaluate(self):
+        decisions.append(self.n_points)
+        evaluate(self)
+
+    def counting_add(self, step, value):
+        closed = add(self, step, value)
+        closes.append(closed)
+        return closed
+
+    monkeypatch.setattr(PlateauDetector, "_evaluate", counting_evaluate)
+    monkeypatch.setattr(BinnedSeries, "add", counting_add)
+    det = PlateauDetector()
+    rng = np.random.default_rng(0)
+    n = 20_000
+    values = np.exp(np.linspace(0.0, 4.0, n)) * (1 + 0.05 * rng.standard_normal(n))
+    for step, value in enumerate(values):
+        det.update(step, float(value))
+    assert det.state == "diverging"
+    assert len(decisions) == sum(closes) < n / 10
+
+
+def test_the_first_finite_value_after_a_nonfinite_run_is_decided_at_once():
+    det = PlateauDetector()
+    for step in range(200):
+        det.update(step, 1.0 / (1 + step))
+    for step in range(200, 204):
+        det.update(step, float("nan"))
+    assert det.state == "diverging" and det.stats()["reason"] == "nonfinite"
+    det.update(204, 1.0 / 205)  # no bin needs to close for this verdict to be revisited
+    assert det.stats().get("reason") != "nonfinite"

@@ -267,7 +267,12 @@ class PlateauDetector:
         snr = _finite(gradient_snr)
         if snr is not None:
             self._gradient_snr = snr
-        if closed or self._nonfinite_run >= NONFINITE_RUN or self.state == DetectorState.DIVERGING:
+        # Decide when a bin closed (the trend tests read closed bins only), on a run of
+        # non-finite values, and on the first finite value after one (leaving that verdict
+        # needs no new bin). Re-deciding at every point while diverging, as this once did,
+        # re-tested the same bins: a 100k-point diverging log took minutes to analyse.
+        after_nonfinite = self._stats.get("reason") == "nonfinite" and self._nonfinite_run == 0
+        if closed or self._nonfinite_run >= NONFINITE_RUN or after_nonfinite:
             self._evaluate()
         return self.state
 
