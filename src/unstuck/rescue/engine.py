@@ -51,9 +51,15 @@ DEFAULT_COOLDOWN = 100  # steps after a kept action before the next one
 DEFAULT_PROBE_BUDGET = 0.1  # probe steps may be at most this share of the steps so far
 DEFAULT_SNAPSHOT_MEMORY = 1 << 30  # bytes of snapshots held in memory before spilling to disk
 PRE_WINDOW = 200  # loss points before the action that the verdict compares against
-PROBE_FLUSH = 10  # steps between reads of the loss during a range test (divergence stop)
+PROBE_FLUSH = 1  # a range test reads the loss after every step: it stops before a blow-up
 MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
-LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
+LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot on healthy flushes
+LEVEL_POINTS = 50  # latest loss points whose mean is "the loss now" (against the last good's)
+HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
+# What a pending action may cause itself: a raise of the LR (or a bump, a restart, momentum)
+# that drives the loss up is the action's effect, not a new cause in the user's run.
+RAISE_EFFECTS = frozenset({"lr_too_high", "exploding_gradients", "nonfinite", "oscillation"})
+LR_RAISING = frozenset({"add_momentum", "warm_restart", "cyclical_bump"})
 FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
 # Remedies that, decided within one horizon of the start, restart from the start state: the
@@ -130,10 +136,12 @@ class RescueEngine:
         self._budget_noted: set[str] = set()  # budget skips already recorded on this plateau
         self.episode: int | None = None  # start step of the plateau the tried set belongs to
         self.probe_steps = 0  # steps spent measuring so far (range tests, losing branches)
+        self.probe_nonfinite = 0  # probe steps whose loss was non-finite (the goal: none)
         self._best: str | None = None
         self._best_value = math.inf
         self._last_good: str | None = None
         self._last_good_step = -LAST_GOOD_EVERY
+        self._last_good_level = math.inf  # mean loss of the flush it was taken at
         self._start_state: str | None = None  # the run as it began, for an early restart
         self._start_step = 0
         self._mismatch_said = False  # a refused restore is logged once per run
@@ -215,19 +223,37 @@ class RescueEngine:
         self.snapshots.drop(self._best)
         self._best = self.snapshots.put(self.capture(step))
 
-    def note_healthy(self, step: int, state: str, finite: bool) -> None:
-        """Refresh the last-good snapshot now and then while the loss is finite."""
+    def note_healthy(
+        self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
+    ) -> None:
+        """Refresh the last-good snapshot on a healthy flush (finite loss, a state that is not
+        unstable, no action waiting for its verdict) at most every ``LAST_GOOD_EVERY`` steps;
+        ``force``: now (a kept verdict: the state it leaves is a good one to return to).
+        ``level``: the flush's mean loss, which a later restore must beat."""
         if self._start_state is not None and step - self._start_step > self.horizon:
             self.forget_start()  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
-        if state in ("diverging", "oscillating", "unknown"):
+        if self.pending is not None or state not in HEALTHY_STATES:
             return
-        if step - self._last_good_step < LAST_GOOD_EVERY:
+        if not force and step - self._last_good_step < LAST_GOOD_EVERY:
             return
         self.snapshots.drop(self._last_good)
         self._last_good = self.snapshots.put(self.capture(step))
         self._last_good_step = step
+        self._last_good_level = level if math.isfinite(level) else math.inf
+
+    def explains(self, cause: str) -> ActionRecord | None:
+        """The pending action, when a new finding of ``cause`` is its own effect (an LR raised,
+        a restart or a bump running, momentum added: the loss it drives up is not a cause in
+        the user's run). ``None`` otherwise."""
+        p = self.pending
+        if p is None or cause not in RAISE_EFFECTS:
+            return None
+        raises = p.record.name in LR_RAISING or (
+            p.record.name == "lr_scale" and float(p.record.params.get("factor", 1.0)) > 1.0
+        )
+        return p.record if raises else None
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one
@@ -251,6 +277,16 @@ class RescueEngine:
             return False
         # An lr_scale restarts only when it cuts.
         return proposal.action != "lr_scale" or _cuts_lr(proposal.action, proposal.params)
+
+    def note_effect(self, finding: Finding) -> bool:
+        """Record ``finding`` as the pending action's effect when the action explains it (see
+        :meth:`explains`); returns whether it did. The action's verdict then judges it."""
+        record = self.explains(finding.cause)
+        if record is None:
+            return False
+        effects = record.evidence.setdefault("effects", {})
+        effects[finding.cause] = max(float(effects.get(finding.cause, 0.0)), finding.confidence)
+        return True
 
     # -- decisions ----------------------------------------------------------------------------
     @property
@@ -338,7 +374,7 @@ class RescueEngine:
             )
             if proposal is None:
                 return events
-            why_not = self._why_not(step, proposal)
+            why_not = self._why_not(step, proposal, loss)
             over_budget = why_not is not None and why_not.startswith("probe budget")
             if over_budget:
                 waiting.add(proposal.key)
@@ -354,11 +390,13 @@ class RescueEngine:
                     return events
                 events.append(("action", self._skipped(step, proposal, why_not)))
                 continue
-            events += self._start(step, proposal, loss, findings)
+            events += self._start(step, proposal, loss, findings, state)
             return events
         return events
 
-    def _why_not(self, step: int, proposal: Proposal) -> str | None:
+    def _why_not(
+        self, step: int, proposal: Proposal, loss: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> str | None:
         if proposal.action == "branch_trial":
             need = BranchTrial.budget_needed(proposal.params, self.horizon)
             if self.probe_allowance(step) < need:
@@ -379,6 +417,8 @@ class RescueEngine:
                 f"probe budget: {self.probe_allowance(step)} steps left of "
                 f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
             )
+        if action.probe and loss is not None and not _recent_finite(loss):
+            return "the loss is non-finite: no probe starts from a broken state"
         return None
 
     def _skipped(self, step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
@@ -402,21 +442,39 @@ class RescueEngine:
             evidence={"cause": proposal.cause or ""},
         )
 
+    def _back_to_last_good(
+        self, proposal: Proposal, state: str, loss: tuple[np.ndarray, np.ndarray]
+    ) -> bool:
+        """Whether to restore the last good state before ``proposal``: the loss went non-finite
+        (or the run diverges) and that state's loss was lower than the loss now."""
+        if self._last_good is None or proposal.action == "keep_best_and_stop":
+            return False
+        if proposal.cause == "nonfinite":
+            return True
+        if state != "diverging":
+            return False
+        return _level(loss) > self._last_good_level
+
     def _start(
         self,
         step: int,
         proposal: Proposal,
         loss: tuple[np.ndarray, np.ndarray],
         findings: Sequence[Finding],
+        state: str = "",
     ) -> list[Event]:
         restored_from: int | None = None
         restarted_from: int | None = None
         if self._start_state is not None and step - self._start_step > self.horizon:
             self.forget_start()
-        if proposal.cause == "nonfinite" and self._last_good is not None:
-            # Retry from the last state whose loss was finite, not from the broken one.
+        before_steps, before = _before_window(step, loss)
+        if self._back_to_last_good(proposal, state, loss):
+            # Retry from the last good state (finite, lower loss), not from the broken one; the
+            # verdict compares with the loss before that state, where the run was good.
             snap = self._restore_or_forget(self._last_good)
-            restored_from = None if snap is None else snap.step
+            if snap is not None:
+                restored_from = snap.step
+                before_steps, before = _before_window(snap.step, loss)
         snapshot = self.snapshots.put(self.capture(step))
         if self._restarts(step, proposal):
             # A rollback returns to the state this action found (``snapshot``), not the start.
@@ -451,7 +509,6 @@ class RescueEngine:
             record.verified_step = step
             return [("action", record.to_dict())]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
-        before_steps, before = _before_window(step, loss)
         if action.probe:
             record.outcome = "probing"
             self.range_test = _RangeTest(
@@ -523,14 +580,16 @@ class RescueEngine:
         offsets = (np.asarray(rt.steps) - rt.start - 1) // rt.every
         usable = (offsets >= 1) & (offsets <= rt.planned)
         losses = np.asarray(rt.losses)[usable]
-        done = step - rt.start >= (rt.planned + 1) * rt.every or diverged(losses, rt.planned)
-        if not done:
+        blew_up = diverged(losses, rt.planned)
+        if not blew_up and step - rt.start < (rt.planned + 1) * rt.every:
             return []
         self.range_test = None
         spent = step - rt.start
         self.probe_steps += spent
+        nonfinite = int(np.sum(~np.isfinite(np.asarray(rt.losses, dtype=np.float64))))
+        self.probe_nonfinite += nonfinite
         factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
-        result = suggest(factors, losses, rt.planned)
+        result = suggest(factors, losses, rt.planned, stopped=blew_up)
         snap = self.snapshots.get(rt.snapshot)
         record = rt.record
         record.verified_step = step
@@ -553,6 +612,7 @@ class RescueEngine:
                 "valley": result.valley,
                 "diverged_at": result.diverged_at,
                 "drop": result.drop,
+                "nonfinite_losses": nonfinite,
             }
         )
         events: list[Event] = [
@@ -619,6 +679,7 @@ class RescueEngine:
                 "verdict_projected_change": verdict.projected_change,
                 "verdict_projected_stderr": verdict.projected_stderr,
                 "verdict_log_scale": verdict.log,
+                "verdict_rising": verdict.rising,
             }
         )
         p.record.verified_step = step
@@ -626,8 +687,11 @@ class RescueEngine:
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
         idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better
+        # A verdict that cannot decide (too few points before or after: an infinite standard
+        # error) keeps nothing: "not shown worse" is not evidence when nothing could be shown.
+        undecided = not verdict.worse and not math.isfinite(verdict.stderr)
         refused: str | None = None
-        if verdict.worse or idle_cut:
+        if verdict.worse or idle_cut or undecided:
             snap = self.snapshots.get(p.snapshot)
             try:
                 self.restore(snap)
@@ -641,7 +705,7 @@ class RescueEngine:
             p.record.evidence["failed_because"] = refused
             self.quiet_until = step + self.cooldown
             self.forget_start()
-        elif verdict.worse or idle_cut:
+        elif verdict.worse or idle_cut or undecided:
             p.record.outcome = "rolled_back"
             p.record.evidence["rolled_back_because"] = (
                 "a non-finite loss"
@@ -649,6 +713,8 @@ class RescueEngine:
                 else "worse"
                 if verdict.worse
                 else "a cut that did not make the loss better"
+                if idle_cut
+                else "the verdict could not decide (too few loss points)"
             )
             self.quiet_until = step  # the next rung may be tried at once
         else:
@@ -657,6 +723,10 @@ class RescueEngine:
             self.forget_start()  # a restart would now undo what was just kept
         self.snapshots.drop(p.snapshot)
         self.pending = None
+        if p.record.outcome == "kept":
+            # The state a kept verdict leaves is the one to come back to if the run later
+            # diverges (not one from before the rescue).
+            self.note_healthy(step, "improving", True, level=_level(loss), force=True)
         events: list[Event] = [("action_outcome", p.record.to_dict())]
         if p.record.outcome == "kept":
             events += self._follow_up(step, p.record, loss)
@@ -817,10 +887,23 @@ def merge_action_events(actions: list[ActionRecord], events: Sequence[Event]) ->
 
 
 def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The loss points of the ``PRE_WINDOW`` steps before ``step``: what a verdict compares to."""
+    """The loss points of the ``PRE_WINDOW`` steps up to ``step``: what a verdict compares to."""
     steps, values = loss
-    keep = steps > step - PRE_WINDOW
+    keep = (steps > step - PRE_WINDOW) & (steps <= step)
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
+
+
+def _recent_finite(loss: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether the latest loss points are all finite (a probe never starts on a broken state)."""
+    values = loss[1][-LEVEL_POINTS:]
+    return bool(np.all(np.isfinite(values)))
+
+
+def _level(loss: tuple[np.ndarray, np.ndarray]) -> float:
+    """The mean of the latest finite loss points (``inf`` when there are none)."""
+    values = loss[1][-LEVEL_POINTS:]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.inf
 
 
 def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:

@@ -12,12 +12,23 @@ from typing import Any, ClassVar
 
 from unstuck.types import Finding
 
-__all__ = ["ActionSequence", "Ladder", "Observe", "Policy", "Proposal", "make_policy"]
+__all__ = [
+    "ActionSequence",
+    "Ladder",
+    "Observe",
+    "Policy",
+    "Proposal",
+    "make_policy",
+    "range_test_params",
+    "reports_only",
+]
 
 ACT_ON_STATES = frozenset({"plateau", "oscillating", "diverging"})
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
 UNSTABLE_STATES = frozenset({"oscillating", "diverging"})
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
+UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards
+MEASURES = frozenset({"lr_range_test", "branch_trial"})  # remedies that ask for a measurement
 # A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
 WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}
 
@@ -83,8 +94,12 @@ class Ladder(Policy):
        LR-raising remedy may speed it up, or one whose finding explains the motion itself,
        ``evidence["explains_weight_motion"]``), and for ``patience`` steps into a plateau.
     2. The top confident finding's automatic remedy.
-    3. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial).
-    4. Else a warm restart.
+    3. *Report* when a confident finding ranked above every usable remedy has no automatic
+       remedy (architecture, initialisation, data): its explanation says what to change, and
+       no schedule change fixes it, so the ladder does not measure or restart past it.
+    4. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial), swept
+       over bounds the state allows (a run that oscillates or diverges only downwards).
+    5. Else a warm restart.
 
     Each rung is verified by the engine and rolled back when it hurt; a rung already tried on
     the current plateau is not proposed again, so a rollback moves to the next rung. It never
@@ -137,13 +152,15 @@ class Ladder(Policy):
                 )
                 if proposal.key not in tried:
                     return proposal
+            if reports_only(finding):
+                return None  # the top cause needs the user: report it, do not act past it
         if state != "plateau" and state not in UNSTABLE_STATES:
             return None  # measuring and restarting are for a stopped run
         if plateau_start is not None and step - plateau_start < self.patience:
             return None
         measure = Proposal(
             self.fallback,
-            {"steps": RANGE_TEST_STEPS} if self.fallback == "lr_range_test" else {},
+            range_test_params(state) if self.fallback == "lr_range_test" else {},
             reason=f"{state} with no fixable cause found: measure",
         )
         if measure.key not in tried:
@@ -196,6 +213,21 @@ class ActionSequence(Policy):
             if proposal.key not in tried:
                 return proposal
         return None
+
+
+def reports_only(finding: Finding) -> bool:
+    """A cause no automatic action addresses (architecture, initialisation, data): none of its
+    remedies is automatic and none asks for a measurement. The ladder stops at it."""
+    return not any(r.automatic or r.action in MEASURES for r in finding.remedies)
+
+
+def range_test_params(state: str) -> dict[str, Any]:
+    """The sweep the state allows: up to ×1e4 on a plateau (an LR far too low needs the
+    decades), only downwards to ×1 on a run that oscillates or diverges (its LR is already
+    too high for it; a raise there is the blow-up the sweep would have to stop on)."""
+    if state in UNSTABLE_STATES:
+        return {"steps": RANGE_TEST_STEPS, **UNSTABLE_SWEEP}
+    return {"steps": RANGE_TEST_STEPS}
 
 
 def _raises_lr(action: str, params: dict[str, Any]) -> bool:
