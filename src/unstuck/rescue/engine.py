@@ -68,6 +68,7 @@ PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up thi
 # collapsed), and the run has little progress to lose. (cause, action) pairs; an lr_scale
 # restarts only when it cuts.
 RESTART_REMEDIES = frozenset({("lr_too_high", "lr_scale"), ("missing_warmup", "warmup")})
+MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
 
 Event = tuple[str, dict[str, Any]]
 
@@ -137,6 +138,9 @@ class RescueEngine:
         self.episode: int | None = None  # start step of the plateau the tried set belongs to
         self.probe_steps = 0  # steps spent measuring so far (range tests, losing branches)
         self.probe_nonfinite = 0  # probe steps whose loss was non-finite (the goal: none)
+        # (cause, action) pairs whose verdict rolled them back, and the step: a remedy that hurt
+        # (or a cut that did not help) for a cause is not tried for it again in this run.
+        self.refuted: dict[str, int] = {}
         self._best: str | None = None
         self._best_value = math.inf
         self._last_good: str | None = None
@@ -375,6 +379,9 @@ class RescueEngine:
             if proposal is None:
                 return events
             why_not = self._why_not(step, proposal, loss)
+            refuted = self.refuted.get(_refute_key(proposal.cause, proposal.action))
+            if why_not is None and refuted is not None:
+                why_not = f"{proposal.action} for {proposal.cause} rolled back at step {refuted}"
             over_budget = why_not is not None and why_not.startswith("probe budget")
             if over_budget:
                 waiting.add(proposal.key)
@@ -497,6 +504,12 @@ class RescueEngine:
             record.evidence["restored_last_good_step"] = restored_from
         if restarted_from is not None:
             record.evidence["restarted_from_step"] = restarted_from
+            ran = step - restarted_from
+            if proposal.action == "lr_scale" and ran >= MIN_RESTART_COMPARE:
+                # The unchanged run is on record for ``ran`` steps from the same start: the
+                # restart is judged against it at the same steps from the start, as soon as it
+                # has run as many (not after a horizon a short run cannot afford).
+                record.evidence["restart_compare_steps"] = ran
         try:
             token = action.apply(self.controls, params)
         except SnapshotMismatchError as exc:  # keep_best_and_stop: the best state no longer fits
@@ -528,13 +541,10 @@ class RescueEngine:
             record.verified_step = step
             self.snapshots.drop(snapshot)
             return [("action", record.to_dict())]
-        self.pending = _Pending(
-            record,
-            snapshot,
-            before_steps,
-            before,
-            step + max(self.horizon, action.duration(params)),
-        )
+        due = step + max(self.horizon, action.duration(params))
+        if "restart_compare_steps" in record.evidence:
+            due = step + int(record.evidence["restart_compare_steps"])
+        self.pending = _Pending(record, snapshot, before_steps, before, due)
         return [("action", record.to_dict())]
 
     # -- probes -------------------------------------------------------------------------------
@@ -645,11 +655,18 @@ class RescueEngine:
 
     # -- verification -------------------------------------------------------------------------
     def verify(
-        self, step: int, loss: tuple[np.ndarray, np.ndarray], horizon: int | None = None
+        self,
+        step: int,
+        loss: tuple[np.ndarray, np.ndarray],
+        horizon: int | None = None,
+        ending: bool = False,
     ) -> list[Event]:
         """Judge the pending action once its horizon has passed; roll back if it hurt.
 
         ``horizon`` overrides the engine's for this verdict (``finish`` judges what ran).
+        ``ending``: the run ends here, so only harm already shown is undone: a cut's cost
+        would come later and there is no later, and an undecided verdict leaves the action
+        ``unverified`` rather than throwing away the steps since it.
         """
         p = self.pending
         if p is None or self.probing:
@@ -669,9 +686,17 @@ class RescueEngine:
         # about the restarted run: its verdict compares levels only (the loss after against the
         # level the action found).
         restarted = "restarted_from_step" in p.record.evidence
-        verdict = judge(
-            p.before_steps, p.before, steps[after], values[after], use_trend=not restarted
-        )
+        paired = p.record.evidence.get("restart_compare_steps")
+        before_steps, before = p.before_steps, p.before
+        if paired is not None and not broke and step - p.record.step >= int(paired):
+            # Same steps from the start, second halves: the unchanged run's steps
+            # (start + L/2, start + L] against the restart's (action + L/2, action + L].
+            first = float(p.record.evidence["restarted_from_step"])
+            half, ran = int(paired) // 2, int(paired)
+            keep = (before_steps > first + half) & (before_steps <= first + ran)
+            before_steps, before = before_steps[keep], before[keep]
+            after = (steps > p.record.step + half) & (steps <= p.record.step + ran)
+        verdict = judge(before_steps, before, steps[after], values[after], use_trend=not restarted)
         p.record.evidence.update(
             {
                 "verdict_change": verdict.change,
@@ -686,10 +711,15 @@ class RescueEngine:
         # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
-        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better
+        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better and not ending
         # A verdict that cannot decide (too few points before or after: an infinite standard
         # error) keeps nothing: "not shown worse" is not evidence when nothing could be shown.
         undecided = not verdict.worse and not math.isfinite(verdict.stderr)
+        if undecided and ending:
+            p.record.outcome = "unverified"
+            self.snapshots.drop(p.snapshot)
+            self.pending = None
+            return [("action_outcome", p.record.to_dict())]
         refused: str | None = None
         if verdict.worse or idle_cut or undecided:
             snap = self.snapshots.get(p.snapshot)
@@ -717,6 +747,9 @@ class RescueEngine:
                 else "the verdict could not decide (too few loss points)"
             )
             self.quiet_until = step  # the next rung may be tried at once
+            cause = str(p.record.evidence.get("cause") or "")
+            if cause and cause != "nonfinite" and not broke:
+                self.refuted[_refute_key(cause, p.record.name)] = p.record.step
         else:
             p.record.outcome = "kept"
             self.quiet_until = step + self.cooldown
@@ -764,7 +797,9 @@ class RescueEngine:
         A sweep or a losing branch must not be the state a run ends in, so a probe in flight is
         restored to its snapshot (outcome ``interrupted``). A pending action with at least a
         quarter of its horizon behind it is judged on the second half of what it ran, and
-        rolled back if that already shows harm; with less it stays ``unverified``.
+        rolled back if that already shows harm (worse, not merely an idle cut: the steps since
+        it would be thrown away for a cost that has no time left to come); with less, or a
+        verdict that cannot decide, it stays ``unverified``.
         """
         events: list[Event] = []
         running = self.range_test or self.branches
@@ -792,7 +827,7 @@ class RescueEngine:
             self.pending = None
             return events
         p.due = step
-        return events + self.verify(step, loss, horizon=ran)  # the second half of what ran
+        return events + self.verify(step, loss, horizon=ran, ending=True)  # what ran
 
     def close(self) -> None:
         self.snapshots.close()
@@ -827,6 +862,7 @@ class RescueEngine:
             "pending": pending,
             "probe": probe,
             "probe_steps": self.probe_steps,
+            "refuted": dict(self.refuted),
             "best_value": self._best_value,
             "best": best.to_dict() if (best := self.best_snapshot()) is not None else None,
         }
@@ -839,6 +875,7 @@ class RescueEngine:
         episode = state.get("episode")
         self.episode = None if episode is None else int(episode)
         self.probe_steps = int(state.get("probe_steps", 0))
+        self.refuted = {str(k): int(v) for k, v in state.get("refuted", {}).items()}
         self._best_value = float(state.get("best_value", math.inf))
         best = state.get("best")
         self.snapshots.drop(self._best)
@@ -904,6 +941,10 @@ def _level(loss: tuple[np.ndarray, np.ndarray]) -> float:
     values = loss[1][-LEVEL_POINTS:]
     values = values[np.isfinite(values)]
     return float(values.mean()) if values.size else math.inf
+
+
+def _refute_key(cause: str | None, action: str) -> str:
+    return f"{cause}:{action}"
 
 
 def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:
