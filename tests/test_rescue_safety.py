@@ -308,3 +308,79 @@ def test_a_kept_verdict_refreshes_the_last_good_state():
     assert [e["outcome"] for k, e in events if k == "action_outcome"] == ["kept"]
     assert engine._last_good is not None and engine._last_good_step == 359
     assert engine._last_good_level == pytest.approx(0.5 * 50 / 50)
+
+
+# ------------------------------------------------------------- restarts, refuted, ending
+
+
+def _restarted_cut(lr, momentum, factor):
+    """A teacher-regression loop that keeps its first state, trains 40 steps, and has an
+    ``lr_too_high`` cut by ``factor`` proposed at its flush of step 49 (a restart)."""
+    from test_engine import _Loop, _teacher_batch
+
+    loop = _Loop(lr=lr, momentum=momentum, horizon=200, cooldown=1000)
+    loop.batch = _teacher_batch
+    loop.engine.note_start(0)
+    loop.train(40)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
+    loop.train(10)
+    pending = loop.engine.pending
+    assert pending is not None and pending.record.evidence["restarted_from_step"] == 0
+    assert pending.record.evidence["restart_compare_steps"] == 49
+    assert pending.due == 49 + 49  # not 49 + the 200-step horizon
+    loop.engine.policy = _Propose()
+    loop.train(60)
+    outcomes = [e for k, e in loop.events if k == "action_outcome"]
+    assert outcomes and outcomes[-1]["verified_step"] < 49 + 200
+    return loop, outcomes[-1]
+
+
+def test_a_restarted_cut_is_judged_against_the_unchanged_run_at_the_same_steps():
+    """A healthy descent cut ×0.01 from its first state is slower than the unchanged run was
+    at the same steps from the start: rolled back after 49 steps, not after a horizon. A far
+    too high LR cut from the start is better than the unchanged run there: kept."""
+    loop, outcome = _restarted_cut(lr=0.05, momentum=0.9, factor=0.01)
+    assert outcome["outcome"] == "rolled_back" and loop.lr.value == 1.0
+    loop, outcome = _restarted_cut(lr=1.0, momentum=0.0, factor=0.05)
+    assert outcome["outcome"] == "kept", outcome["evidence"]
+
+
+def test_a_remedy_rolled_back_for_a_cause_is_not_retried_for_it():
+    from test_engine import _Loop
+
+    loop = _Loop(lr=0.01, momentum=0.0, horizon=60, cooldown=1000)
+    loop.train(300)  # random targets: a noise floor no cut improves
+    first = loop.force(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high"), then=80)
+    assert first["outcome"] == "rolled_back"
+    # the same cause asks for another cut: skipped, with the step it was refuted at
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.3}, cause="lr_too_high"))
+    loop.train(20)
+    skipped = [e for k, e in loop.events if k == "action" and e["outcome"] == "skipped"]
+    assert (
+        skipped
+        and f"rolled back at step {first['step']}" in (skipped[-1]["evidence"]["skipped_because"])
+    )
+    assert loop.engine.pending is None and loop.lr.value == 1.0
+    # another cause may still ask for it
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.4}, cause="dead_relu"))
+    loop.train(10)
+    assert loop.engine.pending is not None
+    assert loop.engine.state_dict()["refuted"] == {"lr_too_high:lr_scale": first["step"]}
+
+
+def test_at_the_end_a_cut_that_did_not_help_is_not_thrown_away():
+    """An idle cut is rolled back mid-run (its cost comes later); when the run ends there is
+    no later, and the rollback would only throw away the steps since the cut."""
+    from test_engine import _Loop
+
+    loop = _Loop(lr=0.01, momentum=0.0, horizon=200, cooldown=1000)
+    loop.train(300)
+    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.5}))
+    loop.train(10)
+    loop.engine.policy = _Propose()
+    loop.train(100)
+    hist = (np.array(loop.steps), np.array(loop.losses))
+    events = loop.engine.finish(loop.step - 1, hist)
+    outcome = next(e for k, e in events if k == "action_outcome")
+    assert outcome["outcome"] == "kept", outcome["evidence"]
+    assert loop.lr.value == pytest.approx(0.5)
