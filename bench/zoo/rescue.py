@@ -217,7 +217,7 @@ def train(spec: Any, seed: int, strategy: str) -> dict[str, Any]:
 def _target(reference: dict[str, Any], budget: int) -> float:
     """The reference's validation loss at the evaluation nearest half the budget."""
     half = budget / 2
-    return min(reference["points"], key=lambda p: abs(p[0] - half))[1]
+    return float(min(reference["points"], key=lambda p: abs(p[0] - half))[1])
 
 
 def _steps_to(points: list[tuple[int, float]], target: float, budget: int) -> int:

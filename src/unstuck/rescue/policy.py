@@ -92,7 +92,8 @@ class Ladder(Policy):
 
     1. *Wait* while the weights still move on a flat loss (``hidden_progress``: only a confident
        LR-raising remedy may speed it up, or one whose finding explains the motion itself,
-       ``evidence["explains_weight_motion"]``), and for ``patience`` steps into a plateau.
+       ``evidence["explains_weight_motion"]``, once it has held at two decisions in a row),
+       and for ``patience`` steps into a plateau.
     2. The top confident finding's automatic remedy.
     3. *Report* when a confident finding ranked above every usable remedy has no automatic
        remedy (architecture, initialisation, data): its explanation says what to change, and
@@ -118,6 +119,9 @@ class Ladder(Policy):
             )
         self.patience = patience
         self.fallback = fallback
+        # cause -> the first decision step it was seen at, confident, while the run moved on
+        # a flat loss (hidden progress): acted on only when still there at a later decision.
+        self._motion_seen: dict[str, int] = {}
 
     def propose(
         self,
@@ -131,6 +135,13 @@ class Ladder(Policy):
     ) -> Proposal | None:
         confident = [f for f in findings if f.confidence >= MIN_CONFIDENCE]
         waiting = state == "hidden_progress"
+        if waiting:
+            causes = {f.cause for f in confident}
+            self._motion_seen = {
+                c: self._motion_seen.get(c, step) for c in causes
+            }  # forgotten as soon as a decision no longer sees it
+        else:
+            self._motion_seen = {}
         if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
         for finding in confident:
@@ -141,6 +152,10 @@ class Ladder(Policy):
                 # Waiting on moving weights, only a speed-up is tried, unless the finding says the
                 # motion is its own symptom (Adam's steps at too high an LR, not progress).
                 if waiting and not (raises or finding.evidence.get("explains_weight_motion")):
+                    continue
+                if waiting and not raises and self._motion_seen.get(finding.cause, step) >= step:
+                    # The weights may be escaping by themselves: a finding that calls their
+                    # motion its symptom must still hold at the next decision.
                     continue
                 if state in UNSTABLE_STATES and raises:
                     continue  # never raise the LR of a run that oscillates or diverges
