@@ -26,6 +26,7 @@ __all__ = [
 ACT_ON_STATES = frozenset({"plateau", "oscillating", "diverging"})
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
 UNSTABLE_STATES = frozenset({"oscillating", "diverging"})
+MOVING_STATES = frozenset({"slow", "hidden_progress"})  # a finding must hold at two decisions
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
 UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards
 MEASURES = frozenset({"lr_range_test", "branch_trial"})  # remedies that ask for a measurement
@@ -92,8 +93,10 @@ class Ladder(Policy):
 
     1. *Wait* while the weights still move on a flat loss (``hidden_progress``: only a confident
        LR-raising remedy may speed it up, or one whose finding explains the motion itself,
-       ``evidence["explains_weight_motion"]``, once it has held at two decisions in a row),
-       and for ``patience`` steps into a plateau.
+       ``evidence["explains_weight_motion"]``), and for ``patience`` steps into a plateau.
+       While the run still makes progress (``slow``, ``hidden_progress``) a finding is acted
+       on only once it has held at two decisions in a row: a one-off finding on a moving run
+       costs the steps a wrong action takes to undo.
     2. The top confident finding's automatic remedy.
     3. *Report* when a confident finding ranked above every usable remedy has no automatic
        remedy (architecture, initialisation, data): its explanation says what to change, and
@@ -119,9 +122,9 @@ class Ladder(Policy):
             )
         self.patience = patience
         self.fallback = fallback
-        # cause -> the first decision step it was seen at, confident, while the run moved on
-        # a flat loss (hidden progress): acted on only when still there at a later decision.
-        self._motion_seen: dict[str, int] = {}
+        # cause -> the first decision step it was seen at, confident, while the run still made
+        # progress (slow, hidden progress): acted on only when still there at a later decision.
+        self._moving_seen: dict[str, int] = {}
 
     def propose(
         self,
@@ -135,13 +138,10 @@ class Ladder(Policy):
     ) -> Proposal | None:
         confident = [f for f in findings if f.confidence >= MIN_CONFIDENCE]
         waiting = state == "hidden_progress"
-        if waiting:
-            causes = {f.cause for f in confident}
-            self._motion_seen = {
-                c: self._motion_seen.get(c, step) for c in causes
-            }  # forgotten as soon as a decision no longer sees it
-        else:
-            self._motion_seen = {}
+        moving = state in MOVING_STATES
+        # forgotten as soon as a decision no longer sees it
+        seen = self._moving_seen
+        self._moving_seen = {f.cause: seen.get(f.cause, step) for f in confident} if moving else {}
         if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
         for finding in confident:
@@ -153,9 +153,9 @@ class Ladder(Policy):
                 # motion is its own symptom (Adam's steps at too high an LR, not progress).
                 if waiting and not (raises or finding.evidence.get("explains_weight_motion")):
                     continue
-                if waiting and not raises and self._motion_seen.get(finding.cause, step) >= step:
-                    # The weights may be escaping by themselves: a finding that calls their
-                    # motion its symptom must still hold at the next decision.
+                if moving and self._moving_seen.get(finding.cause, step) >= step:
+                    # The run still makes progress (or its weights may be escaping by
+                    # themselves): a finding must still hold at the next decision.
                     continue
                 if state in UNSTABLE_STATES and raises:
                     continue  # never raise the LR of a run that oscillates or diverges
