@@ -384,3 +384,30 @@ def test_at_the_end_a_cut_that_did_not_help_is_not_thrown_away():
     outcome = next(e for k, e in events if k == "action_outcome")
     assert outcome["outcome"] == "kept", outcome["evidence"]
     assert loop.lr.value == pytest.approx(0.5)
+
+
+def test_a_raise_that_made_the_loss_better_is_continued_by_half_its_decades():
+    """An LR too low: the raise the evidence sized (×10) is kept better, so a further ×√10
+    follows, verified again (bold driver), instead of stopping at the one sized factor."""
+    from test_engine import _Loop, _teacher_batch
+
+    def run(cause):
+        loop = _Loop(lr=2e-3, momentum=0.0, horizon=40, cooldown=1000)
+        loop.batch = _teacher_batch
+        loop.train(100)
+        loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 10.0}, cause=cause))
+        loop.train(10)
+        loop.engine.policy = _Propose()
+        loop.train(100)
+        return loop
+
+    loop = run("lr_too_low")
+    scales = [e for k, e in loop.events if k == "action" and e["name"] == "lr_scale"]
+    outcomes = [e for k, e in loop.events if k == "action_outcome"]
+    assert outcomes[0]["outcome"] == "kept" and outcomes[0]["evidence"]["verdict_better"]
+    assert len(scales) >= 2 and scales[1]["reason"].startswith("continue")
+    assert scales[1]["params"]["factor"] == pytest.approx(10**0.5, rel=1e-5)
+    assert scales[1]["evidence"]["cause"] == "lr_too_low"
+    # a raise for no named cause (a range test's) is not continued
+    plain = run(None)
+    assert len([e for k, e in plain.events if k == "action"]) == 1

@@ -705,6 +705,7 @@ class RescueEngine:
                 "verdict_projected_stderr": verdict.projected_stderr,
                 "verdict_log_scale": verdict.log,
                 "verdict_rising": verdict.rising,
+                "verdict_better": verdict.better,
             }
         )
         p.record.verified_step = step
@@ -775,12 +776,13 @@ class RescueEngine:
         each judged against the trend the previous one set, until it is within a factor of 2.
         """
         params = kept.params
-        if kept.name != "lr_scale" or "estimate" not in params or self.probing:
+        if kept.name != "lr_scale" or self.probing:
             return []
-        factor, estimate = float(params["factor"]), float(params["estimate"])
+        factor = float(params.get("factor", 1.0))
+        estimate = float(params.get("estimate", factor))
         rest = estimate / factor
         if not (rest >= FOLLOW_UP_MIN or rest <= 1 / FOLLOW_UP_MIN) or (rest > 1) != (factor > 1):
-            return []
+            return self._continue_raise(step, kept, loss)
         # No larger a step than the one just kept (which hit the rule's cap).
         capped = min(rest, factor) if factor > 1 else max(rest, factor)
         proposal = Proposal(
@@ -788,6 +790,31 @@ class RescueEngine:
             {"factor": round(capped, 6), "estimate": round(rest, 6)},
             reason=f"follow-up: the evidence asked for ×{estimate:.3g}, ×{factor:.3g} was kept",
             cause=kept.evidence.get("cause") or None,
+        )
+        return self._start(step, proposal, loss, ())
+
+    def _continue_raise(
+        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
+    ) -> list[Event]:
+        """After an LR raise for a cause that made the loss significantly better, a further
+        raise by half its decades (√factor), verified like the first: the "bold driver" rule
+        (Vogl et al. 1988; Battiti 1989: grow the step while the loss keeps falling), so an LR
+        that is decades too low is not left at the one factor the evidence could size. Halving
+        the decades each time bounds the overshoot (×10 → ×3.2 → ×1.8: at most ×10^1.75 in
+        all); it stops below ×2, at the first raise that is not better (kept, as not worse), or
+        at one that is worse (rolled back, which refutes the remedy for the cause)."""
+        factor = float(kept.params.get("factor", 1.0))
+        cause = kept.evidence.get("cause") or None
+        if cause is None or factor < FOLLOW_UP_MIN or not kept.evidence.get("verdict_better"):
+            return []
+        further = math.sqrt(factor)
+        if further < FOLLOW_UP_MIN:
+            return []
+        proposal = Proposal(
+            "lr_scale",
+            {"factor": round(further, 6)},
+            reason=f"continue: ×{factor:.3g} made the loss better; ×{further:.3g} more",
+            cause=cause,
         )
         return self._start(step, proposal, loss, ())
 
