@@ -664,9 +664,11 @@ class RescueEngine:
         """Judge the pending action once its horizon has passed; roll back if it hurt.
 
         ``horizon`` overrides the engine's for this verdict (``finish`` judges what ran).
-        ``ending``: the run ends here, so only harm already shown is undone: a cut's cost
-        would come later and there is no later, and an undecided verdict leaves the action
-        ``unverified`` rather than throwing away the steps since it.
+        ``ending``: the run ends here, so only harm already shown is undone: the loss now
+        above its level at the action (not a descent slowed: the run still went further), and
+        not a cut that did not help (its cost would come later, and there is no later); an
+        undecided verdict leaves the action ``unverified``. Otherwise the rollback would throw
+        away every step since the action.
         """
         p = self.pending
         if p is None or self.probing:
@@ -696,7 +698,15 @@ class RescueEngine:
             keep = (before_steps > first + half) & (before_steps <= first + ran)
             before_steps, before = before_steps[keep], before[keep]
             after = (steps > p.record.step + half) & (steps <= p.record.step + ran)
-        verdict = judge(before_steps, before, steps[after], values[after], use_trend=not restarted)
+        # At the end of the run the question is only whether the state now is worse than the
+        # one the action found (levels): a descent it slowed still left the run further on.
+        verdict = judge(
+            before_steps,
+            before,
+            steps[after],
+            values[after],
+            use_trend=not restarted and not ending,
+        )
         p.record.evidence.update(
             {
                 "verdict_change": verdict.change,
