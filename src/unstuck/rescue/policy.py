@@ -108,7 +108,8 @@ class Ladder(Policy):
     Each rung is verified by the engine and rolled back when it hurt; a rung already tried on
     the current plateau is not proposed again, so a rollback moves to the next rung. It never
     raises the LR of a run that oscillates or diverges, and on a slow descent it acts only on a
-    confident finding (an LR far too low creeps, it does not stop).
+    confident finding that raises the LR (an LR far too low creeps, it does not stop; a cut
+    would only slow a descent that is still going).
     """
 
     name: ClassVar[str] = "rescue"
@@ -159,6 +160,8 @@ class Ladder(Policy):
                     continue
                 if state in UNSTABLE_STATES and raises:
                     continue  # never raise the LR of a run that oscillates or diverges
+                if state == "slow" and not raises:
+                    continue  # a slow descent is acted on only to speed it up
                 proposal = Proposal(
                     remedy.action,
                     dict(remedy.params),
