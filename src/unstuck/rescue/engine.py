@@ -378,7 +378,9 @@ class RescueEngine:
             )
             if proposal is None:
                 return events
-            why_not = self._why_not(step, proposal, loss)
+            why_not = self._why_not(step, proposal)
+            if why_not is None and _is_probe(proposal) and not _recent_finite(loss):
+                why_not = "the loss is non-finite: no probe starts from a broken state"
             refuted = self.refuted.get(_refute_key(proposal.cause, proposal.action))
             if why_not is None and refuted is not None:
                 why_not = f"{proposal.action} for {proposal.cause} rolled back at step {refuted}"
@@ -401,9 +403,7 @@ class RescueEngine:
             return events
         return events
 
-    def _why_not(
-        self, step: int, proposal: Proposal, loss: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> str | None:
+    def _why_not(self, step: int, proposal: Proposal) -> str | None:
         if proposal.action == "branch_trial":
             need = BranchTrial.budget_needed(proposal.params, self.horizon)
             if self.probe_allowance(step) < need:
@@ -424,8 +424,6 @@ class RescueEngine:
                 f"probe budget: {self.probe_allowance(step)} steps left of "
                 f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
             )
-        if action.probe and loss is not None and not _recent_finite(loss):
-            return "the loss is non-finite: no probe starts from a broken state"
         return None
 
     def _skipped(self, step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
@@ -772,7 +770,7 @@ class RescueEngine:
             # diverges (not one from before the rescue).
             self.note_healthy(step, "improving", True, level=_level(loss), force=True)
         events: list[Event] = [("action_outcome", p.record.to_dict())]
-        if p.record.outcome == "kept":
+        if p.record.outcome == "kept" and not ending:  # nothing new starts as the run ends
             events += self._follow_up(step, p.record, loss)
         return events
 
@@ -965,6 +963,11 @@ def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.n
     steps, values = loss
     keep = (steps > step - PRE_WINDOW) & (steps <= step)
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
+
+
+def _is_probe(proposal: Proposal) -> bool:
+    """Whether the proposal is a probe (a range test or a branch trial)."""
+    return proposal.action == "branch_trial" or get_action(proposal.action).probe
 
 
 def _recent_finite(loss: tuple[np.ndarray, np.ndarray]) -> bool:
