@@ -185,7 +185,7 @@ def test_the_ladder_reports_a_cause_it_cannot_fix_and_does_not_measure_past_it()
 def test_deep_sigmoid_walk_through_ends_with_the_vanishing_gradient_report_and_no_sweep():
     """The issue's walk-through: a new user's 8-layer sigmoid network under Adam with
     policy="rescue". vanishing_gradients goes on record and the ladder neither sweeps nor
-    raises the LR (before, it swept at step 1099 and raised the LR ×215 from the curve)."""
+    raises the LR (before this change, it swept the LR and raised it from the curve)."""
     from scenarios._common import digits, mlp
 
     logging.getLogger("unstuck").setLevel(logging.WARNING)
