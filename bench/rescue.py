@@ -50,7 +50,8 @@ plateau tasks where unstuck's median is ≤ the best baseline's (``best_baseline
 <; where every strategy's median is 2 × budget they all tie and count as ≤ —
 ``plateau_tasks_all_unreached`` lists those tasks); ``healthy_within_2pct``: per healthy
 control, |final unstuck / final constant − 1| ≤ 0.02 (medians); ``worse_than_first_action``:
-unstuck runs whose final evaluation loss is above the one at their first action.
+unstuck runs whose final evaluation loss is above the one at their first action;
+``probe_nonfinite_steps``: range-test steps of unstuck runs whose loss was non-finite (goal: 0).
 
 ``--calibrate`` runs each task's fault-free reference configuration under ``constant`` and prints
 the target rule's values (see ``bench/rescue_tasks.py``). ``--quick`` runs the tasks marked
@@ -425,10 +426,13 @@ class Unstuck(Strategy):
         self.guard.close()
 
     def extra(self) -> dict[str, Any]:
+        engine = self.guard._engine
         return {
             "actions": [
                 {"name": a.name, "step": a.step, "outcome": a.outcome} for a in self.guard.actions
-            ]
+            ],
+            "probe_steps": engine.probe_steps,
+            "probe_nonfinite": engine.probe_nonfinite,
         }
 
 
@@ -643,8 +647,15 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             if errors:
                 cell["errors"] = errors
             if name == "unstuck":
-                for k in ("first_action_step", "first_action_loss", "worse_than_first_action"):
+                for k in (
+                    "first_action_step",
+                    "first_action_loss",
+                    "worse_than_first_action",
+                    "probe_steps",
+                    "probe_nonfinite",
+                ):
                     cell["per_seed"][k] = [r.get(k) for r in rs]
+                cell["probe_nonfinite"] = sum(int(r.get("probe_nonfinite") or 0) for r in rs)
                 cell["worse_than_first_action"] = sum(
                     bool(r.get("worse_than_first_action")) for r in rs
                 )
@@ -703,6 +714,8 @@ def summarize(tasks: dict[str, dict[str, dict[str, Any]]], kinds: dict[str, str]
         "healthy_within_2pct": within,
         "healthy_final_ratio": healthy_ratio,
         "worse_than_first_action": sum(c["worse_than_first_action"] for c in unstuck_cells),
+        # probe (range-test) steps whose loss was non-finite, over every unstuck run: the goal is 0
+        "probe_nonfinite_steps": sum(c.get("probe_nonfinite", 0) for c in unstuck_cells),
         "unstuck_runs": sum(c["seeds"] for c in unstuck_cells),
         "unstuck_runs_with_action": sum(
             sum(s is not None for s in c["per_seed"]["first_action_step"]) for c in unstuck_cells

@@ -537,15 +537,25 @@ def test_ladder_rungs_in_order():
 @pytest.mark.parametrize("explains", [False, True])
 def test_ladder_cuts_during_hidden_progress_only_when_the_finding_explains_the_motion(explains):
     """Adam at too high an LR moves the weights on a flat loss: that motion is no progress to
-    wait on when the finding that names the LR says the motion is its symptom."""
+    wait on when the finding that names the LR says the motion is its symptom, and it still
+    says so at the next decision (at the first, the weights may be escaping by themselves)."""
     remedy = unstuck.types.Remedy("lr_scale", {"factor": 0.1}, automatic=True)
     finding = Finding(
         "lr_too_high", 0.7, {"explains_weight_motion": explains}, 10, "s", remedies=(remedy,)
     )
-    proposal = Ladder().propose(
-        step=49, state="hidden_progress", findings=[finding], tried=frozenset()
+    ladder = Ladder()
+    first = ladder.propose(step=49, state="hidden_progress", findings=[finding], tried=frozenset())
+    assert first is None
+    proposal = ladder.propose(
+        step=99, state="hidden_progress", findings=[finding], tried=frozenset()
     )
     assert (proposal is not None and proposal.params == {"factor": 0.1}) is explains
+    # a decision that no longer sees it starts the wait again
+    ladder.propose(step=149, state="hidden_progress", findings=[], tried=frozenset())
+    assert (
+        ladder.propose(step=199, state="hidden_progress", findings=[finding], tried=frozenset())
+        is None
+    )
 
 
 def test_policies_by_name_and_sequence_errors():

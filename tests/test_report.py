@@ -295,11 +295,12 @@ def test_lr_chart_moves_the_multiplier_jump_to_the_action(report) -> None:
     xs, ys = axes.x(mult[:, 0]), axes.y(mult[:, 1], "y2")
     jump = int(np.nonzero(np.abs(np.diff(np.log(ys))) > 0.1)[0][0])
     assert abs(xs[jump + 1] - lr_scale.step) < 0.5  # drawn where the actions table says
-    assert math.isclose(ys[-1], logged[-1], rel_tol=1e-3)
+    # read back from drawn coordinates (0.1 px on a log axis over up to three decades)
+    assert math.isclose(ys[-1], logged[-1], rel_tol=5e-3)
     assert abs(xs[0] - 0) < 0.5  # held back to the first step at its first value
     (effective,) = points(series(svg, "lr/0 × lr_multiplier (effective)"))
     schedule = run.series["lr/0"][1][-1]
-    assert math.isclose(axes.y(effective[-1, 1]), schedule * logged[-1], rel_tol=1e-3)
+    assert math.isclose(axes.y(effective[-1, 1]), schedule * logged[-1], rel_tol=5e-3)
     assert abs(axes.x(effective[-1, 0]) - (RUN_STEPS - 1)) < 0.5  # held to the last step
     assert _steps(svg) == [a.step for a in run.actions if a.outcome != "skipped"]
 

@@ -954,7 +954,10 @@ class Guard:
                 gradient_snr=snr[1][-1] if snr else None,
             )
             self._after_detect("train", step, before, state)
-            self._engine.note_healthy(step, state, bool(np.all(np.isfinite(loss[1]))))
+            values = np.asarray(loss[1], dtype=float)
+            finite = bool(np.all(np.isfinite(values)))
+            level = float(values.mean()) if finite and values.size else math.nan
+            self._engine.note_healthy(step, state, finite, level=level)
 
     def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
         rows: list[tuple[str, int, float]] = []
@@ -1055,6 +1058,10 @@ class Guard:
         else:
             # Rank 0 diagnoses (the rules read rank-local signals); every rank gets its findings.
             findings = self._sync.lead_decides(lambda: self._run_rules(step, state, series))
+        # A finding the pending action explains (an LR it raised driving the loss up) is that
+        # action's effect, recorded in its evidence and judged by its verdict: not a cause in
+        # the user's run, and nothing for the policy to act on.
+        findings = [f for f in findings if not self._engine.note_effect(f)]
         self._current_findings = findings
         new = self._finding_log.record(findings, step)
         for finding in new:

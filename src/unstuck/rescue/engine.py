@@ -51,9 +51,15 @@ DEFAULT_COOLDOWN = 100  # steps after a kept action before the next one
 DEFAULT_PROBE_BUDGET = 0.1  # probe steps may be at most this share of the steps so far
 DEFAULT_SNAPSHOT_MEMORY = 1 << 30  # bytes of snapshots held in memory before spilling to disk
 PRE_WINDOW = 200  # loss points before the action that the verdict compares against
-PROBE_FLUSH = 10  # steps between reads of the loss during a range test (divergence stop)
+PROBE_FLUSH = 1  # a range test reads the loss after every step: it stops before a blow-up
 MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
-LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot (non-finite rescue)
+LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot on healthy flushes
+LEVEL_POINTS = 50  # latest loss points whose mean is "the loss now" (against the last good's)
+HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
+# What a pending action may cause itself: a raise of the LR (or a bump, a restart, momentum)
+# that drives the loss up is the action's effect, not a new cause in the user's run.
+RAISE_EFFECTS = frozenset({"lr_too_high", "exploding_gradients", "nonfinite", "oscillation"})
+LR_RAISING = frozenset({"add_momentum", "warm_restart", "cyclical_bump"})
 FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
 # Remedies that, decided within one horizon of the start, restart from the start state: the
@@ -62,6 +68,7 @@ PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up thi
 # collapsed), and the run has little progress to lose. (cause, action) pairs; an lr_scale
 # restarts only when it cuts.
 RESTART_REMEDIES = frozenset({("lr_too_high", "lr_scale"), ("missing_warmup", "warmup")})
+MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
 
 Event = tuple[str, dict[str, Any]]
 
@@ -130,10 +137,15 @@ class RescueEngine:
         self._budget_noted: set[str] = set()  # budget skips already recorded on this plateau
         self.episode: int | None = None  # start step of the plateau the tried set belongs to
         self.probe_steps = 0  # steps spent measuring so far (range tests, losing branches)
+        self.probe_nonfinite = 0  # probe steps whose loss was non-finite (the goal: none)
+        # (cause, action) pairs whose verdict rolled them back, and the step: a remedy that hurt
+        # (or a cut that did not help) for a cause is not tried for it again in this run.
+        self.refuted: dict[str, int] = {}
         self._best: str | None = None
         self._best_value = math.inf
         self._last_good: str | None = None
         self._last_good_step = -LAST_GOOD_EVERY
+        self._last_good_level = math.inf  # mean loss of the flush it was taken at
         self._start_state: str | None = None  # the run as it began, for an early restart
         self._start_step = 0
         self._mismatch_said = False  # a refused restore is logged once per run
@@ -215,19 +227,37 @@ class RescueEngine:
         self.snapshots.drop(self._best)
         self._best = self.snapshots.put(self.capture(step))
 
-    def note_healthy(self, step: int, state: str, finite: bool) -> None:
-        """Refresh the last-good snapshot now and then while the loss is finite."""
+    def note_healthy(
+        self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
+    ) -> None:
+        """Refresh the last-good snapshot on a healthy flush (finite loss, a state that is not
+        unstable, no action waiting for its verdict) at most every ``LAST_GOOD_EVERY`` steps;
+        ``force``: now (a kept verdict: the state it leaves is a good one to return to).
+        ``level``: the flush's mean loss, which a later restore must beat."""
         if self._start_state is not None and step - self._start_step > self.horizon:
             self.forget_start()  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
-        if state in ("diverging", "oscillating", "unknown"):
+        if self.pending is not None or state not in HEALTHY_STATES:
             return
-        if step - self._last_good_step < LAST_GOOD_EVERY:
+        if not force and step - self._last_good_step < LAST_GOOD_EVERY:
             return
         self.snapshots.drop(self._last_good)
         self._last_good = self.snapshots.put(self.capture(step))
         self._last_good_step = step
+        self._last_good_level = level if math.isfinite(level) else math.inf
+
+    def explains(self, cause: str) -> ActionRecord | None:
+        """The pending action, when a new finding of ``cause`` is its own effect (an LR raised,
+        a restart or a bump running, momentum added: the loss it drives up is not a cause in
+        the user's run). ``None`` otherwise."""
+        p = self.pending
+        if p is None or cause not in RAISE_EFFECTS:
+            return None
+        raises = p.record.name in LR_RAISING or (
+            p.record.name == "lr_scale" and float(p.record.params.get("factor", 1.0)) > 1.0
+        )
+        return p.record if raises else None
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one
@@ -251,6 +281,16 @@ class RescueEngine:
             return False
         # An lr_scale restarts only when it cuts.
         return proposal.action != "lr_scale" or _cuts_lr(proposal.action, proposal.params)
+
+    def note_effect(self, finding: Finding) -> bool:
+        """Record ``finding`` as the pending action's effect when the action explains it (see
+        :meth:`explains`); returns whether it did. The action's verdict then judges it."""
+        record = self.explains(finding.cause)
+        if record is None:
+            return False
+        effects = record.evidence.setdefault("effects", {})
+        effects[finding.cause] = max(float(effects.get(finding.cause, 0.0)), finding.confidence)
+        return True
 
     # -- decisions ----------------------------------------------------------------------------
     @property
@@ -339,6 +379,11 @@ class RescueEngine:
             if proposal is None:
                 return events
             why_not = self._why_not(step, proposal)
+            if why_not is None and _is_probe(proposal) and not _recent_finite(loss):
+                why_not = "the loss is non-finite: no probe starts from a broken state"
+            refuted = self.refuted.get(_refute_key(proposal.cause, proposal.action))
+            if why_not is None and refuted is not None:
+                why_not = f"{proposal.action} for {proposal.cause} rolled back at step {refuted}"
             over_budget = why_not is not None and why_not.startswith("probe budget")
             if over_budget:
                 waiting.add(proposal.key)
@@ -354,7 +399,7 @@ class RescueEngine:
                     return events
                 events.append(("action", self._skipped(step, proposal, why_not)))
                 continue
-            events += self._start(step, proposal, loss, findings)
+            events += self._start(step, proposal, loss, findings, state)
             return events
         return events
 
@@ -402,21 +447,39 @@ class RescueEngine:
             evidence={"cause": proposal.cause or ""},
         )
 
+    def _back_to_last_good(
+        self, proposal: Proposal, state: str, loss: tuple[np.ndarray, np.ndarray]
+    ) -> bool:
+        """Whether to restore the last good state before ``proposal``: the loss went non-finite
+        (or the run diverges) and that state's loss was lower than the loss now."""
+        if self._last_good is None or proposal.action == "keep_best_and_stop":
+            return False
+        if proposal.cause == "nonfinite":
+            return True
+        if state != "diverging":
+            return False
+        return _level(loss) > self._last_good_level
+
     def _start(
         self,
         step: int,
         proposal: Proposal,
         loss: tuple[np.ndarray, np.ndarray],
         findings: Sequence[Finding],
+        state: str = "",
     ) -> list[Event]:
         restored_from: int | None = None
         restarted_from: int | None = None
         if self._start_state is not None and step - self._start_step > self.horizon:
             self.forget_start()
-        if proposal.cause == "nonfinite" and self._last_good is not None:
-            # Retry from the last state whose loss was finite, not from the broken one.
+        before_steps, before = _before_window(step, loss)
+        if self._back_to_last_good(proposal, state, loss):
+            # Retry from the last good state (finite, lower loss), not from the broken one; the
+            # verdict compares with the loss before that state, where the run was good.
             snap = self._restore_or_forget(self._last_good)
-            restored_from = None if snap is None else snap.step
+            if snap is not None:
+                restored_from = snap.step
+                before_steps, before = _before_window(snap.step, loss)
         snapshot = self.snapshots.put(self.capture(step))
         if self._restarts(step, proposal):
             # A rollback returns to the state this action found (``snapshot``), not the start.
@@ -439,6 +502,12 @@ class RescueEngine:
             record.evidence["restored_last_good_step"] = restored_from
         if restarted_from is not None:
             record.evidence["restarted_from_step"] = restarted_from
+            ran = step - restarted_from
+            if proposal.action == "lr_scale" and ran >= MIN_RESTART_COMPARE:
+                # The unchanged run is on record for ``ran`` steps from the same start: the
+                # restart is judged against it at the same steps from the start, as soon as it
+                # has run as many (not after a horizon a short run cannot afford).
+                record.evidence["restart_compare_steps"] = ran
         try:
             token = action.apply(self.controls, params)
         except SnapshotMismatchError as exc:  # keep_best_and_stop: the best state no longer fits
@@ -451,7 +520,6 @@ class RescueEngine:
             record.verified_step = step
             return [("action", record.to_dict())]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
-        before_steps, before = _before_window(step, loss)
         if action.probe:
             record.outcome = "probing"
             self.range_test = _RangeTest(
@@ -471,13 +539,10 @@ class RescueEngine:
             record.verified_step = step
             self.snapshots.drop(snapshot)
             return [("action", record.to_dict())]
-        self.pending = _Pending(
-            record,
-            snapshot,
-            before_steps,
-            before,
-            step + max(self.horizon, action.duration(params)),
-        )
+        due = step + max(self.horizon, action.duration(params))
+        if "restart_compare_steps" in record.evidence:
+            due = step + int(record.evidence["restart_compare_steps"])
+        self.pending = _Pending(record, snapshot, before_steps, before, due)
         return [("action", record.to_dict())]
 
     # -- probes -------------------------------------------------------------------------------
@@ -523,14 +588,16 @@ class RescueEngine:
         offsets = (np.asarray(rt.steps) - rt.start - 1) // rt.every
         usable = (offsets >= 1) & (offsets <= rt.planned)
         losses = np.asarray(rt.losses)[usable]
-        done = step - rt.start >= (rt.planned + 1) * rt.every or diverged(losses, rt.planned)
-        if not done:
+        blew_up = diverged(losses, rt.planned)
+        if not blew_up and step - rt.start < (rt.planned + 1) * rt.every:
             return []
         self.range_test = None
         spent = step - rt.start
         self.probe_steps += spent
+        nonfinite = int(np.sum(~np.isfinite(np.asarray(rt.losses, dtype=np.float64))))
+        self.probe_nonfinite += nonfinite
         factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
-        result = suggest(factors, losses, rt.planned)
+        result = suggest(factors, losses, rt.planned, stopped=blew_up)
         snap = self.snapshots.get(rt.snapshot)
         record = rt.record
         record.verified_step = step
@@ -553,6 +620,7 @@ class RescueEngine:
                 "valley": result.valley,
                 "diverged_at": result.diverged_at,
                 "drop": result.drop,
+                "nonfinite_losses": nonfinite,
             }
         )
         events: list[Event] = [
@@ -585,11 +653,20 @@ class RescueEngine:
 
     # -- verification -------------------------------------------------------------------------
     def verify(
-        self, step: int, loss: tuple[np.ndarray, np.ndarray], horizon: int | None = None
+        self,
+        step: int,
+        loss: tuple[np.ndarray, np.ndarray],
+        horizon: int | None = None,
+        ending: bool = False,
     ) -> list[Event]:
         """Judge the pending action once its horizon has passed; roll back if it hurt.
 
         ``horizon`` overrides the engine's for this verdict (``finish`` judges what ran).
+        ``ending``: the run ends here, so only harm already shown is undone: the loss now
+        above its level at the action (not a descent slowed: the run still went further), and
+        not a cut that did not help (its cost would come later, and there is no later); an
+        undecided verdict leaves the action ``unverified``. Otherwise the rollback would throw
+        away every step since the action.
         """
         p = self.pending
         if p is None or self.probing:
@@ -609,8 +686,24 @@ class RescueEngine:
         # about the restarted run: its verdict compares levels only (the loss after against the
         # level the action found).
         restarted = "restarted_from_step" in p.record.evidence
+        paired = p.record.evidence.get("restart_compare_steps")
+        before_steps, before = p.before_steps, p.before
+        if paired is not None and not broke and step - p.record.step >= int(paired):
+            # Same steps from the start, second halves: the unchanged run's steps
+            # (start + L/2, start + L] against the restart's (action + L/2, action + L].
+            first = float(p.record.evidence["restarted_from_step"])
+            half, ran = int(paired) // 2, int(paired)
+            keep = (before_steps > first + half) & (before_steps <= first + ran)
+            before_steps, before = before_steps[keep], before[keep]
+            after = (steps > p.record.step + half) & (steps <= p.record.step + ran)
+        # At the end of the run the question is only whether the state now is worse than the
+        # one the action found (levels): a descent it slowed still left the run further on.
         verdict = judge(
-            p.before_steps, p.before, steps[after], values[after], use_trend=not restarted
+            before_steps,
+            before,
+            steps[after],
+            values[after],
+            use_trend=not restarted and not ending,
         )
         p.record.evidence.update(
             {
@@ -619,15 +712,25 @@ class RescueEngine:
                 "verdict_projected_change": verdict.projected_change,
                 "verdict_projected_stderr": verdict.projected_stderr,
                 "verdict_log_scale": verdict.log,
+                "verdict_rising": verdict.rising,
+                "verdict_better": verdict.better,
             }
         )
         p.record.verified_step = step
         # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
-        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better
+        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better and not ending
+        # A verdict that cannot decide (too few points before or after: an infinite standard
+        # error) keeps nothing: "not shown worse" is not evidence when nothing could be shown.
+        undecided = not verdict.worse and not math.isfinite(verdict.stderr)
+        if undecided and ending:
+            p.record.outcome = "unverified"
+            self.snapshots.drop(p.snapshot)
+            self.pending = None
+            return [("action_outcome", p.record.to_dict())]
         refused: str | None = None
-        if verdict.worse or idle_cut:
+        if verdict.worse or idle_cut or undecided:
             snap = self.snapshots.get(p.snapshot)
             try:
                 self.restore(snap)
@@ -641,7 +744,7 @@ class RescueEngine:
             p.record.evidence["failed_because"] = refused
             self.quiet_until = step + self.cooldown
             self.forget_start()
-        elif verdict.worse or idle_cut:
+        elif verdict.worse or idle_cut or undecided:
             p.record.outcome = "rolled_back"
             p.record.evidence["rolled_back_because"] = (
                 "a non-finite loss"
@@ -649,16 +752,25 @@ class RescueEngine:
                 else "worse"
                 if verdict.worse
                 else "a cut that did not make the loss better"
+                if idle_cut
+                else "the verdict could not decide (too few loss points)"
             )
             self.quiet_until = step  # the next rung may be tried at once
+            cause = str(p.record.evidence.get("cause") or "")
+            if cause and cause != "nonfinite" and not broke:
+                self.refuted[_refute_key(cause, p.record.name)] = p.record.step
         else:
             p.record.outcome = "kept"
             self.quiet_until = step + self.cooldown
             self.forget_start()  # a restart would now undo what was just kept
         self.snapshots.drop(p.snapshot)
         self.pending = None
-        events: list[Event] = [("action_outcome", p.record.to_dict())]
         if p.record.outcome == "kept":
+            # The state a kept verdict leaves is the one to come back to if the run later
+            # diverges (not one from before the rescue).
+            self.note_healthy(step, "improving", True, level=_level(loss), force=True)
+        events: list[Event] = [("action_outcome", p.record.to_dict())]
+        if p.record.outcome == "kept" and not ending:  # nothing new starts as the run ends
             events += self._follow_up(step, p.record, loss)
         return events
 
@@ -672,12 +784,13 @@ class RescueEngine:
         each judged against the trend the previous one set, until it is within a factor of 2.
         """
         params = kept.params
-        if kept.name != "lr_scale" or "estimate" not in params or self.probing:
+        if kept.name != "lr_scale" or self.probing:
             return []
-        factor, estimate = float(params["factor"]), float(params["estimate"])
+        factor = float(params.get("factor", 1.0))
+        estimate = float(params.get("estimate", factor))
         rest = estimate / factor
         if not (rest >= FOLLOW_UP_MIN or rest <= 1 / FOLLOW_UP_MIN) or (rest > 1) != (factor > 1):
-            return []
+            return self._continue_raise(step, kept, loss)
         # No larger a step than the one just kept (which hit the rule's cap).
         capped = min(rest, factor) if factor > 1 else max(rest, factor)
         proposal = Proposal(
@@ -688,13 +801,40 @@ class RescueEngine:
         )
         return self._start(step, proposal, loss, ())
 
+    def _continue_raise(
+        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
+    ) -> list[Event]:
+        """After an LR raise for a cause that made the loss significantly better, a further
+        raise by half its decades (√factor), verified like the first: the "bold driver" rule
+        (Vogl et al. 1988; Battiti 1989: grow the step while the loss keeps falling), so an LR
+        that is decades too low is not left at the one factor the evidence could size. Halving
+        the decades each time bounds the overshoot (×10 → ×3.2 → ×1.8: at most ×10^1.75 in
+        all); it stops below ×2, at the first raise that is not better (kept, as not worse), or
+        at one that is worse (rolled back, which refutes the remedy for the cause)."""
+        factor = float(kept.params.get("factor", 1.0))
+        cause = kept.evidence.get("cause") or None
+        if cause is None or factor < FOLLOW_UP_MIN or not kept.evidence.get("verdict_better"):
+            return []
+        further = math.sqrt(factor)
+        if further < FOLLOW_UP_MIN:
+            return []
+        proposal = Proposal(
+            "lr_scale",
+            {"factor": round(further, 6)},
+            reason=f"continue: ×{factor:.3g} made the loss better; ×{further:.3g} more",
+            cause=cause,
+        )
+        return self._start(step, proposal, loss, ())
+
     def finish(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
         """The run is ending: undo a running probe; judge a pending action on what there is.
 
         A sweep or a losing branch must not be the state a run ends in, so a probe in flight is
         restored to its snapshot (outcome ``interrupted``). A pending action with at least a
         quarter of its horizon behind it is judged on the second half of what it ran, and
-        rolled back if that already shows harm; with less it stays ``unverified``.
+        rolled back if that already shows harm (worse, not merely an idle cut: the steps since
+        it would be thrown away for a cost that has no time left to come); with less, or a
+        verdict that cannot decide, it stays ``unverified``.
         """
         events: list[Event] = []
         running = self.range_test or self.branches
@@ -722,7 +862,7 @@ class RescueEngine:
             self.pending = None
             return events
         p.due = step
-        return events + self.verify(step, loss, horizon=ran)  # the second half of what ran
+        return events + self.verify(step, loss, horizon=ran, ending=True)  # what ran
 
     def close(self) -> None:
         self.snapshots.close()
@@ -757,6 +897,7 @@ class RescueEngine:
             "pending": pending,
             "probe": probe,
             "probe_steps": self.probe_steps,
+            "refuted": dict(self.refuted),
             "best_value": self._best_value,
             "best": best.to_dict() if (best := self.best_snapshot()) is not None else None,
         }
@@ -769,6 +910,7 @@ class RescueEngine:
         episode = state.get("episode")
         self.episode = None if episode is None else int(episode)
         self.probe_steps = int(state.get("probe_steps", 0))
+        self.refuted = {str(k): int(v) for k, v in state.get("refuted", {}).items()}
         self._best_value = float(state.get("best_value", math.inf))
         best = state.get("best")
         self.snapshots.drop(self._best)
@@ -817,10 +959,32 @@ def merge_action_events(actions: list[ActionRecord], events: Sequence[Event]) ->
 
 
 def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The loss points of the ``PRE_WINDOW`` steps before ``step``: what a verdict compares to."""
+    """The loss points of the ``PRE_WINDOW`` steps up to ``step``: what a verdict compares to."""
     steps, values = loss
-    keep = steps > step - PRE_WINDOW
+    keep = (steps > step - PRE_WINDOW) & (steps <= step)
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
+
+
+def _is_probe(proposal: Proposal) -> bool:
+    """Whether the proposal is a probe (a range test or a branch trial)."""
+    return proposal.action == "branch_trial" or get_action(proposal.action).probe
+
+
+def _recent_finite(loss: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether the latest loss points are all finite (a probe never starts on a broken state)."""
+    values = loss[1][-LEVEL_POINTS:]
+    return bool(np.all(np.isfinite(values)))
+
+
+def _level(loss: tuple[np.ndarray, np.ndarray]) -> float:
+    """The mean of the latest finite loss points (``inf`` when there are none)."""
+    values = loss[1][-LEVEL_POINTS:]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.inf
+
+
+def _refute_key(cause: str | None, action: str) -> str:
+    return f"{cause}:{action}"
 
 
 def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:

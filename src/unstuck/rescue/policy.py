@@ -12,10 +12,22 @@ from typing import Any, ClassVar
 
 from unstuck.types import ACT_ON_STATES, UNSTABLE_STATES, Finding
 
-__all__ = ["ActionSequence", "Ladder", "Observe", "Policy", "Proposal", "make_policy"]
+__all__ = [
+    "ActionSequence",
+    "Ladder",
+    "Observe",
+    "Policy",
+    "Proposal",
+    "make_policy",
+    "range_test_params",
+    "reports_only",
+]
 
 MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
+MOVING_STATES = frozenset({"slow", "hidden_progress"})  # a finding must hold at two decisions
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
+UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards
+MEASURES = frozenset({"lr_range_test", "branch_trial"})  # remedies that ask for a measurement
 # A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
 WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}
 
@@ -80,14 +92,22 @@ class Ladder(Policy):
     1. *Wait* while the weights still move on a flat loss (``hidden_progress``: only a confident
        LR-raising remedy may speed it up, or one whose finding explains the motion itself,
        ``evidence["explains_weight_motion"]``), and for ``patience`` steps into a plateau.
+       While the run still makes progress (``slow``, ``hidden_progress``) a finding is acted
+       on only once it has held at two decisions in a row: a one-off finding on a moving run
+       costs the steps a wrong action takes to undo.
     2. The top confident finding's automatic remedy.
-    3. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial).
-    4. Else a warm restart.
+    3. *Report* when a confident finding ranked above every usable remedy has no automatic
+       remedy (architecture, initialisation, data): its explanation says what to change, and
+       no schedule change fixes it, so the ladder does not measure or restart past it.
+    4. Else measure: the LR range test (or, with ``fallback="branch"``, a branch trial), swept
+       over bounds the state allows (a run that oscillates or diverges only downwards).
+    5. Else a warm restart.
 
     Each rung is verified by the engine and rolled back when it hurt; a rung already tried on
     the current plateau is not proposed again, so a rollback moves to the next rung. It never
     raises the LR of a run that oscillates or diverges, and on a slow descent it acts only on a
-    confident finding (an LR far too low creeps, it does not stop).
+    confident finding that raises the LR (an LR far too low creeps, it does not stop; a cut
+    would only slow a descent that is still going).
     """
 
     name: ClassVar[str] = "rescue"
@@ -101,6 +121,9 @@ class Ladder(Policy):
             )
         self.patience = patience
         self.fallback = fallback
+        # cause -> the first decision step it was seen at, confident, while the run still made
+        # progress (slow, hidden progress): acted on only when still there at a later decision.
+        self._moving_seen: dict[str, int] = {}
 
     def propose(
         self,
@@ -114,6 +137,10 @@ class Ladder(Policy):
     ) -> Proposal | None:
         confident = [f for f in findings if f.confidence >= MIN_CONFIDENCE]
         waiting = state == "hidden_progress"
+        moving = state in MOVING_STATES
+        # forgotten as soon as a decision no longer sees it
+        seen = self._moving_seen
+        self._moving_seen = {f.cause: seen.get(f.cause, step) for f in confident} if moving else {}
         if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
         for finding in confident:
@@ -125,8 +152,14 @@ class Ladder(Policy):
                 # motion is its own symptom (Adam's steps at too high an LR, not progress).
                 if waiting and not (raises or finding.evidence.get("explains_weight_motion")):
                     continue
+                if moving and self._moving_seen.get(finding.cause, step) >= step:
+                    # The run still makes progress (or its weights may be escaping by
+                    # themselves): a finding must still hold at the next decision.
+                    continue
                 if state in UNSTABLE_STATES and raises:
                     continue  # never raise the LR of a run that oscillates or diverges
+                if state == "slow" and not raises:
+                    continue  # a slow descent is acted on only to speed it up
                 proposal = Proposal(
                     remedy.action,
                     dict(remedy.params),
@@ -135,13 +168,15 @@ class Ladder(Policy):
                 )
                 if proposal.key not in tried:
                     return proposal
+            if reports_only(finding):
+                return None  # the top cause needs the user: report it, do not act past it
         if state != "plateau" and state not in UNSTABLE_STATES:
             return None  # measuring and restarting are for a stopped run
         if plateau_start is not None and step - plateau_start < self.patience:
             return None
         measure = Proposal(
             self.fallback,
-            {"steps": RANGE_TEST_STEPS} if self.fallback == "lr_range_test" else {},
+            range_test_params(state) if self.fallback == "lr_range_test" else {},
             reason=f"{state} with no fixable cause found: measure",
         )
         if measure.key not in tried:
@@ -194,6 +229,21 @@ class ActionSequence(Policy):
             if proposal.key not in tried:
                 return proposal
         return None
+
+
+def reports_only(finding: Finding) -> bool:
+    """A cause no automatic action addresses (architecture, initialisation, data): none of its
+    remedies is automatic and none asks for a measurement. The ladder stops at it."""
+    return not any(r.automatic or r.action in MEASURES for r in finding.remedies)
+
+
+def range_test_params(state: str) -> dict[str, Any]:
+    """The sweep the state allows: up to ×1e4 on a plateau (an LR far too low needs the
+    decades), only downwards to ×1 on a run that oscillates or diverges (its LR is already
+    too high for it; a raise there is the blow-up the sweep would have to stop on)."""
+    if state in UNSTABLE_STATES:
+        return {"steps": RANGE_TEST_STEPS, **UNSTABLE_SWEEP}
+    return {"steps": RANGE_TEST_STEPS}
 
 
 def _raises_lr(action: str, params: dict[str, Any]) -> bool:

@@ -16,6 +16,14 @@ Lang et al. 2019), because consecutive minibatch losses are autocorrelated. An a
   projection is not asked to be beaten: the descent before an early action is often the fast
   first drop of training, and no run keeps that pace.)
 
+An action taken on a *rising* loss (the old trend's whole interval above zero: a spike, a
+divergence) is judged against the level at the action, the mean of the last of the window's
+``N_BLOCKS`` blocks, not against the window's mean: that mean still holds the good stretch
+before the rise, and an action that stopped the rise would read as worse than it.
+
+A verdict with an infinite standard error (fewer than two points on a side) cannot decide; the
+engine keeps nothing on it.
+
 The projection's error grows with the distance it extrapolates (the slope's interval times the
 gap), so a far-fetched projection never condemns an action on its own. The comparison is on log
 loss when every value is positive, so it reads as a relative change.
@@ -47,6 +55,7 @@ class Verdict:
     log: bool
     projected_change: float = 0.0  # after − the old trend's projection (same units)
     projected_stderr: float = math.inf
+    rising: bool = False  # the loss rose before the action: judged against its level there
 
 
 def _block_mean_stats(values: np.ndarray) -> tuple[float, float]:
@@ -99,10 +108,19 @@ def judge(
     worse = change > Z_WORSE * se
     better = change < -Z_WORSE * se
     projected_change, projected_se = change, se
+    rising = False
     if use_trend and yb.size >= 3:
         bx, by = coarsen(xb, yb, np.ones_like(xb), TREND_POINTS)
         trend = robust_trend(bx, by, DEFAULT_Z)
-        if math.isfinite(trend.low) and math.isfinite(trend.high):
+        rising = math.isfinite(trend.low) and trend.low > 0
+        if rising:
+            # Against the level at the action: the last block of the window.
+            m0 = float(np.array_split(yb, min(N_BLOCKS, yb.size))[-1].mean())
+            change = m1 - m0
+            worse = change > Z_WORSE * se
+            better = change < -Z_WORSE * se
+            projected_change = change
+        if math.isfinite(trend.low) and math.isfinite(trend.high) and not rising:
             gap = float(xa.mean()) - trend.x_mean
             slope_se = (trend.high - trend.low) / (2.0 * DEFAULT_Z)
             projection = trend.intercept + trend.slope * gap
@@ -128,4 +146,5 @@ def judge(
         log=use_log,
         projected_change=float(projected_change),
         projected_stderr=float(projected_se),
+        rising=rising,
     )

@@ -41,6 +41,7 @@ SKIP_START = 10  # points skipped at the start (LRFOnPlateau): the EMA has not s
 SKIP_END = 5  # and at the end (LRFOnPlateau): the last points are the blow-up
 MAX_LAG_SHARE = 1 / 20  # the EMA may lag by this share of the sweep
 DIVERGE_FACTOR = 4.0  # smoothed loss above 4× its minimum: diverged (fastai's lr_find)
+RAW_POINTS = 3  # the raw-loss stop reads the median of this many latest points
 AGREE_DECADES = 1.0  # steepest and valley within a decade: a confident suggestion
 BELOW_DIVERGENCE = 10.0  # a suggestion is at least this far below the divergence factor
 NEGLIGIBLE_DECADES = 0.15  # |log10 factor| below this is no change worth verifying (×0.7 … ×1.4)
@@ -65,16 +66,26 @@ def _smooth(values: np.ndarray, beta: float) -> np.ndarray:
 
 
 def diverged(losses: np.ndarray, planned: int) -> bool:
-    """Whether the sweep so far has blown up (a non-finite loss, or 4× the smoothed minimum)."""
+    """Whether the sweep must stop now: a non-finite loss, or the loss at 4× the best smoothed
+    loss so far (fastai's ``LRFinder`` stop, ``smooth_loss > 4 * best_loss``).
+
+    Read after every sweep step, from the first one, so the sweep ends while the loss is still
+    finite: besides fastai's smoothed test, the median of the last ``RAW_POINTS`` raw losses
+    is held to the same 4× (the EMA lags a blow-up that grows by orders of magnitude a step;
+    a median of three ignores one noisy batch).
+    """
     losses = np.asarray(losses, dtype=np.float64)
     if losses.size == 0:
         return False
     if not np.all(np.isfinite(losses)):
         return True
-    if losses.size <= SKIP_START or not np.all(losses > 0):
+    if not np.all(losses > 0):
         return False
     smooth = _smooth(np.log(losses), _smoothing(planned))
-    return bool(smooth[-1] > np.min(smooth[SKIP_START // 2 :]) + math.log(DIVERGE_FACTOR))
+    best = float(np.min(smooth))
+    limit = best + math.log(DIVERGE_FACTOR)
+    recent = float(np.median(np.log(losses[-RAW_POINTS:])))
+    return bool(smooth[-1] > limit or (losses.size >= RAW_POINTS and recent > limit))
 
 
 def _valley(curve: np.ndarray) -> int:
@@ -119,8 +130,11 @@ class RangeSuggestion:
         }
 
 
-def suggest(factors: np.ndarray, losses: np.ndarray, planned: int) -> RangeSuggestion:
-    """Read a sweep: ``factors[i]`` was the multiplier factor when ``losses[i]`` was measured."""
+def suggest(
+    factors: np.ndarray, losses: np.ndarray, planned: int, stopped: bool = False
+) -> RangeSuggestion:
+    """Read a sweep: ``factors[i]`` was the multiplier factor when ``losses[i]`` was measured;
+    ``stopped``: the sweep ended early on :func:`diverged` (at its last factor)."""
     factors = np.asarray(factors, dtype=np.float64)
     losses = np.asarray(losses, dtype=np.float64)
     n = min(factors.size, losses.size)
@@ -128,6 +142,8 @@ def suggest(factors: np.ndarray, losses: np.ndarray, planned: int) -> RangeSugge
     finite = np.isfinite(losses) & (losses > 0)
     blown = int(np.argmin(finite)) if not finite.all() else n
     diverged_at: float | None = float(factors[blown]) if blown < n else None
+    if diverged_at is None and stopped and n:
+        diverged_at = float(factors[-1])
     factors, losses = factors[:blown], losses[:blown]
     curve = {"factors": [float(f) for f in factors], "losses": [float(v) for v in losses]}
     if losses.size < SKIP_START + SKIP_END + 3:
