@@ -17,6 +17,7 @@ from unstuck.types import Finding
 __all__ = [
     "EXPLAINED_FACTOR",
     "ROOT_CONFIDENCE",
+    "TIE_MARGIN",
     "Rule",
     "all_rules",
     "get_rule",
@@ -26,6 +27,11 @@ __all__ = [
 
 ROOT_CONFIDENCE = 0.5  # a root cause found at least this confident explains its symptoms
 EXPLAINED_FACTOR = 0.5  # an explained symptom keeps this share of its confidence
+# Findings whose confidences differ by less than this are not ordered by them: another CPU's
+# kernels move a confidence by a few hundredths (dead_relu 0.88 vs vanishing_gradients 0.95 on
+# one machine, the other way round on another). Within such a tie a root ranks before a cause
+# that lists it in ``symptom_of``, then by code; each finding names the others it ties with.
+TIE_MARGIN = 0.1
 
 
 def inputs_present(ev: Evidence, names: frozenset[str]) -> bool:
@@ -141,8 +147,45 @@ def run_rules(
         if finding is not None:
             findings.append(finding)
     findings = _demote_symptoms(findings, rules, known_roots)
-    findings.sort(key=lambda f: (-f.confidence, f.cause))
-    return findings
+    return _rank(findings, rules)
+
+
+def _rank(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
+    """Most confident first; findings within ``TIE_MARGIN`` of their neighbour form a tie,
+    ordered root before symptom and then by code (not by a float difference), each naming the
+    others in ``evidence["tied_with"]`` and the remedies they share in ``shared_remedies``."""
+    ordered = sorted(findings, key=lambda f: (-f.confidence, f.cause))
+    groups: list[list[Finding]] = []
+    for f in ordered:
+        if groups and groups[-1][-1].confidence - f.confidence < TIE_MARGIN:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    out: list[Finding] = []
+    for group in groups:
+        if len(group) == 1:
+            out += group
+            continue
+        codes = {f.cause for f in group}
+
+        def roots_first(f: Finding, codes: set[str] = codes) -> tuple[int, str]:
+            rule = rules.get(f.cause)
+            symptom = rule is not None and bool(rule.symptom_of & codes)
+            return (int(symptom), f.cause)
+
+        for f in sorted(group, key=roots_first):
+            others = sorted(codes - {f.cause})
+            shared = sorted(
+                {r.action for r in f.remedies}.intersection(
+                    *({r.action for r in g.remedies} for g in group if g is not f)
+                )
+            )
+            out.append(
+                dataclasses.replace(
+                    f, evidence={**f.evidence, "tied_with": others, "shared_remedies": shared}
+                )
+            )
+    return out
 
 
 def _demote_symptoms(
