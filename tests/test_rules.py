@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -299,3 +301,27 @@ def test_findings_within_the_tie_margin_rank_root_first_and_name_each_other():
     )
     assert [f.cause for f in apart] == ["vanishing_gradients", "dead_relu"]
     assert "tied_with" not in apart[0].evidence
+
+
+def test_calibration_scales_a_rule_monotonically_and_keeps_hints_below_half(monkeypatch):
+    from unstuck.diagnose import calibration
+
+    monkeypatch.setattr(calibration, "SCALES", {"lr_too_high": 0.5, "over_clipping": 1.5})
+    raw = np.linspace(0.0, 1.0, 101)
+    down = [calibration.calibrated("lr_too_high", float(p)) for p in raw]
+    up = [calibration.calibrated("over_clipping", float(p)) for p in raw]
+    assert all(a <= b for a, b in itertools.pairwise(down))
+    assert all(a <= b for a, b in itertools.pairwise(up))
+    assert calibration.calibrated("lr_too_high", 0.8) == pytest.approx(0.4)
+    assert calibration.calibrated("over_clipping", 0.45) < 0.5  # a hint stays a hint
+    assert calibration.calibrated("over_clipping", 0.8) == calibration.CAP
+    assert calibration.calibrated("nonfinite", 1.0) == 1.0  # no scale: its own value
+    # run_rules applies it and keeps the rule's own number.
+    ev = Evidence(
+        {"update_ratio": _series([0.5] * 8), "detector_state": "plateau", "loss": _loss("stalled")}
+    )
+    raw_finding = get_rule("lr_too_high").check(ev)
+    found = {f.cause: f for f in run_rules(ev)}["lr_too_high"]
+    assert raw_finding is not None
+    assert found.confidence == pytest.approx(raw_finding.confidence * 0.5)
+    assert found.evidence["raw_confidence"] == pytest.approx(raw_finding.confidence)

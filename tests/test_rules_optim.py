@@ -301,13 +301,19 @@ def test_batch_size_only_where_the_run_stalls_short_of_convergence():
 
 def test_batch_size_small_needs_the_loss_hurt():
     """A gradient below its noise with a floor above the margin is also a healthy small-batch
-    run before its LR decays: the batch speaks only on a loss stalled near its start."""
+    run before its schedule anneals the LR: there the batch speaks only on a hurt loss."""
     rule = get_rule("batch_size")
     fell = dict(_batch(0.01, weight=400.0))
     fell["loss_initial"] = 1.5  # fell 33 %: learning, short of an order of magnitude
     assert rule.check(Evidence(fell)) is None
     fell["loss_initial"] = 1.05  # 5 %: stalled near its start
     assert rule.check(Evidence(fell)) is not None
+    # Under a constant LR the floor stays (no schedule will anneal it): the batch speaks.
+    fell["loss_initial"] = 1.5
+    fell["lr/0"] = _s([0.02] * 8)
+    assert rule.check(Evidence(fell)) is not None
+    fell["lr/0"] = _s([0.02] * 4 + [0.015] * 4)  # a schedule at work: it will anneal the floor
+    assert rule.check(Evidence(fell)) is None
 
 
 def test_batch_size_too_large_is_reported_below_half():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from unstuck.diagnose.calibration import calibrated
 from unstuck.diagnose.evidence import Evidence
 from unstuck.plugins import discover_plugins
 from unstuck.types import Finding
@@ -128,6 +129,12 @@ def get_rule(code: str) -> Rule:
     return rules[code]
 
 
+def raw_confidence(finding: Finding) -> float:
+    """The confidence the rule itself gave, before calibration."""
+    raw = finding.evidence.get("raw_confidence")
+    return float(raw) if isinstance(raw, (int, float)) else finding.confidence
+
+
 def run_rules(
     ev: Evidence, *, continuous_only: bool = False, known_roots: frozenset[str] = frozenset()
 ) -> list[Finding]:
@@ -145,6 +152,13 @@ def run_rules(
             continue
         finding = rule.check(ev)
         if finding is not None:
+            confidence = calibrated(finding.cause, finding.confidence)
+            if confidence != finding.confidence:
+                finding = dataclasses.replace(
+                    finding,
+                    confidence=confidence,
+                    evidence={**finding.evidence, "raw_confidence": finding.confidence},
+                )
             findings.append(finding)
     findings = _demote_symptoms(findings, rules, known_roots)
     return _rank(findings, rules)
@@ -191,17 +205,29 @@ def _rank(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
 def _demote_symptoms(
     findings: list[Finding], rules: dict[str, Rule], known_roots: frozenset[str] = frozenset()
 ) -> list[Finding]:
-    """Rank a symptom below the root cause that explains it (its evidence names the root)."""
-    roots = {f.cause for f in findings if f.confidence >= ROOT_CONFIDENCE} | set(known_roots)
+    """Rank a symptom below the root cause that explains it (its evidence names the root).
+
+    A root is a cause its rule found at ``ROOT_CONFIDENCE`` or more before calibration
+    (``raw_confidence``): whether a cause is present enough to explain a symptom is the rule's
+    reading; how often it is the run's real cause is what calibration measures. The symptom
+    keeps ``EXPLAINED_FACTOR`` of its confidence, and of its root's when that is lower (a root
+    calibrated down must still out-rank what it explains)."""
+    found = {f.cause: f.confidence for f in findings if raw_confidence(f) >= ROOT_CONFIDENCE}
+    roots = set(found) | set(known_roots)
     out = []
     for finding in findings:
         rule = rules.get(finding.cause)
         explained = sorted(rule.symptom_of & roots) if rule is not None else []
         if explained:
+            ceiling = min([found[r] for r in explained if r in found] + [finding.confidence])
             finding = dataclasses.replace(
                 finding,
-                confidence=finding.confidence * EXPLAINED_FACTOR,
-                evidence={**finding.evidence, "explained_by": explained},
+                confidence=ceiling * EXPLAINED_FACTOR,
+                evidence={
+                    **finding.evidence,
+                    "explained_by": explained,
+                    "unexplained_confidence": finding.confidence,
+                },
             )
         out.append(finding)
     return out

@@ -13,6 +13,7 @@ from unstuck.diagnose.causes._landscape import (
     NEAR_CONVERGENCE_DROP,
     loss_drop,
 )
+from unstuck.diagnose.causes._logs import lr_never_changed
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HIGH_UPDATE_RATIO, RECENT_POINTS
 from unstuck.signals.host import NOISE_FLOOR_SHARE
@@ -112,11 +113,12 @@ class BatchSize(Rule):
         if b_over_noise * SMALL_FACTOR < 1.0:
             if floor_share is None or floor_share < NOISE_FLOOR_SHARE:
                 return None
-            if loss_hurt(ev, STALL_STATES) is None:
+            if loss_hurt(ev, STALL_STATES) is None and not lr_never_changed(ev):
                 # A gradient below its noise and a floor the noise holds up are how healthy
-                # small-batch training looks before its LR decays (issue 24): the batch is the
-                # cause only when the loss is hurt (stalled near its start, or swinging beyond
-                # its noise; a crawl near its start counts, as above).
+                # small-batch training looks while a schedule has yet to anneal its LR (issue
+                # 24: a warm-up + cosine ResNet): under a schedule the batch is the cause only
+                # when the loss is hurt (stalled near its start, or swinging beyond its noise;
+                # a crawl near its start counts, as above). Under a constant LR the floor stays.
                 return None
             decades = math.log10(floor_share / NOISE_FLOOR_SHARE)
             confidence = float(np.clip(0.6 + 0.3 * decades, 0.0, SMALL_CAP))

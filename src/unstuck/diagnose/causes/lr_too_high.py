@@ -68,14 +68,15 @@ def slope_sign_flips(values: np.ndarray, window: int = FLIP_WINDOW) -> float | N
 BLOW_UP_RISE = 10.0
 
 
-def _adaptive_not_improving(ev: Evidence) -> bool:
-    """An adaptive optimizer on a training loss that is hurt (``loss_hurt``: stalled near its
-    start, climbing or bouncing beyond noise). Adam's first steps take ratios above 1e-2 in
-    runs that go on to converge, so a loss that still falls clears it. With SGD a high ratio
-    may be a net growing out of a small init, which this must not call."""
+def _adaptive_not_improving(ev: Evidence, hurt: bool) -> bool:
+    """An adaptive optimizer on a training loss that is not improving and is hurt (``hurt``:
+    stalled near its start, climbing or bouncing beyond noise, or held above its floor by the
+    steps' noise). Adam's first steps take ratios above 1e-2 in runs that go on to converge, so
+    a loss that still falls cleanly clears it. With SGD a high ratio may be a net growing out of
+    a small init, which this must not call."""
     if str(ev.get("optimizer_type", "")) not in ADAPTIVE_OPTIMIZERS:
         return False
-    return ev.get("detector_state") in NOT_IMPROVING and loss_hurt(ev) is not None
+    return ev.get("detector_state") in NOT_IMPROVING and hurt
 
 
 def _blow_up(ev: Evidence, ratios: np.ndarray) -> tuple[float, float, float] | None:
@@ -143,8 +144,9 @@ class LRTooHigh(Rule):
         # floor by the noise those steps inject (a healthy SGD run at its noise floor shows
         # such ratios too, with a floor below the detector's margin).
         noisy_floor = floor is not None and floor >= NOISE_FLOOR_SHARE
+        hurt_or_floor = hurt is not None or noisy_floor
         blow_up = _blow_up(ev, ev.values_of("update_ratio"))
-        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and (hurt is not None or noisy_floor):
+        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and hurt_or_floor:
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
@@ -153,7 +155,11 @@ class LRTooHigh(Rule):
             # ``estimate``: the whole cut the ratio asks for; past the two-decade cap the engine
             # applies the rest as a follow-up once this step has been verified.
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
-        elif ratios.size >= 2 and ratio > ELEVATED_UPDATE_RATIO and _adaptive_not_improving(ev):
+        elif (
+            ratios.size >= 2
+            and ratio > ELEVATED_UPDATE_RATIO
+            and _adaptive_not_improving(ev, hurt_or_floor)
+        ):
             # Adam's step is ≈ lr per coordinate whatever the gradient, so its ratio is the LR
             # against the weights' size and scales with the LR: the cut that brings it to the
             # healthy 1e-3 is their quotient. Far too high without warm-up, its first steps can
