@@ -5,12 +5,13 @@
 Reads the run records of ``bench/zoo/run.py --json`` (the TRAIN split only: it refuses any
 other), takes every finding the way ``metrics.reliability`` does (a cause at its highest
 confidence in a run; right when it names the run's seeded cause; a healthy run's end states
-left out), undoes the scales the run was made with, and prints the new table. The method
-(docs/zoo.md "Calibration"): per rule r with n_r findings, k_r of them right, mean raw
-confidence c_r, a Beta prior worth PRIOR_FINDINGS findings centred on c_r (the rule's own
-claim) gives the shrunk precision p_r = (k_r + PRIOR_FINDINGS·c_r) / (n_r + PRIOR_FINDINGS),
-and the scale is p_r / c_r: a rule's mean confidence becomes its shrunk precision on train,
-its findings keep their order. Rules without a finding on train keep scale 1.
+left out) at the rule's own confidence (``raw_confidence``, recorded by the zoo), keyed by
+``calibration_key`` (``lr_too_high/blow_up``: a reading of its own), and prints the table.
+The method (docs/zoo.md "Calibration"): per rule (or reading) r with n_r findings, k_r of
+them right, mean raw confidence c_r, a Beta prior worth PRIOR_FINDINGS findings centred on c_r
+(the rule's own claim) gives the shrunk precision p_r = (k_r + PRIOR_FINDINGS·c_r) /
+(n_r + PRIOR_FINDINGS), and the scale is p_r / c_r: a rule's mean confidence becomes its shrunk
+precision on train, its findings keep their order. Rules without a finding keep scale 1.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if str(BENCH) not in sys.path:
 
 
 def fit(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    from unstuck.diagnose.calibration import CAP, PRIOR_FINDINGS, SCALES
+    from unstuck.diagnose.calibration import CAP, PRIOR_FINDINGS, SCALES, calibration_key
     from zoo.metrics import END_STATES
 
     points: dict[str, list[tuple[float, bool]]] = defaultdict(list)
@@ -36,11 +37,19 @@ def fit(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             continue
         if r.get("split") != "train":
             raise SystemExit(f"{r['key']} is on the {r.get('split')} split: fit on train only")
+        best: dict[str, dict[str, Any]] = {}  # each cause's most confident finding in the run
+        for f in r.get("findings", []):
+            if f["cause"] not in best or f["confidence"] > best[f["cause"]]["confidence"]:
+                best[f["cause"]] = f
         for cause, p in r["ranking"]:
             if r["expected"] is None and cause in END_STATES:
                 continue
-            raw = min(float(p), CAP) / SCALES.get(cause, 1.0)  # undo the scale it ran with
-            points[cause].append((raw, cause == r["expected"]))
+            f = best.get(cause, {})
+            key = calibration_key(cause, f.get("reading"))
+            raw = f.get("raw_confidence")
+            if not isinstance(raw, (int, float)):  # undo the scale it ran with
+                raw = min(float(p), CAP) / SCALES.get(key, SCALES.get(cause, 1.0))
+            points[key].append((float(raw), cause == r["expected"]))
     table = {}
     for cause, pts in sorted(points.items()):
         n = len(pts)

@@ -152,7 +152,9 @@ def run_rules(
             continue
         finding = rule.check(ev)
         if finding is not None:
-            confidence = calibrated(finding.cause, finding.confidence)
+            confidence = calibrated(
+                finding.cause, finding.confidence, finding.evidence.get("reading")
+            )
             if confidence != finding.confidence:
                 finding = dataclasses.replace(
                     finding,

@@ -147,6 +147,7 @@ class LRTooHigh(Rule):
         hurt_or_floor = hurt is not None or noisy_floor
         blow_up = _blow_up(ev, ev.values_of("update_ratio"))
         if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and hurt_or_floor:
+            reading = "ratio"
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
@@ -160,6 +161,7 @@ class LRTooHigh(Rule):
             and ratio > ELEVATED_UPDATE_RATIO
             and _adaptive_not_improving(ev, hurt_or_floor)
         ):
+            reading = "adaptive"
             # Adam's step is ≈ lr per coordinate whatever the gradient, so its ratio is the LR
             # against the weights' size and scales with the LR: the cut that brings it to the
             # healthy 1e-3 is their quotient. Far too high without warm-up, its first steps can
@@ -176,6 +178,7 @@ class LRTooHigh(Rule):
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
             explains_motion = state == "hidden_progress"
         elif blow_up is not None:
+            reading = "blow_up"
             peak_ratio, peak_loss, first = blow_up
             decades = float(np.log10(peak_ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / peak_ratio
@@ -189,6 +192,7 @@ class LRTooHigh(Rule):
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
         elif state in ("oscillating", "diverging") and hurt in ("climbing", "bouncing"):
             # The detector's call confirmed beyond minibatch noise: noise alone bounces too.
+            reading = "oscillation"
             factor, confidence = OSCILLATION_CUT, 0.6 if state == "diverging" else 0.5
             lr_params = {"factor": round(factor, 3)}
             summary = f"the loss is {state} (update/weight ratio {ratio:.2g})"
@@ -205,6 +209,8 @@ class LRTooHigh(Rule):
                 # The weights' motion on the flat loss is this finding's symptom, not hidden
                 # progress: the policy need not wait on it (``rescue.policy.Ladder``).
                 "explains_weight_motion": explains_motion,
+                # Which reading spoke: each is calibrated on its own (``calibration.SCALES``).
+                "reading": reading,
             },
             step=ev.step,
             summary=summary,
@@ -266,6 +272,7 @@ class LRTooHigh(Rule):
                 "bounce_threshold": bounce_threshold(swings.points),
                 "resolution": swings.resolution,
                 "source": "log",
+                "reading": "log",
             },
             step=ev.step,
             summary=summary,
