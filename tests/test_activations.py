@@ -94,12 +94,16 @@ def test_dead_units_need_the_whole_window_to_stay_silent():
     # unit 1 fires only on negative inputs, unit 0 only on positive ones: one negative batch,
     # then DEAD_WINDOW positive ones; unit 1 counts as dead once the window holds no negative
     batches = [torch.tensor([[-1.0]])] + [torch.tensor([[1.0]])] * DEAD_WINDOW
-    fractions = []
+    fractions, observed = [], []
     for step, x in enumerate(batches):
         model(x)
         tap.on_loss(step, torch.tensor(0.0), None, None)
-        fractions += _flush(tap)["act_dead_fraction"][1]
+        out = _flush(tap)
+        fractions += out["act_dead_fraction"][1]
+        observed += out["act_dead_observations"][1]
     assert fractions == [0.5] + [0.0] * (DEAD_WINDOW - 1) + [0.5]
+    # One output per unit per batch: the window holds 1, 2, ... up to DEAD_WINDOW of them.
+    assert observed == [float(min(k + 1, DEAD_WINDOW)) for k in range(len(batches))]
 
 
 def test_saturation_scale_and_input_stats_match_hand_computation():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,17 @@ from unstuck.types import Finding
 def _series(values, start=0, stride=1):
     values = np.asarray(values, dtype=float)
     return (np.arange(start, start + stride * values.size, stride), values)
+
+
+def _loss(kind: str, n: int = 64):
+    """A training loss: ``stalled`` at its start, ``falling`` a decade, or ``bouncing`` step to
+    step (each step overshoots the last) beyond its minibatch noise."""
+    noise = np.random.default_rng(0).normal(0.0, 0.01, n)
+    if kind == "stalled":
+        return _series(2.3 + noise)
+    if kind == "falling":
+        return _series(2.3 * np.exp(-np.linspace(0.0, 2.5, n)) + noise * 0.1)
+    return _series(1.5 + 0.3 * (-1.0) ** np.arange(n) + noise)
 
 
 def test_lr_too_low_fires_on_tiny_updates_with_healthy_gradients():
@@ -62,45 +75,95 @@ def test_lr_too_low_quiet_when_gradients_are_not_finite():
 
 
 def test_lr_too_high_from_ratio_and_from_oscillation():
-    high = Evidence({"update_ratio": _series([0.5] * 8), "detector_state": "plateau"})
+    high = Evidence(
+        {"update_ratio": _series([0.5] * 8), "detector_state": "plateau", "loss": _loss("stalled")}
+    )
     finding = get_rule("lr_too_high").check(high)
     assert finding is not None and finding.remedies[0].params["factor"] < 1
     assert finding.remedies[0].params["estimate"] == pytest.approx(0.02)
-    oscillating = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "oscillating"})
+    # The same ratio on a loss that fell a decade and sits calm is a healthy run's noise floor.
+    fell = Evidence({**high, "loss": _loss("falling")})
+    assert get_rule("lr_too_high").check(fell) is None
+    oscillating = Evidence(
+        {
+            "update_ratio": _series([1e-3] * 8),
+            "detector_state": "oscillating",
+            "loss": _loss("bouncing"),
+        }
+    )
     assert get_rule("lr_too_high").check(oscillating) is not None
+    # The detector's oscillating call on a loss whose swings are minibatch noise: silent.
+    noisy = Evidence({**oscillating, "loss": _loss("stalled")})
+    assert get_rule("lr_too_high").check(noisy) is None
     calm = Evidence({"update_ratio": _series([1e-3] * 8), "detector_state": "plateau"})
     assert get_rule("lr_too_high").check(calm) is None
+
+
+def test_lr_too_high_names_a_blow_up_the_run_never_recovered_from():
+    """LR far too high: the loss jumped 10⁴× in the first steps, the units it killed leave tiny
+    steps since; the root is the LR (not dead units, not an LR too low)."""
+    loss = np.full(300, 2.4)
+    loss[0], loss[3:6] = 2.3, 5e4
+    ev = Evidence(
+        {
+            "update_ratio": _series([0.86, 5e-3, 2e-4, 9e-5, 8e-5], stride=32),
+            "detector_state": "plateau",
+            "loss": _series(loss),
+        }
+    )
+    finding = get_rule("lr_too_high").check(ev)
+    assert finding is not None and "blew up" in finding.summary
+    assert finding.remedies[0].params["factor"] < 1
+    recovered = loss.copy()
+    recovered[-100:] = 0.5  # it came back well below where it started: no longer the verdict
+    assert get_rule("lr_too_high").check(Evidence({**ev, "loss": _series(recovered)})) is None
+    lr_low = get_rule("lr_too_low")
+    assert "lr_too_high" in lr_low.symptom_of and "dead_relu" in lr_low.symptom_of
 
 
 def test_lr_too_high_needs_half_the_recent_ratios_above_the_threshold():
     """One sample taken at a tiny init (ratio 98, the next 0.02) must not carry the verdict: the
     plain median of two would average them to 49."""
-    grown = Evidence({"update_ratio": _series([98.0, 0.02]), "detector_state": "slow"})
+    stalled = _loss("stalled")
+    grown = Evidence(
+        {"update_ratio": _series([98.0, 0.02]), "detector_state": "plateau", "loss": stalled}
+    )
     assert get_rule("lr_too_high").check(grown) is None
-    persistent = Evidence({"update_ratio": _series([98.0, 0.4]), "detector_state": "slow"})
+    persistent = Evidence(
+        {"update_ratio": _series([98.0, 0.4]), "detector_state": "plateau", "loss": stalled}
+    )
     finding = get_rule("lr_too_high").check(persistent)
     assert finding is not None
     assert finding.evidence["update_ratio_median"] == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "state", "fires"),
+    ("optimizer", "state", "loss", "fires"),
     [
-        ("AdamW", "plateau", True),
-        ("Adam", "slow", True),
-        ("AdamW", "hidden_progress", True),
-        ("AdamW", "improving", False),  # a loss still falling well: a high ratio is not a fault
-        ("SGD", "plateau", False),  # SGD's ratio may be a net growing out of a small init
+        ("AdamW", "plateau", "stalled", True),
+        ("AdamW", "hidden_progress", "stalled", True),
+        ("Adam", "slow", "bouncing", True),
+        # Adam's large early ratio in a run that goes on to converge: the loss still falls.
+        ("Adam", "slow", "falling", False),
+        ("AdamW", "plateau", "falling", False),
+        ("AdamW", "improving", "stalled", False),  # a loss still falling well
+        (
+            "SGD",
+            "plateau",
+            "stalled",
+            False,
+        ),  # SGD's ratio may be a net growing out of a small init
     ],
 )
-def test_lr_too_high_above_1e_2_for_an_adaptive_optimizer_that_is_not_improving(
-    optimizer, state, fires
+def test_lr_too_high_above_1e_2_for_an_adaptive_optimizer_whose_loss_is_hurt(
+    optimizer, state, loss, fires
 ):
     ev = Evidence(
         {
             "update_ratio": _series([0.04] * 8),
             "detector_state": state,
             "optimizer_type": optimizer,
+            "loss": _loss(loss),
         }
     )
     finding = get_rule("lr_too_high").check(ev)
@@ -211,3 +274,54 @@ def test_lr_scale_validates_its_factor():
     for bad in ({}, {"factor": 0}, {"factor": -2.0}, {"factor": float("inf")}, {"factor": "3"}):
         with pytest.raises(ValueError, match="factor"):
             action.validate(bad)
+
+
+def test_findings_within_the_tie_margin_rank_root_first_and_name_each_other():
+    """dead_relu 0.88 and vanishing_gradients 0.95 swap on another CPU's kernels: within
+    TIE_MARGIN the order is root before symptom, not the float difference."""
+    from unstuck.diagnose.base import TIE_MARGIN, _rank
+    from unstuck.types import Remedy
+
+    rules = all_rules()
+    change = Remedy("change_architecture")
+
+    def finding(cause: str, confidence: float) -> Finding:
+        return Finding(cause, confidence, {}, 0, cause, remedies=(change,))
+
+    for dead, vanishing in ((0.88, 0.95), (0.95, 0.88)):
+        ranked = _rank(
+            [finding("vanishing_gradients", vanishing), finding("dead_relu", dead)], rules
+        )
+        assert [f.cause for f in ranked] == ["dead_relu", "vanishing_gradients"]
+        assert ranked[0].evidence["tied_with"] == ["vanishing_gradients"]
+        assert ranked[0].evidence["shared_remedies"] == ["change_architecture"]
+    apart = _rank(
+        [finding("vanishing_gradients", 0.95), finding("dead_relu", 0.95 - TIE_MARGIN - 0.01)],
+        rules,
+    )
+    assert [f.cause for f in apart] == ["vanishing_gradients", "dead_relu"]
+    assert "tied_with" not in apart[0].evidence
+
+
+def test_calibration_scales_a_rule_monotonically_and_keeps_hints_below_half(monkeypatch):
+    from unstuck.diagnose import calibration
+
+    monkeypatch.setattr(calibration, "SCALES", {"lr_too_high": 0.5, "over_clipping": 1.5})
+    raw = np.linspace(0.0, 1.0, 101)
+    down = [calibration.calibrated("lr_too_high", float(p)) for p in raw]
+    up = [calibration.calibrated("over_clipping", float(p)) for p in raw]
+    assert all(a <= b for a, b in itertools.pairwise(down))
+    assert all(a <= b for a, b in itertools.pairwise(up))
+    assert calibration.calibrated("lr_too_high", 0.8) == pytest.approx(0.4)
+    assert calibration.calibrated("over_clipping", 0.45) < 0.5  # a hint stays a hint
+    assert calibration.calibrated("over_clipping", 0.8) == calibration.CAP
+    assert calibration.calibrated("nonfinite", 1.0) == 1.0  # no scale: its own value
+    # run_rules applies it and keeps the rule's own number.
+    ev = Evidence(
+        {"update_ratio": _series([0.5] * 8), "detector_state": "plateau", "loss": _loss("stalled")}
+    )
+    raw_finding = get_rule("lr_too_high").check(ev)
+    found = {f.cause: f for f in run_rules(ev)}["lr_too_high"]
+    assert raw_finding is not None
+    assert found.confidence == pytest.approx(raw_finding.confidence * 0.5)
+    assert found.evidence["raw_confidence"] == pytest.approx(raw_finding.confidence)

@@ -62,6 +62,22 @@ def test_dead_relu_reads_the_latest_window_not_a_stale_median():
     assert _check("dead_relu", {"act_dead_fraction": _series([1.0] * 7 + [0.1])}) is None
 
 
+def test_dead_relu_needs_enough_outputs_per_unit_behind_the_dead_share():
+    """At batch size 1 a 4-batch window holds 4 outputs per unit: a sparse unit looks dead. The
+    rule reads the latest points whose windows hold 64 outputs together, and their minimum."""
+    dead = {"act_dead_fraction": _series([1.0, 1.0, 1.0])}
+    few = {**dead, "act_dead_observations": _series([4.0, 4.0, 4.0])}
+    assert _check("dead_relu", few) is None
+    many = {**dead, "act_dead_observations": _series([32.0, 32.0, 32.0])}
+    assert _check("dead_relu", many) is not None
+    # Two windows together: one of them with most units alive decides against "dead".
+    flicker = {
+        "act_dead_fraction": _series([1.0, 0.2, 1.0]),
+        "act_dead_observations": many["act_dead_observations"],
+    }
+    assert _check("dead_relu", flicker) is None
+
+
 @pytest.mark.parametrize(
     "data",
     [{}, {"act_dead_fraction": _series([])}, {"act_dead_fraction": _series([np.nan, np.nan])}],

@@ -85,7 +85,7 @@ def test_label_noise_confidence_grows_with_share_and_margin():
         {"wrong_fraction": 0.009},  # a handful of outliers
         {"wrong_fraction": 0.6},  # not a subset: the task is failing
         {"wrong_of_unlearned": 0.4},  # the unlearned are mostly unsure, not wrong
-        {"wrong_rest_median": 0.5},  # the rest is not fitted yet (3.9 < 10 x 0.5)
+        {"wrong_rest_median": 0.75},  # the rest is not learned yet (above ln 2)
         {"n": 99},  # too few samples in the window
         {"wrong_change": -0.2},  # still falling: being learned, not stuck
         {"wrong_change": float("nan")},

@@ -283,3 +283,48 @@ def test_run_py_quick_json_on_a_small_subset(tmp_path: Path) -> None:
             assert set(r["hurt_check"]) >= {"hurt", "why", "reference_val", "mutant_val"}
     assert len(result["reliability"]["bins"]) == 10
     assert set(result["per_program"]) == {"logistic_iris_sgd"}
+
+
+def test_calibration_fit_is_the_shrunk_precision_over_the_mean_and_train_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from unstuck.diagnose import calibration
+    from zoo.calibrate import fit
+
+    monkeypatch.setattr(calibration, "SCALES", {"lr_too_high": 0.5})
+    runs = [
+        # lr_too_high ran under scale 0.5: recorded 0.4 is a raw 0.8; right once, wrong once
+        {
+            "split": "train",
+            "scored": True,
+            "expected": "lr_too_high",
+            "ranking": [["lr_too_high", 0.4]],
+        },
+        {
+            "split": "train",
+            "scored": True,
+            "expected": "dead_relu",
+            "ranking": [["lr_too_high", 0.4], ["dead_relu", 0.9]],
+        },
+        # a healthy run's end state is left out; its other findings are wrong
+        {
+            "split": "train",
+            "scored": True,
+            "expected": None,
+            "ranking": [["converged", 0.4], ["dead_relu", 0.6]],
+        },
+        {
+            "split": "train",
+            "scored": False,
+            "expected": "dead_relu",
+            "ranking": [["batch_size", 0.9]],
+        },
+    ]
+    table = fit(runs)
+    assert set(table) == {"lr_too_high", "dead_relu"}  # not-scored runs and end states left out
+    high = table["lr_too_high"]
+    assert high["mean_raw"] == pytest.approx(0.8) and high["right"] == 1 and high["findings"] == 2
+    assert high["shrunk_precision"] == pytest.approx((1 + 4 * 0.8) / (2 + 4), abs=1e-4)
+    assert high["scale"] == pytest.approx(high["shrunk_precision"] / 0.8, abs=1e-3)
+    with pytest.raises(SystemExit, match="train only"):
+        fit([{**runs[0], "split": "test", "key": "p/op@0"}])

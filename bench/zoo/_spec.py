@@ -419,7 +419,13 @@ def execute(spec: Spec, seed: int, *, guard: bool) -> Outcome:
         for f in g.findings:
             best[f.cause] = max(best.get(f.cause, 0.0), f.confidence)
             findings.append(
-                {"cause": f.cause, "confidence": round(f.confidence, 3), "step": f.step}
+                {
+                    "cause": f.cause,
+                    "confidence": round(f.confidence, 3),
+                    "step": f.step,
+                    "reading": f.evidence.get("reading"),  # calibrate.py keys on it
+                    "raw_confidence": f.evidence.get("raw_confidence", f.confidence),
+                }
             )
         ranking = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
     return Outcome(

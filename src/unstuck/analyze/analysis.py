@@ -212,12 +212,22 @@ def _restore_left_out(findings: list[Finding], left_out: frozenset[str]) -> list
         if isinstance(explained, list) and explained:
             kept = [c for c in explained if c not in left_out]
             if len(kept) != len(explained):
-                evidence = {k: v for k, v in f.evidence.items() if k != "explained_by"}
+                evidence = {
+                    k: v
+                    for k, v in f.evidence.items()
+                    if k not in ("explained_by", "unexplained_confidence")
+                }
                 confidence = f.confidence
                 if kept:
                     evidence["explained_by"] = kept
+                    evidence["unexplained_confidence"] = f.evidence.get("unexplained_confidence")
                 else:
-                    confidence = min(f.confidence / EXPLAINED_FACTOR, 1.0)
+                    before = f.evidence.get("unexplained_confidence")
+                    confidence = (
+                        float(before)
+                        if isinstance(before, (int, float))
+                        else min(f.confidence / EXPLAINED_FACTOR, 1.0)
+                    )
                 f = dataclasses.replace(f, confidence=confidence, evidence=evidence)
         out.append(f)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from unstuck.diagnose.calibration import calibrated
 from unstuck.diagnose.evidence import Evidence
 from unstuck.plugins import discover_plugins
 from unstuck.types import Finding
@@ -17,6 +18,7 @@ from unstuck.types import Finding
 __all__ = [
     "EXPLAINED_FACTOR",
     "ROOT_CONFIDENCE",
+    "TIE_MARGIN",
     "Rule",
     "all_rules",
     "get_rule",
@@ -26,6 +28,11 @@ __all__ = [
 
 ROOT_CONFIDENCE = 0.5  # a root cause found at least this confident explains its symptoms
 EXPLAINED_FACTOR = 0.5  # an explained symptom keeps this share of its confidence
+# Findings whose confidences differ by less than this are not ordered by them: another CPU's
+# kernels move a confidence by a few hundredths (dead_relu 0.88 vs vanishing_gradients 0.95 on
+# one machine, the other way round on another). Within such a tie a root ranks before a cause
+# that lists it in ``symptom_of``, then by code; each finding names the others it ties with.
+TIE_MARGIN = 0.1
 
 
 def inputs_present(ev: Evidence, names: frozenset[str]) -> bool:
@@ -122,6 +129,12 @@ def get_rule(code: str) -> Rule:
     return rules[code]
 
 
+def raw_confidence(finding: Finding) -> float:
+    """The confidence the rule itself gave, before calibration."""
+    raw = finding.evidence.get("raw_confidence")
+    return float(raw) if isinstance(raw, (int, float)) else finding.confidence
+
+
 def run_rules(
     ev: Evidence, *, continuous_only: bool = False, known_roots: frozenset[str] = frozenset()
 ) -> list[Finding]:
@@ -139,26 +152,84 @@ def run_rules(
             continue
         finding = rule.check(ev)
         if finding is not None:
+            confidence = calibrated(
+                finding.cause, finding.confidence, finding.evidence.get("reading")
+            )
+            if confidence != finding.confidence:
+                finding = dataclasses.replace(
+                    finding,
+                    confidence=confidence,
+                    evidence={**finding.evidence, "raw_confidence": finding.confidence},
+                )
             findings.append(finding)
     findings = _demote_symptoms(findings, rules, known_roots)
-    findings.sort(key=lambda f: (-f.confidence, f.cause))
-    return findings
+    return _rank(findings, rules)
+
+
+def _rank(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
+    """Most confident first; findings within ``TIE_MARGIN`` of their neighbour form a tie,
+    ordered root before symptom and then by code (not by a float difference), each naming the
+    others in ``evidence["tied_with"]`` and the remedies they share in ``shared_remedies``."""
+    ordered = sorted(findings, key=lambda f: (-f.confidence, f.cause))
+    groups: list[list[Finding]] = []
+    for f in ordered:
+        if groups and groups[-1][-1].confidence - f.confidence < TIE_MARGIN:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    out: list[Finding] = []
+    for group in groups:
+        if len(group) == 1:
+            out += group
+            continue
+        codes = {f.cause for f in group}
+
+        def roots_first(f: Finding, codes: set[str] = codes) -> tuple[int, str]:
+            rule = rules.get(f.cause)
+            symptom = rule is not None and bool(rule.symptom_of & codes)
+            return (int(symptom), f.cause)
+
+        for f in sorted(group, key=roots_first):
+            others = sorted(codes - {f.cause})
+            shared = sorted(
+                {r.action for r in f.remedies}.intersection(
+                    *({r.action for r in g.remedies} for g in group if g is not f)
+                )
+            )
+            out.append(
+                dataclasses.replace(
+                    f, evidence={**f.evidence, "tied_with": others, "shared_remedies": shared}
+                )
+            )
+    return out
 
 
 def _demote_symptoms(
     findings: list[Finding], rules: dict[str, Rule], known_roots: frozenset[str] = frozenset()
 ) -> list[Finding]:
-    """Rank a symptom below the root cause that explains it (its evidence names the root)."""
-    roots = {f.cause for f in findings if f.confidence >= ROOT_CONFIDENCE} | set(known_roots)
+    """Rank a symptom below the root cause that explains it (its evidence names the root).
+
+    A root is a cause its rule found at ``ROOT_CONFIDENCE`` or more before calibration
+    (``raw_confidence``): whether a cause is present enough to explain a symptom is the rule's
+    reading; how often it is the run's real cause is what calibration measures. The symptom
+    keeps ``EXPLAINED_FACTOR`` of its confidence, and of its root's when that is lower (a root
+    calibrated down must still out-rank what it explains)."""
+    found = {f.cause: f.confidence for f in findings if raw_confidence(f) >= ROOT_CONFIDENCE}
+    roots = set(found) | set(known_roots)
     out = []
     for finding in findings:
         rule = rules.get(finding.cause)
         explained = sorted(rule.symptom_of & roots) if rule is not None else []
         if explained:
+            ceiling = min([found[r] for r in explained if r in found] + [finding.confidence])
             finding = dataclasses.replace(
                 finding,
-                confidence=finding.confidence * EXPLAINED_FACTOR,
-                evidence={**finding.evidence, "explained_by": explained},
+                confidence=ceiling * EXPLAINED_FACTOR,
+                evidence={
+                    **finding.evidence,
+                    "explained_by": explained,
+                    "unexplained_confidence": finding.confidence,
+                },
             )
         out.append(finding)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from unstuck.diagnose.base import ROOT_CONFIDENCE
+from unstuck.diagnose.base import ROOT_CONFIDENCE, raw_confidence
 from unstuck.types import Finding
 
 __all__ = ["REFIND_AFTER", "REFIND_RISE", "FindingLog"]
@@ -34,7 +34,7 @@ class FindingLog:
         return frozenset(
             f.cause
             for f in self.findings
-            if f.confidence >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
+            if raw_confidence(f) >= ROOT_CONFIDENCE and step - f.step < REFIND_AFTER
         )
 
     def record(self, findings: Iterable[Finding], step: int) -> list[Finding]:

@@ -15,7 +15,9 @@ Evidence (docs/signals.md):
 * ``act_dead_fraction`` — series: the worst ReLU/ReLU6 layer's share of units with no positive
   output on any sample over the last :data:`DEAD_WINDOW` sampled batches (units: dim 1 of
   ``(N, C, ...)``, the last dim of ``(N, T, C)`` after a Linear/attention/recurrent layer);
-  ``act_dead_overall`` the same over all units; ``act_dead_layers`` the latest per layer.
+  ``act_dead_overall`` the same over all units; ``act_dead_layers`` the latest per layer;
+  ``act_dead_observations`` how many outputs per unit the worst layer's window holds (samples ×
+  positions summed over the window's batches): a window of a few samples decides nothing.
 * ``act_saturation`` — series: the worst Sigmoid/Tanh layer's share of pre-activations (the
   module's input) beyond ±:data:`SATURATION_BOUND`; ``act_saturation_overall`` over all elements;
   ``act_saturation_layers`` the latest per layer. A Sigmoid/Tanh whose output is the model's
@@ -66,6 +68,7 @@ class _Sample:
 
     step: int
     dead: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> alive units (bool)
+    dead_obs: dict[str, int] = field(default_factory=dict)  # layer -> outputs per unit in window
     saturation: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)
     scale: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> output std
     inputs: torch.Tensor | None = None
@@ -105,6 +108,7 @@ class ActivationTap(Tap):
         {
             "act_dead_fraction",
             "act_dead_overall",
+            "act_dead_observations",
             "act_dead_layers",
             "act_saturation",
             "act_saturation_overall",
@@ -125,6 +129,7 @@ class ActivationTap(Tap):
         self._current: _Sample | None = None
         self._pending: list[_Sample] = []
         self._windows: dict[str, deque[torch.Tensor]] = {}
+        self._obs_windows: dict[str, deque[int]] = {}  # outputs per unit of each window batch
         self._first_scale: dict[str, Any] | None = None  # the first sampled forward's scales
 
     # -- arming -------------------------------------------------------------------------------
@@ -176,10 +181,14 @@ class ActivationTap(Tap):
         with torch.no_grad():
             for key, alive in list(sample.dead.items()):
                 window = self._windows.setdefault(key, deque(maxlen=DEAD_WINDOW))
+                observed = self._obs_windows.setdefault(key, deque(maxlen=DEAD_WINDOW))
                 if window and window[-1].shape != alive.shape:
                     window.clear()  # the layer changed width: start the window afresh
+                    observed.clear()
                 window.append(alive)
+                observed.append(sample.dead_obs.get(key, 0))
                 sample.dead[key] = torch.stack(list(window)).any(0)
+                sample.dead_obs[key] = sum(observed)
         if sample.output_layer is not None:
             sample.saturation.pop(sample.output_layer, None)
         sample.calls = {}
@@ -246,6 +255,7 @@ class ActivationTap(Tap):
         with torch.no_grad():
             positive = y.detach() > 0
             sample.dead[key] = positive.movedim(unit_dim, 0).reshape(y.shape[unit_dim], -1).any(1)
+        sample.dead_obs[key] = y.numel() // max(y.shape[unit_dim], 1)  # a shape: no sync
 
     def _saturation_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         sample = self._sample()
@@ -290,6 +300,7 @@ class ActivationTap(Tap):
             entry: dict[str, Any] = {"step": s.step}
             if s.dead:
                 entry["dead"] = [(key, int(v.numel())) for key, v in s.dead.items()]
+                entry["dead_obs"] = [int(s.dead_obs.get(key, 0)) for key in s.dead]
                 tensors[f"{k}.dead"] = torch.stack([(~v).float().mean() for v in s.dead.values()])
             if s.saturation:
                 entry["saturation"] = [(key, n) for key, (_, n) in s.saturation.items()]
@@ -310,6 +321,7 @@ class ActivationTap(Tap):
         dead_steps: list[int] = []
         dead_worst: list[float] = []
         dead_all: list[float] = []
+        dead_obs: list[float] = []
         sat_steps: list[int] = []
         sat_worst: list[float] = []
         sat_all: list[float] = []
@@ -320,6 +332,9 @@ class ActivationTap(Tap):
                 units = np.asarray([n for _, n in entry["dead"]], dtype=np.float64)
                 dead_steps.append(step)
                 dead_worst.append(float(fractions.max()))
+                observed = entry.get("dead_obs")
+                if isinstance(observed, list) and len(observed) == fractions.size:
+                    dead_obs.append(float(observed[int(fractions.argmax())]))
                 dead_all.append(float((fractions * units).sum() / units.sum()))
                 out["act_dead_layers"] = {
                     key: float(v) for (key, _), v in zip(entry["dead"], fractions)
@@ -356,6 +371,8 @@ class ActivationTap(Tap):
         if dead_steps:
             out["act_dead_fraction"] = Series(dead_steps, dead_worst)
             out["act_dead_overall"] = Series(dead_steps, dead_all)
+            if len(dead_obs) == len(dead_steps):
+                out["act_dead_observations"] = Series(dead_steps, dead_obs)
         if sat_steps:
             out["act_saturation"] = Series(sat_steps, sat_worst)
             out["act_saturation_overall"] = Series(sat_steps, sat_all)

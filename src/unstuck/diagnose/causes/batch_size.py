@@ -8,12 +8,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from unstuck.diagnose.base import Rule
+from unstuck.diagnose.causes._hurt import loss_hurt, noise_floor_share
 from unstuck.diagnose.causes._landscape import (
-    LEVEL_POINTS,
     NEAR_CONVERGENCE_DROP,
     loss_drop,
-    recent_median,
 )
+from unstuck.diagnose.causes._logs import lr_never_changed
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HIGH_UPDATE_RATIO, RECENT_POINTS
 from unstuck.signals.host import NOISE_FLOOR_SHARE
@@ -34,24 +34,6 @@ STALL_STATES = frozenset({"plateau", "slow", "oscillating", "hidden_progress"})
 LARGE_CONFIDENCE = (
     0.4  # ours: a too-large batch wastes compute but does not stall a run: report only
 )
-
-
-def noise_floor_share(ev: Evidence) -> float | None:
-    """How far above its minimum the gradient noise holds the loss, as a share of the loss.
-
-    ‖Δθ‖·‖g‖ / (4 L): Mandt et al. 2017's stationary excess η·tr Σ_B / 4 with η = ‖Δθ‖/‖g‖ and
-    ‖g‖² ≈ tr Σ_B (the gradient below its noise). ‖θ‖ comes from the weight-norm signal.
-    """
-    update = recent_median(ev, "update_ratio")
-    grad = recent_median(ev, "grad_norm", RECENT_POINTS * 4)
-    weight = recent_median(ev, "weight_norm")
-    loss = recent_median(ev, "loss", LEVEL_POINTS)
-    if None in (update, grad, weight, loss):
-        return None
-    assert update is not None and grad is not None and weight is not None and loss is not None
-    if loss <= 0:
-        return None
-    return update * weight * grad / (4.0 * loss)
 
 
 def batch_size_of(ev: Evidence) -> float:
@@ -130,6 +112,13 @@ class BatchSize(Rule):
         floor_share = noise_floor_share(ev)
         if b_over_noise * SMALL_FACTOR < 1.0:
             if floor_share is None or floor_share < NOISE_FLOOR_SHARE:
+                return None
+            if loss_hurt(ev, STALL_STATES) is None and not lr_never_changed(ev):
+                # A gradient below its noise and a floor the noise holds up are how healthy
+                # small-batch training looks while a schedule has yet to anneal its LR (issue
+                # 24: a warm-up + cosine ResNet): under a schedule the batch is the cause only
+                # when the loss is hurt (stalled near its start, or swinging beyond its noise;
+                # a crawl near its start counts, as above). Under a constant LR the floor stays.
                 return None
             decades = math.log10(floor_share / NOISE_FLOOR_SHARE)
             confidence = float(np.clip(0.6 + 0.3 * decades, 0.0, SMALL_CAP))

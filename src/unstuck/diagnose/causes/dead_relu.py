@@ -12,6 +12,11 @@ from unstuck.types import Finding, Remedy
 
 DEAD_SHARE = 0.7  # DESIGN.md cause catalog / DeepDiagnosis: ≥ 70 % units inactive (REFERENCE §3)
 LOWER_LR_FACTOR = 0.5  # halve the LR so no more units die; one rung of the rescue ladder
+# A unit that fires on 5 % of its inputs shows no positive output over n independent outputs
+# with probability 0.95^n: 3.7 % at n = 64. Fewer outputs per unit (a 4-batch window at batch
+# size 1, a window not yet full) cannot tell a dead unit from a sparse one, so the rule reads
+# the latest points whose windows together hold at least this many, and takes their minimum.
+MIN_DEAD_OBSERVATIONS = 64
 
 
 class DeadReLU(Rule):
@@ -38,12 +43,21 @@ class DeadReLU(Rule):
 
     def check(self, ev: Evidence) -> Finding | None:
         series = ev.values_of("act_dead_fraction")
-        series = series[np.isfinite(series)]
+        observed = ev.values_of("act_dead_observations")
+        if observed.size != series.size:
+            observed = np.full(series.size, np.inf)  # no fill recorded (a store, another loop)
+        keep = np.isfinite(series)
+        series, observed = series[keep], observed[keep]
         if series.size == 0:
             return None
-        # The latest point: each is already a window of DEAD_WINDOW sampled batches, and units
-        # that died a moment ago are as dead as old ones (a median would lag behind).
-        share = float(series[-1])
+        # The latest points whose windows hold MIN_DEAD_OBSERVATIONS outputs per unit together;
+        # each is already a window of DEAD_WINDOW sampled batches, and units that died a moment
+        # ago are as dead as old ones (a median would lag behind): their minimum decides.
+        total = np.cumsum(observed[::-1])
+        enough = np.flatnonzero(total >= MIN_DEAD_OBSERVATIONS)
+        if enough.size == 0:
+            return None
+        share = float(series[-1 - int(enough[0]) :].min())
         if share < DEAD_SHARE:
             return None
         confidence = float(np.clip(0.6 + (share - DEAD_SHARE) / (1.0 - DEAD_SHARE) * 0.3, 0, 0.9))

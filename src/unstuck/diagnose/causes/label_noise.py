@@ -11,7 +11,7 @@ from unstuck.diagnose.causes._data import (
     MIN_GROUP_SAMPLES,
     MIN_NOISE_FRACTION,
     MOST_LOSS_SHARE,
-    ORDER_OF_MAGNITUDE,
+    UNLEARNED_LOSS,
     group_reading,
     ramp,
 )
@@ -24,7 +24,9 @@ class LabelNoise(Rule):
 
     code: ClassVar[str] = "label_noise"
     requires: ClassVar[frozenset[str]] = frozenset({"sample_groups"})
-    symptom_of: ClassVar[frozenset[str]] = frozenset({"class_imbalance"})
+    # Saturated units freeze confident predictions, wrong ones included: a share of samples
+    # stuck worse than chance is then the saturation's symptom, not their labels'.
+    symptom_of: ClassVar[frozenset[str]] = frozenset({"class_imbalance", "saturated_activations"})
     explanation: ClassVar[str] = (
         "Most of the remaining loss sits on a small set of samples that the model predicts, "
         "persistently and with confidence, as something other than their label: their "
@@ -53,7 +55,10 @@ class LabelNoise(Rule):
         # Mislabelled, not merely hard: most persistently unlearned samples are worse than chance.
         if share < MOST_LOSS_SHARE or of_unlearned < 0.5 or median <= chance:
             return None
-        if median < ORDER_OF_MAGNITUDE * rest:  # the rest of the data is not fitted yet
+        if rest >= UNLEARNED_LOSS:  # the rest of the data is not learned yet (p(label) < 1/2)
+            # Not "a decade below the group": the wrong labels regularise the model, so with a
+            # large share of them the rest is learned (p(label) > 1/2) but never fitted 10×
+            # lower (issue 24's zoo: 36 % of wine's samples mislabelled, rest at 0.60).
             return None
         margin = median / chance  # 1: just worse than chance; 2: p(label) < 1/C²
         confidence = 0.6 + 0.2 * ramp(share, MOST_LOSS_SHARE, 0.9) + 0.15 * ramp(margin, 1.0, 2.0)

@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.diagnose.base import Rule
+from unstuck.diagnose.causes._hurt import STALL_DROP, loss_hurt, noise_floor_share
 from unstuck.diagnose.causes._logs import (
     CLIMB_Z,
     LOG_MAX_CONFIDENCE,
@@ -26,6 +27,7 @@ from unstuck.diagnose.thresholds import (
     HIGH_UPDATE_RATIO,
     RECENT_POINTS,
 )
+from unstuck.signals.host import NOISE_FLOOR_SHARE
 from unstuck.types import Finding, Remedy
 
 MIN_CUT = 0.01  # at most two decades down in one action
@@ -61,12 +63,44 @@ def slope_sign_flips(values: np.ndarray, window: int = FLIP_WINDOW) -> float | N
     return float(np.count_nonzero(rising[1:] != rising[:-1])) / (rising.size - 1)
 
 
-def _adaptive_not_improving(ev: Evidence) -> bool:
-    """An adaptive optimizer on a training loss the detector does not see improving. With SGD a
-    high ratio may be a net growing out of a small init, which this must not call."""
+# A blow-up: the loss rose an order of magnitude (the usual meaning of "≫") above the untrained
+# model's first loss, while the steps were above HIGH_UPDATE_RATIO.
+BLOW_UP_RISE = 10.0
+
+
+def _adaptive_not_improving(ev: Evidence, hurt: bool) -> bool:
+    """An adaptive optimizer on a training loss that is not improving and is hurt (``hurt``:
+    stalled near its start, climbing or bouncing beyond noise, or held above its floor by the
+    steps' noise). Adam's first steps take ratios above 1e-2 in runs that go on to converge, so
+    a loss that still falls cleanly clears it. With SGD a high ratio may be a net growing out of
+    a small init, which this must not call."""
     if str(ev.get("optimizer_type", "")) not in ADAPTIVE_OPTIMIZERS:
         return False
-    return ev.get("detector_state") in NOT_IMPROVING
+    return ev.get("detector_state") in NOT_IMPROVING and hurt
+
+
+def _blow_up(ev: Evidence, ratios: np.ndarray) -> tuple[float, float, float] | None:
+    """A past blow-up that the run never recovered from: (peak update ratio, peak loss, first
+    loss) when a sampled update ratio went above HIGH_UPDATE_RATIO, the loss rose BLOW_UP_RISE×
+    above the first loss (or went non-finite), and the latest losses are not EARLY_DROP below
+    that first loss. The units such a step kills and the tiny steps left after it are its
+    symptoms (``dead_relu``, ``lr_too_low``), not causes of their own."""
+    finite = ratios[np.isfinite(ratios)]
+    loss = ev.values_of("loss")
+    if finite.size == 0 or loss.size < 2 or not np.isfinite(loss[0]) or loss[0] <= 0:
+        return None
+    peak_ratio = float(finite.max())
+    if peak_ratio <= HIGH_UPDATE_RATIO:
+        return None
+    first = float(loss[0])
+    ok = loss[np.isfinite(loss)]
+    peak_loss = float(ok.max()) if ok.size else first
+    if ok.size == loss.size and peak_loss < BLOW_UP_RISE * first:
+        return None
+    recent = ok[-RECENT_POINTS * 8 :]
+    if recent.size == 0 or np.log(first / max(float(np.median(recent)), 1e-300)) >= STALL_DROP:
+        return None  # it recovered: the loss is now well below where it started
+    return peak_ratio, peak_loss, first
 
 
 class LRTooHigh(Rule):
@@ -77,6 +111,9 @@ class LRTooHigh(Rule):
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio"})
     # From a log: the training loss and the detector's state on it (``_from_loss``).
     requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"loss", "detector_state"}),)
+    # Inputs orders of magnitude off scale make every step huge whatever the LR: the scale is
+    # the root (its remedy normalises them), the steps its symptom.
+    symptom_of: ClassVar[frozenset[str]] = frozenset({"input_scale"})
     explanation: ClassVar[str] = (
         "Each step changes the weights by more than a tenth of their size (a hundredth with an "
         "Adam-family optimizer, whose step is about lr per weight, on a loss that is not "
@@ -101,7 +138,16 @@ class LRTooHigh(Rule):
         # ~100 that the next sample no longer shows) could carry the verdict alone. The lower
         # median needs half the recent samples above the threshold, as with an odd count.
         ratio = float(np.percentile(ratios, 50, method="lower")) if ratios.size else float("nan")
-        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO:
+        hurt = loss_hurt(ev)
+        floor = noise_floor_share(ev)
+        # Steps above 1e-1 of the weights speak when the loss shows it: hurt, or held above its
+        # floor by the noise those steps inject (a healthy SGD run at its noise floor shows
+        # such ratios too, with a floor below the detector's margin).
+        noisy_floor = floor is not None and floor >= NOISE_FLOOR_SHARE
+        hurt_or_floor = hurt is not None or noisy_floor
+        blow_up = _blow_up(ev, ev.values_of("update_ratio"))
+        if ratios.size >= 2 and ratio > HIGH_UPDATE_RATIO and hurt_or_floor:
+            reading = "ratio"
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
@@ -110,7 +156,12 @@ class LRTooHigh(Rule):
             # ``estimate``: the whole cut the ratio asks for; past the two-decade cap the engine
             # applies the rest as a follow-up once this step has been verified.
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
-        elif ratios.size >= 2 and ratio > ELEVATED_UPDATE_RATIO and _adaptive_not_improving(ev):
+        elif (
+            ratios.size >= 2
+            and ratio > ELEVATED_UPDATE_RATIO
+            and _adaptive_not_improving(ev, hurt_or_floor)
+        ):
+            reading = "adaptive"
             # Adam's step is ≈ lr per coordinate whatever the gradient, so its ratio is the LR
             # against the weights' size and scales with the LR: the cut that brings it to the
             # healthy 1e-3 is their quotient. Far too high without warm-up, its first steps can
@@ -126,7 +177,22 @@ class LRTooHigh(Rule):
             )
             lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
             explains_motion = state == "hidden_progress"
-        elif state in ("oscillating", "diverging"):
+        elif blow_up is not None:
+            reading = "blow_up"
+            peak_ratio, peak_loss, first = blow_up
+            decades = float(np.log10(peak_ratio / HIGH_UPDATE_RATIO))
+            estimate = HEALTHY_UPDATE_RATIO * 10 / peak_ratio
+            factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
+            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            summary = (
+                f"the loss blew up from {first:.3g} to {peak_loss:.3g} while the update/weight "
+                f"ratio reached {peak_ratio:.2g} (above {HIGH_UPDATE_RATIO:g}), and it has not "
+                "fallen below where it started since"
+            )
+            lr_params = {"factor": round(factor, 3), "estimate": round(float(estimate), 6)}
+        elif state in ("oscillating", "diverging") and hurt in ("climbing", "bouncing"):
+            # The detector's call confirmed beyond minibatch noise: noise alone bounces too.
+            reading = "oscillation"
             factor, confidence = OSCILLATION_CUT, 0.6 if state == "diverging" else 0.5
             lr_params = {"factor": round(factor, 3)}
             summary = f"the loss is {state} (update/weight ratio {ratio:.2g})"
@@ -143,6 +209,8 @@ class LRTooHigh(Rule):
                 # The weights' motion on the flat loss is this finding's symptom, not hidden
                 # progress: the policy need not wait on it (``rescue.policy.Ladder``).
                 "explains_weight_motion": explains_motion,
+                # Which reading spoke: each is calibrated on its own (``calibration.SCALES``).
+                "reading": reading,
             },
             step=ev.step,
             summary=summary,
@@ -204,6 +272,7 @@ class LRTooHigh(Rule):
                 "bounce_threshold": bounce_threshold(swings.points),
                 "resolution": swings.resolution,
                 "source": "log",
+                "reading": "log",
             },
             step=ev.step,
             summary=summary,

@@ -86,8 +86,12 @@ class LRTooLow(Rule):
     )
     # Tiny steps with healthy gradients are these causes' symptom, not a too-small LR.
     # A flat landscape or a saddle makes small steps too; their remedies raise the LR as well.
+    # Units killed by a blow-up (lr_too_high) or dead from the start (dead_relu) leave tiny
+    # updates behind: raising the LR there is the opposite of the fix.
     symptom_of: ClassVar[frozenset[str]] = frozenset(
         {
+            "lr_too_high",
+            "dead_relu",
             "over_clipping",
             "stale_optimizer_state",
             "precision_underflow",

@@ -117,12 +117,17 @@ class StaleOptimizerState(Rule):
             return None
         window = 1.0 / (1.0 - beta)  # the averaging horizon of the second moment
         now, v_hat = int(at[-1]), float(sums[-1])
-        recent = norms[(norm_steps <= now) & (norm_steps > now - window)]
-        recent = recent[np.isfinite(recent)]
-        if recent.size < MIN_HISTORY or not math.isfinite(v_hat) or v_hat <= 0:
+        keep = (norm_steps <= now) & np.isfinite(norms)
+        seen, when = norms[keep], norm_steps[keep]
+        if seen.size < MIN_HISTORY or not math.isfinite(v_hat) or v_hat <= 0:
             return None
-        reference = float(np.median(recent**2))
-        if reference <= 0:
+        # What v̂ holds if it was filled by the gradients this run made: Σv̂ is (bias-corrected)
+        # β₂-weighted mean of ‖g‖², so the sampled norms weighted β₂^(now − s) give it. A short
+        # run's v̂ still holds its first, larger gradients (a median of the recent ones would
+        # call that stale); state from another loss scale is what this mean cannot explain.
+        weights = beta ** (now - when).astype(np.float64)
+        reference = float(np.sum(weights * seen**2) / np.sum(weights))
+        if not math.isfinite(reference) or reference <= 0:
             return None
         ratio = v_hat / reference
         if ratio < STALE_RATIO:
@@ -134,15 +139,16 @@ class StaleOptimizerState(Rule):
             confidence=confidence,
             evidence={
                 "second_moment_sum": v_hat,
-                "grad_sq_median": reference,
+                "grad_sq_reference": reference,
                 "ratio": ratio,
                 "step_shrink": shrink,
                 "window_steps": window,
                 "threshold": STALE_RATIO,
             },
             step=ev.step,
-            summary=f"Adam's second moment is {ratio:.0f}× the squared gradients of the last "
-            f"{window:.0f} steps: every step is ~{shrink:.0f}× smaller than they warrant",
+            summary=f"Adam's second moment is {ratio:.0f}× what this run's squared gradients "
+            f"put there (β₂-weighted over ~{window:.0f} steps): every step is ~{shrink:.0f}× "
+            "smaller than they warrant",
             remedies=(
                 Remedy(
                     "reset_optimizer_state",
