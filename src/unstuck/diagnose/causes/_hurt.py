@@ -14,7 +14,12 @@ import math
 import numpy as np
 
 from unstuck.detect.detector import EARLY_DROP
-from unstuck.diagnose.causes._landscape import HEAD_POINTS, LEVEL_POINTS, recent_median
+from unstuck.diagnose.causes._landscape import (
+    HEAD_POINTS,
+    LEVEL_POINTS,
+    loss_levels,
+    recent_median,
+)
 from unstuck.diagnose.causes._logs import read_swings
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
@@ -33,20 +38,8 @@ def loss_fell(ev: Evidence) -> float | None:
     """ln(start / now) of the training loss (start: ``loss_initial`` or the median of the first
     ``HEAD_POINTS``; now: the median of the latest ``LEVEL_POINTS``); None without a positive
     loss or with fewer than ``HEAD_POINTS`` finite points."""
-    values = ev.values_of("loss")
-    values = values[np.isfinite(values)]
-    if values.size < HEAD_POINTS:
-        return None
-    initial = ev.get("loss_initial")
-    head = (
-        float(initial)
-        if isinstance(initial, (int, float)) and math.isfinite(initial)
-        else float(np.median(values[:HEAD_POINTS]))
-    )
-    level = float(np.median(values[-LEVEL_POINTS:]))
-    if head <= 0 or level <= 0:
-        return None
-    return math.log(head / level)
+    levels = loss_levels(ev, HEAD_POINTS)
+    return None if levels is None else math.log(levels[0] / levels[1])
 
 
 def loss_hurt(ev: Evidence, states: frozenset[str] = STALLED_STATES) -> str | None:

@@ -119,9 +119,20 @@ def loss_drop(ev: Evidence) -> tuple[float, float, float] | None:
     latest 4,096), the current level the median of the latest ``LEVEL_POINTS``. Needs a
     positive loss (a log scale); a loss that can be ≤ 0 gets None.
     """
+    levels = loss_levels(ev, HEAD_POINTS + LEVEL_POINTS // 2)
+    if levels is None:
+        return None
+    head, level = levels
+    return head, level, math.log(head / level)
+
+
+def loss_levels(ev: Evidence, min_points: int) -> tuple[float, float] | None:
+    """(start level, current level) of the training loss: the start is ``loss_initial`` or the
+    median of the first ``HEAD_POINTS`` finite points, the current level the median of the
+    latest ``LEVEL_POINTS``. None with fewer than ``min_points`` finite points or a level ≤ 0."""
     values = ev.values_of("loss")
     values = values[np.isfinite(values)]
-    if values.size < HEAD_POINTS + LEVEL_POINTS // 2:
+    if values.size < min_points:
         return None
     initial = ev.get("loss_initial")
     head = (
@@ -132,7 +143,7 @@ def loss_drop(ev: Evidence) -> tuple[float, float, float] | None:
     level = float(np.median(values[-LEVEL_POINTS:]))
     if head <= 0 or level <= 0:
         return None
-    return head, level, math.log(head / level)
+    return head, level
 
 
 def generalization_loss(ev: Evidence) -> dict[str, float] | None:
