@@ -442,6 +442,10 @@ def test_live_view_refreshes_until_interrupted(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background by a shell without job control inherits SIGINT
+        # ignored, and Python then keeps ignoring it: give the child the default disposition,
+        # as a terminal's Ctrl-C would find it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 30
