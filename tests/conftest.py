@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+from unstuck.rescue import Policy, Proposal
+
 torch.set_num_threads(1)
 
 
@@ -37,3 +39,18 @@ def require(module: str, extra: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI must install it")
     pytest.skip(message)
+
+
+class ProposeInOrder(Policy):
+    """Proposes the given proposals in order, whatever the state (for driving the engine)."""
+
+    name = "test"
+
+    def __init__(self, *proposals: Proposal) -> None:
+        self.proposals = list(proposals)
+
+    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
+        for p in self.proposals:
+            if p.key not in tried:
+                return p
+        return None

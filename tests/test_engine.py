@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import unstuck
-from conftest import regression_batch, tiny_mlp
+from conftest import ProposeInOrder, regression_batch, tiny_mlp
 from unstuck.rescue import (
     Controls,
     Ladder,
     LRMultiplier,
-    Policy,
     Proposal,
     RescueEngine,
     SnapshotStore,
@@ -28,21 +27,6 @@ from unstuck.rescue.actions.lr_range_test import suggest, sweep_factors
 from unstuck.rescue.controls import AccumulationControl
 from unstuck.rescue.verify import judge
 from unstuck.types import Finding
-
-
-class _Propose(Policy):
-    """Proposes the given proposals in order, whatever the state (for driving the engine)."""
-
-    name = "test"
-
-    def __init__(self, *proposals: Proposal) -> None:
-        self.proposals = list(proposals)
-
-    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
-        for p in self.proposals:
-            if p.key not in tried:
-                return p
-        return None
 
 
 def _params(model):
@@ -62,7 +46,7 @@ class _Loop:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
         self.lr = LRMultiplier(self.opt)
         self.controls = Controls(self.model, self.opt, self.lr)
-        self.engine = RescueEngine(self.controls, policy or _Propose(), **engine_kw)
+        self.engine = RescueEngine(self.controls, policy or ProposeInOrder(), **engine_kw)
         self.step = 0
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -101,9 +85,9 @@ class _Loop:
     def force(self, proposal, then):
         """Have the policy propose ``proposal`` at the next flush, then nothing for ``then``
         steps; the last action outcome (or None)."""
-        self.engine.policy = _Propose(proposal)
+        self.engine.policy = ProposeInOrder(proposal)
         self.train(10)
-        self.engine.policy = _Propose()
+        self.engine.policy = ProposeInOrder()
         self.train(then)
         outcomes = [e for k, e in self.events if k == "action_outcome"]
         return outcomes[-1] if outcomes else None
@@ -171,7 +155,7 @@ def test_range_test_sweeps_restores_exactly_and_applies_its_suggestion():
     loop = _Loop(lr=1e-3)
     loop.engine.probe_budget = 1.0
     loop.train(100)
-    loop.engine.policy = _Propose(Proposal("lr_range_test", {"steps": 60}))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_range_test", {"steps": 60}))
     seen = []
     loop.opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
     loop.train(10)
@@ -202,7 +186,7 @@ def test_range_test_sweeps_restores_exactly_and_applies_its_suggestion():
 
 
 def test_range_test_needs_probe_budget():
-    loop = _Loop(policy=_Propose(Proposal("lr_range_test", {"steps": 60})))
+    loop = _Loop(policy=ProposeInOrder(Proposal("lr_range_test", {"steps": 60})))
     loop.train(100)  # 10 % of 100 steps = 10 probe steps < 40
     skipped = [e for k, e in loop.events if e.get("outcome") == "skipped"]
     assert skipped and "probe budget" in skipped[0]["evidence"]["skipped_because"]
@@ -215,7 +199,7 @@ def test_range_test_needs_probe_budget():
 def test_a_harmful_action_is_rolled_back_exactly_and_the_next_steps_replay():
     loop = _Loop(lr=0.05, horizon=40, cooldown=1000)
     loop.train(200)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 300.0}))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 300.0}))
     loop.train(10)
     assert loop.engine.pending is not None
     act_step = loop.engine.pending.record.step
@@ -223,7 +207,7 @@ def test_a_harmful_action_is_rolled_back_exactly_and_the_next_steps_replay():
     twin_opt = torch.optim.SGD(twin_model.parameters(), lr=0.05, momentum=0.9)
     twin_opt.load_state_dict(copy.deepcopy(loop.opt.state_dict()))
     at_action = _params(loop.model)
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     outcome: list[dict] = []
     while not outcome and loop.step < act_step + 100:
         loop.train(10)  # one flush at a time: stop right at the verdict
@@ -271,7 +255,7 @@ def _scored_loop(lr, candidates, horizon=40):
     loop = _Loop(lr=lr, momentum=0.0, probe_budget=1.0)
     loop.batch = _teacher_batch  # a learnable target: remedies can differ
     loop.train(100)  # the budget is a share of the steps so far
-    loop.engine.policy = _Propose(
+    loop.engine.policy = ProposeInOrder(
         Proposal("branch_trial", {"candidates": candidates, "horizon": horizon})
     )
     probe = [_teacher_batch(10_000 + i) for i in range(4)]
@@ -482,7 +466,7 @@ def test_self_tuning_optimizers_keep_their_lr(caplog):
         guard = unstuck.Guard(model, opt, policy="rescue", console=False)
     assert "sets its own step size" in caplog.text
     controls = Controls(model, opt, LRMultiplier(opt), lr_locked="locked for the test")
-    engine = RescueEngine(controls, _Propose(Proposal("lr_scale", {"factor": 3.0})))
+    engine = RescueEngine(controls, ProposeInOrder(Proposal("lr_scale", {"factor": 3.0})))
     events = engine.maybe_act(10, "plateau", [], (np.arange(5), np.ones(5)), "mid")
     assert events[0][1]["outcome"] == "skipped"
     assert events[0][1]["evidence"]["skipped_because"] == "locked for the test"
@@ -579,9 +563,9 @@ def test_a_capped_lr_change_is_completed_by_verified_follow_ups():
     loop.batch = _teacher_batch
     loop.train(100)
     # the evidence asked for ×1000 but one action may do ×100: the rest follows once kept
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 100.0, "estimate": 1000.0}))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 100.0, "estimate": 1000.0}))
     loop.train(10)
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     loop.train(120)
     scales = [e for k, e in loop.events if k == "action" and e["name"] == "lr_scale"]
     assert [round(e["params"]["factor"], 6) for e in scales] == [100.0, 10.0]
@@ -618,7 +602,7 @@ def _guarded_lr_scale(factor):
     guard = unstuck.Guard(
         model,
         opt,
-        policy=_Propose(Proposal("lr_scale", {"factor": factor})),
+        policy=ProposeInOrder(Proposal("lr_scale", {"factor": factor})),
         flush_every=20,
         horizon=60,
         cooldown=10_000,
@@ -653,11 +637,11 @@ def test_a_non_finite_loss_rolls_the_action_back_at_once():
     loop = _Loop(lr=0.05, horizon=200, cooldown=1000)
     loop.train(100)
     at_action = _params(loop.model)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 1e8}))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 1e8}))
     loop.train(10)
     pending = loop.engine.pending
     assert pending is not None
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     loop.train(30)
     outcome = [e for k, e in loop.events if k == "action_outcome"]
     assert outcome and outcome[-1]["outcome"] == "rolled_back"
@@ -676,7 +660,9 @@ def _cut_for_lr_too_high_after(steps, factor=0.1):
     loop.engine.note_start(0)
     initial = _params(loop.model)
     loop.train(steps)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
+    loop.engine.policy = ProposeInOrder(
+        Proposal("lr_scale", {"factor": factor}, cause="lr_too_high")
+    )
     loop.train(10)
     assert loop.engine.pending is not None
     return loop, initial
@@ -696,7 +682,7 @@ def test_a_restart_that_hurt_rolls_back_to_where_it_was_taken_not_to_the_start()
     assert pending.record.evidence["restarted_from_step"] == 0
     found = [t.clone() for t in loop.engine.snapshots.get(pending.snapshot).model.values()]
     assert not _same(found, initial)
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     outcome: list[dict] = []
     while not outcome:
         loop.train(10)  # one flush at a time: stop right at the verdict
@@ -712,7 +698,7 @@ def test_a_missing_warmup_restarts_from_the_first_state_with_the_ramp_running():
     loop.engine.note_start(0)
     initial = _params(loop.model)
     loop.train(20)
-    loop.engine.policy = _Propose(Proposal("warmup", {"length": 100}, cause="missing_warmup"))
+    loop.engine.policy = ProposeInOrder(Proposal("warmup", {"length": 100}, cause="missing_warmup"))
     loop.train(10)
     pending = loop.engine.pending
     assert pending is not None and pending.record.name == "warmup"
@@ -736,7 +722,7 @@ def test_a_restart_is_judged_on_levels_not_on_the_descent_it_rewound(monkeypatch
     for steps, restarted in ((20, True), (60, False)):
         loop, _ = _cut_for_lr_too_high_after(steps)
         assert ("restarted_from_step" in loop.engine.pending.record.evidence) is restarted
-        loop.engine.policy = _Propose()
+        loop.engine.policy = ProposeInOrder()
         loop.train(50)
         assert seen and seen[-1] is (not restarted)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 import unstuck
+from conftest import ProposeInOrder
 from unstuck.rescue import Controls, Ladder, LRMultiplier, Policy, Proposal, RescueEngine
 from unstuck.rescue import engine as engine_module
 from unstuck.rescue.actions.lr_range_test import diverged
@@ -23,19 +24,6 @@ from unstuck.rescue.verify import judge
 from unstuck.types import Finding, Remedy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-
-class _Propose(Policy):
-    name = "test"
-
-    def __init__(self, *proposals: Proposal) -> None:
-        self.proposals = list(proposals)
-
-    def propose(self, *, step, state, findings, tried, plateau_kind=None, plateau_start=None):
-        for p in self.proposals:
-            if p.key not in tried:
-                return p
-        return None
 
 
 # ------------------------------------------------------------------------- probe safety
@@ -64,7 +52,7 @@ def _linear_run(read_every: int | None, monkeypatch) -> tuple[list[float], unstu
     guard = unstuck.Guard(
         model,
         opt,
-        policy=_Propose(Proposal("lr_range_test", {"steps": 100, "low": 1e-2, "high": 1e30})),
+        policy=ProposeInOrder(Proposal("lr_range_test", {"steps": 100, "low": 1e-2, "high": 1e30})),
         probe_budget=1.0,
         flush_every=25,
         console=False,
@@ -99,7 +87,7 @@ def test_a_range_test_never_shows_the_loop_a_non_finite_loss(monkeypatch):
 
 
 def test_non_finite_probe_losses_are_counted():
-    engine, _ = _engine(_Propose(Proposal("lr_range_test", {"steps": 60})))
+    engine, _ = _engine(ProposeInOrder(Proposal("lr_range_test", {"steps": 60})))
     engine.maybe_act(999, "plateau", [], (np.arange(1000), np.ones(1000)))
     assert engine.range_test is not None
     events = engine.advance_probe(1003, np.arange(1000, 1004), np.array([1.0, 1.0, 1.0, math.inf]))
@@ -124,11 +112,11 @@ def _engine(policy: Policy | None = None, **kw) -> tuple[RescueEngine, torch.nn.
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     controls = Controls(model, opt, LRMultiplier(opt))
-    return RescueEngine(controls, policy or _Propose(), probe_budget=1.0, **kw), model
+    return RescueEngine(controls, policy or ProposeInOrder(), probe_budget=1.0, **kw), model
 
 
 def test_no_probe_starts_on_a_non_finite_loss():
-    engine, _ = _engine(_Propose(Proposal("lr_range_test", {"steps": 60})))
+    engine, _ = _engine(ProposeInOrder(Proposal("lr_range_test", {"steps": 60})))
     steps = np.arange(1000)
     values = np.ones(1000)
     values[-3] = math.nan
@@ -218,7 +206,7 @@ def test_deep_sigmoid_walk_through_ends_with_the_vanishing_gradient_report_and_n
 
 
 def test_a_finding_the_pending_action_explains_is_its_effect_not_a_cause():
-    engine, _ = _engine(_Propose(Proposal("lr_scale", {"factor": 100.0})))
+    engine, _ = _engine(ProposeInOrder(Proposal("lr_scale", {"factor": 100.0})))
     steps = np.arange(300)
     engine.maybe_act(299, "plateau", [], (steps, np.ones(300)))
     assert engine.pending is not None
@@ -227,14 +215,15 @@ def test_a_finding_the_pending_action_explains_is_its_effect_not_a_cause():
     assert engine.pending.record.evidence["effects"] == {"lr_too_high": 0.6}
     assert not engine.note_effect(VANISHING)  # a raise does not explain vanishing gradients
     # a cut explains no blow-up: the finding stays a cause
-    cut, _ = _engine(_Propose(Proposal("lr_scale", {"factor": 0.1})))
+    cut, _ = _engine(ProposeInOrder(Proposal("lr_scale", {"factor": 0.1})))
     cut.maybe_act(299, "plateau", [], (steps, np.ones(300)))
     assert not cut.note_effect(high)
 
 
 def test_a_verdict_that_cannot_decide_keeps_nothing():
     engine, model = _engine(
-        _Propose(Proposal("warm_restart", {"peak": 3.0, "end": 1.0, "length": 50})), horizon=50
+        ProposeInOrder(Proposal("warm_restart", {"peak": 3.0, "end": 1.0, "length": 50})),
+        horizon=50,
     )
     before = [p.detach().clone() for p in model.parameters()]
     engine.maybe_act(0, "plateau", [], (np.array([0]), np.array([1.0])))  # one point before
@@ -270,7 +259,9 @@ def test_an_action_on_a_rising_loss_is_judged_at_the_level_it_found():
 
 
 def test_a_divergence_after_a_kept_rescue_returns_to_the_last_good_state():
-    engine, model = _engine(_Propose(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high")))
+    engine, model = _engine(
+        ProposeInOrder(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high"))
+    )
     steps = np.arange(600)
     good_loss = np.full(600, 0.5)
     engine.note_healthy(599, "improving", True, level=0.5)
@@ -286,7 +277,9 @@ def test_a_divergence_after_a_kept_rescue_returns_to_the_last_good_state():
     # its verdict compares with the loss before the good state, not with the blow-up
     assert float(engine.pending.before.max()) == pytest.approx(0.5)
     # a run whose loss is below the last good one's stays where it is
-    engine2, model2 = _engine(_Propose(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high")))
+    engine2, model2 = _engine(
+        ProposeInOrder(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high"))
+    )
     engine2.note_healthy(599, "improving", True, level=0.5)
     with torch.no_grad():
         for p in model2.parameters():
@@ -300,7 +293,7 @@ def test_a_divergence_after_a_kept_rescue_returns_to_the_last_good_state():
 
 
 def test_a_kept_verdict_refreshes_the_last_good_state():
-    engine, _ = _engine(_Propose(Proposal("lr_scale", {"factor": 2.0})), horizon=40)
+    engine, _ = _engine(ProposeInOrder(Proposal("lr_scale", {"factor": 2.0})), horizon=40)
     hist = (np.arange(300), np.ones(300))
     engine.maybe_act(299, "plateau", [], hist)
     later = (np.arange(360), np.concatenate([np.ones(300), np.full(60, 0.5)]))
@@ -322,13 +315,15 @@ def _restarted_cut(lr, momentum, factor):
     loop.batch = _teacher_batch
     loop.engine.note_start(0)
     loop.train(40)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": factor}, cause="lr_too_high"))
+    loop.engine.policy = ProposeInOrder(
+        Proposal("lr_scale", {"factor": factor}, cause="lr_too_high")
+    )
     loop.train(10)
     pending = loop.engine.pending
     assert pending is not None and pending.record.evidence["restarted_from_step"] == 0
     assert pending.record.evidence["restart_compare_steps"] == 49
     assert pending.due == 49 + 49  # not 49 + the 200-step horizon
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     loop.train(60)
     outcomes = [e for k, e in loop.events if k == "action_outcome"]
     assert outcomes and outcomes[-1]["verified_step"] < 49 + 200
@@ -353,7 +348,7 @@ def test_a_remedy_rolled_back_for_a_cause_is_not_retried_for_it():
     first = loop.force(Proposal("lr_scale", {"factor": 0.5}, cause="lr_too_high"), then=80)
     assert first["outcome"] == "rolled_back"
     # the same cause asks for another cut: skipped, with the step it was refuted at
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.3}, cause="lr_too_high"))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 0.3}, cause="lr_too_high"))
     loop.train(20)
     skipped = [e for k, e in loop.events if k == "action" and e["outcome"] == "skipped"]
     assert (
@@ -362,7 +357,7 @@ def test_a_remedy_rolled_back_for_a_cause_is_not_retried_for_it():
     )
     assert loop.engine.pending is None and loop.lr.value == 1.0
     # another cause may still ask for it
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.4}, cause="dead_relu"))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 0.4}, cause="dead_relu"))
     loop.train(10)
     assert loop.engine.pending is not None
     assert loop.engine.state_dict()["refuted"] == {"lr_too_high:lr_scale": first["step"]}
@@ -375,9 +370,9 @@ def test_at_the_end_a_cut_that_did_not_help_is_not_thrown_away():
 
     loop = _Loop(lr=0.01, momentum=0.0, horizon=200, cooldown=1000)
     loop.train(300)
-    loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 0.5}))
+    loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 0.5}))
     loop.train(10)
-    loop.engine.policy = _Propose()
+    loop.engine.policy = ProposeInOrder()
     loop.train(100)
     hist = (np.array(loop.steps), np.array(loop.losses))
     events = loop.engine.finish(loop.step - 1, hist)
@@ -395,9 +390,9 @@ def test_a_raise_that_made_the_loss_better_is_continued_by_half_its_decades():
         loop = _Loop(lr=2e-3, momentum=0.0, horizon=40, cooldown=1000)
         loop.batch = _teacher_batch
         loop.train(100)
-        loop.engine.policy = _Propose(Proposal("lr_scale", {"factor": 10.0}, cause=cause))
+        loop.engine.policy = ProposeInOrder(Proposal("lr_scale", {"factor": 10.0}, cause=cause))
         loop.train(10)
-        loop.engine.policy = _Propose()
+        loop.engine.policy = ProposeInOrder()
         loop.train(100)
         return loop
 
