@@ -171,7 +171,7 @@ def _failures(rank: int) -> dict:
         def broken(*args: object) -> list:
             raise ZeroDivisionError("a rule failed")
 
-        guard._run_rules = broken  # type: ignore[method-assign]
+        guard._monitor._run_rules = broken  # type: ignore[method-assign]
     for _ in range(3):
         guard.step(model(torch.randn(4, 6)).pow(2).mean())
     try:

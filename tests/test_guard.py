@@ -20,7 +20,7 @@ import torch
 
 import unstuck
 from conftest import tiny_mlp
-from unstuck.integrations.loop import NOTABLE_STATES
+from unstuck.types import NOTABLE_STATES
 from unstuck.record import read_events, read_meta, read_metrics, read_runs
 from unstuck.rescue import all_actions
 from unstuck.types import ACTION_OUTCOMES, DETECTOR_STATES, ActionRecord, Finding, Plateau

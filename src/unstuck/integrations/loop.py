@@ -8,21 +8,14 @@
 
 Gradients and updates are read through the optimizer's step hooks, so ``guard.step`` only hands
 over the loss. Every ``flush_every`` steps the gathered values cross to the host in one
-transfer; detection, diagnosis and rescue run then, never in between.
+transfer and go to the :class:`~unstuck.core.Monitor`, which detects, diagnoses and rescues;
+the Guard is its torch front-end: the signal hub, the torch controls and the probes.
 """
 
 from __future__ import annotations
 
-import atexit
-import dataclasses
 import logging
-import math
-import numbers
-import os
-import signal
-import threading
 import warnings
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -31,28 +24,42 @@ from typing import Any
 import numpy as np
 import torch
 
+from unstuck.core import FrontEndHooks, Monitor
 from unstuck.detect import PlateauDetector
-from unstuck.diagnose import EvidenceBuilder, run_rules
 from unstuck.diagnose.evidence import EvidenceView
-from unstuck.diagnose.log import FindingLog
 from unstuck.integrations._distributed import RankSync, unwrap_model
-from unstuck.record.console import ensure_console_handler, format_event_line, format_summary
-from unstuck.record.recorder import Recorder, state_payload
+from unstuck.integrations._inputs import (
+    LossLike,
+    check_type,
+    clone_batch,
+    component_tensors,
+    loss_tensor,
+    validation_value,
+    whole,
+)
+from unstuck.integrations._lifetime import (
+    already_guarded,
+    hub_closed,
+    hub_opened,
+    track,
+    untrack,
+)
+from unstuck.integrations._probes import PROBE_KEEP_EVERY, ProbeSet
+from unstuck.record.console import ensure_console_handler
+from unstuck.record.recorder import Recorder
 from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
-from unstuck.rescue import Controls, LRMultiplier, RescueEngine, make_policy
+from unstuck.rescue import Controls, LRMultiplier, make_policy
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
     DEFAULT_HORIZON,
     DEFAULT_PROBE_BUDGET,
     DEFAULT_SNAPSHOT_MEMORY,
-    merge_action_events,
 )
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
     ActivationTap,
     ClipTap,
-    CurvatureProbe,
     GradNoiseTap,
     GradNormTap,
     LossComponentsTap,
@@ -69,22 +76,9 @@ from unstuck.signals import (
 )
 from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 from unstuck.signals.distributed import distributed_world
-from unstuck.signals.host import Series
-from unstuck.types import (
-    DIAGNOSE_ON,
-    FLAT_STATES,
-    NOTABLE_STATES,
-    ActionRecord,
-    DetectorState,
-    Finding,
-    Plateau,
-    primitive,
-)
+from unstuck.types import ActionRecord, DetectorState, Finding, Plateau, primitive
 
-__all__ = ["Guard"]
-
-# What guard.step and guard.validate take as a loss (also other libraries' scalars, via float()).
-LossLike = torch.Tensor | float | np.number[Any] | np.ndarray[Any, Any]
+__all__ = ["PROBE_KEEP_EVERY", "Guard", "LossLike"]
 
 logger = logging.getLogger("unstuck")
 
@@ -111,235 +105,12 @@ DEFAULT_ACTIVATION_EVERY = 128
 DEFAULT_OPTIMIZER_STATE_EVERY = 64
 DEFAULT_PRECISION_EVERY = 64
 DEFAULT_CURVATURE_HVPS = 40  # Hessian-vector products per curvature probe (~2 backward passes each)
-PROBE_KEEP_EVERY = 64  # steps between refreshes of a kept probe batch (a clone of one batch)
 DEFAULT_PROBE_BATCHES = 4  # batches kept for scoring branch trials (the latest feeds curvature)
 # Optimizers that set their own step size: unstuck leaves their LR alone (see docs/rescue.md).
 SELF_TUNING_OPTIMIZERS = {
     "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
     "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
 }
-
-
-# The SignalHub of every Guard not yet closed, by optimizer. A hub stays alive while its hooks
-# are on the optimizer, so a Guard dropped without close() (a re-run notebook cell) still shows.
-_OPEN_HUBS: weakref.WeakKeyDictionary[Any, weakref.WeakSet[SignalHub]] = weakref.WeakKeyDictionary()
-
-
-# SIGTERM (Slurm, Kubernetes and torchrun send it first): open Guards are closed, so the run is
-# marked closed and its report written, then the signal goes on to what was there before.
-_OPEN_GUARDS: weakref.WeakSet[Guard] = weakref.WeakSet()
-_SIGTERM_BEFORE: list[Any] = []  # the disposition our handler replaced (while it is installed)
-
-
-_PACKAGE_DIRS = (
-    str(Path(torch.__file__ or ".").resolve().parent) + os.sep,
-    str(Path(__file__).resolve().parents[1]) + os.sep,  # unstuck's own
-)
-_AT_EXIT: list[bool] = []  # whether the exit-time close of signalled Guards is registered
-
-
-def _inside_training(frame: Any) -> bool:
-    """Whether the interrupted code is unstuck's or torch's (a step, a hook, a forward): the
-    Guard's hooks and store must not be torn down under it, so its close waits."""
-    while frame is not None:
-        if str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIRS):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _close_guards(signum: int, midway: bool = False) -> None:
-    for guard in list(_OPEN_GUARDS):
-        try:
-            guard._close_on_signal(signum, midway)
-        except Exception:  # never in the way of the process ending
-            logger.exception("unstuck: closing a Guard on signal %d failed", signum)
-
-
-def _close_signalled_at_exit() -> None:
-    for guard in list(_OPEN_GUARDS):
-        if guard._signal_pending:
-            _close_guards(guard._signal_pending)
-            return
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """Close every open Guard, then do what SIGTERM did before: the user's handler, or the
-    default (the process ends, killed by SIGTERM, as it would have been).
-
-    With a handler of the user's the process may go on, so a Guard interrupted in the middle of
-    training code is closed at its next call (``step``, ``validate``, ``flush``) or at exit.
-    """
-    previous = _SIGTERM_BEFORE[0] if _SIGTERM_BEFORE else signal.SIG_DFL
-    if not callable(previous):
-        # Nothing resumes after this: close now, without the last flush if a step was cut
-        # short (its half-gathered window is not worth a traceback on the way out).
-        _close_guards(signum, midway=_inside_training(frame))
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    if _inside_training(frame):
-        for guard in list(_OPEN_GUARDS):
-            guard._signal_pending = signum
-        if not _AT_EXIT:
-            _AT_EXIT.append(True)
-            atexit.register(_close_signalled_at_exit)
-    else:
-        _close_guards(signum)
-    previous(signum, frame)
-
-
-def _install_sigterm_handler() -> None:
-    """Only where the Guard may own the process's lifetime: the main thread, and a SIGTERM
-    that would end the process or runs a Python handler we can chain to (an ignored SIGTERM,
-    or one handled outside Python, is left alone)."""
-    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
-        return
-    current = signal.getsignal(signal.SIGTERM)
-    if current is _on_sigterm or current is signal.SIG_IGN or current is None:
-        return
-    try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # e.g. a sub-interpreter: SIGTERM is not ours to handle
-        return
-    _SIGTERM_BEFORE[:] = [current]
-
-
-def _uninstall_sigterm_handler() -> None:
-    """The last open Guard closed: give SIGTERM back what it had (if nobody replaced ours)."""
-    if _OPEN_GUARDS or not _SIGTERM_BEFORE:
-        return
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
-        signal.signal(signal.SIGTERM, _SIGTERM_BEFORE[0])
-    _SIGTERM_BEFORE.clear()
-
-
-def _check_type(name: str, value: Any, expected: type, hint: str) -> None:
-    if not isinstance(value, expected):
-        raise TypeError(
-            f"Guard: {name} must be a {expected.__name__}, got {type(value).__name__}; {hint}"
-        )
-
-
-def _whole(name: str, value: Any, least: int, what: str) -> int:
-    """An int argument (a numpy integer too) of at least ``least``: NaN, inf, floats and text
-    are refused here, in one line, instead of misbehaving at the first decision."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"Guard: {name} must be an int >= {least} ({what}), got {_brief(value)} "
-            f"({type(value).__name__}); pass a whole number such as {name}={max(least, 1) * 50}"
-        )
-    if value < least:
-        raise ValueError(f"Guard: {name} must be an int >= {least} ({what}), got {value}")
-    return int(value)
-
-
-def _not_a_number(value: Any) -> bool:
-    """Text, booleans and bool arrays are never a loss, though ``float()`` takes them."""
-    if isinstance(value, (str, bytes, bool, np.bool_)):
-        return True
-    dtype = getattr(value, "dtype", None)
-    return dtype is not None and (dtype == torch.bool or dtype == np.bool_)
-
-
-def _host_number(value: Any) -> float | None:
-    """A Python/numpy number or 0-d array as a float (no tensor: those stay on the device)."""
-    if _not_a_number(value) or isinstance(value, torch.Tensor):
-        return None
-    if isinstance(value, np.ndarray):
-        return float(value) if value.ndim == 0 and value.dtype.kind in "iuf" else None
-    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
-        return None  # float() would drop the imaginary part, or refuse
-    if isinstance(value, numbers.Real) or hasattr(type(value), "__float__"):
-        try:  # Python and numpy scalars; other libraries' scalars through __float__
-            return float(value)
-        except (TypeError, ValueError, OverflowError):
-            return None
-    return None
-
-
-def _loss_tensor(loss: Any) -> torch.Tensor:
-    """``guard.step``'s loss as a tensor: tensors as they are, numbers and numpy arrays too."""
-    if isinstance(loss, torch.Tensor) and loss.dtype != torch.bool:
-        return loss
-    number = _host_number(loss)
-    if number is not None:
-        # The default dtype, as a Python float always became, unless that would turn a finite
-        # number into inf (a false non-finite loss, and a rollback): then float64.
-        if math.isfinite(number) and abs(number) > torch.finfo(torch.get_default_dtype()).max:
-            return torch.tensor(number, dtype=torch.float64)
-        return torch.tensor(number)
-    if isinstance(loss, np.ndarray) and not _not_a_number(loss) and loss.dtype.kind in "iuf":
-        dtype = torch.get_default_dtype()
-        if loss.dtype.itemsize > torch.finfo(dtype).bits // 8 and loss.size:
-            finite = loss[np.isfinite(loss)]
-            if finite.size and float(np.max(np.abs(finite))) > torch.finfo(dtype).max:
-                dtype = torch.float64  # host numbers: checking them costs no device sync
-        return torch.as_tensor(loss, dtype=dtype)  # per-sample losses
-    raise TypeError(
-        f"guard.step(loss) needs the loss as a tensor or a number, got {type(loss).__name__} "
-        f"{_brief(loss)}; pass the loss tensor itself"
-    )
-
-
-def _validation_value(val_loss: Any) -> float:
-    """``guard.validate``'s loss as a float: the same numbers ``guard.step`` takes, averaged."""
-    if isinstance(val_loss, torch.Tensor) and not (
-        _not_a_number(val_loss) or val_loss.is_complex()
-    ):
-        t = val_loss.detach()
-        if not t.is_floating_point() or t.element_size() < 4:
-            t = t.float()  # integers and 16-bit floats average in float32; float64 stays float64
-        return float(t.mean())
-    number = _host_number(val_loss)
-    if number is not None:
-        return number
-    if isinstance(val_loss, np.ndarray) and val_loss.dtype.kind in "iuf" and val_loss.size:
-        return float(np.mean(val_loss, dtype=np.float64))
-    raise TypeError(
-        "Guard.validate: pass the validation loss as a number or a tensor, got "
-        f"{type(val_loss).__name__} {_brief(val_loss)}; pass the loss tensor or float(val_loss)"
-    )
-
-
-def _brief(value: Any) -> str:
-    """A value's repr on one short line, for an error message."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _clone_batch(batch: Any) -> Any:
-    """A detached copy of a (nested) batch, so later in-place edits by the loader do not leak."""
-    if isinstance(batch, torch.Tensor):
-        return batch.detach().clone()
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_clone_batch(b) for b in batch)
-    if isinstance(batch, Mapping):
-        return {k: _clone_batch(v) for k, v in batch.items()}
-    return batch
-
-
-def _component_tensors(components: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, value in components.items():
-        number = _host_number(value)
-        if number is not None:
-            out[str(name)] = torch.tensor(number)
-        elif isinstance(value, torch.Tensor) and not _not_a_number(value):
-            if value.numel() != 1:
-                raise ValueError(
-                    f"guard.step: component {name!r} has shape {tuple(value.shape)}; pass one "
-                    "scalar per loss term"
-                )
-            out[str(name)] = value.detach().reshape(())
-        else:
-            raise TypeError(
-                f"guard.step: component {name!r} must be a tensor or a number, "
-                f"got {type(value).__name__}"
-            )
-    return out
 
 
 class Guard:
@@ -450,8 +221,8 @@ class Guard:
         detector_options: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
-        _check_type("model", model, torch.nn.Module, "pass the nn.Module you train")
-        _check_type(
+        check_type("model", model, torch.nn.Module, "pass the nn.Module you train")
+        check_type(
             "optimizer",
             optimizer,
             torch.optim.Optimizer,
@@ -500,18 +271,15 @@ class Guard:
             RankChecksumTap(),
         ]
         options = {"distance_signal": True, **dict(detector_options or {})}
-        self._detectors = {
-            "train": PlateauDetector("train", **options),
-            "val": PlateauDetector("val", **options),
-        }
+        PlateauDetector("train", **options)  # refuses a bad option now, not after the hooks
         if probe_fn is not None and not callable(probe_fn):
             raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
         if not isinstance(curvature_hvps, int) or curvature_hvps < 2:
             raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
-        horizon = _whole("horizon", horizon, 1, "steps an action runs before it is judged")
-        cooldown = _whole("cooldown", cooldown, 0, "steps after a kept action before the next")
+        horizon = whole("horizon", horizon, 1, "steps an action runs before it is judged")
+        cooldown = whole("cooldown", cooldown, 0, "steps after a kept action before the next")
         if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
             raise ValueError(f"Guard: probe_budget must be a share in [0, 1], got {probe_budget!r}")
         if not isinstance(snapshot_memory, int) or snapshot_memory < 0:
@@ -523,9 +291,6 @@ class Guard:
         self._accumulation = AccumulationControl(accumulation_steps)  # validates the argument
         self._clip = ClipControl()
         self._stop = StopControl()
-        self._loss_fn = loss_fn
-        self._probe_fn = probe_fn
-        self._probe_batches_max = probe_batches
 
         # Sinks and a store that cannot be written fail here, before any training step.
         # Only rank 0 records: the other ranks make the same decisions, so a store of their
@@ -547,21 +312,17 @@ class Guard:
             if self._accumulation.owned
             else None
         )
-        self._warn_if_already_guarded(optimizer)
+        if self._lead and already_guarded(optimizer):
+            logger.warning(
+                "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
+                "still run on every step; call close() on the old Guard (or use `with "
+                "unstuck.Guard(...)`), or re-create the optimizer, before building a new one"
+            )
         self._hub = SignalHub(model, optimizer, taps)
-        _OPEN_HUBS.setdefault(optimizer, weakref.WeakSet()).add(self._hub)
+        hub_opened(optimizer, self._hub)
+        ctx = self._hub.ctx
         if self._accumulation.owned:
-            self._hub.ctx.intended_opt_steps = 0
-        if "distance_scale" not in options:
-            # Hidden progress means the weights moved by a share of their own size, not of a
-            # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
-            scale = distance_tap.reference_norm()
-            if self._sync is not None:
-                scale = self._sync.from_lead(scale)
-            for detector in self._detectors.values():
-                detector.distance_scale = scale
-        detector_record = {**options, "distance_scale": self._detectors["train"].distance_scale}
-        self._recorder.update_meta(**{DETECTOR_OPTIONS_KEY: primitive(detector_record)})
+            ctx.intended_opt_steps = 0
         # Registered after the hub's hooks, so the LR tap records the user's own schedule.
         self._lr = LRMultiplier(optimizer)
         controls = Controls(
@@ -577,57 +338,74 @@ class Guard:
         )
         if controls.lr_locked and self._policy.acts and self._lead:
             logger.warning("unstuck: %s", controls.lr_locked)
-        self._engine = RescueEngine(
+        self._monitor = Monitor(
             controls,
             self._policy,
-            horizon=horizon,
-            cooldown=cooldown,
-            probe_budget=probe_budget,
-            snapshot_memory=snapshot_memory,
-            spill_dir=None if self.run_dir is None else self.run_dir / "snapshots",
-            capture_extra=self._capture_extra,
-            restore_extra=self._restore_extra,
-            evaluate=self._evaluate,
+            self._recorder,
+            flush_every=flush_every,
+            engine_options={
+                "horizon": horizon,
+                "cooldown": cooldown,
+                "probe_budget": probe_budget,
+                "snapshot_memory": snapshot_memory,
+                "spill_dir": None if self.run_dir is None else self.run_dir / "snapshots",
+            },
+            detector_options=options,
+            hooks=FrontEndHooks(
+                capture_extra=self._capture_extra,
+                restore_extra=self._restore_extra,
+                evaluate=self._evaluate,
+                live_facts=self._live_facts,
+                before_rules=self._probe_curvature,
+                config_lrs=self._config_lrs,
+            ),
+            sync=self._sync,
+            lead=self._lead,
         )
-        self._evidence = EvidenceBuilder()
-        ctx = self._hub.ctx
+        self._engine = self._monitor.engine
+        if "distance_scale" not in options:
+            # Hidden progress means the weights moved by a share of their own size, not of a
+            # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
+            scale = distance_tap.reference_norm()
+            if self._sync is not None:
+                scale = self._sync.from_lead(scale)
+            for detector in self._monitor.detectors.values():
+                detector.distance_scale = scale
+        detector_record = {
+            **options,
+            "distance_scale": self._monitor.detectors["train"].distance_scale,
+        }
+        self._recorder.update_meta(**{DETECTOR_OPTIONS_KEY: primitive(detector_record)})
         # Probes run forwards of their own: through a DDP wrapper those would be collectives.
-        self._probe_model = unwrap_model(model)
-        self._curvature = CurvatureProbe(
-            self._probe_model,
+        self._probes = ProbeSet(
+            unwrap_model(model),
             list(ctx.params),
             loss_fn=loss_fn,
             probe_fn=probe_fn,
             max_hvps=curvature_hvps,
+            keep=probe_batches,
+            scores_branches=self._policy.acts,
         )
-        self._probe_batch: Any = None  # the latest kept batch (the curvature probe reads it)
-        self._kept_batches: list[Any] = []  # the probe set branch trials are scored on
+        self._curvature = self._probes.curvature
         self._next_flush = flush_every
         self._flushed_at = 0
-        self._curvature_for: int | None = None  # start step of the plateau last probed
         facts: dict[str, Any] = {
             "param_names": list(ctx.names),
             "param_ndims": [p.ndim for p in ctx.params],
-            "post_norm_transformer_layers": post_norm_layers(self._probe_model),
+            "post_norm_transformer_layers": post_norm_layers(self._probes.model),
             "optimizer_type": type(optimizer).__name__,
             "optimizer_beta2": beta2_of(optimizer),
             "params_not_in_optimizer": self._params_outside_optimizer(),
         }
         for name, value in facts.items():
-            self._evidence.set(name, value)
+            self._monitor.set_fact(name, value)
         # The same facts in the store, so `unstuck analyze RUN_DIR` diagnoses from what the
         # live rules read (docs/analyze.md: a run store is replayed at the Guard's cadence).
         self._recorder.update_meta(**{RUN_FACTS_KEY: primitive(facts)})
-        self._finding_log = FindingLog()
-        self._actions: list[ActionRecord] = []
-        self._current_findings: list[Finding] = []
-        self._val_points = 0
-        self._diagnose(step=0, state=DetectorState.UNKNOWN, series="train")
-        self._engine.note_start(self._hub.step)
+        self._monitor.start(self._hub.step)
         self._signalled = False  # closed by SIGTERM: later calls are ignored, not errors
         self._signal_pending = 0  # SIGTERM came in mid-step: close at the next call
-        _OPEN_GUARDS.add(self)
-        _install_sigterm_handler()
+        track(self, self._close_on_signal, self._mark_signal_pending)
 
     # -- construction helpers -----------------------------------------------------------------
     @staticmethod
@@ -640,16 +418,6 @@ class Guard:
             f"{type(optimizer).__name__} sets its own step size ({why}); unstuck detects and "
             "diagnoses but leaves its LR alone (LR actions are skipped with this reason)"
         )
-
-    def _warn_if_already_guarded(self, optimizer: torch.optim.Optimizer) -> None:
-        """A second Guard on one optimizer (a re-run notebook cell) while the first is open:
-        both sets of hooks measure every step, and both may act on the LR."""
-        if self._lead and any(True for _ in _OPEN_HUBS.get(optimizer, ())):
-            logger.warning(
-                "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
-                "still run on every step; call close() on the old Guard (or use `with "
-                "unstuck.Guard(...)`), or re-create the optimizer, before building a new one"
-            )
 
     def _params_outside_optimizer(self) -> list[str]:
         in_optimizer = {id(p) for p in self._hub.ctx.params}
@@ -691,14 +459,9 @@ class Guard:
         ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
         values this step (for the loss-component-dominance rule).
         """
-        if self._closed:
-            if self._signalled:
-                return  # the process is ending on SIGTERM; the run is already closed
-            raise RuntimeError("Guard.step() after close(): create a new Guard to keep monitoring")
-        if self._signal_pending:
-            self._close_on_signal(self._signal_pending)
+        if self._ended("step"):
             return
-        loss = _loss_tensor(loss).detach()
+        loss = loss_tensor(loss).detach()
         if loss.ndim == 0:
             pass  # the usual scalar loss: nothing to reshape (a view costs ~1 µs per step)
         elif loss.numel() == 1:
@@ -714,24 +477,35 @@ class Guard:
             ids = self._check_per_sample("ids", ids, loss)
             if targets is not None:
                 targets = self._check_per_sample("targets", targets, loss)
-        if (
-            batch is not None
-            and self._hub.step % PROBE_KEEP_EVERY == 0
-            and not self._engine.probing  # branches are scored on one fixed set
-            and (self._curvature.needs_batch or (self._policy.acts and self._loss_fn))
-        ):
-            self._keep_batch(_clone_batch(batch))
+        if batch is not None and self._probes.wants(self._hub.step, self._monitor.probing):
+            self._probes.keep(clone_batch(batch))
         if components:
-            self._components_tap.record(self._hub.step, _component_tensors(components))
+            self._components_tap.record(self._hub.step, component_tensors(components))
         self._hub.on_loss(loss, ids, targets)
         if self._hub.step >= self._next_flush:
             self._flush()
 
-    def _keep_batch(self, batch: Any) -> None:
-        """Keep a clone: the latest feeds the curvature probe, the last few score branches."""
-        self._probe_batch = batch
-        if self._policy.acts and self._loss_fn is not None and self._probe_fn is None:
-            self._kept_batches = [*self._kept_batches, batch][-self._probe_batches_max :]
+    def _ended(self, call: str) -> bool:
+        """Whether a call must do nothing: the run closed on SIGTERM (now, or at this call
+        because the signal came mid-step). A call after the user's ``close()`` raises."""
+        if self._closed:
+            if self._signalled:
+                return True  # the process is ending on SIGTERM; the run is already closed
+            raise RuntimeError(
+                f"Guard.{call}() after close(): create a new Guard to keep monitoring"
+            )
+        if self._signal_pending:
+            self._close_on_signal(self._signal_pending)
+            return True
+        return False
+
+    @property
+    def _probe_batch(self) -> Any:
+        return self._probes.latest
+
+    @property
+    def _val_points(self) -> int:
+        return self._monitor.val_points
 
     def should_step(self) -> bool:
         """With ``accumulation_steps``: whether to call ``optimizer.step()`` after this batch.
@@ -824,7 +598,7 @@ class Guard:
     @property
     def evidence(self) -> EvidenceView:
         """The history diagnosis reads (series and snapshots), read-only."""
-        return EvidenceView(self._evidence)
+        return self._monitor.evidence
 
     @staticmethod
     def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
@@ -843,34 +617,13 @@ class Guard:
         ``val_loss``: the numbers ``guard.step`` takes (a tensor, a Python or numpy number, a
         numpy array); one with several elements is averaged. Text and booleans are refused.
         """
-        if self._closed:
-            if self._signalled:
-                return
-            raise RuntimeError(
-                "Guard.validate() after close(): create a new Guard to keep monitoring"
-            )
-        if self._signal_pending:
-            self._close_on_signal(self._signal_pending)
+        if self._ended("validate"):
             return
-        value = _validation_value(val_loss)
+        value = validation_value(val_loss)
         at = max(self._hub.step - 1, 0) if step is None else int(step)
         if self._sync is not None:
             at, value = self._sync.mean_value(at, value)  # every rank calls validate
-        if self._engine.probing:
-            # A probe's state is not the run's: record the value, decide nothing on it.
-            self._log_metrics([("val_loss_probe", at, value)])
-            return
-        self._engine.note_validation(at, value)
-        self._val_points += 1
-        detector = self._detectors["val"]
-        before = detector.state
-        # The latest parameter distance (from the last flush) lets the validation series see
-        # hidden progress too: grokking is a flat validation loss while the weights move.
-        distances = self._evidence.series("param_distance")[1]
-        state = detector.update(at, value, distance=distances[-1] if distances.size else None)
-        self._evidence.add_series("val_loss", [at], [value])
-        self._log_metrics([("val_loss", at, value)])
-        self._after_detect("val", at, before, state)
+        self._monitor.validate(at, value)
 
     def flush(self) -> None:
         """Run the pipeline now and wait until the run store holds everything recorded so far.
@@ -879,18 +632,13 @@ class Guard:
         thread and returns at once; this call also waits for the commit, so a process killed
         after it returns loses nothing recorded before it.
         """
-        if self._closed:
-            if self._signalled:
-                return
-            raise RuntimeError("Guard.flush() after close(): create a new Guard to keep monitoring")
-        if self._signal_pending:
-            self._close_on_signal(self._signal_pending)
+        if self._ended("flush"):
             return
         self._flush()
         self._recorder.flush(wait=True)
 
-    # -- the pipeline -------------------------------------------------------------------------
-    def _flush(self) -> None:
+    # -- the pipeline: the hub's window goes to the Monitor -----------------------------------
+    def _flush(self, final: bool = False) -> None:
         if self._sync is not None:
             self._sync.check_in("flush", self._hub.step)  # before the hub's own collectives
         frame = self._hub.flush()
@@ -906,24 +654,22 @@ class Guard:
         step = max(frame.step - 1, 0)
         self._warn_if_no_optimizer_step()
         self._flushed_at = self._hub.step
-        self._log_metrics(self._metric_rows(frame.signals, step))
-        loss = frame.signals.get("loss")
-        if self._engine.probing:
-            # Probe steps are recorded in the store but feed neither detection nor diagnosis:
-            # a sweep's blow-up or a losing branch is not the run's own trajectory.
-            if loss is not None:
-                events = self._engine.advance_probe(
-                    step, np.asarray(loss[0], dtype=np.int64), np.asarray(loss[1], dtype=float)
-                )
-                self._emit(step, "train", events)
-        else:
-            self._evidence.add_frame(frame)
-            # unstuck's own factor on the LR, beside the user's lr/<group>: a warm-up or a
-            # restart that unstuck ran is part of the LR the rules read.
-            self._evidence.add_series("lr_multiplier", [step], [self._lr.current()])
-            self._detect_train(step, loss, frame.signals)
-        self._next_flush = self._hub.step + (self._engine.flush_hint(step) or self.flush_every)
-        self._recorder.flush(wait=False)  # committed by the writer thread, off the step
+        rows = self._own_rows(frame.signals, step)
+        update = self._monitor.observe(step, frame, rows=rows, final=final)
+        self._next_flush = self._hub.step + update.next_window
+
+    def _own_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
+        """The metrics only the Guard has: the optimizer's momentum (``add_momentum`` shows in
+        the store) and each tensor's mean gradient norm over the window (the report's map)."""
+        rows: list[tuple[str, int, float]] = []
+        momentum = momentum_of(self.optimizer)
+        if momentum is not None:
+            rows.append((MOMENTUM_SERIES, step, momentum))
+        per_tensor = signals.get("grad_norm_per_tensor")
+        if isinstance(per_tensor, np.ndarray) and per_tensor.size:
+            means = per_tensor.mean(axis=0)
+            rows += [(f"grad_norm/{n}", step, float(v)) for n, v in zip(self._hub.ctx.names, means)]
+        return rows
 
     def _warn_if_no_optimizer_step(self) -> None:
         """Every signal but the loss comes from the optimizer's step hooks: a loop that never
@@ -940,177 +686,33 @@ class Guard:
                 hub.step,
             )
 
-    def _detect_train(self, step: int, loss: Any, signals: Mapping[str, Any]) -> None:
-        frame_signals = signals
-        if loss is not None:
-            distance = frame_signals.get("param_distance")
-            detector = self._detectors["train"]
-            before = detector.state
-            snr = frame_signals.get("grad_snr")
-            state = detector.update_many(
-                loss[0],
-                loss[1],
-                distance=distance,
-                gradient_snr=snr[1][-1] if snr else None,
-            )
-            self._after_detect("train", step, before, state)
-            values = np.asarray(loss[1], dtype=float)
-            finite = bool(np.all(np.isfinite(values)))
-            level = float(values.mean()) if finite and values.size else math.nan
-            self._engine.note_healthy(step, state, finite, level=level)
-
-    def _metric_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
-        rows: list[tuple[str, int, float]] = []
-        for name, value in signals.items():
-            if isinstance(value, Series):
-                rows += [(name, int(s), float(v)) for s, v in zip(value.steps, value.values)]
-        rows.append(("lr_multiplier", step, self._lr.value))  # one row per flush: its cadence
-        momentum = momentum_of(self.optimizer)
-        if momentum is not None:
-            rows.append((MOMENTUM_SERIES, step, momentum))  # add_momentum shows in the store
-        per_tensor = signals.get("grad_norm_per_tensor")
-        if isinstance(per_tensor, np.ndarray) and per_tensor.size:
-            means = per_tensor.mean(axis=0)
-            rows += [(f"grad_norm/{n}", step, float(v)) for n, v in zip(self._hub.ctx.names, means)]
-        return rows
-
-    def _after_detect(self, series: str, step: int, before: str, state: str) -> None:
-        detector = self._detectors[series]
-        plateau = detector.current
-        changed = state != before
-        if changed:
-            payload = state_payload(series, before, state, plateau, detector.stats())
-            self._record_event("state", step, payload)
-        events = self._engine.verify(step, self._loss_history()) if series == "train" else []
-        if any(
-            kind == "action_outcome" and p.get("outcome") == "rolled_back" for kind, p in events
-        ):
-            # The rollback put the detectors back too: decide on the state they hold now (the
-            # plateau the action was taken on), so the policy moves to its next rung there.
-            state, plateau = detector.state, detector.current
-        new_findings = self._diagnose(step, state, series)
-        if series == "train":
-            events += self._engine.decide(
-                step, state, self._current_findings, self._loss_history(), plateau
-            )
-        acted = self._take_events(step, events)
-        shown_state = (
-            state if changed and (state in NOTABLE_STATES or before in NOTABLE_STATES) else None
-        )
-        if not self._lead:
-            pass  # rank 0 prints what every rank did
-        elif shown_state is not None or new_findings or acted:
-            line = format_event_line(
-                step,
-                series=series,
-                state=shown_state,
-                plateau=plateau,
-                findings=new_findings,
-                actions=acted,
-                lrs=self._config_lrs() if new_findings else (),
-            )
-            if line:  # empty when the only news is a symptom whose root is already named
-                logger.info(line)
-        elif changed:
-            logger.debug("step %d %s (%s)", step, state, series)
-
-    def _emit(self, step: int, series: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Record the engine's events and print a console line for the actions among them."""
-        acted = self._take_events(step, events)
-        if acted and self._lead:
-            logger.info(format_event_line(step, series=series, actions=acted))
-
-    def _take_events(
-        self, step: int, events: list[tuple[str, dict[str, Any]]]
-    ) -> list[ActionRecord]:
-        """Store the engine's events; keep ``.actions`` current (one entry per action)."""
-        for kind, payload in events:
-            self._record_event(kind, step, payload)
-        return merge_action_events(self._actions, events)
-
-    def _probe_curvature(self, step: int, state: str, series: str) -> None:
-        """Measure curvature once per training-loss stall; forget it when the stall ends.
-
-        A stall is a plateau, or hidden progress: a saddle escape looks like hidden progress
-        (the weights grow out of it slowly), so the curvature is measured there too.
-        """
-        if series != "train":
-            return
-        plateau = self._detectors["train"].current
-        if state not in FLAT_STATES:
-            if self._curvature_for is not None:
-                self._evidence.set("curvature", None)
-                self._curvature_for = None
-            return
-        key = plateau.start if plateau is not None else -1
-        if self._curvature_for == key:
-            return
-        self._curvature_for = key
-        result = self._curvature.run(self._probe_batch)
-        result["plateau_start"] = plateau.start if plateau is not None else None
-        self._evidence.set("curvature", result)
-        # Dated at the decision it informs, so a replay of the store reads it there too.
-        self._record_event("probe", step, {"probe": "curvature", **primitive(result)})
-
-    def _diagnose(self, step: int, state: str, series: str) -> list[Finding]:
-        if self._sync is None:
-            findings = self._run_rules(step, state, series)
-        else:
-            # Rank 0 diagnoses (the rules read rank-local signals); every rank gets its findings.
-            findings = self._sync.lead_decides(lambda: self._run_rules(step, state, series))
-        # A finding the pending action explains (an LR it raised driving the loss up) is that
-        # action's effect, recorded in its evidence and judged by its verdict: not a cause in
-        # the user's run, and nothing for the policy to act on.
-        findings = [f for f in findings if not self._engine.note_effect(f)]
-        self._current_findings = findings
-        new = self._finding_log.record(findings, step)
-        for finding in new:
-            self._record_event("finding", step, finding.to_dict())
-        return new
-
-    def _run_rules(self, step: int, state: str, series: str) -> list[Finding]:
-        self._probe_curvature(step, state, series)
-        extra = {
-            "detector_state": state,
-            "detector_series": series,
-            "detector_stats": primitive(self._detectors[series].stats()) if step else {},
-            "lr_multiplier": self._lr.value,
-            # read each time: add_momentum (ours) or the user may change it mid-run
+    # -- the Monitor's hooks --------------------------------------------------------------------
+    def _live_facts(self) -> dict[str, Any]:
+        # read each time: add_momentum (ours) or the user may change it mid-run
+        return {
             "optimizer_momentum": momentum_of(self.optimizer),
             "optimizer_beta2": beta2_of(self.optimizer),
         }
-        evidence = self._evidence.build(step, extra)
-        findings = run_rules(
-            evidence,
-            continuous_only=state not in DIAGNOSE_ON,
-            known_roots=self._finding_log.roots(step),
+
+    def _probe_curvature(self, step: int, state: str, series: str) -> None:
+        """Measure curvature once per training-loss stall (before the rules read it)."""
+        if series != "train":
+            return
+        changed, reading = self._probes.curvature_at(
+            state, self._monitor.detectors["train"].current
         )
-        multiplier = self._lr.value
-        stamped = []
-        for f in findings:
-            changes: dict[str, Any] = {"series": series} if f.series != series else {}
-            if multiplier != 1.0:
-                # A remedy's LR factor is relative to the LR the run had when found, which
-                # unstuck's multiplier was part of: the console turns it into an LR to try.
-                changes["evidence"] = {**f.evidence, "lr_multiplier": multiplier}
-            stamped.append(dataclasses.replace(f, **changes) if changes else f)
-        return stamped
-
-    def _record_event(self, kind: str, step: int, payload: dict[str, Any]) -> None:
-        self._recorder.log_event(kind, step, payload)
-
-    def _log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
-        self._recorder.log_metrics(rows)
-
-    def _loss_history(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._evidence.series("loss")
+        if not changed:
+            return
+        self._monitor.set_fact("curvature", reading)
+        if reading is not None:
+            # Dated at the decision it informs, so a replay of the store reads it there too.
+            self._monitor.record_event("probe", step, {"probe": "curvature", **primitive(reading)})
 
     def _capture_extra(self) -> dict[str, Any]:
-        """The Guard's own state that decides what happens next, for snapshots (besides the
-        handles the engine captures itself)."""
+        """The Guard's own state that decides what happens next, for snapshots (the engine
+        captures the handles, the Monitor its detectors)."""
         extra: dict[str, Any] = {
             "accumulated": self._accumulated,
-            "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
             "evidence_step": self._hub.step,
             "opt_steps": self._hub.opt_steps,
         }
@@ -1121,13 +723,8 @@ class Guard:
         return extra
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
-        """The engine restores the handles (LR multiplier, clip, accumulation, stop) itself.
-
-        The evidence forgets the undone steps, as the detectors do: the next rung's verdict
-        and the rules compare against the restored run, not the branch that was thrown away.
-        The optimizer-state tap learns how many optimizer steps were undone, so a restored
-        optimizer is not read as one whose state was lost.
-        """
+        """The optimizer-state tap learns how many optimizer steps were undone, so a restored
+        optimizer is not read as one whose state was lost."""
         self._accumulated = int(extra.get("accumulated", 0))
         grads = extra.get("grads")
         if grads is not None and len(grads) == len(self._hub.ctx.params):
@@ -1138,62 +735,35 @@ class Guard:
                     p.grad.copy_(grad)
                 else:
                     p.grad = grad.to(device=p.device, dtype=p.dtype, copy=True)
-        for name, state in extra["detectors"].items():
-            self._detectors[name].load_state_dict(state)
-        if "evidence_step" in extra:
-            self._evidence.forget_after(int(extra["evidence_step"]))
         if "opt_steps" in extra:  # the optimizer's state now counts from the snapshot
             self._hub.ctx.undone_opt_steps += self._hub.opt_steps - int(extra["opt_steps"])
 
     def _evaluate(self) -> list[float] | None:
         """Branch-trial scores: this rank's, averaged over the ranks under torch.distributed
         (every rank's engine asks at the same point, so every rank gathers)."""
-        scores = self._score_probe_set()
+        scores = self._probes.scores()
         return scores if self._sync is None else self._sync.mean_scores(scores)
-
-    def _score_probe_set(self) -> list[float] | None:
-        """The loss on the kept probe set (or ``probe_fn``), in eval mode, without gradients.
-
-        Branch trials compare remedies on these same batches. Eval mode keeps BatchNorm
-        statistics and dropout out of the score; every module's mode is put back after.
-        """
-        if self._probe_fn is None and (self._loss_fn is None or not self._kept_batches):
-            return None
-        model = self._probe_model  # the module itself, not a DDP wrapper
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad():
-                if self._probe_fn is not None:
-                    values = [self._probe_fn(model)]
-                else:
-                    values = [self._loss_fn(model(b[0]), b[1]) for b in self._kept_batches]
-        finally:
-            for module, mode in modes:
-                module.training = mode
-        return [float(torch.as_tensor(v).detach().float().mean()) for v in values]
 
     # -- what the user reads ------------------------------------------------------------------
     @property
     def plateaus(self) -> list[Plateau]:
         """Every plateau found so far on train and validation loss, by start step."""
-        found = [p for d in self._detectors.values() for p in d.plateaus]
-        return sorted(found, key=lambda p: (p.start, p.series))
+        return self._monitor.plateaus
 
     @property
     def findings(self) -> list[Finding]:
         """Every finding recorded so far, in order."""
-        return list(self._finding_log.findings)
+        return self._monitor.findings
 
     @property
     def actions(self) -> list[ActionRecord]:
         """Every action taken so far; ``outcome`` says whether it was kept or rolled back."""
-        return list(self._actions)
+        return self._monitor.actions
 
     @property
     def state(self) -> DetectorState:
         """The training-loss detector's current state (a ``str``: ``guard.state == "plateau"``)."""
-        return self._detectors["train"].state
+        return self._monitor.state
 
     @property
     def lr_multiplier(self) -> float:
@@ -1214,10 +784,8 @@ class Guard:
         return {
             "version": STATE_VERSION,
             "hub": self._hub.state_dict(),
-            "evidence": self._evidence.state_dict(),
-            "detectors": {k: d.state_dict() for k, d in self._detectors.items()},
+            **self._monitor.state_dict(),  # detectors, evidence, engine, findings, actions
             "lr": self._lr.state_dict(),
-            "engine": self._engine.state_dict(),
             "controls": {
                 "clip": self._clip.state_dict(),
                 "accumulation": self._accumulation.state_dict(),
@@ -1225,9 +793,6 @@ class Guard:
                 "accumulated": self._accumulated,
             },
             "next_flush": self._next_flush,
-            **self._finding_log.state_dict(),  # findings, last_found, last_confidence
-            "actions": [a.to_dict() for a in self._actions],
-            "val_points": self._val_points,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -1238,9 +803,6 @@ class Guard:
                 "it was saved by an incompatible unstuck"
             )
         self._hub.load_state_dict(dict(state["hub"]))
-        self._evidence.load_state_dict(state["evidence"])
-        for name, det_state in state["detectors"].items():
-            self._detectors[name].load_state_dict(det_state)
         self._lr.load_state_dict(dict(state["lr"]))
         controls = state.get("controls", {})
         self._clip.load_state_dict(controls.get("clip", {}))
@@ -1249,28 +811,13 @@ class Guard:
         self._accumulated = int(controls.get("accumulated", 0))
         self._next_flush = int(state.get("next_flush", self._hub.step + self.flush_every))
         self._flushed_at = self._hub.step
-        self._finding_log.load_state_dict(state)
-        self._actions = [ActionRecord.from_dict(a) for a in state["actions"]]
-        self._engine.forget_start()  # a resumed run's start is not this Guard's to restart
-        interrupted = self._engine.load_state_dict(dict(state["engine"]))
-        self._take_events(
-            self._hub.step, [("action_outcome", record.to_dict()) for record in interrupted]
-        )
-        self._val_points = int(state.get("val_points", 0))
+        self._monitor.load_state_dict(state, step=self._hub.step)
 
     def summary(self) -> list[str]:
         """The end-of-run summary ``close()`` prints: plateaus, the top findings with the change
         each asks for, the actions and their verdicts, and the LR to put in your config after a
         kept LR rescue. One string per line."""
-        return format_summary(
-            self._hub.step,
-            plateaus=self.plateaus,
-            findings=self._finding_log.findings,
-            actions=self._actions,
-            lrs=self._config_lrs(),
-            lr_multiplier=self._lr.value,
-            policy=self._policy.name,
-        )
+        return self._monitor.summary(self._hub.step, self._config_lrs())
 
     def _config_lrs(self) -> list[float]:
         """Each param group's LR as your config sets it (a scheduler's ``initial_lr``, else the
@@ -1287,6 +834,9 @@ class Guard:
     def close(self) -> None:
         """Run the pipeline on the last partial window, then release hooks and the store."""
         self._close(pipeline=True)
+
+    def _mark_signal_pending(self, signum: int) -> None:
+        self._signal_pending = signum
 
     def _close_on_signal(self, signum: int, midway: bool = False) -> None:
         """Close because the process got SIGTERM. Under torch.distributed the last window is
@@ -1308,25 +858,23 @@ class Guard:
             if not pipeline:
                 pass
             elif self._hub.step > self._flushed_at:
-                self._flush()
+                self._flush(final=True)  # nothing new starts with no step left to judge it
             elif self._sync is not None:
                 self._sync.check_in("close", self._hub.step)  # a rank still stepping: raise
-            step = max(self._hub.step - 1, 0)
             # A run that ends inside a probe is put back; a pending action is judged on what
             # there is, and undone if it already shows harm.
             if pipeline:
-                self._emit(step, "train", self._engine.finish(step, self._loss_history()))
+                self._monitor.finish(max(self._hub.step - 1, 0))
             if self._console and self._lead:
                 for line in self.summary():
                     logger.info(line)
         finally:
             self._closed = True
-            _OPEN_GUARDS.discard(self)
-            _uninstall_sigterm_handler()
-            _OPEN_HUBS.get(self.optimizer, weakref.WeakSet()).discard(self._hub)
+            untrack(self)
+            hub_closed(self.optimizer, self._hub)
             self._hub.close()
             self._lr.close()
-            self._engine.close()
+            self._monitor.close()
             if self._average_hook is not None:
                 self._average_hook.remove()
             self._recorder.close(steps=self._hub.step)
@@ -1346,6 +894,6 @@ class Guard:
         return (
             f"Guard(policy={self._policy.name!r}, steps={self._hub.step}, "
             f"state={str(self.state)!r}, "
-            f"plateaus={len(self.plateaus)}, findings={len(self._finding_log.findings)}, "
-            f"actions={len(self._actions)}, lr_multiplier={self._lr.value:g})"
+            f"plateaus={len(self.plateaus)}, findings={len(self._monitor.findings)}, "
+            f"actions={len(self._monitor.actions)}, lr_multiplier={self._lr.value:g})"
         )
