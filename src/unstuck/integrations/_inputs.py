@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "LossLike",
     "brief",
+    "check_guard_options",
     "check_type",
     "clone_batch",
     "component_tensors",
@@ -154,3 +155,41 @@ def component_tensors(components: Mapping[str, Any]) -> dict[str, torch.Tensor]:
                 f"got {type(value).__name__}"
             )
     return out
+
+
+def check_guard_options(
+    *,
+    flush_every: Any,
+    dataset_size: Any,
+    loss_fn: Any,
+    probe_fn: Any,
+    curvature_hvps: Any,
+    horizon: Any,
+    cooldown: Any,
+    probe_budget: Any,
+    snapshot_memory: Any,
+    probe_batches: Any,
+) -> tuple[int, int]:
+    """Refuse a bad Guard argument in one line, before the store opens and hooks are added.
+    Returns ``horizon`` and ``cooldown`` as ints (numpy integers are taken)."""
+    if not isinstance(flush_every, int) or flush_every < 1:
+        raise ValueError(f"Guard: flush_every must be a positive int, got {flush_every!r}")
+    if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
+        raise ValueError(f"Guard: dataset_size must be a positive int, got {dataset_size!r}")
+    if probe_fn is not None and not callable(probe_fn):
+        raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
+    if not isinstance(curvature_hvps, int) or curvature_hvps < 2:
+        raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
+    horizon = whole("horizon", horizon, 1, "steps an action runs before it is judged")
+    cooldown = whole("cooldown", cooldown, 0, "steps after a kept action before the next")
+    if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
+        raise ValueError(f"Guard: probe_budget must be a share in [0, 1], got {probe_budget!r}")
+    if not isinstance(snapshot_memory, int) or snapshot_memory < 0:
+        raise ValueError(
+            f"Guard: snapshot_memory must be a number of bytes >= 0, got {snapshot_memory!r}"
+        )
+    if not isinstance(probe_batches, int) or probe_batches < 1:
+        raise ValueError(f"Guard: probe_batches must be an int >= 1, got {probe_batches!r}")
+    return horizon, cooldown

@@ -15,7 +15,6 @@ the Guard is its torch front-end: the signal hub, the torch controls and the pro
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -28,14 +27,15 @@ from unstuck.core import FrontEndHooks, Monitor
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose.evidence import EvidenceView
 from unstuck.integrations._distributed import RankSync, unwrap_model
+from unstuck.integrations._facts import run_facts
 from unstuck.integrations._inputs import (
     LossLike,
+    check_guard_options,
     check_type,
     clone_batch,
     component_tensors,
     loss_tensor,
     validation_value,
-    whole,
 )
 from unstuck.integrations._lifetime import (
     already_guarded,
@@ -45,11 +45,11 @@ from unstuck.integrations._lifetime import (
     untrack,
 )
 from unstuck.integrations._probes import PROBE_KEEP_EVERY, ProbeSet
+from unstuck.integrations._torch_controls import TorchControls
 from unstuck.record.console import ensure_console_handler
 from unstuck.record.recorder import Recorder
 from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
-from unstuck.rescue import Controls, LRMultiplier, make_policy
-from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
+from unstuck.rescue import make_policy
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
     DEFAULT_HORIZON,
@@ -74,7 +74,7 @@ from unstuck.signals import (
     UpdateRatioTap,
     WeightNormTap,
 )
-from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
+from unstuck.signals.architecture import beta2_of, momentum_of
 from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, DetectorState, Finding, Plateau, primitive
 
@@ -106,11 +106,6 @@ DEFAULT_OPTIMIZER_STATE_EVERY = 64
 DEFAULT_PRECISION_EVERY = 64
 DEFAULT_CURVATURE_HVPS = 40  # Hessian-vector products per curvature probe (~2 backward passes each)
 DEFAULT_PROBE_BATCHES = 4  # batches kept for scoring branch trials (the latest feeds curvature)
-# Optimizers that set their own step size: unstuck leaves their LR alone (see docs/rescue.md).
-SELF_TUNING_OPTIMIZERS = {
-    "schedulefree": "schedule-free optimizers average their iterates with LR-dependent weights",
-    "prodigyopt": "Prodigy estimates its own step size (d) from the LR it is given",
-}
 
 
 class Guard:
@@ -228,10 +223,18 @@ class Guard:
             torch.optim.Optimizer,
             "pass the torch.optim optimizer that steps the model",
         )
-        if not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"Guard: flush_every must be a positive int, got {flush_every!r}")
-        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
-            raise ValueError(f"Guard: dataset_size must be a positive int, got {dataset_size!r}")
+        horizon, cooldown = check_guard_options(
+            flush_every=flush_every,
+            dataset_size=dataset_size,
+            loss_fn=loss_fn,
+            probe_fn=probe_fn,
+            curvature_hvps=curvature_hvps,
+            horizon=horizon,
+            cooldown=cooldown,
+            probe_budget=probe_budget,
+            snapshot_memory=snapshot_memory,
+            probe_batches=probe_batches,
+        )
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -272,25 +275,8 @@ class Guard:
         ]
         options = {"distance_signal": True, **dict(detector_options or {})}
         PlateauDetector("train", **options)  # refuses a bad option now, not after the hooks
-        if probe_fn is not None and not callable(probe_fn):
-            raise TypeError("Guard: probe_fn must be callable as probe_fn(model) -> loss")
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError("Guard: loss_fn must be callable as loss_fn(outputs, targets)")
-        if not isinstance(curvature_hvps, int) or curvature_hvps < 2:
-            raise ValueError(f"Guard: curvature_hvps must be an int >= 2, got {curvature_hvps!r}")
-        horizon = whole("horizon", horizon, 1, "steps an action runs before it is judged")
-        cooldown = whole("cooldown", cooldown, 0, "steps after a kept action before the next")
-        if not (isinstance(probe_budget, (int, float)) and 0 <= probe_budget <= 1):
-            raise ValueError(f"Guard: probe_budget must be a share in [0, 1], got {probe_budget!r}")
-        if not isinstance(snapshot_memory, int) or snapshot_memory < 0:
-            raise ValueError(
-                f"Guard: snapshot_memory must be a number of bytes >= 0, got {snapshot_memory!r}"
-            )
-        if not isinstance(probe_batches, int) or probe_batches < 1:
-            raise ValueError(f"Guard: probe_batches must be an int >= 1, got {probe_batches!r}")
-        self._accumulation = AccumulationControl(accumulation_steps)  # validates the argument
-        self._clip = ClipControl()
-        self._stop = StopControl()
+        self._controls = TorchControls(optimizer, accumulation_steps)  # validates the argument
+        self._clip, self._stop = self._controls.clip, self._controls.stop
 
         # Sinks and a store that cannot be written fail here, before any training step.
         # Only rank 0 records: the other ranks make the same decisions, so a store of their
@@ -305,13 +291,6 @@ class Guard:
             build=self._lead,
         )
 
-        # Registered before the hub's hooks, so every signal reads the averaged gradient.
-        self._accumulated = 0  # micro-batches summed into .grad since the last optimizer step
-        self._average_hook = (
-            optimizer.register_step_pre_hook(self._average_accumulated)
-            if self._accumulation.owned
-            else None
-        )
         if self._lead and already_guarded(optimizer):
             logger.warning(
                 "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
@@ -321,21 +300,8 @@ class Guard:
         self._hub = SignalHub(model, optimizer, taps)
         hub_opened(optimizer, self._hub)
         ctx = self._hub.ctx
-        if self._accumulation.owned:
-            ctx.intended_opt_steps = 0
-        # Registered after the hub's hooks, so the LR tap records the user's own schedule.
-        self._lr = LRMultiplier(optimizer)
-        controls = Controls(
-            model,
-            optimizer,
-            self._lr,
-            scheduler,
-            scaler,
-            clip=self._clip,
-            accumulation=self._accumulation,
-            stop=self._stop,
-            lr_locked=self._lr_lock_reason(optimizer),
-        )
+        controls = self._controls.attach(self._hub, model, scheduler, scaler)
+        self._lr = controls.lr
         if controls.lr_locked and self._policy.acts and self._lead:
             logger.warning("unstuck: %s", controls.lr_locked)
         self._monitor = Monitor(
@@ -389,14 +355,7 @@ class Guard:
         self._curvature = self._probes.curvature
         self._next_flush = flush_every
         self._flushed_at = 0
-        facts: dict[str, Any] = {
-            "param_names": list(ctx.names),
-            "param_ndims": [p.ndim for p in ctx.params],
-            "post_norm_transformer_layers": post_norm_layers(self._probes.model),
-            "optimizer_type": type(optimizer).__name__,
-            "optimizer_beta2": beta2_of(optimizer),
-            "params_not_in_optimizer": self._params_outside_optimizer(),
-        }
+        facts = run_facts(model, optimizer, ctx.names, ctx.params, self._probes.model, self._lead)
         for name, value in facts.items():
             self._monitor.set_fact(name, value)
         # The same facts in the store, so `unstuck analyze RUN_DIR` diagnoses from what the
@@ -408,38 +367,6 @@ class Guard:
         track(self, self._close_on_signal, self._mark_signal_pending)
 
     # -- construction helpers -----------------------------------------------------------------
-    @staticmethod
-    def _lr_lock_reason(optimizer: torch.optim.Optimizer) -> str | None:
-        package = type(optimizer).__module__.split(".")[0]
-        why = SELF_TUNING_OPTIMIZERS.get(package)
-        if why is None:
-            return None
-        return (
-            f"{type(optimizer).__name__} sets its own step size ({why}); unstuck detects and "
-            "diagnoses but leaves its LR alone (LR actions are skipped with this reason)"
-        )
-
-    def _params_outside_optimizer(self) -> list[str]:
-        in_optimizer = {id(p) for p in self._hub.ctx.params}
-        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        missing = [name for name, p in trainable if id(p) not in in_optimizer]
-        if trainable and len(missing) == len(trainable):
-            # Not a few forgotten tensors: the optimizer belongs to another model (or a copy).
-            if self._lead:
-                logger.warning(
-                    "unstuck: the optimizer given to the Guard steps none of the model's "
-                    "parameters; pass the model being trained and the optimizer built from its "
-                    "parameters(), e.g. Guard(model, torch.optim.Adam(model.parameters()))"
-                )
-        elif missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            warnings.warn(
-                f"unstuck: {len(missing)} parameter tensors require grad but are in no optimizer "
-                f"group and will never be updated: {shown}",
-                stacklevel=3,
-            )
-        return missing
-
     # -- the user's calls ---------------------------------------------------------------------
     def step(
         self,
@@ -515,22 +442,7 @@ class Guard:
         loss needs no division, and a rescue may change the number of micro-batches per step.
         Without ``accumulation_steps`` it is always True.
         """
-        if not self._accumulation.owned:
-            return True
-        self._accumulated += 1
-        if self._accumulated < self._accumulation.steps:
-            return False
-        ctx = self._hub.ctx
-        ctx.intended_opt_steps = (ctx.intended_opt_steps or 0) + 1
-        return True
-
-    def _average_accumulated(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        count, self._accumulated = self._accumulated, 0
-        if count <= 1:
-            return
-        grads = [p.grad for p in self._hub.ctx.params if p.grad is not None]
-        if grads:
-            torch._foreach_mul_(grads, 1.0 / count)
+        return self._controls.should_step()
 
     @property
     def should_stop(self) -> bool:
@@ -675,7 +587,7 @@ class Guard:
         """Every signal but the loss comes from the optimizer's step hooks: a loop that never
         steps this optimizer (or steps another one) is watched half blind, so say so once."""
         hub = self._hub
-        if self._no_step_warned or hub.opt_steps or hub.step < self._accumulation.steps:
+        if self._no_step_warned or hub.opt_steps or hub.step < self._controls.accumulation.steps:
             return
         self._no_step_warned = True
         if self._lead:
@@ -711,30 +623,16 @@ class Guard:
     def _capture_extra(self) -> dict[str, Any]:
         """The Guard's own state that decides what happens next, for snapshots (the engine
         captures the handles, the Monitor its detectors)."""
-        extra: dict[str, Any] = {
-            "accumulated": self._accumulated,
+        return {
+            **self._controls.capture(),
             "evidence_step": self._hub.step,
             "opt_steps": self._hub.opt_steps,
         }
-        if self._accumulation.owned:
-            # A flush may land mid-window: the gradients summed so far belong to the state, or
-            # a rollback would resume the window with the thrown-away branch's partial sums.
-            extra["grads"] = [p.grad for p in self._hub.ctx.params]  # cloned by the snapshot
-        return extra
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
         """The optimizer-state tap learns how many optimizer steps were undone, so a restored
         optimizer is not read as one whose state was lost."""
-        self._accumulated = int(extra.get("accumulated", 0))
-        grads = extra.get("grads")
-        if grads is not None and len(grads) == len(self._hub.ctx.params):
-            for p, grad in zip(self._hub.ctx.params, grads):
-                if grad is None:
-                    p.grad = None
-                elif p.grad is not None and p.grad.shape == grad.shape:
-                    p.grad.copy_(grad)
-                else:
-                    p.grad = grad.to(device=p.device, dtype=p.dtype, copy=True)
+        self._controls.restore(extra)
         if "opt_steps" in extra:  # the optimizer's state now counts from the snapshot
             self._hub.ctx.undone_opt_steps += self._hub.opt_steps - int(extra["opt_steps"])
 
@@ -786,12 +684,7 @@ class Guard:
             "hub": self._hub.state_dict(),
             **self._monitor.state_dict(),  # detectors, evidence, engine, findings, actions
             "lr": self._lr.state_dict(),
-            "controls": {
-                "clip": self._clip.state_dict(),
-                "accumulation": self._accumulation.state_dict(),
-                "stop": self._stop.state_dict(),
-                "accumulated": self._accumulated,
-            },
+            "controls": self._controls.state_dict(),
             "next_flush": self._next_flush,
         }
 
@@ -804,11 +697,7 @@ class Guard:
             )
         self._hub.load_state_dict(dict(state["hub"]))
         self._lr.load_state_dict(dict(state["lr"]))
-        controls = state.get("controls", {})
-        self._clip.load_state_dict(controls.get("clip", {}))
-        self._accumulation.load_state_dict(controls.get("accumulation", {}))
-        self._stop.load_state_dict(controls.get("stop", {}))
-        self._accumulated = int(controls.get("accumulated", 0))
+        self._controls.load_state_dict(dict(state.get("controls", {})))
         self._next_flush = int(state.get("next_flush", self._hub.step + self.flush_every))
         self._flushed_at = self._hub.step
         self._monitor.load_state_dict(state, step=self._hub.step)
@@ -873,10 +762,8 @@ class Guard:
             untrack(self)
             hub_closed(self.optimizer, self._hub)
             self._hub.close()
-            self._lr.close()
+            self._controls.close()
             self._monitor.close()
-            if self._average_hook is not None:
-                self._average_hook.remove()
             self._recorder.close(steps=self._hub.step)
 
     def __enter__(self) -> Guard:

@@ -1,0 +1,67 @@
+"""What the rules know about a torch run before its first step: parameter names and shapes, the
+optimizer, post-norm transformer layers, and parameters that no optimizer group steps.
+
+The same facts go to the run store, so ``unstuck analyze RUN_DIR`` diagnoses from what the live
+rules read.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from unstuck.signals.architecture import beta2_of, post_norm_layers
+
+__all__ = ["params_outside_optimizer", "run_facts"]
+
+logger = logging.getLogger("unstuck")
+
+
+def run_facts(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    names: Sequence[str],
+    params: Sequence[torch.Tensor],
+    probe_model: torch.nn.Module,
+    lead: bool,
+) -> dict[str, Any]:
+    """The facts, for the evidence and the store. ``probe_model``: the module itself (not a
+    DDP wrapper); ``lead``: whether this rank may warn."""
+    return {
+        "param_names": list(names),
+        "param_ndims": [p.ndim for p in params],
+        "post_norm_transformer_layers": post_norm_layers(probe_model),
+        "optimizer_type": type(optimizer).__name__,
+        "optimizer_beta2": beta2_of(optimizer),
+        "params_not_in_optimizer": params_outside_optimizer(model, params, lead),
+    }
+
+
+def params_outside_optimizer(
+    model: torch.nn.Module, params: Sequence[torch.Tensor], lead: bool
+) -> list[str]:
+    """Names of trainable tensors no optimizer group steps. All of them: the optimizer belongs
+    to another model (a warning through the logger); some: a ``UserWarning`` at the caller."""
+    in_optimizer = {id(p) for p in params}
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    missing = [name for name, p in trainable if id(p) not in in_optimizer]
+    if trainable and len(missing) == len(trainable):
+        # Not a few forgotten tensors: the optimizer belongs to another model (or a copy).
+        if lead:
+            logger.warning(
+                "unstuck: the optimizer given to the Guard steps none of the model's "
+                "parameters; pass the model being trained and the optimizer built from its "
+                "parameters(), e.g. Guard(model, torch.optim.Adam(model.parameters()))"
+            )
+    elif missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        warnings.warn(
+            f"unstuck: {len(missing)} parameter tensors require grad but are in no optimizer "
+            f"group and will never be updated: {shown}",
+            stacklevel=4,  # here ← run_facts ← Guard.__init__ ← the user's Guard(...) line
+        )
+    return missing
