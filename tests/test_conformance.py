@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import torch
 
 from conftest import regression_batch, tiny_mlp
 from unstuck import signals
-from unstuck.diagnose import Evidence, all_rules
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose import Evidence, all_rules, causes
+from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
 from unstuck.diagnose.evidence import FACTS, derived_names
 from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
@@ -43,6 +44,37 @@ def test_rule_conformance(code):
     page = DOCS / "causes" / f"{code}.md"
     assert page.is_file(), f"every cause has a docs page: {page} is missing"
     assert f"`{code}`" in page.read_text() or code in page.read_text()
+
+
+def literal_confidence_bases(source: str) -> list[int]:
+    """Lines that add to a literal ``FOUND_CONFIDENCE`` (``0.6 + 0.2 * decades``) instead of
+    calling ``found_confidence``: a copied base stops following the policy's acting threshold."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Constant) and side.value == FOUND_CONFIDENCE:
+                    lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+CAUSE_FILES = sorted(Path(causes.__file__).parent.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CAUSE_FILES, ids=lambda p: p.stem)
+def test_rules_take_their_base_from_the_confidence_helper(path):
+    lines = literal_confidence_bases(path.read_text())
+    assert not lines, (
+        f"{path.name} lines {lines} add to a literal {FOUND_CONFIDENCE} base; "
+        "call unstuck.diagnose.base.found_confidence(strength, ...) instead"
+    )
+
+
+def test_a_rule_with_a_literal_base_fails_the_check():
+    assert literal_confidence_bases("c = 0.6 + 0.2 * decades\n") == [1]
+    assert literal_confidence_bases("c = min(0.9, x + 0.6)\n") == [1]
+    assert literal_confidence_bases("c = np.clip(0.6 + a + b, 0, 0.95)\n") == [1]
+    assert literal_confidence_bases("c = found_confidence(0.2 * decades)\nd = 0.6 * x\n") == []
 
 
 def _full_state(controls):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import MAX_FOUND_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import ADAPTIVE_OPTIMIZERS, RECENT_POINTS
 from unstuck.types import Finding, Remedy
@@ -61,12 +61,12 @@ class OverClipping(Rule):
             return None
         factor = pre_norm / threshold if threshold > 0 else float("nan")
         excess = math.log10(factor) if math.isfinite(factor) and factor > 1 else 0.0
-        confidence = 0.6 + 0.3 * (rate - CLIP_RATE) / (1 - CLIP_RATE) * min(excess, 1.0)
-        confidence += 0.05 * min(excess, 1.0)
         adaptive = str(ev.get("optimizer_type", "")) in ADAPTIVE_OPTIMIZERS
-        if adaptive:
-            confidence = min(confidence, ADAPTIVE_CAP)
-        confidence = float(np.clip(confidence, 0.0, 0.95))
+        confidence = found_confidence(
+            0.3 * (rate - CLIP_RATE) / (1 - CLIP_RATE) * min(excess, 1.0),
+            0.05 * min(excess, 1.0),
+            cap=ADAPTIVE_CAP if adaptive else MAX_FOUND_CONFIDENCE,
+        )
         suggestion = pre_norm if math.isfinite(pre_norm) else float("nan")
         summary = f"{rate:.0%} of steps are clipped ({source})"
         if math.isfinite(factor):

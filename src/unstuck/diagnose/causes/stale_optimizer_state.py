@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import NEAR_CONVERGENCE_DROP, loss_drop
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
@@ -133,7 +133,7 @@ class StaleOptimizerState(Rule):
         if ratio < STALE_RATIO:
             return None
         shrink = math.sqrt(ratio)
-        confidence = float(np.clip(0.6 + 0.15 * math.log10(ratio / STALE_RATIO), 0.0, 0.95))
+        confidence = found_confidence(0.15 * math.log10(ratio / STALE_RATIO))
         return Finding(
             cause=self.code,
             confidence=confidence,
