@@ -14,6 +14,7 @@ from unstuck import signals
 from unstuck.diagnose import Evidence, all_rules, causes
 from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
 from unstuck.diagnose.evidence import FACTS, derived_names
+from unstuck.diagnose.selection import select_taps
 from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
 from unstuck.rescue.base import Action
@@ -175,7 +176,7 @@ def _declared(name: str, names: frozenset[str]) -> bool:
 def check_rule_inputs(rule: Rule) -> None:
     """What a rule requires is something a tap provides or a front-end sets: a misspelt name
     would otherwise keep the rule from ever running, with no error anywhere."""
-    for names in (rule.requires, *rule.requires_any):
+    for names in (rule.requires, *rule.requires_any, rule.uses):
         unknown = sorted(n for n in names if not _declared(n, AVAILABLE))
         assert not unknown, f"{rule.code} requires {unknown}: provided by no tap and no fact"
 
@@ -195,10 +196,46 @@ def test_a_rule_with_a_misspelt_requirement_fails_the_check():
         requires = frozenset({"loss"})
         requires_any = (frozenset({"val_los"}),)
 
+    class MisspeltUse(Rule):
+        code = "misspelt_use"
+        requires = frozenset({"grad_norm"})
+        uses = frozenset({"clip_rte"})
+
     with pytest.raises(AssertionError, match="grad_nrom"):
         check_rule_inputs(Misspelt())
     with pytest.raises(AssertionError, match="val_los"):
         check_rule_inputs(MisspeltFallback())
+    with pytest.raises(AssertionError, match="clip_rte"):
+        check_rule_inputs(MisspeltUse())
+
+
+def taps_read_but_not_selected(sources: dict[str, str], rules) -> dict[str, list[str]]:
+    """The taps whose series the rule files name as string constants (``ev.get("clip_rate")``)
+    that ``select_taps`` would not build for the registered rules, each with what names it: a
+    read that no rule declares in ``requires`` or ``uses`` loses its tap once taps are gated."""
+    selected = set(select_taps(TAPS, rules).needed)
+    out: dict[str, list[str]] = {}
+    for file, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            for tap in TAPS:
+                if tap not in selected and select_taps([tap], [], always={node.value}).needed:
+                    out.setdefault(tap.__name__, []).append(f"{file}: {node.value!r}")
+    return out
+
+
+def test_every_tap_a_rule_file_reads_is_selected_by_the_rules():
+    sources = {p.name: p.read_text() for p in CAUSE_FILES}
+    missing = taps_read_but_not_selected(sources, RULES.values())
+    assert not missing, f"rules read these taps without declaring it (add to uses): {missing}"
+
+
+def test_an_undeclared_read_fails_the_check():
+    undeclared = {"sneaky.py": 'rates = ev.values_of("clip_rate")\n'}
+    others = [r for c, r in RULES.items() if c != "over_clipping"]
+    assert taps_read_but_not_selected(undeclared, others) == {"ClipTap": ["sneaky.py: 'clip_rate'"]}
+    assert taps_read_but_not_selected(undeclared, RULES.values()) == {}
 
 
 def test_every_tap_returns_only_what_it_provides(monkeypatch):

@@ -94,6 +94,9 @@ class Rule:
     code: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
     requires_any: ClassVar[tuple[frozenset[str], ...]] = ()
+    # Inputs the rule reads when present but runs without (the clip rate behind over_clipping's
+    # gradient norms): not a gate, yet their taps must be built for it (diagnose.selection).
+    uses: ClassVar[frozenset[str]] = frozenset()
     continuous: ClassVar[bool] = False
     explanation: ClassVar[str] = ""
     # Causes that explain this one when found with it: a symptom ranks below its root cause
@@ -130,6 +133,8 @@ def _validate(rule_cls: type[Rule], module_name: str) -> None:
         isinstance(a, frozenset) for a in alternatives
     ):
         raise ImportError(f"rule {code!r}: requires_any must be a tuple of frozensets")
+    if not isinstance(rule_cls.uses, frozenset):
+        raise ImportError(f"rule {code!r}: uses must be a frozenset of signal names")
     if not isinstance(rule_cls.symptom_of, frozenset):
         raise ImportError(f"rule {code!r}: symptom_of must be a frozenset of cause codes")
 

@@ -27,6 +27,7 @@ class OverClipping(Rule):
 
     code: ClassVar[str] = "over_clipping"
     requires: ClassVar[frozenset[str]] = frozenset({"grad_norm"})
+    uses: ClassVar[frozenset[str]] = frozenset({"clip_rate", "clip_pre_norm", "clip_threshold"})
     explanation: ClassVar[str] = (
         "clip_grad_norm_ rescales the gradient whenever its norm exceeds max_norm. Meant for "
         "rare spikes, it cuts nearly every step when max_norm is far below the typical gradient "

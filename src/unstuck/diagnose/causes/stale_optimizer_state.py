@@ -36,6 +36,15 @@ class StaleOptimizerState(Rule):
 
     code: ClassVar[str] = "stale_optimizer_state"
     requires: ClassVar[frozenset[str]] = frozenset({"optimizer_type"})
+    uses: ClassVar[frozenset[str]] = frozenset(
+        {
+            "optimizer_state_empty",
+            "optimizer_state_step",
+            "optimizer_step_lag",
+            "second_moment_sum",
+            "second_moment_beta",
+        }
+    )
     # Gradient spikes from these fill v̂ too; the spike, not the state, is then the root.
     # A memorised batch or a spike leaves Adam's second moment far above the current gradients.
     symptom_of: ClassVar[frozenset[str]] = frozenset(
