@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import torch
 
 from conftest import regression_batch, tiny_mlp
 from unstuck import signals
-from unstuck.diagnose import Evidence, all_rules
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose import Evidence, all_rules, causes
+from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
 from unstuck.diagnose.evidence import FACTS, derived_names
+from unstuck.diagnose.selection import select_taps
 from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
 from unstuck.rescue.base import Action
@@ -43,6 +45,37 @@ def test_rule_conformance(code):
     page = DOCS / "causes" / f"{code}.md"
     assert page.is_file(), f"every cause has a docs page: {page} is missing"
     assert f"`{code}`" in page.read_text() or code in page.read_text()
+
+
+def literal_confidence_bases(source: str) -> list[int]:
+    """Lines that add to a literal ``FOUND_CONFIDENCE`` (``0.6 + 0.2 * decades``) instead of
+    calling ``found_confidence``: a copied base stops following the policy's acting threshold."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Constant) and side.value == FOUND_CONFIDENCE:
+                    lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+CAUSE_FILES = sorted(Path(causes.__file__).parent.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CAUSE_FILES, ids=lambda p: p.stem)
+def test_rules_take_their_base_from_the_confidence_helper(path):
+    lines = literal_confidence_bases(path.read_text())
+    assert not lines, (
+        f"{path.name} lines {lines} add to a literal {FOUND_CONFIDENCE} base; "
+        "call unstuck.diagnose.base.found_confidence(strength, ...) instead"
+    )
+
+
+def test_a_rule_with_a_literal_base_fails_the_check():
+    assert literal_confidence_bases("c = 0.6 + 0.2 * decades\n") == [1]
+    assert literal_confidence_bases("c = min(0.9, x + 0.6)\n") == [1]
+    assert literal_confidence_bases("c = np.clip(0.6 + a + b, 0, 0.95)\n") == [1]
+    assert literal_confidence_bases("c = found_confidence(0.2 * decades)\nd = 0.6 * x\n") == []
 
 
 def _full_state(controls):
@@ -143,7 +176,7 @@ def _declared(name: str, names: frozenset[str]) -> bool:
 def check_rule_inputs(rule: Rule) -> None:
     """What a rule requires is something a tap provides or a front-end sets: a misspelt name
     would otherwise keep the rule from ever running, with no error anywhere."""
-    for names in (rule.requires, *rule.requires_any):
+    for names in (rule.requires, *rule.requires_any, rule.uses):
         unknown = sorted(n for n in names if not _declared(n, AVAILABLE))
         assert not unknown, f"{rule.code} requires {unknown}: provided by no tap and no fact"
 
@@ -163,10 +196,46 @@ def test_a_rule_with_a_misspelt_requirement_fails_the_check():
         requires = frozenset({"loss"})
         requires_any = (frozenset({"val_los"}),)
 
+    class MisspeltUse(Rule):
+        code = "misspelt_use"
+        requires = frozenset({"grad_norm"})
+        uses = frozenset({"clip_rte"})
+
     with pytest.raises(AssertionError, match="grad_nrom"):
         check_rule_inputs(Misspelt())
     with pytest.raises(AssertionError, match="val_los"):
         check_rule_inputs(MisspeltFallback())
+    with pytest.raises(AssertionError, match="clip_rte"):
+        check_rule_inputs(MisspeltUse())
+
+
+def taps_read_but_not_selected(sources: dict[str, str], rules) -> dict[str, list[str]]:
+    """The taps whose series the rule files name as string constants (``ev.get("clip_rate")``)
+    that ``select_taps`` would not build for the registered rules, each with what names it: a
+    read that no rule declares in ``requires`` or ``uses`` loses its tap once taps are gated."""
+    selected = set(select_taps(TAPS, rules).needed)
+    out: dict[str, list[str]] = {}
+    for file, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            for tap in TAPS:
+                if tap not in selected and select_taps([tap], [], always={node.value}).needed:
+                    out.setdefault(tap.__name__, []).append(f"{file}: {node.value!r}")
+    return out
+
+
+def test_every_tap_a_rule_file_reads_is_selected_by_the_rules():
+    sources = {p.name: p.read_text() for p in CAUSE_FILES}
+    missing = taps_read_but_not_selected(sources, RULES.values())
+    assert not missing, f"rules read these taps without declaring it (add to uses): {missing}"
+
+
+def test_an_undeclared_read_fails_the_check():
+    undeclared = {"sneaky.py": 'rates = ev.values_of("clip_rate")\n'}
+    others = [r for c, r in RULES.items() if c != "over_clipping"]
+    assert taps_read_but_not_selected(undeclared, others) == {"ClipTap": ["sneaky.py: 'clip_rate'"]}
+    assert taps_read_but_not_selected(undeclared, RULES.values()) == {}
 
 
 def test_every_tap_returns_only_what_it_provides(monkeypatch):

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "ACTING_CONFIDENCE",
     "ACTION_OUTCOMES",
     "ACT_ON_STATES",
     "DETECTOR_STATES",
@@ -72,6 +73,10 @@ NOTABLE_STATES = frozenset({*ACT_ON_STATES, DetectorState.HIDDEN_PROGRESS})
 # every rule is run (elsewhere only the continuous ones): anything but improving or unknown.
 DIAGNOSE_ON = frozenset({*NOTABLE_STATES, DetectorState.SLOW})
 PLATEAU_KINDS: tuple[str, ...] = ("early", "mid", "near_convergence")
+# The bar a finding must reach to be a problem: the rescue policy acts on it, diagnosis counts it
+# as a root that explains its symptoms, calibration never lifts a hint over it. A design decision
+# (docs/diagnosis.md "Ranking"), defined here so that rules and the policy read the same value.
+ACTING_CONFIDENCE = 0.5
 SERIES: tuple[str, ...] = ("train", "val")
 # pending → kept | rolled_back (verified after the horizon) | unverified (the run ended first);
 # probes: probing → restored (range test measured and put back) | kept | control_kept (branch

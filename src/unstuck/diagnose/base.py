@@ -13,26 +13,56 @@ from typing import ClassVar
 from unstuck.diagnose.calibration import calibrated
 from unstuck.diagnose.evidence import Evidence
 from unstuck.plugins import discover_plugins
-from unstuck.types import Finding
+from unstuck.types import ACTING_CONFIDENCE, Finding
 
 __all__ = [
     "EXPLAINED_FACTOR",
+    "FOUND_CONFIDENCE",
+    "FOUND_MARGIN",
+    "MAX_FOUND_CONFIDENCE",
     "ROOT_CONFIDENCE",
     "TIE_MARGIN",
     "Rule",
     "all_rules",
+    "found_confidence",
     "get_rule",
     "inputs_present",
     "run_rules",
 ]
 
-ROOT_CONFIDENCE = 0.5  # a root cause found at least this confident explains its symptoms
+ROOT_CONFIDENCE = ACTING_CONFIDENCE  # a root found at least this confident explains its symptoms
 EXPLAINED_FACTOR = 0.5  # an explained symptom keeps this share of its confidence
 # Findings whose confidences differ by less than this are not ordered by them: another CPU's
 # kernels move a confidence by a few hundredths (dead_relu 0.88 vs vanishing_gradients 0.95 on
 # one machine, the other way round on another). Within such a tie a root ranks before a cause
 # that lists it in ``symptom_of``, then by code; each finding names the others it ties with.
 TIE_MARGIN = 0.1
+
+
+# A rule that finds its cause just past its own threshold says so this far above the acting bar,
+# so a cause found at all is acted on and counts as a root, while the symptom it explains
+# (EXPLAINED_FACTOR of it) and the end states capped below the bar are not.
+FOUND_MARGIN = 0.1
+FOUND_CONFIDENCE = ACTING_CONFIDENCE + FOUND_MARGIN
+MAX_FOUND_CONFIDENCE = 0.95  # a measured reading never claims certainty (only counts do: 1.0)
+
+
+def found_confidence(strength: float, *more: float, cap: float = MAX_FOUND_CONFIDENCE) -> float:
+    """The confidence of a cause found ``strength`` past its rule's threshold:
+    ``FOUND_CONFIDENCE`` plus ``strength`` (plus each of ``more``, added in order), within
+    [0, ``cap``].
+
+    Every rule's confidence starts here, so the base moves with the policy's acting threshold
+    instead of working only because a copied 0.6 happens to sit above it. ``strength`` is in
+    confidence units (0.2 per decade past the threshold, say); the terms are added left to
+    right, as ``FOUND_CONFIDENCE + a + b`` would be. A NaN stays NaN (a ``Finding`` refuses it).
+    """
+    if not 0.0 <= cap <= 1.0:
+        raise ValueError(f"found_confidence: cap must be in [0, 1], got {cap!r}")
+    value = FOUND_CONFIDENCE + strength
+    for term in more:
+        value += term
+    return float(min(max(value, 0.0), cap))
 
 
 def inputs_present(ev: Evidence, names: frozenset[str]) -> bool:
@@ -64,6 +94,9 @@ class Rule:
     code: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
     requires_any: ClassVar[tuple[frozenset[str], ...]] = ()
+    # Inputs the rule reads when present but runs without (the clip rate behind over_clipping's
+    # gradient norms): not a gate, yet their taps must be built for it (diagnose.selection).
+    uses: ClassVar[frozenset[str]] = frozenset()
     continuous: ClassVar[bool] = False
     explanation: ClassVar[str] = ""
     # Causes that explain this one when found with it: a symptom ranks below its root cause
@@ -100,6 +133,8 @@ def _validate(rule_cls: type[Rule], module_name: str) -> None:
         isinstance(a, frozenset) for a in alternatives
     ):
         raise ImportError(f"rule {code!r}: requires_any must be a tuple of frozensets")
+    if not isinstance(rule_cls.uses, frozenset):
+        raise ImportError(f"rule {code!r}: uses must be a frozenset of signal names")
     if not isinstance(rule_cls.symptom_of, frozenset):
         raise ImportError(f"rule {code!r}: symptom_of must be a frozenset of cause codes")
 

@@ -11,6 +11,8 @@ confidence. Applied by ``run_rules`` to every finding before symptoms are ranked
 
 from __future__ import annotations
 
+from unstuck.types import ACTING_CONFIDENCE
+
 __all__ = [
     "CAP",
     "FITTED_ON",
@@ -56,7 +58,7 @@ SCALES: dict[str, float] = {
 }
 
 
-HINT_CEILING = 0.49  # a finding its rule put below the 0.5 bar stays a hint (docs/diagnosis.md)
+HINT_CEILING = 0.49  # a finding its rule put below the acting bar stays a hint (docs/diagnosis.md)
 
 
 def calibration_key(cause: str, reading: object = None) -> str:
@@ -74,4 +76,4 @@ def calibrated(cause: str, confidence: float, reading: object = None) -> float:
     if scale == 1.0:
         return confidence
     out = min(max(confidence * scale, 0.0), CAP)
-    return min(out, HINT_CEILING) if confidence < 0.5 else out
+    return min(out, HINT_CEILING) if confidence < ACTING_CONFIDENCE else out

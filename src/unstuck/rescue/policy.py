@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from unstuck.types import ACT_ON_STATES, UNSTABLE_STATES, Finding
+from unstuck.types import ACT_ON_STATES, ACTING_CONFIDENCE, UNSTABLE_STATES, Finding
 
 __all__ = [
     "ActionSequence",
@@ -23,7 +23,7 @@ __all__ = [
     "reports_only",
 ]
 
-MIN_CONFIDENCE = 0.5  # a finding below this is reported but never acted on
+MIN_CONFIDENCE = ACTING_CONFIDENCE  # a finding below this is reported but never acted on
 MOVING_STATES = frozenset({"slow", "hidden_progress"})  # a finding must hold at two decisions
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
 UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._hurt import loss_hurt, noise_floor_share
 from unstuck.diagnose.causes._landscape import (
     NEAR_CONVERGENCE_DROP,
@@ -121,7 +121,7 @@ class BatchSize(Rule):
                 # a crawl near its start counts, as above). Under a constant LR the floor stays.
                 return None
             decades = math.log10(floor_share / NOISE_FLOOR_SHARE)
-            confidence = float(np.clip(0.6 + 0.3 * decades, 0.0, SMALL_CAP))
+            confidence = found_confidence(0.3 * decades, cap=SMALL_CAP)
             kind, direction = "small", "below"
         elif b_over_noise > LARGE_FACTOR:
             confidence, kind, direction = LARGE_CONFIDENCE, "large", "above"

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._data import (
     IMBALANCE_COUNT_RATIO,
     UNLEARNED_LOSS,
@@ -60,14 +60,14 @@ class ClassImbalance(Rule):
         if not (min(minority_loss) > UNLEARNED_LOSS and max(majority_loss) < UNLEARNED_LOSS):
             return None
         gap = float(np.mean(minority_loss)) / max(float(np.mean(majority_loss)), 1e-12)
-        confidence = (
-            0.6 + 0.15 * ramp(float(np.log10(ratio)), 1.0, 2.0) + 0.15 * ramp(gap, 10.0, 100.0)
+        confidence = found_confidence(
+            0.15 * ramp(float(np.log10(ratio)), 1.0, 2.0), 0.15 * ramp(gap, 10.0, 100.0), cap=0.9
         )
         total = sum(counts.values())
         share = sum(counts[c] for c in minority) / total
         return Finding(
             cause=self.code,
-            confidence=round(min(confidence, 0.9), 4),
+            confidence=round(confidence, 4),
             evidence={
                 "count_ratio": ratio,
                 "threshold": IMBALANCE_COUNT_RATIO,

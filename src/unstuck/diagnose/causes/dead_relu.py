@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
 
@@ -60,7 +60,7 @@ class DeadReLU(Rule):
         share = float(series[-1 - int(enough[0]) :].min())
         if share < DEAD_SHARE:
             return None
-        confidence = float(np.clip(0.6 + (share - DEAD_SHARE) / (1.0 - DEAD_SHARE) * 0.3, 0, 0.9))
+        confidence = found_confidence((share - DEAD_SHARE) / (1.0 - DEAD_SHARE) * 0.3, cap=0.9)
         layers: dict[str, Any] = dict(ev.get("act_dead_layers") or {})
         worst = max(layers, key=lambda k: layers[k]) if layers else "?"
         overall = ev.values_of("act_dead_overall")

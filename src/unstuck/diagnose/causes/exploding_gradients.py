@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.detect.detector import NONFINITE_RUN
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.causes.vanishing_gradients import (
     first_last_weight_norms,
     layer_ratio_evidence,
@@ -97,7 +97,7 @@ class ExplodingGradients(Rule):
         decades = float(np.log10(ratio / EXPLODING_LAYER_RATIO))
         return Finding(
             cause=self.code,
-            confidence=float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95)),
+            confidence=found_confidence(0.2 * decades),
             evidence=layer_ratio_evidence(pair, EXPLODING_LAYER_RATIO),
             step=ev.step,
             summary=f"gradient norm of {first_name} is {ratio:.0f} × that of {last_name}",
@@ -123,11 +123,12 @@ class ExplodingGradients(Rule):
         spike = _spike(history, first)
         at = int(steps[-1]) if steps.size == history.size and steps.size else ev.step
         if nonfinite >= NONFINITE_RUN:
-            confidence, summary = 0.6, f"{nonfinite} logged gradient norms in a row are non-finite"
+            confidence = FOUND_CONFIDENCE
+            summary = f"{nonfinite} logged gradient norms in a row are non-finite"
         elif spike is not None and spike[0] > SPIKE_RATIO:
             ratio, median, i = spike
             decades = float(np.log10(ratio / SPIKE_RATIO))
-            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            confidence = found_confidence(0.2 * decades)
             if steps.size == history.size:
                 at = int(steps[i])
             summary = (
@@ -136,7 +137,7 @@ class ExplodingGradients(Rule):
             )
         elif growth is not None:
             decades = float(np.log10(growth / GROWTH_FACTOR ** (GROWTH_CHECKS - 1)))
-            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            confidence = found_confidence(0.2 * decades)
             summary = (
                 f"the gradient norm grew more than {GROWTH_FACTOR:g}× from each check to the "
                 f"next over {GROWTH_CHECKS} consecutive logged checks ({growth:.3g}× in all)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import known_causes, landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.host import FLAT_FELT_CURVATURE
@@ -69,7 +69,7 @@ class FlatRegion(Rule):
         # 0.6 at the flatness bound, +0.15 per decade below it (both the curvature and the
         # gradient's progress are past their bounds, or classify would not say flat_region).
         decades = math.log10(FLAT_FELT_CURVATURE / max(felt, 1e-30))
-        confidence = min(0.6 + 0.15 * decades, 0.9)
+        confidence = found_confidence(0.15 * decades, cap=0.9)
         factor = min(max(FLAT_FELT_CURVATURE / max(felt, 1e-30), MIN_RAISE), MAX_RAISE)
         return Finding(
             cause=self.code,

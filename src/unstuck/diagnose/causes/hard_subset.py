@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._data import (
     FLAT_CHANGE,
     HARD_MAX_WRONG,
@@ -59,11 +59,14 @@ class HardSubset(Rule):
             return None
         if purity >= PURE_CLASS:  # mostly one class: a class problem, not a subset of the data
             return None
-        confidence = 0.6 + 0.25 * ramp(share, MOST_LOSS_SHARE, 0.9)
-        confidence += 0.1 * ramp(fraction, MIN_HARD_FRACTION, 0.2)
+        confidence = found_confidence(
+            0.25 * ramp(share, MOST_LOSS_SHARE, 0.9),
+            0.1 * ramp(fraction, MIN_HARD_FRACTION, 0.2),
+            cap=0.9,
+        )
         return Finding(
             cause=self.code,
-            confidence=round(min(confidence, 0.9), 4),
+            confidence=round(confidence, 4),
             evidence={
                 "unlearned_fraction": fraction,
                 "unlearned_loss_share": share,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
 
@@ -42,7 +42,7 @@ class InputScale(Rule):
         if not math.isfinite(scale) or scale <= INPUT_SCALE_LIMIT:
             return None
         decades = math.log10(scale / INPUT_SCALE_LIMIT)
-        confidence = min(0.9, 0.6 + 0.3 * decades)  # 0.9 a decade past the limit
+        confidence = found_confidence(0.3 * decades, cap=0.9)  # 0.9 a decade past the limit
         evidence: dict[str, float | int | str] = {"feature_rms_max": scale}
         for key in ("mean", "std", "max_abs", "feature_std_min", "feature_std_max", "batch_size"):
             value = stats.get(key)

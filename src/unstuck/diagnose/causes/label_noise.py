@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._data import (
     FLAT_CHANGE,
     MAX_SUBSET_FRACTION,
@@ -61,7 +61,9 @@ class LabelNoise(Rule):
             # lower (issue 24's zoo: 36 % of wine's samples mislabelled, rest at 0.60).
             return None
         margin = median / chance  # 1: just worse than chance; 2: p(label) < 1/C²
-        confidence = 0.6 + 0.2 * ramp(share, MOST_LOSS_SHARE, 0.9) + 0.15 * ramp(margin, 1.0, 2.0)
+        confidence = found_confidence(
+            0.2 * ramp(share, MOST_LOSS_SHARE, 0.9), 0.15 * ramp(margin, 1.0, 2.0)
+        )
         ids = ev["sample_groups"].get("wrong_ids", [])
         ids = [int(i) for i in ids] if isinstance(ids, list) else []
         evidence: dict[str, Any] = {
@@ -77,7 +79,7 @@ class LabelNoise(Rule):
         }
         return Finding(
             cause=self.code,
-            confidence=round(min(confidence, 0.95), 4),
+            confidence=round(confidence, 4),
             evidence=evidence,
             step=ev.step,
             summary=f"{fraction:.1%} of samples stay worse than chance (median loss {median:.2f} "

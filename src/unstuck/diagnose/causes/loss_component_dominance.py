@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._data import ORDER_OF_MAGNITUDE, finite_number, ramp
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.host import COMPONENT_PREFIX
@@ -63,11 +63,13 @@ class LossComponentDominance(Rule):
         if not stalled:
             return None  # the small terms are being learned: a scale gap, but nothing stalls
         progress = {k: recent[k] / start[k] for k in stalled}
-        confidence = 0.6 + 0.25 * ramp(float(np.log10(ratio)), 1.0, 3.0)
-        confidence += 0.1 * ramp(min(progress.values()), STALLED_SHARE, 1.0)
+        confidence = found_confidence(
+            0.25 * ramp(float(np.log10(ratio)), 1.0, 3.0),
+            0.1 * ramp(min(progress.values()), STALLED_SHARE, 1.0),
+        )
         return Finding(
             cause=self.code,
-            confidence=round(min(confidence, 0.95), 4),
+            confidence=round(confidence, 4),
             evidence={
                 "dominant": dominant,
                 "ratio": ratio,

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.causes._hurt import STALL_DROP, loss_hurt, noise_floor_share
 from unstuck.diagnose.causes._logs import (
     CLIMB_Z,
@@ -28,7 +28,7 @@ from unstuck.diagnose.thresholds import (
     RECENT_POINTS,
 )
 from unstuck.signals.host import NOISE_FLOOR_SHARE
-from unstuck.types import Finding, Remedy
+from unstuck.types import ACTING_CONFIDENCE, Finding, Remedy
 
 MIN_CUT = 0.01  # at most two decades down in one action
 MAX_CUT = 0.5
@@ -151,7 +151,7 @@ class LRTooHigh(Rule):
             decades = float(np.log10(ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
-            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            confidence = found_confidence(0.2 * decades)
             summary = f"update/weight ratio {ratio:.2g} is above {HIGH_UPDATE_RATIO:g}"
             # ``estimate``: the whole cut the ratio asks for; past the two-decade cap the engine
             # applies the rest as a follow-up once this step has been verified.
@@ -170,7 +170,7 @@ class LRTooHigh(Rule):
             decades = float(np.log10(ratio / ELEVATED_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO / ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
-            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            confidence = found_confidence(0.2 * decades)
             summary = (
                 f"update/weight ratio {ratio:.2g} of {ev.get('optimizer_type')} is above "
                 f"{ELEVATED_UPDATE_RATIO:g} and the loss is {state or 'not improving'}"
@@ -183,7 +183,7 @@ class LRTooHigh(Rule):
             decades = float(np.log10(peak_ratio / HIGH_UPDATE_RATIO))
             estimate = HEALTHY_UPDATE_RATIO * 10 / peak_ratio
             factor = float(np.clip(estimate, MIN_CUT, MAX_CUT))
-            confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.95))
+            confidence = found_confidence(0.2 * decades)
             summary = (
                 f"the loss blew up from {first:.3g} to {peak_loss:.3g} while the update/weight "
                 f"ratio reached {peak_ratio:.2g} (above {HIGH_UPDATE_RATIO:g}), and it has not "
@@ -193,7 +193,8 @@ class LRTooHigh(Rule):
         elif state in ("oscillating", "diverging") and hurt in ("climbing", "bouncing"):
             # The detector's call confirmed beyond minibatch noise: noise alone bounces too.
             reading = "oscillation"
-            factor, confidence = OSCILLATION_CUT, 0.6 if state == "diverging" else 0.5
+            factor = OSCILLATION_CUT
+            confidence = FOUND_CONFIDENCE if state == "diverging" else ACTING_CONFIDENCE
             lr_params = {"factor": round(factor, 3)}
             summary = f"the loss is {state} (update/weight ratio {ratio:.2g})"
         else:

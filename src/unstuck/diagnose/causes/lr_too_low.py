@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.detect.detector import DEFAULT_EPSILON, EARLY_DROP
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import (
     NEAR_CONVERGENCE_DROP,
     loss_drop,
@@ -126,7 +126,7 @@ class LRTooLow(Rule):
         decades_below = float(np.log10(LOW_UPDATE_RATIO / ratio))
         estimate = HEALTHY_UPDATE_RATIO / ratio
         factor = float(np.clip(estimate, MIN_RAISE, MAX_RAISE))
-        confidence = float(np.clip(0.6 + 0.2 * decades_below, 0.0, 0.95))
+        confidence = found_confidence(0.2 * decades_below)
         return Finding(
             cause=self.code,
             confidence=confidence,

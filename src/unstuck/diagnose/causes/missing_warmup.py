@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from unstuck.detect.detector import EARLY_DROP
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import FLAT_STATES, loss_drop, recent_median
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import ELEVATED_UPDATE_RATIO
@@ -90,7 +90,7 @@ class MissingWarmup(Rule):
         if fallen >= EARLY_DROP:
             return None  # the loss got going: whatever stalls it now, the start did not break it
         decades = math.log10(first / ELEVATED_UPDATE_RATIO)
-        confidence = float(np.clip(0.6 + 0.2 * decades, 0.0, 0.9))
+        confidence = found_confidence(0.2 * decades, cap=0.9)
         snr = recent_median(ev, "grad_snr")
         beta2 = ev.get("optimizer_beta2")
         length = untuned_warmup_length(float(beta2) if isinstance(beta2, (int, float)) else None)

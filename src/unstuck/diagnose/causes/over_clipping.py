@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import MAX_FOUND_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import ADAPTIVE_OPTIMIZERS, RECENT_POINTS
 from unstuck.types import Finding, Remedy
@@ -27,6 +27,7 @@ class OverClipping(Rule):
 
     code: ClassVar[str] = "over_clipping"
     requires: ClassVar[frozenset[str]] = frozenset({"grad_norm"})
+    uses: ClassVar[frozenset[str]] = frozenset({"clip_rate", "clip_pre_norm", "clip_threshold"})
     explanation: ClassVar[str] = (
         "clip_grad_norm_ rescales the gradient whenever its norm exceeds max_norm. Meant for "
         "rare spikes, it cuts nearly every step when max_norm is far below the typical gradient "
@@ -61,12 +62,12 @@ class OverClipping(Rule):
             return None
         factor = pre_norm / threshold if threshold > 0 else float("nan")
         excess = math.log10(factor) if math.isfinite(factor) and factor > 1 else 0.0
-        confidence = 0.6 + 0.3 * (rate - CLIP_RATE) / (1 - CLIP_RATE) * min(excess, 1.0)
-        confidence += 0.05 * min(excess, 1.0)
         adaptive = str(ev.get("optimizer_type", "")) in ADAPTIVE_OPTIMIZERS
-        if adaptive:
-            confidence = min(confidence, ADAPTIVE_CAP)
-        confidence = float(np.clip(confidence, 0.0, 0.95))
+        confidence = found_confidence(
+            0.3 * (rate - CLIP_RATE) / (1 - CLIP_RATE) * min(excess, 1.0),
+            0.05 * min(excess, 1.0),
+            cap=ADAPTIVE_CAP if adaptive else MAX_FOUND_CONFIDENCE,
+        )
         suggestion = pre_norm if math.isfinite(pre_norm) else float("nan")
         summary = f"{rate:.0%} of steps are clipped ({source})"
         if math.isfinite(factor):

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
 from unstuck.types import Finding, Remedy
@@ -98,8 +98,7 @@ class OverRegularization(Rule):
         shrunk = now / peak if peak > 0 else 1.0
         if ratio < BALANCE * DECAY_RATIO or shrunk > SHRINK:
             return None
-        confidence = 0.6 + 0.2 * math.log10(ratio / BALANCE) + 0.5 * (SHRINK - shrunk)
-        confidence = float(np.clip(confidence, 0.0, 0.95))
+        confidence = found_confidence(0.2 * math.log10(ratio / BALANCE), 0.5 * (SHRINK - shrunk))
         return Finding(
             cause=self.code,
             confidence=confidence,

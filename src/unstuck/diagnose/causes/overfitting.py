@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import GL_THRESHOLD, generalization_loss
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
@@ -45,7 +45,7 @@ class Overfitting(Rule):
             return None
         # 0.6 at GL_5, rising on a log scale to 0.9 at GL = 50 %
         strength = math.log(gl["gl"] / GL_THRESHOLD) / math.log(STRONG_GL / GL_THRESHOLD)
-        confidence = 0.6 + 0.3 * min(max(strength, 0.0), 1.0)
+        confidence = found_confidence(0.3 * min(max(strength, 0.0), 1.0))
         return Finding(
             cause=self.code,
             confidence=round(confidence, 4),

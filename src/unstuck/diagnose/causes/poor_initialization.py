@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes.dead_relu import DEAD_SHARE
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
@@ -75,7 +75,7 @@ class PoorInitialization(Rule):
         if dead.size and np.isfinite(dead[0]) and dead[0] >= DEAD_SHARE:
             return None  # units dead from the first batch explain the collapse: dead_relu's case
         direction = "collapses" if ratio < 1 else "explodes"
-        confidence = min(MAX_CONFIDENCE, 0.6 + 0.1 * decades)
+        confidence = found_confidence(0.1 * decades, cap=MAX_CONFIDENCE)
         latest = _depth_ratio(scale.get("latest") or [])
         layers = list(scale.get("first_layers") or scale.get("layers") or [])
         first_std = [float(v) for v in scale.get("first") or []]

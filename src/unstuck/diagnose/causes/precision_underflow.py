@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
 from unstuck.types import Finding, Remedy
@@ -82,7 +82,7 @@ class PrecisionUnderflow(Rule):
             strength = max(strength, (skipped - SKIP_SHARE) / (1.0 - SKIP_SHARE))
         if not reasons:
             return None
-        confidence = float(np.clip(0.6 + 0.3 * strength + 0.05 * (len(reasons) - 1), 0.0, 0.95))
+        confidence = found_confidence(0.3 * strength, 0.05 * (len(reasons) - 1))
         return Finding(
             cause=self.code,
             confidence=confidence,

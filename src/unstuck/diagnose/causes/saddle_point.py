@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import landscape, momentum_remedies
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.host import SADDLE_RATIO
@@ -47,7 +47,7 @@ class SaddlePoint(Rule):
         ratio = -lam_min / max(abs(lam_max), 1e-30)
         # 0.6 at the threshold ratio, 0.9 when the negative curvature matches the positive one
         strength = math.log10(ratio / SADDLE_RATIO) / math.log10(1.0 / SADDLE_RATIO)
-        confidence = 0.6 + 0.3 * min(max(strength, 0.0), 1.0)
+        confidence = found_confidence(0.3 * min(max(strength, 0.0), 1.0))
         remedies = list(
             momentum_remedies(ev, "escape at ×10 the rate, without a larger step across λ_max")
         )

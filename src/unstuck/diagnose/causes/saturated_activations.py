@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import RECENT_POINTS
 from unstuck.signals.host import SATURATION_BOUND
@@ -41,7 +41,7 @@ class SaturatedActivations(Rule):
         if share <= SATURATED_SHARE:
             return None
         span = 1.0 - SATURATED_SHARE
-        confidence = float(np.clip(0.6 + (share - SATURATED_SHARE) / span * 0.3, 0.0, 0.9))
+        confidence = found_confidence((share - SATURATED_SHARE) / span * 0.3, cap=0.9)
         layers: dict[str, Any] = dict(ev.get("act_saturation_layers") or {})
         worst = max(layers, key=lambda k: layers[k]) if layers else "?"
         return Finding(

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import Rule
+from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import NEAR_CONVERGENCE_DROP, loss_drop
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
@@ -36,6 +36,15 @@ class StaleOptimizerState(Rule):
 
     code: ClassVar[str] = "stale_optimizer_state"
     requires: ClassVar[frozenset[str]] = frozenset({"optimizer_type"})
+    uses: ClassVar[frozenset[str]] = frozenset(
+        {
+            "optimizer_state_empty",
+            "optimizer_state_step",
+            "optimizer_step_lag",
+            "second_moment_sum",
+            "second_moment_beta",
+        }
+    )
     # Gradient spikes from these fill v̂ too; the spike, not the state, is then the root.
     # A memorised batch or a spike leaves Adam's second moment far above the current gradients.
     symptom_of: ClassVar[frozenset[str]] = frozenset(
@@ -133,7 +142,7 @@ class StaleOptimizerState(Rule):
         if ratio < STALE_RATIO:
             return None
         shrink = math.sqrt(ratio)
-        confidence = float(np.clip(0.6 + 0.15 * math.log10(ratio / STALE_RATIO), 0.0, 0.95))
+        confidence = found_confidence(0.15 * math.log10(ratio / STALE_RATIO))
         return Finding(
             cause=self.code,
             confidence=confidence,

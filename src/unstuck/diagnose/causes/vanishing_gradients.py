@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.diagnose.base import ROOT_CONFIDENCE, Rule
+from unstuck.diagnose.base import ROOT_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.evidence import PER_TENSOR_GRAD_INITIAL, Evidence
 from unstuck.diagnose.thresholds import VANISHING_FIRST_NORM, VANISHING_LAYER_RATIO
 from unstuck.types import Finding, Remedy
@@ -107,7 +107,8 @@ class VanishingGradients(Rule):
             # signal shrinking multiplicatively through depth: the rules for those name it.
             return None
         decades = float(np.log10(VANISHING_LAYER_RATIO / max(ratio, 1e-30)))
-        confidence = float(np.clip(0.7 + 0.1 * decades, 0.0, 0.95))
+        # 0.7 at the ratio bound (a tenth above the base), +0.1 per decade below it
+        confidence = found_confidence(0.1, 0.1 * decades)
         evidence: dict[str, float | str | bool] = {
             **layer_ratio_evidence(pair, VANISHING_LAYER_RATIO)
         }
