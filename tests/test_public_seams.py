@@ -29,7 +29,7 @@ CHECKED = ("integrations", "cli")
 ALLOWED = {
     # torch's multi-tensor kernels have no public spelling; torch.nn.utils calls them the same
     # way, and one fused call keeps these paths free of a Python loop over the parameters.
-    ("integrations/loop.py", "torch._foreach_mul_"): "averaging accumulated gradients",
+    ("integrations/_torch_controls.py", "torch._foreach_mul_"): "averaging accumulated gradients",
     ("integrations/scheduler.py", "torch._foreach_norm"): "the parameter distance's norm",
     ("integrations/scheduler.py", "torch._foreach_sub"): "the parameter distance's deltas",
 }

@@ -31,6 +31,7 @@ rank, :meth:`RankSync.create` returns ``None`` and the Guard makes no collective
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,9 +41,11 @@ import torch
 from unstuck.signals.base import Reduction
 from unstuck.signals.distributed import distributed_world
 from unstuck.signals.host import Series
-from unstuck.signals.hub import Frame
+from unstuck.signals.hub import Frame, SignalHub
 
-__all__ = ["RankSync", "unwrap_model"]
+__all__ = ["RankSync", "WindowReader", "unwrap_model"]
+
+_logger = logging.getLogger("unstuck")
 
 LEAD = 0  # the rank that diagnoses and writes the run store
 NONFINITE = "nonfinite_"  # the prefix of a series' non-finite count
@@ -251,3 +254,50 @@ class RankSync:
         if first is None or any(r is None or len(r) != len(first) for r in ranks):
             return None if first is None else list(first)
         return [_mean(list(column)) for column in zip(*ranks)]
+
+
+class WindowReader:
+    """Reads a Guard's window from its hub: under torch.distributed every rank checks in first
+    (ranks that flushed different steps raise on every rank) and the frame is merged as the taps
+    declare; a misuse that would leave the run half watched is said once."""
+
+    def __init__(
+        self, hub: SignalHub, sync: RankSync | None, lead: bool, accumulation: Any
+    ) -> None:
+        self.hub = hub
+        self.sync = sync
+        self.lead = lead
+        self.accumulation = accumulation  # its ``steps``: guard.step calls per optimizer step
+        self._late_dist_warned = False
+        self._no_step_warned = False
+
+    def read(self) -> Frame:
+        if self.sync is not None:
+            self.sync.check_in("flush", self.hub.step)  # before the hub's own collectives
+        frame = self.hub.flush()
+        if self.sync is not None:
+            # as the taps declare: the mean loss over ranks, rank 0's detector inputs
+            self.sync.merge_frame(frame, self.hub.reductions())
+        elif not self._late_dist_warned and distributed_world() > 1:
+            self._late_dist_warned = True
+            _logger.warning(
+                "unstuck: torch.distributed was initialised after this Guard was built, so its "
+                "ranks decide on their own losses; build the Guard after init_process_group"
+            )
+        self._warn_if_no_optimizer_step()
+        return frame
+
+    def _warn_if_no_optimizer_step(self) -> None:
+        """Every signal but the loss comes from the optimizer's step hooks: a loop that never
+        steps this optimizer (or steps another one) is watched half blind, so say so once."""
+        hub = self.hub
+        if self._no_step_warned or hub.opt_steps or hub.step < self.accumulation.steps:
+            return
+        self._no_step_warned = True
+        if self.lead:
+            _logger.warning(
+                "unstuck: no optimizer.step() seen in %d guard.step calls; call "
+                "optimizer.step() before guard.step(loss), on the optimizer the Guard was "
+                "built with",
+                hub.step,
+            )

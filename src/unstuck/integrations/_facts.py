@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from unstuck.signals.architecture import beta2_of, post_norm_layers
+from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 
-__all__ = ["params_outside_optimizer", "run_facts"]
+__all__ = ["config_lrs", "live_facts", "params_outside_optimizer", "run_facts"]
 
 logger = logging.getLogger("unstuck")
 
@@ -65,3 +65,20 @@ def params_outside_optimizer(
             stacklevel=4,  # here ← run_facts ← Guard.__init__ ← the user's Guard(...) line
         )
     return missing
+
+
+def live_facts(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Facts read at each diagnosis: ``add_momentum`` (ours) or the user may change them."""
+    return {"optimizer_momentum": momentum_of(optimizer), "optimizer_beta2": beta2_of(optimizer)}
+
+
+def config_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each param group's LR as the user's config sets it (a scheduler's ``initial_lr``, else
+    the group's ``lr``), without unstuck's multiplier. A host read: at a flush or close only."""
+    lrs = []
+    for group in optimizer.param_groups:
+        try:
+            lrs.append(float(group.get("initial_lr", group["lr"])))
+        except (TypeError, ValueError, RuntimeError):
+            return []
+    return lrs

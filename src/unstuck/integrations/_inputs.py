@@ -25,6 +25,7 @@ __all__ = [
     "host_number",
     "loss_tensor",
     "not_a_number",
+    "step_inputs",
     "validation_value",
     "whole",
 ]
@@ -193,3 +194,37 @@ def check_guard_options(
     if not isinstance(probe_batches, int) or probe_batches < 1:
         raise ValueError(f"Guard: probe_batches must be an int >= 1, got {probe_batches!r}")
     return horizon, cooldown
+
+
+def step_inputs(
+    loss: Any, ids: Any, targets: Any
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``guard.step``'s arguments as tensors: the scalar loss as it is (no copy, no sync), or
+    per-sample losses flattened with one id (and one target) per sample."""
+    loss = loss_tensor(loss).detach()
+    if loss.ndim == 0:
+        return loss, ids, targets  # the usual scalar loss: a view would cost ~1 µs per step
+    if loss.numel() == 1:
+        return loss.reshape(()), ids, targets
+    if ids is None:
+        raise ValueError(
+            f"guard.step got a loss of shape {tuple(loss.shape)}: pass the scalar loss, or "
+            "per-sample losses (loss_fn(..., reduction='none')) with ids=<dataset indices> "
+            "and optionally targets=<labels>"
+        )
+    loss = loss.reshape(-1)
+    ids = _per_sample("ids", ids, loss)
+    if targets is not None:
+        targets = _per_sample("targets", targets, loss)
+    return loss, ids, targets
+
+
+def _per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
+    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    tensor = tensor.detach().reshape(-1)
+    if tensor.numel() != loss.numel():
+        raise ValueError(
+            f"guard.step: {name} has {tensor.numel()} entries but the loss has "
+            f"{loss.numel()}; pass one {name[:-1]} per sample"
+        )
+    return tensor

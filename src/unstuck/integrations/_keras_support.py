@@ -86,7 +86,7 @@ def numpy_of(value: Any) -> np.ndarray:
     path, and this runs on the batch path)."""
     if isinstance(value, torch.Tensor):
         return np.asarray(value.detach().cpu().numpy())
-    return np.asarray(keras.ops.convert_tonumpy_of(value))
+    return np.asarray(keras.ops.convert_to_numpy(value))
 
 
 def scalar(value: Any) -> float:
@@ -102,10 +102,10 @@ def _pack(value: Any) -> Any:
         return value.detach().clone()
     array = np.array(numpy_of(value), copy=True)
     try:
-        return torch.fromnumpy_of(array)
+        return torch.from_numpy(array)
     except TypeError:  # a dtype torch lacks (ml_dtypes' bfloat16 on jax): keep the raw bytes
         return {
-            "raw": torch.fromnumpy_of(array.reshape(-1).view(np.uint8).copy()),
+            "raw": torch.from_numpy(array.reshape(-1).view(np.uint8).copy()),
             "dtype": str(array.dtype),
             "shape": list(array.shape),
         }

@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["already_guarded", "hub_closed", "hub_opened", "track", "untrack"]
+__all__ = [
+    "already_guarded",
+    "hub_closed",
+    "hub_opened",
+    "track",
+    "untrack",
+    "warn_if_already_guarded",
+]
 
 logger = logging.getLogger("unstuck")
 
@@ -57,13 +64,24 @@ def already_guarded(optimizer: Any) -> bool:
     return any(True for _ in _OPEN_HUBS.get(optimizer, ()))
 
 
+def warn_if_already_guarded(optimizer: Any, lead: bool) -> None:
+    """A second Guard on one optimizer (a re-run notebook cell) while the first is open: both
+    sets of hooks measure every step, and both may act on the LR."""
+    if lead and already_guarded(optimizer):
+        logger.warning(
+            "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
+            "still run on every step; call close() on the old Guard (or use `with "
+            "unstuck.Guard(...)`), or re-create the optimizer, before building a new one"
+        )
+
+
 def track(
     owner: Any, close: Callable[[int, bool], None], mark_pending: Callable[[int], None]
 ) -> None:
     """Close ``owner`` on SIGTERM: ``close(signum, midway)`` now, or ``mark_pending(signum)``
     when the signal cut into training code and the owner must close at its next call. Both
     are bound methods of ``owner`` (held weakly)."""
-    _OPEN[owner] = (weakref.WeakMethod(close), weakref.WeakMethod(mark_pending))  # type: ignore[arg-type]
+    _OPEN[owner] = (weakref.WeakMethod(close), weakref.WeakMethod(mark_pending))
     _install_sigterm_handler()
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from unstuck.core import Monitor
 from unstuck.signals import CurvatureProbe
-from unstuck.types import FLAT_STATES, Plateau
+from unstuck.types import FLAT_STATES, Plateau, primitive
 
 __all__ = ["PROBE_KEEP_EVERY", "ProbeSet"]
 
@@ -92,6 +93,18 @@ class ProbeSet:
         result = self.curvature.run(self.latest)
         result["plateau_start"] = plateau.start if plateau is not None else None
         return True, result
+
+    def measure_curvature(self, step: int, state: str, series: str, monitor: Monitor) -> None:
+        """Before the rules run: the curvature of a new training-loss stall into the evidence
+        (and the store, dated at the decision it informs, so a replay reads it there too)."""
+        if series != "train":
+            return
+        changed, reading = self.curvature_at(state, monitor.detectors["train"].current)
+        if not changed:
+            return
+        monitor.set_fact("curvature", reading)
+        if reading is not None:
+            monitor.record_event("probe", step, {"probe": "curvature", **primitive(reading)})
 
     def scores(self) -> list[float] | None:
         """The loss on the kept probe set (or ``probe_fn``), in eval mode, without gradients.

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from unstuck.integrations.loop import DEFAULT_FLUSH_EVERY, Guard
+from unstuck.integrations.defaults import DEFAULT_FLUSH_EVERY
+from unstuck.integrations.loop import Guard
 from unstuck.rescue import make_policy
 from unstuck.rescue.engine import DEFAULT_COOLDOWN, DEFAULT_HORIZON
 

@@ -54,7 +54,7 @@ from unstuck.integrations._keras_support import (
     scalar,
 )
 from unstuck.integrations._keras_taps import KerasTaps
-from unstuck.integrations.loop import (
+from unstuck.integrations.defaults import (
     DEFAULT_DISTANCE_EVERY,
     DEFAULT_FLUSH_EVERY,
     DEFAULT_UPDATE_RATIO_EVERY,

@@ -20,35 +20,47 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 
 from unstuck.core import FrontEndHooks, Monitor
 from unstuck.detect import PlateauDetector
 from unstuck.diagnose.evidence import EvidenceView
-from unstuck.integrations._distributed import RankSync, unwrap_model
-from unstuck.integrations._facts import run_facts
+from unstuck.integrations._distributed import RankSync, WindowReader, unwrap_model
+from unstuck.integrations._facts import config_lrs, live_facts, run_facts
 from unstuck.integrations._inputs import (
     LossLike,
     check_guard_options,
     check_type,
     clone_batch,
     component_tensors,
-    loss_tensor,
+    step_inputs,
     validation_value,
 )
 from unstuck.integrations._lifetime import (
-    already_guarded,
     hub_closed,
     hub_opened,
     track,
     untrack,
+    warn_if_already_guarded,
 )
 from unstuck.integrations._probes import PROBE_KEEP_EVERY, ProbeSet
 from unstuck.integrations._torch_controls import TorchControls
+from unstuck.integrations._torch_taps import guard_rows, torch_taps
+from unstuck.integrations.defaults import (
+    DEFAULT_ACTIVATION_EVERY,
+    DEFAULT_CURVATURE_HVPS,
+    DEFAULT_DISTANCE_EVERY,
+    DEFAULT_FLUSH_EVERY,
+    DEFAULT_GRAD_NOISE_EVERY,
+    DEFAULT_GRAD_NORM_EVERY,
+    DEFAULT_OPTIMIZER_STATE_EVERY,
+    DEFAULT_PRECISION_EVERY,
+    DEFAULT_PROBE_BATCHES,
+    DEFAULT_UPDATE_RATIO_EVERY,
+)
 from unstuck.record.console import ensure_console_handler
 from unstuck.record.recorder import Recorder
-from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, MOMENTUM_SERIES, RUN_FACTS_KEY
+from unstuck.record.rundata import DETECTOR_OPTIONS_KEY, RUN_FACTS_KEY
 from unstuck.rescue import make_policy
 from unstuck.rescue.engine import (
     DEFAULT_COOLDOWN,
@@ -58,24 +70,8 @@ from unstuck.rescue.engine import (
 )
 from unstuck.rescue.policy import Policy
 from unstuck.signals import (
-    ActivationTap,
-    ClipTap,
-    GradNoiseTap,
-    GradNormTap,
-    LossComponentsTap,
-    LossTap,
-    LRTap,
-    OptimizerStateTap,
-    ParamDistanceTap,
-    PrecisionTap,
-    RankChecksumTap,
-    SamplesTap,
     SignalHub,
-    UpdateRatioTap,
-    WeightNormTap,
 )
-from unstuck.signals.architecture import beta2_of, momentum_of
-from unstuck.signals.distributed import distributed_world
 from unstuck.types import ActionRecord, DetectorState, Finding, Plateau, primitive
 
 __all__ = ["PROBE_KEEP_EVERY", "Guard", "LossLike"]
@@ -83,29 +79,6 @@ __all__ = ["PROBE_KEEP_EVERY", "Guard", "LossLike"]
 logger = logging.getLogger("unstuck")
 
 STATE_VERSION = 1
-# Defaults chosen by measurement with bench/overhead.py (the closing note of issue 2 has the
-# figures). A flush (host transfer plus one decision) is a fixed Python cost whatever the model,
-# so it runs every 50 steps. Sampled signals make their step slower, and a median step time moves
-# with the share of steps that carry one: gradient norms (every gradient read once) are taken
-# every 8th optimizer step, the parameter distance and the gradient-noise sums every 16th and
-# update ratios (a parameter copy) every 32nd: multiples of 8, so one step in eight carries all
-# the sampled work. That kept
-# the 1 ms MLP case under a 3 % median overhead. Pass 1 to record every step.
-DEFAULT_FLUSH_EVERY = 50
-DEFAULT_GRAD_NORM_EVERY = 8
-DEFAULT_UPDATE_RATIO_EVERY = 32
-DEFAULT_DISTANCE_EVERY = 16
-DEFAULT_GRAD_NOISE_EVERY = 16
-# Forward-hook statistics cost ~1.7 ms on the 1 ms MLP of bench/overhead.py (a few dozen small
-# kernels per layer), zero-gradient counts and optimizer-state reads ~0.4 ms: taken every 128th
-# and 64th step they stay near 1 % of the mean step. Both change slowly (dead units, saturation,
-# Adam's second moment average ~1,000 steps), and every multiple of 8 keeps one step in eight
-# carrying all the sampled work.
-DEFAULT_ACTIVATION_EVERY = 128
-DEFAULT_OPTIMIZER_STATE_EVERY = 64
-DEFAULT_PRECISION_EVERY = 64
-DEFAULT_CURVATURE_HVPS = 40  # Hessian-vector products per curvature probe (~2 backward passes each)
-DEFAULT_PROBE_BATCHES = 4  # batches kept for scoring branch trials (the latest feeds curvature)
 
 
 class Guard:
@@ -132,18 +105,11 @@ class Guard:
         scaler: a ``torch.amp.GradScaler``, included in snapshots; its scale and skipped steps
             are signals for the ``precision_underflow`` rule.
         flush_every: ``guard.step`` calls between host transfers, and so between decisions.
-        grad_norm_every: optimizer steps between per-tensor gradient norm samples.
-        update_ratio_every: optimizer steps between update/weight ratio samples (each copies
-            the parameters before the step).
-        distance_every: optimizer steps between samples of the parameter distance from the
-            start (the hidden-progress signal); also taken at every flush.
-        grad_noise_every: optimizer steps between gradient signal-to-noise samples.
-        activation_every: ``guard.step`` calls between activation statistics (forward hooks,
-            armed only for that step's forward): dead units, saturation, output scales.
-        optimizer_state_every: optimizer steps between reads of the optimizer's state (Adam's
-            second moments, state lost at step > 0).
-        precision_every: optimizer steps between counts of zero/subnormal gradients and
-            unchanged 16-bit weights.
+        grad_norm_every, update_ratio_every, distance_every, grad_noise_every,
+        activation_every, optimizer_state_every, precision_every: how often each sampled
+            signal is taken (per-tensor gradient norms, update/weight ratios, the distance from
+            the start, gradient SNR, activation statistics, the optimizer's state, zero and
+            subnormal gradients); docs/guard.md gives what each reads and costs.
         loss_fn: ``loss_fn(model(inputs), targets)`` recomputes the loss on a batch kept from
             ``guard.step(loss, batch=(inputs, targets))``: for the curvature probe and, under an
             acting policy, to score branch trials.
@@ -246,33 +212,24 @@ class Guard:
         # diagnoses and records (docs/distributed.md). None: a single process, no collectives.
         self._sync = RankSync.create()
         self._lead = self._sync is None or self._sync.lead
-        self._late_dist_warned = False
-        self._no_step_warned = False
         self._console = bool(console)
         if console and self._lead:
             ensure_console_handler()
 
         # Everything that can reject an argument runs before the store opens and the optimizer
         # gets hooks, so a bad argument leaves neither a half-recorded run nor stray hooks.
-        distance_tap = ParamDistanceTap(distance_every)
-        self._clip_tap = ClipTap()
-        self._components_tap = LossComponentsTap()
-        taps = [
-            LossTap(),
-            GradNormTap(grad_norm_every),
-            LRTap(),
-            UpdateRatioTap(update_ratio_every),
-            distance_tap,
-            SamplesTap(dataset_size),
-            GradNoiseTap(grad_noise_every),
-            ActivationTap(activation_every),
-            OptimizerStateTap(optimizer_state_every),
-            PrecisionTap(precision_every, scaler),
-            self._clip_tap,
-            self._components_tap,
-            WeightNormTap(),
-            RankChecksumTap(),
-        ]
+        built = torch_taps(
+            grad_norm_every=grad_norm_every,
+            update_ratio_every=update_ratio_every,
+            distance_every=distance_every,
+            grad_noise_every=grad_noise_every,
+            activation_every=activation_every,
+            optimizer_state_every=optimizer_state_every,
+            precision_every=precision_every,
+            dataset_size=dataset_size,
+            scaler=scaler,
+        )
+        self._clip_tap, self._components_tap = built.clip, built.components
         options = {"distance_signal": True, **dict(detector_options or {})}
         PlateauDetector("train", **options)  # refuses a bad option now, not after the hooks
         self._controls = TorchControls(optimizer, accumulation_steps)  # validates the argument
@@ -291,14 +248,10 @@ class Guard:
             build=self._lead,
         )
 
-        if self._lead and already_guarded(optimizer):
-            logger.warning(
-                "unstuck: this optimizer already has a Guard that was not closed, and its hooks "
-                "still run on every step; call close() on the old Guard (or use `with "
-                "unstuck.Guard(...)`), or re-create the optimizer, before building a new one"
-            )
-        self._hub = SignalHub(model, optimizer, taps)
+        warn_if_already_guarded(optimizer, self._lead)
+        self._hub = SignalHub(model, optimizer, built.taps)
         hub_opened(optimizer, self._hub)
+        self._windows = WindowReader(self._hub, self._sync, self._lead, self._controls.accumulation)
         ctx = self._hub.ctx
         controls = self._controls.attach(self._hub, model, scheduler, scaler)
         self._lr = controls.lr
@@ -321,9 +274,11 @@ class Guard:
                 capture_extra=self._capture_extra,
                 restore_extra=self._restore_extra,
                 evaluate=self._evaluate,
-                live_facts=self._live_facts,
-                before_rules=self._probe_curvature,
-                config_lrs=self._config_lrs,
+                live_facts=lambda: live_facts(optimizer),
+                before_rules=lambda step, state, series: self._probes.measure_curvature(
+                    step, state, series, self._monitor
+                ),
+                config_lrs=lambda: config_lrs(optimizer),
             ),
             sync=self._sync,
             lead=self._lead,
@@ -332,7 +287,7 @@ class Guard:
         if "distance_scale" not in options:
             # Hidden progress means the weights moved by a share of their own size, not of a
             # distance that starts at zero (a creep at a tiny LR would qualify otherwise).
-            scale = distance_tap.reference_norm()
+            scale = built.distance.reference_norm()
             if self._sync is not None:
                 scale = self._sync.from_lead(scale)
             for detector in self._monitor.detectors.values():
@@ -366,7 +321,6 @@ class Guard:
         self._signal_pending = 0  # SIGTERM came in mid-step: close at the next call
         track(self, self._close_on_signal, self._mark_signal_pending)
 
-    # -- construction helpers -----------------------------------------------------------------
     # -- the user's calls ---------------------------------------------------------------------
     def step(
         self,
@@ -388,25 +342,10 @@ class Guard:
         """
         if self._ended("step"):
             return
-        loss = loss_tensor(loss).detach()
-        if loss.ndim == 0:
-            pass  # the usual scalar loss: nothing to reshape (a view costs ~1 µs per step)
-        elif loss.numel() == 1:
-            loss = loss.reshape(())
-        elif ids is None:
-            raise ValueError(
-                f"guard.step got a loss of shape {tuple(loss.shape)}: pass the scalar loss, or "
-                "per-sample losses (loss_fn(..., reduction='none')) with ids=<dataset indices> "
-                "and optionally targets=<labels>"
-            )
-        else:
-            loss = loss.reshape(-1)
-            ids = self._check_per_sample("ids", ids, loss)
-            if targets is not None:
-                targets = self._check_per_sample("targets", targets, loss)
+        loss, ids, targets = step_inputs(loss, ids, targets)
         if batch is not None and self._probes.wants(self._hub.step, self._monitor.probing):
             self._probes.keep(clone_batch(batch))
-        if components:
+        if components and self._components_tap is not None:
             self._components_tap.record(self._hub.step, component_tensors(components))
         self._hub.on_loss(loss, ids, targets)
         if self._hub.step >= self._next_flush:
@@ -478,7 +417,8 @@ class Guard:
     def record_clip(self, total_norm: torch.Tensor, threshold: float) -> None:
         """Record one step's pre-clip total gradient norm (kept on the device) and threshold,
         for the over-clipping rule. A loop that clips itself calls it after measuring."""
-        self._clip_tap.record(self._hub.step, total_norm, threshold)
+        if self._clip_tap is not None:  # None when no registered rule reads clipping
+            self._clip_tap.record(self._hub.step, total_norm, threshold)
 
     def read_gradients_manually(self) -> None:
         """Stop reading gradients in the optimizer's step pre-hook; call :meth:`read_gradients`
@@ -512,17 +452,6 @@ class Guard:
         """The history diagnosis reads (series and snapshots), read-only."""
         return self._monitor.evidence
 
-    @staticmethod
-    def _check_per_sample(name: str, value: Any, loss: torch.Tensor) -> torch.Tensor:
-        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-        tensor = tensor.detach().reshape(-1)
-        if tensor.numel() != loss.numel():
-            raise ValueError(
-                f"guard.step: {name} has {tensor.numel()} entries but the loss has "
-                f"{loss.numel()}; pass one {name[:-1]} per sample"
-            )
-        return tensor
-
     def validate(self, val_loss: LossLike, step: int | None = None) -> None:
         """Record a validation loss (a host read: call it when you evaluate, not every step).
 
@@ -551,75 +480,14 @@ class Guard:
 
     # -- the pipeline: the hub's window goes to the Monitor -----------------------------------
     def _flush(self, final: bool = False) -> None:
-        if self._sync is not None:
-            self._sync.check_in("flush", self._hub.step)  # before the hub's own collectives
-        frame = self._hub.flush()
-        if self._sync is not None:
-            # as the taps declare: the mean loss over ranks, rank 0's detector inputs
-            self._sync.merge_frame(frame, self._hub.reductions())
-        elif not self._late_dist_warned and distributed_world() > 1:
-            self._late_dist_warned = True
-            logger.warning(
-                "unstuck: torch.distributed was initialised after this Guard was built, so its "
-                "ranks decide on their own losses; build the Guard after init_process_group"
-            )
+        frame = self._windows.read()
         step = max(frame.step - 1, 0)
-        self._warn_if_no_optimizer_step()
         self._flushed_at = self._hub.step
-        rows = self._own_rows(frame.signals, step)
+        rows = guard_rows(frame.signals, step, self._hub.ctx.names, self.optimizer)
         update = self._monitor.observe(step, frame, rows=rows, final=final)
         self._next_flush = self._hub.step + update.next_window
 
-    def _own_rows(self, signals: Mapping[str, Any], step: int) -> list[tuple[str, int, float]]:
-        """The metrics only the Guard has: the optimizer's momentum (``add_momentum`` shows in
-        the store) and each tensor's mean gradient norm over the window (the report's map)."""
-        rows: list[tuple[str, int, float]] = []
-        momentum = momentum_of(self.optimizer)
-        if momentum is not None:
-            rows.append((MOMENTUM_SERIES, step, momentum))
-        per_tensor = signals.get("grad_norm_per_tensor")
-        if isinstance(per_tensor, np.ndarray) and per_tensor.size:
-            means = per_tensor.mean(axis=0)
-            rows += [(f"grad_norm/{n}", step, float(v)) for n, v in zip(self._hub.ctx.names, means)]
-        return rows
-
-    def _warn_if_no_optimizer_step(self) -> None:
-        """Every signal but the loss comes from the optimizer's step hooks: a loop that never
-        steps this optimizer (or steps another one) is watched half blind, so say so once."""
-        hub = self._hub
-        if self._no_step_warned or hub.opt_steps or hub.step < self._controls.accumulation.steps:
-            return
-        self._no_step_warned = True
-        if self._lead:
-            logger.warning(
-                "unstuck: no optimizer.step() seen in %d guard.step calls; call "
-                "optimizer.step() before guard.step(loss), on the optimizer the Guard was "
-                "built with",
-                hub.step,
-            )
-
     # -- the Monitor's hooks --------------------------------------------------------------------
-    def _live_facts(self) -> dict[str, Any]:
-        # read each time: add_momentum (ours) or the user may change it mid-run
-        return {
-            "optimizer_momentum": momentum_of(self.optimizer),
-            "optimizer_beta2": beta2_of(self.optimizer),
-        }
-
-    def _probe_curvature(self, step: int, state: str, series: str) -> None:
-        """Measure curvature once per training-loss stall (before the rules read it)."""
-        if series != "train":
-            return
-        changed, reading = self._probes.curvature_at(
-            state, self._monitor.detectors["train"].current
-        )
-        if not changed:
-            return
-        self._monitor.set_fact("curvature", reading)
-        if reading is not None:
-            # Dated at the decision it informs, so a replay of the store reads it there too.
-            self._monitor.record_event("probe", step, {"probe": "curvature", **primitive(reading)})
-
     def _capture_extra(self) -> dict[str, Any]:
         """The Guard's own state that decides what happens next, for snapshots (the engine
         captures the handles, the Monitor its detectors)."""
@@ -706,18 +574,7 @@ class Guard:
         """The end-of-run summary ``close()`` prints: plateaus, the top findings with the change
         each asks for, the actions and their verdicts, and the LR to put in your config after a
         kept LR rescue. One string per line."""
-        return self._monitor.summary(self._hub.step, self._config_lrs())
-
-    def _config_lrs(self) -> list[float]:
-        """Each param group's LR as your config sets it (a scheduler's ``initial_lr``, else the
-        group's ``lr``), without unstuck's multiplier. A host read: at a flush or close only."""
-        lrs = []
-        for group in self.optimizer.param_groups:
-            try:
-                lrs.append(float(group.get("initial_lr", group["lr"])))
-            except (TypeError, ValueError, RuntimeError):
-                return []
-        return lrs
+        return self._monitor.summary(self._hub.step, config_lrs(self.optimizer))
 
     # -- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:
