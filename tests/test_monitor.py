@@ -1,0 +1,154 @@
+"""The Monitor is the pipeline every front-end drives: these tests drive it directly, with a
+window of signals at a time, and pin the four behaviours that once differed between the Guard
+and the Keras callback (docs/guard.md, "One pipeline for every front-end")."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from conftest import ProposeInOrder, tiny_mlp
+from unstuck.core import FrontEndHooks, Monitor
+from unstuck.rescue import Controls, LRMultiplier
+from unstuck.rescue.policy import Proposal
+from unstuck.signals.host import Frame, Series
+
+FLUSH = 50
+
+
+class _Recorder:
+    """Keeps what the Monitor records, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, dict[str, Any]]] = []
+        self.rows: list[tuple[str, int, float]] = []
+
+    def log_event(self, kind: str, step: int, payload: Any) -> None:
+        self.events.append((kind, step, dict(payload)))
+
+    def log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
+        self.rows += rows
+
+    def flush(self, *, wait: bool) -> None:
+        pass
+
+
+def _monitor(policy: Any = "observe", hooks: FrontEndHooks | None = None) -> tuple[Monitor, Any]:
+    from unstuck.rescue import make_policy
+
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lr = LRMultiplier(optimizer)
+    controls = Controls(model, optimizer, lr)
+    recorder = _Recorder()
+    monitor = Monitor(
+        controls,
+        make_policy(policy) if isinstance(policy, str) else policy,
+        recorder,  # type: ignore[arg-type]
+        flush_every=FLUSH,
+        engine_options={"horizon": 100, "cooldown": 0},
+        hooks=hooks,
+    )
+    monitor.start(0)
+    return monitor, recorder
+
+
+def _flat_then(monitor: Monitor, windows: int, start: int = 0, level: float = 1.0):
+    """Feed ``windows`` windows of a descent that goes flat: a plateau the detector calls."""
+    rng = np.random.default_rng(0)
+    update = None
+    for w in range(start, start + windows):
+        steps = list(range(w * FLUSH, (w + 1) * FLUSH))
+        values = [level + 2.0 * math.exp(-s / 60) + 0.01 * rng.standard_normal() for s in steps]
+        update = monitor.observe(steps[-1], Frame(steps[-1] + 1, {"loss": Series(steps, values)}))
+    return update
+
+
+def test_a_window_records_its_series_and_asks_for_the_next_one():
+    monitor, recorder = _monitor()
+    update = _flat_then(monitor, 1)
+    assert update is not None and update.next_window == FLUSH
+    assert sum(1 for name, _, _ in recorder.rows if name == "loss") == FLUSH
+    assert [row for row in recorder.rows if row[0] == "lr_multiplier"] == [("lr_multiplier", 49, 1.0)]
+    assert monitor.evidence.series("loss")[0].size == FLUSH
+
+
+def test_the_state_change_is_recorded_before_the_findings_of_its_window():
+    monitor, recorder = _monitor()
+    _flat_then(monitor, 20)
+    assert monitor.state == "plateau", monitor.state
+    kinds = [(kind, step) for kind, step, _ in recorder.events]
+    plateau_at = next(s for k, s, p in recorder.events if k == "state" and p["to"] == "plateau")
+    at_that_step = [k for k, s in kinds if s == plateau_at]
+    assert at_that_step[0] == "state", at_that_step
+    assert monitor.plateaus and monitor.plateaus[0].series == "train"
+
+
+def test_no_action_starts_on_the_final_window():
+    policy = ProposeInOrder(Proposal("lr_scale", {"factor": 2.0}, reason="test"))
+    last, _ = _monitor(policy)
+    _flat_then(last, 19)
+    steps = list(range(19 * FLUSH, 20 * FLUSH))
+    window = Frame(steps[-1] + 1, {"loss": Series(steps, [1.0] * FLUSH)})
+    final = last.observe(steps[-1], window, final=True)
+    assert final.actions == [] and last.actions == []
+
+    going_on, _ = _monitor(policy)
+    _flat_then(going_on, 19)
+    update = going_on.observe(steps[-1], window)
+    assert [a.name for a in update.actions] == ["lr_scale"]
+
+
+def test_validation_losses_are_diagnosed_too():
+    seen: list[str] = []
+    hooks = FrontEndHooks(before_rules=lambda step, state, series: seen.append(series))
+    monitor, recorder = _monitor(hooks=hooks)
+    _flat_then(monitor, 2)
+    seen.clear()
+    for i, value in enumerate([1.0, 1.1, 1.2]):
+        monitor.validate(100 + i, value)
+    assert seen == ["val", "val", "val"]
+    assert [row for row in recorder.rows if row[0] == "val_loss"] == [
+        ("val_loss", 100, 1.0),
+        ("val_loss", 101, 1.1),
+        ("val_loss", 102, 1.2),
+    ]
+    assert monitor.val_points == 3
+
+
+def test_what_it_hands_out_are_copies():
+    monitor, _ = _monitor()
+    _flat_then(monitor, 20)
+    findings, plateaus, actions = monitor.findings, monitor.plateaus, monitor.actions
+    findings.clear()
+    plateaus.clear()
+    actions.append(None)  # type: ignore[arg-type]
+    assert monitor.plateaus and monitor.actions == []
+    assert monitor.findings == monitor.findings  # unchanged by the caller's clear()
+    starts = [p.start for p in monitor.plateaus]
+    assert starts == sorted(starts)
+
+
+def test_a_rollback_restores_the_detectors_and_forgets_the_undone_evidence():
+    monitor, _ = _monitor()
+    _flat_then(monitor, 4)
+    extra = monitor._capture_extra()
+    before = monitor.detectors["train"].state_dict()
+    _flat_then(monitor, 3, start=4, level=5.0)
+    monitor._restore_extra({**extra, "evidence_step": 4 * FLUSH})
+    assert monitor.detectors["train"].state_dict() == before
+    assert monitor.evidence.series("loss")[0].max() <= 4 * FLUSH
+
+
+def test_its_state_round_trips():
+    monitor, _ = _monitor()
+    _flat_then(monitor, 20)
+    state = monitor.state_dict()
+    again, _ = _monitor()
+    again.load_state_dict(state, step=20 * FLUSH)
+    assert again.state == monitor.state
+    assert [f.cause for f in again.findings] == [f.cause for f in monitor.findings]
+    assert again.plateaus == monitor.plateaus
