@@ -4,34 +4,37 @@ Every action is preceded by a full snapshot (model, optimizer, scheduler, scaler
 Guard's own state). After ``max(horizon, duration)`` steps the loss since the action is judged
 against the loss before it (:func:`unstuck.rescue.verify.judge`); if it is significantly worse,
 the snapshot is restored, the action is marked ``rolled_back`` and the policy's next rung is
-tried. Kept actions are followed by a cooldown.
+tried. Kept actions are followed by a cooldown, or by the action's own next step
+(:meth:`~unstuck.rescue.base.Action.follow_up`: a capped LR change finishing its move).
 
-Two kinds of work span several of the user's steps, during which detection and diagnosis pause:
+A **probe** (:mod:`unstuck.rescue.probe`: the LR range test, a branch trial) spans several of the
+user's steps, during which detection and diagnosis pause; it then restores a state of its
+choosing and may hand the engine a follow-up, applied and verified like any action. Probe steps
+are real training steps spent measuring, so they are budgeted: at most ``probe_budget``
+(default 10 %) of the steps so far.
 
-* a **probe action** (the LR range test) measures over the next steps; the engine then
-  restores the snapshot and applies what the probe suggests as an ordinary, verified action;
-* a **branch trial** tries several remedies from one snapshot, each for a short horizon, scores
-  each on a fixed set of kept batches plus its training-loss trend, and keeps the winner only
-  when it beats the unchanged control significantly (:mod:`unstuck.rescue.branches`).
-
-Probe steps are real training steps spent measuring, so they are budgeted: at most
-``probe_budget`` (default 10 %) of the steps so far.
+The engine names no action or cause: what it reads about them is declared on the action
+(``probe``, ``final``, ``cuts_lr``, ``drives_loss_up``, ``restarts``, ``follow_up``) and on the
+cause's rule (``lr_raise_effect``, ``broken_state``, ``restart_remedies``). Its kept states
+(best, last good, first) are named slots of a :class:`~unstuck.rescue.snapshot_book.SnapshotBook`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from unstuck.rescue.actions.lr_range_test import diverged, suggest, sweep_factors
-from unstuck.rescue.base import Controls, get_action
+from unstuck.diagnose.base import Rule, all_rules
+from unstuck.rescue.base import Action, Controls, all_actions, get_action
 from unstuck.rescue.branches import BranchTrial
 from unstuck.rescue.policy import Policy, Proposal
+from unstuck.rescue.probe import Event, Probe, is_probe, probe_kind
+from unstuck.rescue.range_test import RangeTest
 from unstuck.rescue.snapshot import (
     Snapshot,
     SnapshotMismatchError,
@@ -39,6 +42,7 @@ from unstuck.rescue.snapshot import (
     restore_snapshot,
     take_snapshot,
 )
+from unstuck.rescue.snapshot_book import Slot, SnapshotBook
 from unstuck.rescue.verify import judge
 from unstuck.types import ActionRecord, Finding, Plateau
 
@@ -51,26 +55,16 @@ DEFAULT_COOLDOWN = 100  # steps after a kept action before the next one
 DEFAULT_PROBE_BUDGET = 0.1  # probe steps may be at most this share of the steps so far
 DEFAULT_SNAPSHOT_MEMORY = 1 << 30  # bytes of snapshots held in memory before spilling to disk
 PRE_WINDOW = 200  # loss points before the action that the verdict compares against
-PROBE_FLUSH = 1  # a range test reads the loss after every step: it stops before a blow-up
-MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
+PROBE_FLUSH = 1  # a probe that reads every step (the range test) stops before a blow-up
 LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot on healthy flushes
 LEVEL_POINTS = 50  # latest loss points whose mean is "the loss now" (against the last good's)
 HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
-# What a pending action may cause itself: a raise of the LR (or a bump, a restart, momentum)
-# that drives the loss up is the action's effect, not a new cause in the user's run.
-RAISE_EFFECTS = frozenset({"lr_too_high", "exploding_gradients", "nonfinite", "oscillation"})
-LR_RAISING = frozenset({"add_momentum", "warm_restart", "cyclical_bump"})
-FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
-# Remedies that, decided within one horizon of the start, restart from the start state: the
-# steps taken at a far too high LR (or at full LR before Adam's estimates settled) leave damage a
-# later change does not undo (units pushed dead or into saturation, weights blown up, attention
-# collapsed), and the run has little progress to lose. (cause, action) pairs; an lr_scale
-# restarts only when it cuts.
-RESTART_REMEDIES = frozenset({("lr_too_high", "lr_scale"), ("missing_warmup", "warmup")})
 MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
+# The snapshot book's slots: the best validation state, the last good state, the first state.
+BEST, LAST_GOOD, START = "best", "last_good", "start"
 
-Event = tuple[str, dict[str, Any]]
+_CONTROL_HANDLES = ("lr", "clip", "accumulation", "stop")
 
 
 @dataclass
@@ -80,21 +74,6 @@ class _Pending:
     before_steps: np.ndarray
     before: np.ndarray
     due: int
-
-
-@dataclass
-class _RangeTest:
-    record: ActionRecord
-    snapshot: str
-    start: int  # the last step before the sweep's first optimizer step
-    planned: int
-    low: float
-    high: float
-    every: int  # Guard steps per optimizer step (owned accumulation)
-    before_steps: np.ndarray
-    before: np.ndarray
-    steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
 
 
 class RescueEngine:
@@ -124,14 +103,17 @@ class RescueEngine:
         self.cooldown = cooldown
         self.probe_budget = float(probe_budget)
         self.snapshots = SnapshotStore(snapshot_memory, spill_dir)
+        # The last good state's step starts one refresh back, so the first healthy flush keeps it.
+        self.book = SnapshotBook(
+            self.snapshots, {BEST: Slot(), LAST_GOOD: Slot(step=-LAST_GOOD_EVERY), START: Slot()}
+        )
         self._capture_extra = capture_extra or dict
         self._restore_extra = restore_extra or (lambda extra: None)
         self.evaluate = evaluate or (lambda: None)
         controls.restore = self.restore
         controls.best = self.best_snapshot
         self.pending: _Pending | None = None
-        self.range_test: _RangeTest | None = None
-        self.branches: BranchTrial | None = None
+        self.probe: Probe | None = None  # the one probe running, if any
         self.quiet_until = 0
         self.tried: set[str] = set()
         self._budget_noted: set[str] = set()  # budget skips already recorded on this plateau
@@ -141,24 +123,39 @@ class RescueEngine:
         # (cause, action) pairs whose verdict rolled them back, and the step: a remedy that hurt
         # (or a cut that did not help) for a cause is not tried for it again in this run.
         self.refuted: dict[str, int] = {}
-        self._best: str | None = None
-        self._best_value = math.inf
-        self._last_good: str | None = None
-        self._last_good_step = -LAST_GOOD_EVERY
-        self._last_good_level = math.inf  # mean loss of the flush it was taken at
-        self._start_state: str | None = None  # the run as it began, for an early restart
-        self._start_step = 0
         self._mismatch_said = False  # a refused restore is logged once per run
+
+    # The slots under the names earlier versions (and their tests) read.
+    @property
+    def _last_good(self) -> str | None:
+        return self.book[LAST_GOOD].key
+
+    @property
+    def _last_good_step(self) -> int:
+        return self.book[LAST_GOOD].step
+
+    @property
+    def _last_good_level(self) -> float:
+        return self.book[LAST_GOOD].value
+
+    @property
+    def _start_state(self) -> str | None:
+        return self.book[START].key
+
+    @property
+    def range_test(self) -> RangeTest | None:
+        """The running probe when it is a range test (``probe`` is the one slot)."""
+        return self.probe if isinstance(self.probe, RangeTest) else None
+
+    @property
+    def branches(self) -> BranchTrial | None:
+        """The running probe when it is a branch trial (``probe`` is the one slot)."""
+        return self.probe if isinstance(self.probe, BranchTrial) else None
 
     # -- snapshots ----------------------------------------------------------------------------
     def capture(self, step: int) -> Snapshot:
         c = self.controls
-        handles = {
-            "lr": c.lr.state_dict(),
-            "clip": c.clip.state_dict(),
-            "accumulation": c.accumulation.state_dict(),
-            "stop": c.stop.state_dict(),
-        }
+        handles = {name: getattr(c, name).state_dict() for name in _CONTROL_HANDLES}
         extra = {"controls": handles, **self._capture_extra()}
         return take_snapshot(step, c.model, c.optimizer, c.scheduler, c.scaler, extra=extra)
 
@@ -166,12 +163,7 @@ class RescueEngine:
         """Put every live object back as it was in ``snap``, the Guard's own state included."""
         c = self.controls
         restore_snapshot(snap, c.model, c.optimizer, c.scheduler, c.scaler)
-        handles = snap.extra.get("controls")
-        if handles is not None:
-            c.lr.load_state_dict(handles["lr"])
-            c.clip.load_state_dict(handles["clip"])
-            c.accumulation.load_state_dict(handles["accumulation"])
-            c.stop.load_state_dict(handles["stop"])
+        self._restore_handles(snap)
         self._restore_extra(snap.extra)
 
     def _refused(self, exc: SnapshotMismatchError) -> str:
@@ -191,41 +183,34 @@ class RescueEngine:
         what an action changed through them is undone even when the model cannot be."""
         handles = snap.extra.get("controls")
         if handles is not None:
-            c = self.controls
-            c.lr.load_state_dict(handles["lr"])
-            c.clip.load_state_dict(handles["clip"])
-            c.accumulation.load_state_dict(handles["accumulation"])
-            c.stop.load_state_dict(handles["stop"])
+            for name in _CONTROL_HANDLES:
+                getattr(self.controls, name).load_state_dict(handles[name])
 
-    def _restore_or_forget(self, key: str | None) -> Snapshot | None:
+    def _restore_or_forget(self, slot: str) -> Snapshot | None:
         """Restore a kept snapshot (last good, start) if it still fits; else drop it."""
-        if key is None:
+        snap = self.book.get(slot)
+        if snap is None:
             return None
-        snap = self.snapshots.get(key)
         try:
             self.restore(snap)
         except SnapshotMismatchError as exc:
             self._refused(exc)
-            self.snapshots.drop(key)
-            if key == self._last_good:
-                self._last_good = None
-            if key == self._start_state:
-                self._start_state = None
+            self.book.empty(slot)
             return None
         return snap
 
     def best_snapshot(self) -> Snapshot | None:
-        return self.snapshots.get(self._best) if self._best is not None else None
+        return self.book.get(BEST)
 
     def note_validation(self, step: int, value: float) -> None:
         """Keep a snapshot at each new best validation loss (for ``keep_best_and_stop``)."""
-        if not self.policy.acts or not math.isfinite(value) or value >= self._best_value:
+        if not self.policy.acts or not math.isfinite(value) or value >= self.book[BEST].value:
             return
         if self.probing:
             return  # a probe's state is not the run's
-        self._best_value = value
-        self.snapshots.drop(self._best)
-        self._best = self.snapshots.put(self.capture(step))
+        self.book[BEST].value = value
+        self.book.empty(BEST)
+        self.book.fill(BEST, self.capture(step))
 
     def note_healthy(
         self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
@@ -234,53 +219,52 @@ class RescueEngine:
         unstable, no action waiting for its verdict) at most every ``LAST_GOOD_EVERY`` steps;
         ``force``: now (a kept verdict: the state it leaves is a good one to return to).
         ``level``: the flush's mean loss, which a later restore must beat."""
-        if self._start_state is not None and step - self._start_step > self.horizon:
+        start = self.book[START]
+        if start.key is not None and step - start.step > self.horizon:
             self.forget_start()  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
         if self.pending is not None or state not in HEALTHY_STATES:
             return
-        if not force and step - self._last_good_step < LAST_GOOD_EVERY:
+        if not force and step - self.book[LAST_GOOD].step < LAST_GOOD_EVERY:
             return
-        self.snapshots.drop(self._last_good)
-        self._last_good = self.snapshots.put(self.capture(step))
-        self._last_good_step = step
-        self._last_good_level = level if math.isfinite(level) else math.inf
+        self.book.empty(LAST_GOOD)
+        level = level if math.isfinite(level) else math.inf
+        self.book.fill(LAST_GOOD, self.capture(step), step=step, value=level)
 
     def explains(self, cause: str) -> ActionRecord | None:
         """The pending action, when a new finding of ``cause`` is its own effect (an LR raised,
         a restart or a bump running, momentum added: the loss it drives up is not a cause in
         the user's run). ``None`` otherwise."""
         p = self.pending
-        if p is None or cause not in RAISE_EFFECTS:
+        if p is None or not _declared(cause, "lr_raise_effect"):
             return None
-        raises = p.record.name in LR_RAISING or (
-            p.record.name == "lr_scale" and float(p.record.params.get("factor", 1.0)) > 1.0
-        )
+        action = all_actions().get(p.record.name)
+        raises = action is not None and action.drives_loss_up(p.record.params)
         return p.record if raises else None
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one
-        horizon: a cut for a far too high LR, or a missing warm-up, found that early restarts
-        from it."""
+        horizon: a remedy whose cause restarts (``Rule.restart_remedies``: a cut for a far too
+        high LR, a missing warm-up), found that early, restarts from it."""
         if not self.policy.acts:
             return
-        self.snapshots.drop(self._start_state)
-        self._start_state = self.snapshots.put(self.capture(step))
-        self._start_step = step
+        self.book.empty(START)
+        self.book.fill(START, self.capture(step), step=step)
 
     def forget_start(self) -> None:
-        self.snapshots.drop(self._start_state)
-        self._start_state = None
+        self.book.empty(START)
 
     def _restarts(self, step: int, proposal: Proposal) -> bool:
-        """Whether this remedy starts over from the run's first state (see RESTART_REMEDIES)."""
-        if self._start_state is None or step - self._start_step > self.horizon:
+        """Whether this remedy starts over from the run's first state: its cause declares it a
+        restart remedy, the action allows it for these parameters, and the start is recent."""
+        start = self.book[START]
+        if start.key is None or step - start.step > self.horizon:
             return False
-        if (proposal.cause, proposal.action) not in RESTART_REMEDIES:
+        rule = _rule(proposal.cause)
+        if rule is None or proposal.action not in rule.restart_remedies:
             return False
-        # An lr_scale restarts only when it cuts.
-        return proposal.action != "lr_scale" or _cuts_lr(proposal.action, proposal.params)
+        return get_action(proposal.action).restarts(proposal.params)
 
     def note_effect(self, finding: Finding) -> bool:
         """Record ``finding`` as the pending action's effect when the action explains it (see
@@ -295,15 +279,14 @@ class RescueEngine:
     # -- decisions ----------------------------------------------------------------------------
     @property
     def probing(self) -> bool:
-        return self.range_test is not None or self.branches is not None
+        return self.probe is not None
 
     def flush_hint(self, step: int) -> int | None:
         """Steps until the engine wants the next flush during a probe (``None``: no opinion)."""
-        if self.range_test is not None:
-            return PROBE_FLUSH
-        if self.branches is not None:
-            return max(self.branches.steps_left(step), 1)
-        return None
+        if self.probe is None:
+            return None
+        hint = self.probe.flush_hint(step)
+        return PROBE_FLUSH if hint is None else hint
 
     def probe_allowance(self, step: int) -> int:
         """Probe steps still allowed by the budget at ``step``."""
@@ -379,7 +362,7 @@ class RescueEngine:
             if proposal is None:
                 return events
             why_not = self._why_not(step, proposal)
-            if why_not is None and _is_probe(proposal) and not _recent_finite(loss):
+            if why_not is None and is_probe(proposal.action) and not _recent_finite(loss):
                 why_not = "the loss is non-finite: no probe starts from a broken state"
             refuted = self.refuted.get(_refute_key(proposal.cause, proposal.action))
             if why_not is None and refuted is not None:
@@ -404,26 +387,19 @@ class RescueEngine:
         return events
 
     def _why_not(self, step: int, proposal: Proposal) -> str | None:
-        if proposal.action == "branch_trial":
-            need = BranchTrial.budget_needed(proposal.params, self.horizon)
-            if self.probe_allowance(step) < need:
-                return (
-                    f"probe budget: {self.probe_allowance(step)} steps left of "
-                    f"{self.probe_budget:.0%} of {step}, a branch trial needs {need}"
-                )
-            return None
-        action = get_action(proposal.action)
-        action.validate(proposal.params)
-        if action.changes_lr and self.controls.lr_locked:
-            return self.controls.lr_locked
-        reason = action.unavailable(self.controls, proposal.params)
-        if reason is not None:
-            return reason
-        if action.probe and self.probe_allowance(step) < MIN_RANGE_STEPS:
-            return (
-                f"probe budget: {self.probe_allowance(step)} steps left of "
-                f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
-            )
+        kind = probe_kind(proposal.action)
+        if kind is None or kind.is_action:
+            action = get_action(proposal.action)
+            action.validate(proposal.params)
+            if action.changes_lr and self.controls.lr_locked:
+                return self.controls.lr_locked
+            reason = action.unavailable(self.controls, proposal.params)
+            if reason is not None:
+                return reason
+        if kind is not None:
+            allowance = self.probe_allowance(step)
+            share = self.probe_budget
+            return kind.over_budget(allowance, step, share, proposal.params, self.horizon)
         return None
 
     def _skipped(self, step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
@@ -433,11 +409,11 @@ class RescueEngine:
         return record.to_dict()
 
     def _record(self, step: int, proposal: Proposal, outcome: str = "pending") -> ActionRecord:
-        label = (
-            "branch trial"
-            if proposal.action == "branch_trial"
-            else get_action(proposal.action).describe(proposal.params)
-        )
+        kind = probe_kind(proposal.action)
+        if kind is not None and not kind.is_action:
+            label = kind.describe(proposal.params)
+        else:
+            label = get_action(proposal.action).describe(proposal.params)
         return ActionRecord(
             name=proposal.action,
             step=step,
@@ -451,14 +427,16 @@ class RescueEngine:
         self, proposal: Proposal, state: str, loss: tuple[np.ndarray, np.ndarray]
     ) -> bool:
         """Whether to restore the last good state before ``proposal``: the loss went non-finite
-        (or the run diverges) and that state's loss was lower than the loss now."""
-        if self._last_good is None or proposal.action == "keep_best_and_stop":
+        (or the run diverges) and that state's loss was lower than the loss now. A final action
+        (a stop on the best state) puts back a state of its own."""
+        last_good = self.book[LAST_GOOD]
+        if last_good.key is None or _action_declares(proposal.action, "final"):
             return False
-        if proposal.cause == "nonfinite":
+        if _declared(proposal.cause, "broken_state"):
             return True
         if state != "diverging":
             return False
-        return _level(loss) > self._last_good_level
+        return _level(loss) > last_good.value
 
     def _start(
         self,
@@ -470,32 +448,33 @@ class RescueEngine:
     ) -> list[Event]:
         restored_from: int | None = None
         restarted_from: int | None = None
-        if self._start_state is not None and step - self._start_step > self.horizon:
+        start = self.book[START]
+        if start.key is not None and step - start.step > self.horizon:
             self.forget_start()
         before_steps, before = _before_window(step, loss)
         if self._back_to_last_good(proposal, state, loss):
             # Retry from the last good state (finite, lower loss), not from the broken one; the
             # verdict compares with the loss before that state, where the run was good.
-            snap = self._restore_or_forget(self._last_good)
+            snap = self._restore_or_forget(LAST_GOOD)
             if snap is not None:
                 restored_from = snap.step
                 before_steps, before = _before_window(snap.step, loss)
         snapshot = self.snapshots.put(self.capture(step))
         if self._restarts(step, proposal):
             # A rollback returns to the state this action found (``snapshot``), not the start.
-            start = self._restore_or_forget(self._start_state)
-            restarted_from = None if start is None else start.step
+            first = self._restore_or_forget(START)
+            restarted_from = None if first is None else first.step
             self.forget_start()
-        if proposal.action == "branch_trial":
-            trial = BranchTrial(self, step, snapshot, proposal, self.horizon)
-            self.branches = trial
-            record = trial.record
-            trial.begin(step)
-            return [("action", record.to_dict())]
+        kind = probe_kind(proposal.action)
+        if kind is not None and not kind.is_action:  # a probe that is no action of its own
+            self.probe = kind.start(
+                self, step, snapshot, proposal, None, (before_steps, before), self.horizon
+            )
+            return [("action", self.probe.record.to_dict())]
         action = get_action(proposal.action)
         params = dict(proposal.params)
-        if action.probe:
-            params["steps"] = min(int(params.get("steps", 100)), self.probe_allowance(step))
+        if kind is not None:
+            params = kind.fit_params(params, self.probe_allowance(step))
             proposal = Proposal(proposal.action, params, proposal.reason, proposal.cause)
         record = self._record(step, proposal)
         if restored_from is not None:
@@ -503,35 +482,28 @@ class RescueEngine:
         if restarted_from is not None:
             record.evidence["restarted_from_step"] = restarted_from
             ran = step - restarted_from
-            if proposal.action == "lr_scale" and ran >= MIN_RESTART_COMPARE:
-                # The unchanged run is on record for ``ran`` steps from the same start: the
-                # restart is judged against it at the same steps from the start, as soon as it
-                # has run as many (not after a horizon a short run cannot afford).
+            if action.duration(params) == 0 and ran >= MIN_RESTART_COMPARE:
+                # The unchanged run is on record for ``ran`` steps from the same start: an
+                # instant change restarted is judged against it at the same steps from the
+                # start, as soon as it has run as many (not after a horizon a short run cannot
+                # afford). A ramp (a warm-up) is still ramping then: it waits its horizon.
                 record.evidence["restart_compare_steps"] = ran
         try:
             token = action.apply(self.controls, params)
-        except SnapshotMismatchError as exc:  # keep_best_and_stop: the best state no longer fits
+        except SnapshotMismatchError as exc:  # a final action: the best state no longer fits
             self.snapshots.drop(snapshot)
-            if self._best is not None:
-                self.snapshots.drop(self._best)
-                self._best, self._best_value = None, math.inf
+            if self.book[BEST].key is not None:
+                self.book.empty(BEST)
+                self.book[BEST].value = math.inf
             record.outcome = "skipped"
             record.evidence["skipped_because"] = self._refused(exc)
             record.verified_step = step
             return [("action", record.to_dict())]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
-        if action.probe:
+        if kind is not None:
             record.outcome = "probing"
-            self.range_test = _RangeTest(
-                record,
-                snapshot,
-                start=step,
-                planned=int(params["steps"]),
-                low=float(params.get("low", 1e-2)),
-                high=float(params.get("high", 1e4)),
-                every=self.controls.accumulation.steps if self.controls.accumulation.owned else 1,
-                before_steps=before_steps,
-                before=before,
+            self.probe = kind.start(
+                self, step, snapshot, proposal, record, (before_steps, before), self.horizon
             )
             return [("action", record.to_dict())]
         if action.final:
@@ -548,108 +520,55 @@ class RescueEngine:
     # -- probes -------------------------------------------------------------------------------
     def advance_probe(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
         """Feed the losses of the steps since the last flush to the running probe."""
-        if self.range_test is not None:
-            return self._advance_range_test(step, steps, values)
-        if self.branches is not None:
-            try:
-                events = self.branches.advance(step, steps, values)
-            except SnapshotMismatchError as exc:
-                return self._abandon_branches(step, exc)
-            if self.branches.done:
-                self.probe_steps += self.branches.spent
-                self.branches = None
+        probe = self.probe
+        if probe is None:
+            return []
+        try:
+            events = probe.advance(step, steps, values)
+        except SnapshotMismatchError as exc:
+            return self._abandon_probe(step, exc)
+        if not probe.done:
             return events
-        return []
+        self.probe = None
+        self.probe_steps += probe.spent
+        self.probe_nonfinite += probe.nonfinite
+        if probe.rests:
+            self.quiet_until = step + self.cooldown
+        if probe.follow is None:
+            self.snapshots.drop(probe.snapshot)
+            return events
+        return events + self._adopt(step, probe, probe.follow)
 
-    def _abandon_branches(self, step: int, exc: SnapshotMismatchError) -> list[Event]:
-        """A branch trial whose snapshot no longer fits the model or optimizer: it ends here,
-        ``failed`` with the reason; the branch running keeps no change of unstuck's handles."""
-        trial = self.branches
-        assert trial is not None
-        self._restore_handles(self.snapshots.get(trial.snapshot))
-        for branch in trial.branches:
-            self.snapshots.drop(branch.snapshot)
-        self.snapshots.drop(trial.snapshot)
-        self.probe_steps += max(step - trial.record.step, 0)
-        self.branches = None
-        record = trial.record
+    def _adopt(self, step: int, probe: Probe, proposal: Proposal) -> list[Event]:
+        """Apply what a finished probe suggests, from the state it restored, as a pending
+        action whose verdict compares with the loss before the probe (and whose rollback
+        returns to the probe's snapshot)."""
+        action = get_action(proposal.action)
+        record = self._record(step, proposal)
+        record.evidence.update(action.apply(self.controls, dict(proposal.params)))
+        record.evidence.update(probe.follow_evidence)
+        due = step + max(self.horizon, action.duration(proposal.params))
+        self.pending = _Pending(record, probe.snapshot, *probe.before, due)
+        return [("action", record.to_dict())]
+
+    def _abandon_probe(self, step: int, exc: SnapshotMismatchError) -> list[Event]:
+        """A probe whose snapshot no longer fits the model or optimizer: it ends here,
+        ``failed`` with the reason; unstuck's handles go back to the probe's start."""
+        probe = self.probe
+        assert probe is not None
+        self.probe = None
+        self._restore_handles(self.snapshots.get(probe.snapshot))
+        probe.release()
+        self.snapshots.drop(probe.snapshot)
+        self.probe_steps += max(step - probe.record.step, 0)
+        self.probe_nonfinite += probe.nonfinite
+        record = probe.record
         record.outcome = "failed"
         record.verified_step = step
         record.evidence["failed_because"] = self._refused(exc)
-        self.quiet_until = step + self.cooldown
+        if probe.rests:
+            self.quiet_until = step + self.cooldown
         return [("action_outcome", record.to_dict())]
-
-    def _advance_range_test(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
-        rt = self.range_test
-        assert rt is not None
-        rt.steps += [int(s) for s in steps]
-        rt.losses += [float(v) for v in values]
-        # Loss at Guard step start+1+j reflects the parameters after sweep step j−1.
-        offsets = (np.asarray(rt.steps) - rt.start - 1) // rt.every
-        usable = (offsets >= 1) & (offsets <= rt.planned)
-        losses = np.asarray(rt.losses)[usable]
-        blew_up = diverged(losses, rt.planned)
-        if not blew_up and step - rt.start < (rt.planned + 1) * rt.every:
-            return []
-        self.range_test = None
-        spent = step - rt.start
-        self.probe_steps += spent
-        nonfinite = int(np.sum(~np.isfinite(np.asarray(rt.losses, dtype=np.float64))))
-        self.probe_nonfinite += nonfinite
-        factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
-        result = suggest(factors, losses, rt.planned, stopped=blew_up)
-        snap = self.snapshots.get(rt.snapshot)
-        record = rt.record
-        record.verified_step = step
-        try:
-            self.restore(snap)
-        except SnapshotMismatchError as exc:
-            self._restore_handles(snap)  # at least the sweep's LR ramp ends
-            record.outcome = "failed"
-            record.evidence["failed_because"] = self._refused(exc)
-            self.snapshots.drop(rt.snapshot)
-            return [("action_outcome", record.to_dict())]
-        record.outcome = "restored"
-        record.evidence.update(
-            {
-                "probe_steps": spent,
-                "suggested_factor": result.factor,
-                "method": result.method,
-                "confident": result.confident,
-                "steepest": result.steepest,
-                "valley": result.valley,
-                "diverged_at": result.diverged_at,
-                "drop": result.drop,
-                "nonfinite_losses": nonfinite,
-            }
-        )
-        events: list[Event] = [
-            ("action_outcome", record.to_dict()),
-            ("probe", {"probe": "lr_range_test", "step": step, **result.to_dict()}),
-        ]
-        if result.factor is None:
-            self.snapshots.drop(rt.snapshot)
-            return events
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": float(result.factor)},
-            reason=(
-                f"LR range test: ×{result.factor:.3g} ({result.method}; steepest "
-                f"×{_fmt(result.steepest)}, valley ×{_fmt(result.valley)}, diverged at "
-                f"×{_fmt(result.diverged_at)})"
-            ),
-            cause=record.evidence.get("cause") or None,
-        )
-        follow = self._record(step, proposal)
-        token = get_action("lr_scale").apply(self.controls, dict(proposal.params))
-        follow.evidence.update(token)
-        follow.evidence["range_test_step"] = rt.record.step
-        # The verdict compares with the loss before the sweep (the restored state).
-        self.pending = _Pending(
-            follow, rt.snapshot, rt.before_steps, rt.before, step + self.horizon
-        )
-        events.append(("action", follow.to_dict()))
-        return events
 
     # -- verification -------------------------------------------------------------------------
     def verify(
@@ -720,7 +639,7 @@ class RescueEngine:
         # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
         # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
         # which the loss is not significantly better is undone; other actions stay unless worse.
-        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better and not ending
+        idle_cut = _cuts_lr(p.record) and not verdict.better and not ending
         # A verdict that cannot decide (too few points before or after: an infinite standard
         # error) keeps nothing: "not shown worse" is not evidence when nothing could be shown.
         undecided = not verdict.worse and not math.isfinite(verdict.stderr)
@@ -757,7 +676,7 @@ class RescueEngine:
             )
             self.quiet_until = step  # the next rung may be tried at once
             cause = str(p.record.evidence.get("cause") or "")
-            if cause and cause != "nonfinite" and not broke:
+            if cause and not _declared(cause, "broken_state") and not broke:
                 self.refuted[_refute_key(cause, p.record.name)] = p.record.step
         else:
             p.record.outcome = "kept"
@@ -771,60 +690,10 @@ class RescueEngine:
             self.note_healthy(step, "improving", True, level=_level(loss), force=True)
         events: list[Event] = [("action_outcome", p.record.to_dict())]
         if p.record.outcome == "kept" and not ending:  # nothing new starts as the run ends
-            events += self._follow_up(step, p.record, loss)
+            follow = get_action(p.record.name).follow_up(p.record)
+            if follow is not None and not self.probing:
+                events += self._start(step, follow, loss, ())
         return events
-
-    def _follow_up(
-        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
-    ) -> list[Event]:
-        """Apply the rest of a capped LR change once its first part has been kept.
-
-        A rule may ask for more than one action may do (``estimate`` beyond the capped
-        ``factor``: at most two decades at a time). The rest comes in further verified steps,
-        each judged against the trend the previous one set, until it is within a factor of 2.
-        """
-        params = kept.params
-        if kept.name != "lr_scale" or self.probing:
-            return []
-        factor = float(params.get("factor", 1.0))
-        estimate = float(params.get("estimate", factor))
-        rest = estimate / factor
-        if not (rest >= FOLLOW_UP_MIN or rest <= 1 / FOLLOW_UP_MIN) or (rest > 1) != (factor > 1):
-            return self._continue_raise(step, kept, loss)
-        # No larger a step than the one just kept (which hit the rule's cap).
-        capped = min(rest, factor) if factor > 1 else max(rest, factor)
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": round(capped, 6), "estimate": round(rest, 6)},
-            reason=f"follow-up: the evidence asked for ×{estimate:.3g}, ×{factor:.3g} was kept",
-            cause=kept.evidence.get("cause") or None,
-        )
-        return self._start(step, proposal, loss, ())
-
-    def _continue_raise(
-        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
-    ) -> list[Event]:
-        """After an LR raise for a cause that made the loss significantly better, a further
-        raise by half its decades (√factor), verified like the first: the "bold driver" rule
-        (Vogl et al. 1988; Battiti 1989: grow the step while the loss keeps falling), so an LR
-        that is decades too low is not left at the one factor the evidence could size. Halving
-        the decades each time bounds the overshoot (×10 → ×3.2 → ×1.8: at most ×10^1.75 in
-        all); it stops below ×2, at the first raise that is not better (kept, as not worse), or
-        at one that is worse (rolled back, which refutes the remedy for the cause)."""
-        factor = float(kept.params.get("factor", 1.0))
-        cause = kept.evidence.get("cause") or None
-        if cause is None or factor < FOLLOW_UP_MIN or not kept.evidence.get("verdict_better"):
-            return []
-        further = math.sqrt(factor)
-        if further < FOLLOW_UP_MIN:
-            return []
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": round(further, 6)},
-            reason=f"continue: ×{factor:.3g} made the loss better; ×{further:.3g} more",
-            cause=cause,
-        )
-        return self._start(step, proposal, loss, ())
 
     def finish(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
         """The run is ending: undo a running probe; judge a pending action on what there is.
@@ -837,8 +706,9 @@ class RescueEngine:
         verdict that cannot decide, it stays ``unverified``.
         """
         events: list[Event] = []
-        running = self.range_test or self.branches
+        running = self.probe
         if running is not None:
+            self.probe = None
             snap = self.snapshots.get(running.snapshot)
             try:
                 self.restore(snap)
@@ -849,8 +719,7 @@ class RescueEngine:
                 running.record.evidence["failed_because"] = self._refused(exc)
             running.record.verified_step = step
             events.append(("action_outcome", running.record.to_dict()))
-            self.range_test = None
-            self.branches = None
+            running.release()
         p = self.pending
         if p is None:
             return events
@@ -883,7 +752,7 @@ class RescueEngine:
                 "due": p.due,
             }
         probe = None
-        running = self.range_test or self.branches
+        running = self.probe
         if running is not None:
             probe = {
                 "record": running.record.to_dict(),
@@ -898,7 +767,7 @@ class RescueEngine:
             "probe": probe,
             "probe_steps": self.probe_steps,
             "refuted": dict(self.refuted),
-            "best_value": self._best_value,
+            "best_value": self.book[BEST].value,
             "best": best.to_dict() if (best := self.best_snapshot()) is not None else None,
         }
 
@@ -911,14 +780,14 @@ class RescueEngine:
         self.episode = None if episode is None else int(episode)
         self.probe_steps = int(state.get("probe_steps", 0))
         self.refuted = {str(k): int(v) for k, v in state.get("refuted", {}).items()}
-        self._best_value = float(state.get("best_value", math.inf))
+        self.book.empty(BEST)
+        self.book[BEST].value = float(state.get("best_value", math.inf))
         best = state.get("best")
-        self.snapshots.drop(self._best)
-        self._best = self.snapshots.put(Snapshot.from_dict(best)) if best else None
+        if best:
+            self.book.fill(BEST, Snapshot.from_dict(best))
         pending = state.get("pending")
         self.pending = None
-        self.range_test = None
-        self.branches = None
+        self.probe = None
         if pending is not None:
             self.pending = _Pending(
                 record=ActionRecord.from_dict(pending["record"]),
@@ -965,11 +834,6 @@ def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.n
     return steps[keep].astype(np.float64), values[keep].astype(np.float64)
 
 
-def _is_probe(proposal: Proposal) -> bool:
-    """Whether the proposal is a probe (a range test or a branch trial)."""
-    return proposal.action == "branch_trial" or get_action(proposal.action).probe
-
-
 def _recent_finite(loss: tuple[np.ndarray, np.ndarray]) -> bool:
     """Whether the latest loss points are all finite (a probe never starts on a broken state)."""
     values = loss[1][-LEVEL_POINTS:]
@@ -987,15 +851,29 @@ def _refute_key(cause: str | None, action: str) -> str:
     return f"{cause}:{action}"
 
 
-def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:
-    """Whether the action lowers the LR for good (an ``lr_scale`` below 1)."""
-    factor = params.get("factor")
-    return action == "lr_scale" and isinstance(factor, (int, float)) and factor < 1
+def _cuts_lr(record: ActionRecord) -> bool:
+    """Whether the recorded action lowers the LR for good (``Action.cuts_lr``)."""
+    action = all_actions().get(record.name)
+    return action is not None and action.cuts_lr(record.params)
+
+
+def _rule(cause: str | None) -> Rule | None:
+    """The registered rule of ``cause`` (``None``: no cause, or none by that name)."""
+    return all_rules().get(cause) if cause else None
+
+
+def _declared(cause: str | None, flag: str) -> bool:
+    """Whether the rule of ``cause`` declares ``flag`` (a boolean ``Rule`` attribute)."""
+    rule = _rule(cause)
+    return rule is not None and bool(getattr(rule, flag))
+
+
+def _action_declares(name: str, flag: str) -> bool:
+    """Whether the registered action ``name`` declares ``flag`` (a boolean ``Action``
+    attribute); a probe that is no action declares none."""
+    action: Action | None = all_actions().get(name)
+    return action is not None and bool(getattr(action, flag))
 
 
 def _is_primitive(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
