@@ -107,6 +107,18 @@ class Probe:
     def release(self) -> None:
         """Drop the snapshots of its own (not ``snapshot``, which the engine owns)."""
 
+    def end(self, step: int, outcome: str, failed_because: str | None = None) -> Event:
+        """Close the probe's record with ``outcome`` (interrupted, failed) at ``step``."""
+        self.record.outcome = outcome
+        if failed_because is not None:
+            self.record.evidence["failed_because"] = failed_because
+        self.record.verified_step = step
+        return ("action_outcome", self.record.to_dict())
+
+    def state_dict(self, store: SnapshotStore) -> dict[str, Any]:
+        """The record and the start state: a resumed run restores it (the probe is undone)."""
+        return {"record": self.record.to_dict(), "snapshot": store.get(self.snapshot).to_dict()}
+
 
 def probe_kinds() -> dict[str, type[Probe]]:
     """Every probe kind by the name a proposal uses for it."""
