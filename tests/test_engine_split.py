@@ -292,3 +292,31 @@ def test_the_literal_scan_finds_a_named_action(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('"""Doc naming lr_scale is fine."""\n\nif name == "lr_scale":\n    pass\n')
     assert _plugin_literals(bad) == ["bad.py:3: 'lr_scale'"]
+
+
+def test_a_range_test_whose_snapshot_no_longer_fits_fails_and_undoes_its_ramp(caplog):
+    """The probe's restore is refused (the model changed shape mid-sweep): the sweep ends
+    ``failed`` with the reason, the LR ramp is undone, its steps are charged, and nothing
+    starts from its suggestion."""
+    from conftest import ProposeInOrder
+    from unstuck.rescue import RescueEngine
+
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lr = LRMultiplier(opt)
+    proposal = Proposal(RangeTest.name, {"steps": 50})
+    engine = RescueEngine(Controls(model, opt, lr), ProposeInOrder(proposal))
+    handles = lr.state_dict()
+    steps = np.arange(1, 1001, dtype=float)
+    events = engine.decide(1000, "plateau", [], (steps, np.ones(1000)), None)
+    assert [e["outcome"] for _, e in events] == ["probing"] and engine.range_test is not None
+    assert lr.state_dict() != handles  # the sweep's ramp runs
+    model.register_buffer("grown", torch.zeros(3))
+    events, step = [], 1000
+    while engine.probing:
+        step += 1
+        events = engine.advance_probe(step, np.array([step]), np.array([1.0 - step * 1e-4]))
+    assert [(k, e["outcome"]) for k, e in events] == [("action_outcome", "failed")]
+    assert "could not roll back" in events[0][1]["evidence"]["failed_because"]
+    assert lr.state_dict() == handles and engine.pending is None
+    assert engine.probe_steps == step - 1000 and engine.quiet_until == 0

@@ -399,8 +399,7 @@ class RescueEngine:
             # Its snapshot no longer fits the model or optimizer: it ends here, ``failed``;
             # unstuck's handles go back to where it started.
             self._restore_handles(self.snapshots.get(probe.snapshot))
-            probe.done, probe.spent = True, max(step - probe.record.step, 0)
-            events = [probe.end(step, "failed", self._refused(exc))]
+            events = [probe.abandon(step, self._refused(exc))]
         if not probe.done:
             return events
         self.probe = None

@@ -115,6 +115,12 @@ class Probe:
         self.record.verified_step = step
         return ("action_outcome", self.record.to_dict())
 
+    def abandon(self, step: int, reason: str) -> Event:
+        """End here, ``failed`` for ``reason`` (its start no longer fits the run): every step
+        since it began is charged to the budget, as measuring that found nothing."""
+        self.done, self.spent = True, max(step - self.record.step, 0)
+        return self.end(step, "failed", reason)
+
     def state_dict(self, store: SnapshotStore) -> dict[str, Any]:
         """The record and the start state: a resumed run restores it (the probe is undone)."""
         return {"record": self.record.to_dict(), "snapshot": store.get(self.snapshot).to_dict()}
