@@ -102,6 +102,15 @@ class Rule:
     # Causes that explain this one when found with it: a symptom ranks below its root cause
     # (tiny updates are lr_too_low only if over-clipping or saturation does not explain them).
     symptom_of: ClassVar[frozenset[str]] = frozenset()
+    # What the rescue engine reads about the cause (declared here, so the engine names none):
+    # an LR raise being judged may produce this finding itself (its effect, not a new cause);
+    lr_raise_effect: ClassVar[bool] = False
+    # the run's state is broken (a remedy retries from the last good state, and a rollback of
+    # it refutes nothing about the remedy);
+    broken_state: ClassVar[bool] = False
+    # remedies (action names) that, decided within one horizon of the start, restart from the
+    # run's first state: the damage of the first steps is not undone by a later change.
+    restart_remedies: ClassVar[frozenset[str]] = frozenset()
 
     def check(self, ev: Evidence) -> Finding | None:
         raise NotImplementedError

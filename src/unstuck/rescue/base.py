@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from unstuck.plugins import discover_plugins
 from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
 from unstuck.rescue.lr_multiplier import LRMultiplier
+from unstuck.types import ActionRecord
+
+if TYPE_CHECKING:
+    from unstuck.rescue.policy import Proposal
 
 __all__ = ["Action", "Controls", "all_actions", "get_action"]
 
@@ -58,6 +62,32 @@ class Action:
     probe: ClassVar[bool] = False  # measures over the next steps, then the engine restores
     final: ClassVar[bool] = False  # ends the run's rescue (a stop): recorded, never verified
     changes_lr: ClassVar[bool] = False  # skipped for optimizers that set their own step size
+
+    def raises_lr(self, params: dict[str, Any]) -> bool:
+        """Whether the action lengthens the steps along a slope for good (an LR raise,
+        momentum added): the policy tries only these on a slow descent, never on an unstable
+        run."""
+        return False
+
+    def cuts_lr(self, params: dict[str, Any]) -> bool:
+        """Whether the action lowers the LR for good: a cut must make the loss better to stay
+        (its cost, a slower descent, comes later than its verdict)."""
+        return False
+
+    def drives_loss_up(self, params: dict[str, Any]) -> bool:
+        """Whether a blow-up found while the action is judged may be the action's own effect
+        (an LR raised, a restart or a bump running, momentum added): the verdict judges it."""
+        return self.raises_lr(params)
+
+    def restarts(self, params: dict[str, Any]) -> bool:
+        """Whether, proposed for a cause that restarts (``Rule.restart_remedies``), this
+        change may start over from the run's first state."""
+        return True
+
+    def follow_up(self, kept: ActionRecord) -> Proposal | None:
+        """The next verified step (a ``Proposal``) after ``kept``, this action's record, was
+        kept; ``None``: none. Lets an action that moves in capped steps finish its move."""
+        return None
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise ValueError naming the bad value when ``params`` cannot be applied."""

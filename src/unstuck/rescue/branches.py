@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from unstuck.rescue.actions.lr_scale import LRScale
+from unstuck.rescue.actions.reset_optimizer_state import ResetOptimizerState
+from unstuck.rescue.actions.warm_restart import WarmRestart
 from unstuck.rescue.base import get_action
+from unstuck.rescue.policy import Proposal
+from unstuck.rescue.probe import Event, Probe, ProbeHost
 from unstuck.rescue.verify import Z_WORSE, judge
 from unstuck.types import ActionRecord
 
-__all__ = ["BranchTrial", "default_candidates"]
+__all__ = ["BRANCH_TRIAL", "BranchTrial", "default_candidates"]
+
+BRANCH_TRIAL = "branch_trial"  # the name a proposal and its record use (no registered action)
 
 DEFAULT_BRANCH_HORIZON = 100  # steps per branch
 MIN_BRANCH_HORIZON = 30  # fewer steps cannot show a trend through minibatch noise
@@ -41,10 +48,10 @@ MIN_PAIRED_GAIN = 0.01  # with no spread across probe batches, a log gain must s
 def default_candidates(horizon: int = DEFAULT_BRANCH_HORIZON) -> list[dict[str, Any]]:
     """The remedies tried when none are given: the moves the field reaches for on a plateau."""
     return [
-        {"action": "lr_scale", "params": {"factor": 0.3}},
-        {"action": "lr_scale", "params": {"factor": 3.0}},
-        {"action": "warm_restart", "params": {"peak": 3.0, "end": 1.0, "length": horizon}},
-        {"action": "reset_optimizer_state", "params": {}},
+        {"action": LRScale.name, "params": {"factor": 0.3}},
+        {"action": LRScale.name, "params": {"factor": 3.0}},
+        {"action": WarmRestart.name, "params": {"peak": 3.0, "end": 1.0, "length": horizon}},
+        {"action": ResetOptimizerState.name, "params": {}},
     ]
 
 
@@ -92,17 +99,23 @@ class _Branch:
         }
 
 
-class BranchTrial:
+class BranchTrial(Probe):
     """One branch trial in progress; the engine feeds it losses at each flush."""
 
-    def __init__(self, engine: Any, step: int, snapshot: str, proposal: Any, horizon: int) -> None:
+    name: ClassVar[str] = BRANCH_TRIAL
+    is_action: ClassVar[bool] = False
+    rests: ClassVar[bool] = True  # whoever won, a cooldown follows
+
+    def __init__(
+        self, host: ProbeHost, step: int, snapshot: str, proposal: Proposal, horizon: int
+    ) -> None:
         params = dict(proposal.params)
         self.horizon = int(params.get("horizon", min(horizon, DEFAULT_BRANCH_HORIZON)))
         if self.horizon < MIN_BRANCH_HORIZON:
             raise ValueError(
-                f"branch_trial: horizon must be >= {MIN_BRANCH_HORIZON}, got {self.horizon}"
+                f"{BRANCH_TRIAL}: horizon must be >= {MIN_BRANCH_HORIZON}, got {self.horizon}"
             )
-        self.engine = engine
+        self.host = host
         self.snapshot = snapshot
         self.branches: list[_Branch] = []
         skipped = {}
@@ -110,7 +123,7 @@ class BranchTrial:
             action = get_action(cand["action"])
             cand_params = dict(cand.get("params", {}))
             action.validate(cand_params)
-            why_not = action.unavailable(engine.controls, cand_params)
+            why_not = action.unavailable(host.controls, cand_params)
             label = action.describe(cand_params)
             if why_not is not None:
                 skipped[label] = why_not
@@ -118,7 +131,7 @@ class BranchTrial:
             self.branches.append(_Branch(label, cand["action"], cand_params))
         self.branches.append(_Branch("control", None, {}))
         self.record = ActionRecord(
-            name="branch_trial",
+            name=BRANCH_TRIAL,
             step=step,
             reason=proposal.reason,
             outcome="probing",
@@ -133,6 +146,10 @@ class BranchTrial:
         self.branch_start = step
         self.done = False
         self.spent = 0
+        self.nonfinite = 0
+        self.follow = None
+        self.follow_evidence = {}
+        self.before = (np.zeros(0), np.zeros(0))
         self._best: int | None = None
 
     @staticmethod
@@ -141,6 +158,45 @@ class BranchTrial:
         h = int(params.get("horizon", min(horizon, DEFAULT_BRANCH_HORIZON)))
         candidates = params.get("candidates") or default_candidates(h)
         return len(candidates) * h
+
+    @classmethod
+    def over_budget(
+        cls, allowance: int, step: int, share: float, params: dict[str, Any], horizon: int
+    ) -> str | None:
+        need = cls.budget_needed(params, horizon)
+        if allowance < need:
+            return (
+                f"probe budget: {allowance} steps left of "
+                f"{share:.0%} of {step}, a branch trial needs {need}"
+            )
+        return None
+
+    @classmethod
+    def describe(cls, params: dict[str, Any]) -> str:
+        return "branch trial"
+
+    @classmethod
+    def start(
+        cls,
+        host: ProbeHost,
+        step: int,
+        snapshot: str,
+        proposal: Proposal,
+        record: ActionRecord | None,
+        before: tuple[np.ndarray, np.ndarray],
+        horizon: int,
+    ) -> BranchTrial:
+        trial = cls(host, step, snapshot, proposal, horizon)
+        trial.begin(step)
+        return trial
+
+    def flush_hint(self, step: int) -> int | None:
+        return max(self.steps_left(step), 1)
+
+    def release(self) -> None:
+        for branch in self.branches:
+            self.host.snapshots.drop(branch.snapshot)
+            branch.snapshot = None
 
     def steps_left(self, step: int) -> int:
         return self.branch_start + self.horizon - step
@@ -152,40 +208,39 @@ class BranchTrial:
         branch = self.branches[self.index]
         self.branch_start = step
         if branch.action is not None:
-            get_action(branch.action).apply(self.engine.controls, dict(branch.params))
+            get_action(branch.action).apply(self.host.controls, dict(branch.params))
 
-    def advance(
-        self, step: int, steps: np.ndarray, values: np.ndarray
-    ) -> list[tuple[str, dict[str, Any]]]:
+    def advance(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
         branch = self.branches[self.index]
         keep = steps > self.branch_start
         branch.steps += [int(s) for s in steps[keep]]
         branch.losses += [float(v) for v in values[keep]]
         if step - self.branch_start < self.horizon:
             return []
-        branch.probe = self.engine.evaluate()
+        host = self.host
+        branch.probe = host.evaluate()
         is_control = branch.action is None
         if not is_control and (
             self._best is None or branch.score() < self.branches[self._best].score()
         ):
             if self._best is not None:
-                self.engine.snapshots.drop(self.branches[self._best].snapshot)
-            branch.snapshot = self.engine.snapshots.put(self.engine.capture(step))
+                host.snapshots.drop(self.branches[self._best].snapshot)
+            branch.snapshot = host.snapshots.put(host.capture(step))
             self._best = self.index
         if not is_control:
             self.index += 1
-            self.engine.restore(self.engine.snapshots.get(self.snapshot))
+            host.restore(host.snapshots.get(self.snapshot))
             self._start_branch(step)
             return []
         return self._decide(step)
 
-    def _decide(self, step: int) -> list[tuple[str, dict[str, Any]]]:
+    def _decide(self, step: int) -> list[Event]:
         control = self.branches[-1]
         best = self.branches[self._best] if self._best is not None else None
         won, test = self._beats(best, control) if best is not None else (False, {})
         self.done = True
         self.spent = self.horizon * (len(self.branches) - 1)
-        engine = self.engine
+        host = self.host
         record = self.record
         record.verified_step = step
         record.evidence.update(
@@ -195,11 +250,11 @@ class BranchTrial:
                 "probe_steps": self.spent,
             }
         )
-        events: list[tuple[str, dict[str, Any]]] = []
+        events: list[Event] = []
         winner_record = None
         if won and best is not None:
             assert best.snapshot is not None
-            engine.restore(engine.snapshots.get(best.snapshot))
+            host.restore(host.snapshots.get(best.snapshot))
             record.outcome = "kept"
             record.evidence["winner"] = best.label
             record.evidence["summary"] = _compare_text(best, control)
@@ -223,15 +278,12 @@ class BranchTrial:
                 if best is not None
                 else "no candidate could run"
             )
-        for b in self.branches:
-            engine.snapshots.drop(b.snapshot)
-        engine.snapshots.drop(self.snapshot)
-        engine.quiet_until = step + engine.cooldown
+        self.release()  # the engine drops ``snapshot`` and waits its cooldown (``rests``)
         events.append(("action_outcome", record.to_dict()))
         events.append(
             (
                 "probe",
-                {"probe": "branch_trial", "step": step, **record.evidence, "horizon": self.horizon},
+                {"probe": self.name, "step": step, **record.evidence, "horizon": self.horizon},
             )
         )
         if winner_record is not None:

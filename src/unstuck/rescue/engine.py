@@ -2,36 +2,37 @@
 
 Every action is preceded by a full snapshot (model, optimizer, scheduler, scaler, RNG and the
 Guard's own state). After ``max(horizon, duration)`` steps the loss since the action is judged
-against the loss before it (:func:`unstuck.rescue.verify.judge`); if it is significantly worse,
-the snapshot is restored, the action is marked ``rolled_back`` and the policy's next rung is
-tried. Kept actions are followed by a cooldown.
+(:mod:`unstuck.rescue.pending`, :func:`unstuck.rescue.verify.judge`); if it is significantly
+worse the snapshot is restored, the action is ``rolled_back`` and the policy's next rung is
+tried. A kept action is followed by a cooldown, or by its own next step (``Action.follow_up``).
 
-Two kinds of work span several of the user's steps, during which detection and diagnosis pause:
-
-* a **probe action** (the LR range test) measures over the next steps; the engine then
-  restores the snapshot and applies what the probe suggests as an ordinary, verified action;
-* a **branch trial** tries several remedies from one snapshot, each for a short horizon, scores
-  each on a fixed set of kept batches plus its training-loss trend, and keeps the winner only
-  when it beats the unchanged control significantly (:mod:`unstuck.rescue.branches`).
-
-Probe steps are real training steps spent measuring, so they are budgeted: at most
-``probe_budget`` (default 10 %) of the steps so far.
+A probe (:mod:`unstuck.rescue.probe`) spans several of the user's steps, during which detection
+and diagnosis pause; it restores a state of its choosing and may hand over a follow-up, applied
+and verified like any action. Probe steps are budgeted: at most ``probe_budget`` (default 10 %)
+of the steps so far. The engine names no action or cause (:mod:`unstuck.rescue.declared`); its
+kept states live in named slots (:mod:`unstuck.rescue.snapshot_book`), what was tried in an
+episode (:mod:`unstuck.rescue.episode`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from unstuck.rescue.actions.lr_range_test import diverged, suggest, sweep_factors
 from unstuck.rescue.base import Controls, get_action
 from unstuck.rescue.branches import BranchTrial
+from unstuck.rescue.declared import cause_declares
+from unstuck.rescue.episode import Episode
+from unstuck.rescue.events import merge_action_events
+from unstuck.rescue.pending import Pending, before_window, level, recent_finite, record_for
 from unstuck.rescue.policy import Policy, Proposal
+from unstuck.rescue.probe import Event, Probe, is_probe, probe_kind
+from unstuck.rescue.range_test import RangeTest
+from unstuck.rescue.restart import restarts_from_start, returns_to_last_good
 from unstuck.rescue.snapshot import (
     Snapshot,
     SnapshotMismatchError,
@@ -39,6 +40,7 @@ from unstuck.rescue.snapshot import (
     restore_snapshot,
     take_snapshot,
 )
+from unstuck.rescue.snapshot_book import LAST_GOOD, START, KeptStates
 from unstuck.rescue.verify import judge
 from unstuck.types import ActionRecord, Finding, Plateau
 
@@ -50,51 +52,12 @@ DEFAULT_HORIZON = 200  # steps an action runs before it is judged
 DEFAULT_COOLDOWN = 100  # steps after a kept action before the next one
 DEFAULT_PROBE_BUDGET = 0.1  # probe steps may be at most this share of the steps so far
 DEFAULT_SNAPSHOT_MEMORY = 1 << 30  # bytes of snapshots held in memory before spilling to disk
-PRE_WINDOW = 200  # loss points before the action that the verdict compares against
-PROBE_FLUSH = 1  # a range test reads the loss after every step: it stops before a blow-up
-MIN_RANGE_STEPS = 40  # a shorter sweep cannot be read (10 skipped + 5 skipped + a slope)
-LAST_GOOD_EVERY = 500  # steps between refreshes of the last-good snapshot on healthy flushes
-LEVEL_POINTS = 50  # latest loss points whose mean is "the loss now" (against the last good's)
+PROBE_FLUSH = 1  # a probe that reads every step (the range test) stops before a blow-up
 HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
-# What a pending action may cause itself: a raise of the LR (or a bump, a restart, momentum)
-# that drives the loss up is the action's effect, not a new cause in the user's run.
-RAISE_EFFECTS = frozenset({"lr_too_high", "exploding_gradients", "nonfinite", "oscillation"})
-LR_RAISING = frozenset({"add_momentum", "warm_restart", "cyclical_bump"})
-FOLLOW_UP_MIN = 2.0  # a remaining LR factor below 2× (either way) is not worth another horizon
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
-# Remedies that, decided within one horizon of the start, restart from the start state: the
-# steps taken at a far too high LR (or at full LR before Adam's estimates settled) leave damage a
-# later change does not undo (units pushed dead or into saturation, weights blown up, attention
-# collapsed), and the run has little progress to lose. (cause, action) pairs; an lr_scale
-# restarts only when it cuts.
-RESTART_REMEDIES = frozenset({("lr_too_high", "lr_scale"), ("missing_warmup", "warmup")})
 MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
-
-Event = tuple[str, dict[str, Any]]
-
-
-@dataclass
-class _Pending:
-    record: ActionRecord
-    snapshot: str  # key in the snapshot store
-    before_steps: np.ndarray
-    before: np.ndarray
-    due: int
-
-
-@dataclass
-class _RangeTest:
-    record: ActionRecord
-    snapshot: str
-    start: int  # the last step before the sweep's first optimizer step
-    planned: int
-    low: float
-    high: float
-    every: int  # Guard steps per optimizer step (owned accumulation)
-    before_steps: np.ndarray
-    before: np.ndarray
-    steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
+_HANDLES = ("lr", "clip", "accumulation", "stop")  # unstuck's own handles in every snapshot
+Loss = tuple[np.ndarray, np.ndarray]
 
 
 class RescueEngine:
@@ -124,41 +87,42 @@ class RescueEngine:
         self.cooldown = cooldown
         self.probe_budget = float(probe_budget)
         self.snapshots = SnapshotStore(snapshot_memory, spill_dir)
+        self.kept = KeptStates(self.snapshots, horizon, self.capture, self.restore, self._refused)
+        self.book = self.kept.book
         self._capture_extra = capture_extra or dict
         self._restore_extra = restore_extra or (lambda extra: None)
         self.evaluate = evaluate or (lambda: None)
         controls.restore = self.restore
         controls.best = self.best_snapshot
-        self.pending: _Pending | None = None
-        self.range_test: _RangeTest | None = None
-        self.branches: BranchTrial | None = None
+        self.pending: Pending | None = None  # the one action waiting for its verdict
+        self.probe: Probe | None = None  # the one probe running
         self.quiet_until = 0
-        self.tried: set[str] = set()
-        self._budget_noted: set[str] = set()  # budget skips already recorded on this plateau
-        self.episode: int | None = None  # start step of the plateau the tried set belongs to
+        self.episodes = Episode()  # what was tried on this plateau, what the run refuted
         self.probe_steps = 0  # steps spent measuring so far (range tests, losing branches)
         self.probe_nonfinite = 0  # probe steps whose loss was non-finite (the goal: none)
-        # (cause, action) pairs whose verdict rolled them back, and the step: a remedy that hurt
-        # (or a cut that did not help) for a cause is not tried for it again in this run.
-        self.refuted: dict[str, int] = {}
-        self._best: str | None = None
-        self._best_value = math.inf
-        self._last_good: str | None = None
-        self._last_good_step = -LAST_GOOD_EVERY
-        self._last_good_level = math.inf  # mean loss of the flush it was taken at
-        self._start_state: str | None = None  # the run as it began, for an early restart
-        self._start_step = 0
         self._mismatch_said = False  # a refused restore is logged once per run
+
+    # Views under the names earlier versions (and their tests) read.
+    tried = property(lambda self: self.episodes.tried)
+    episode = property(lambda self: self.episodes.start)
+    refuted = property(lambda self: self.episodes.refuted)
+    _last_good = property(lambda self: self.book[LAST_GOOD].key)
+    _last_good_step = property(lambda self: self.book[LAST_GOOD].step)
+    _last_good_level = property(lambda self: self.book[LAST_GOOD].value)
+    _start_state = property(lambda self: self.book[START].key)
+
+    @property
+    def range_test(self) -> RangeTest | None:
+        return self.probe if isinstance(self.probe, RangeTest) else None
+
+    @property
+    def branches(self) -> BranchTrial | None:
+        return self.probe if isinstance(self.probe, BranchTrial) else None
 
     # -- snapshots ----------------------------------------------------------------------------
     def capture(self, step: int) -> Snapshot:
         c = self.controls
-        handles = {
-            "lr": c.lr.state_dict(),
-            "clip": c.clip.state_dict(),
-            "accumulation": c.accumulation.state_dict(),
-            "stop": c.stop.state_dict(),
-        }
+        handles = {name: getattr(c, name).state_dict() for name in _HANDLES}
         extra = {"controls": handles, **self._capture_extra()}
         return take_snapshot(step, c.model, c.optimizer, c.scheduler, c.scaler, extra=extra)
 
@@ -166,12 +130,7 @@ class RescueEngine:
         """Put every live object back as it was in ``snap``, the Guard's own state included."""
         c = self.controls
         restore_snapshot(snap, c.model, c.optimizer, c.scheduler, c.scaler)
-        handles = snap.extra.get("controls")
-        if handles is not None:
-            c.lr.load_state_dict(handles["lr"])
-            c.clip.load_state_dict(handles["clip"])
-            c.accumulation.load_state_dict(handles["accumulation"])
-            c.stop.load_state_dict(handles["stop"])
+        self._restore_handles(snap)
         self._restore_extra(snap.extra)
 
     def _refused(self, exc: SnapshotMismatchError) -> str:
@@ -191,41 +150,27 @@ class RescueEngine:
         what an action changed through them is undone even when the model cannot be."""
         handles = snap.extra.get("controls")
         if handles is not None:
-            c = self.controls
-            c.lr.load_state_dict(handles["lr"])
-            c.clip.load_state_dict(handles["clip"])
-            c.accumulation.load_state_dict(handles["accumulation"])
-            c.stop.load_state_dict(handles["stop"])
+            for name in _HANDLES:
+                getattr(self.controls, name).load_state_dict(handles[name])
 
-    def _restore_or_forget(self, key: str | None) -> Snapshot | None:
-        """Restore a kept snapshot (last good, start) if it still fits; else drop it."""
-        if key is None:
-            return None
+    def _roll_back(self, key: str) -> str | None:
+        """Restore the store's snapshot ``key``; when it no longer fits, undo at least what went
+        through unstuck's handles and return why the rest could not be (``None``: restored)."""
         snap = self.snapshots.get(key)
         try:
             self.restore(snap)
         except SnapshotMismatchError as exc:
-            self._refused(exc)
-            self.snapshots.drop(key)
-            if key == self._last_good:
-                self._last_good = None
-            if key == self._start_state:
-                self._start_state = None
-            return None
-        return snap
+            self._restore_handles(snap)
+            return self._refused(exc)
+        return None
 
     def best_snapshot(self) -> Snapshot | None:
-        return self.snapshots.get(self._best) if self._best is not None else None
+        return self.kept.best()
 
     def note_validation(self, step: int, value: float) -> None:
-        """Keep a snapshot at each new best validation loss (for ``keep_best_and_stop``)."""
-        if not self.policy.acts or not math.isfinite(value) or value >= self._best_value:
-            return
-        if self.probing:
-            return  # a probe's state is not the run's
-        self._best_value = value
-        self.snapshots.drop(self._best)
-        self._best = self.snapshots.put(self.capture(step))
+        """Keep a snapshot at each new best validation loss (for a stop on the best state)."""
+        if self.policy.acts and not self.probing:  # a probe's state is not the run's
+            self.kept.note_best(step, value)
 
     def note_healthy(
         self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
@@ -234,53 +179,28 @@ class RescueEngine:
         unstable, no action waiting for its verdict) at most every ``LAST_GOOD_EVERY`` steps;
         ``force``: now (a kept verdict: the state it leaves is a good one to return to).
         ``level``: the flush's mean loss, which a later restore must beat."""
-        if self._start_state is not None and step - self._start_step > self.horizon:
-            self.forget_start()  # past the restart window: free the memory
+        self.kept.start_within_horizon(step)  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
-        if self.pending is not None or state not in HEALTHY_STATES:
-            return
-        if not force and step - self._last_good_step < LAST_GOOD_EVERY:
-            return
-        self.snapshots.drop(self._last_good)
-        self._last_good = self.snapshots.put(self.capture(step))
-        self._last_good_step = step
-        self._last_good_level = level if math.isfinite(level) else math.inf
+        if self.pending is None and state in HEALTHY_STATES:
+            self.kept.note_good(step, level, force)
+
+    def note_start(self, step: int) -> None:
+        """Keep the state the run starts from (before its first optimizer step), for one
+        horizon: a remedy its cause restarts (``Rule.restart_remedies``), found that early,
+        starts over from it."""
+        if self.policy.acts:
+            self.kept.note_start(step)
+
+    def forget_start(self) -> None:
+        self.kept.forget_start()
 
     def explains(self, cause: str) -> ActionRecord | None:
         """The pending action, when a new finding of ``cause`` is its own effect (an LR raised,
         a restart or a bump running, momentum added: the loss it drives up is not a cause in
         the user's run). ``None`` otherwise."""
         p = self.pending
-        if p is None or cause not in RAISE_EFFECTS:
-            return None
-        raises = p.record.name in LR_RAISING or (
-            p.record.name == "lr_scale" and float(p.record.params.get("factor", 1.0)) > 1.0
-        )
-        return p.record if raises else None
-
-    def note_start(self, step: int) -> None:
-        """Keep the state the run starts from (before its first optimizer step), for one
-        horizon: a cut for a far too high LR, or a missing warm-up, found that early restarts
-        from it."""
-        if not self.policy.acts:
-            return
-        self.snapshots.drop(self._start_state)
-        self._start_state = self.snapshots.put(self.capture(step))
-        self._start_step = step
-
-    def forget_start(self) -> None:
-        self.snapshots.drop(self._start_state)
-        self._start_state = None
-
-    def _restarts(self, step: int, proposal: Proposal) -> bool:
-        """Whether this remedy starts over from the run's first state (see RESTART_REMEDIES)."""
-        if self._start_state is None or step - self._start_step > self.horizon:
-            return False
-        if (proposal.cause, proposal.action) not in RESTART_REMEDIES:
-            return False
-        # An lr_scale restarts only when it cuts.
-        return proposal.action != "lr_scale" or _cuts_lr(proposal.action, proposal.params)
+        return p.record if p is not None and p.explains(cause) else None
 
     def note_effect(self, finding: Finding) -> bool:
         """Record ``finding`` as the pending action's effect when the action explains it (see
@@ -295,15 +215,14 @@ class RescueEngine:
     # -- decisions ----------------------------------------------------------------------------
     @property
     def probing(self) -> bool:
-        return self.range_test is not None or self.branches is not None
+        return self.probe is not None
 
     def flush_hint(self, step: int) -> int | None:
         """Steps until the engine wants the next flush during a probe (``None``: no opinion)."""
-        if self.range_test is not None:
-            return PROBE_FLUSH
-        if self.branches is not None:
-            return max(self.branches.steps_left(step), 1)
-        return None
+        if self.probe is None:
+            return None
+        hint = self.probe.flush_hint(step)
+        return PROBE_FLUSH if hint is None else hint
 
     def probe_allowance(self, step: int) -> int:
         """Probe steps still allowed by the budget at ``step``."""
@@ -311,17 +230,14 @@ class RescueEngine:
 
     def new_episode(self, start: int | None) -> None:
         """A new plateau began: remedies rolled back on the last one may be tried again."""
-        if start != self.episode:
-            self.episode = start
-            self.tried = set()
-            self._budget_noted = set()
+        self.episodes.begin(start)
 
     def decide(
         self,
         step: int,
         state: str,
         findings: Sequence[Finding],
-        loss: tuple[np.ndarray, np.ndarray],
+        loss: Loss,
         plateau: Plateau | None,
         *,
         act: bool = True,
@@ -338,324 +254,179 @@ class RescueEngine:
             self.new_episode(plateau.start if plateau is not None else None)
         if not act:
             return []
-        return self.maybe_act(
-            step,
-            state,
-            findings,
-            loss,
-            plateau_kind=plateau.kind if plateau is not None else None,
-            plateau_start=plateau.start if plateau is not None else None,
-        )
+        kind, start = (plateau.kind, plateau.start) if plateau is not None else (None, None)
+        return self.maybe_act(step, state, findings, loss, kind, start)
 
     def maybe_act(
         self,
         step: int,
         state: str,
         findings: Sequence[Finding],
-        loss: tuple[np.ndarray, np.ndarray],
+        loss: Loss,
         plateau_kind: str | None = None,
         plateau_start: int | None = None,
     ) -> list[Event]:
         """Ask the policy and, if it proposes something it can do, snapshot and start it."""
         events: list[Event] = []
-        if (
-            not self.policy.acts
-            or self.pending is not None
-            or self.probing
-            or step < self.quiet_until
-            or self.controls.stop.requested
-        ):
+        busy = self.pending is not None or self.probing or step < self.quiet_until
+        if not self.policy.acts or busy or self.controls.stop.requested:
             return events
+        episode = self.episodes
         waiting: set[str] = set()  # out of probe budget now; may run at a later flush
         for _ in range(PROPOSALS_PER_DECISION):
             proposal = self.policy.propose(
                 step=step,
                 state=state,
                 findings=findings,
-                tried=frozenset(self.tried | waiting),
+                tried=frozenset(episode.tried | waiting),
                 plateau_kind=plateau_kind,
                 plateau_start=plateau_start,
             )
             if proposal is None:
                 return events
             why_not = self._why_not(step, proposal)
-            if why_not is None and _is_probe(proposal) and not _recent_finite(loss):
+            if why_not is None and is_probe(proposal.action) and not recent_finite(loss):
                 why_not = "the loss is non-finite: no probe starts from a broken state"
-            refuted = self.refuted.get(_refute_key(proposal.cause, proposal.action))
+            refuted = episode.refuted_at(proposal.cause, proposal.action)
             if why_not is None and refuted is not None:
                 why_not = f"{proposal.action} for {proposal.cause} rolled back at step {refuted}"
-            over_budget = why_not is not None and why_not.startswith("probe budget")
-            if over_budget:
-                waiting.add(proposal.key)
-            else:
-                self.tried.add(proposal.key)
-            if why_not is not None:
-                if over_budget:
-                    # The measuring rung is worth waiting for: the budget grows with the steps,
-                    # and jumping to the next rung now would act blind. Said once per plateau.
-                    if proposal.key not in self._budget_noted:
-                        self._budget_noted.add(proposal.key)
-                        events.append(("action", self._skipped(step, proposal, why_not)))
-                    return events
-                events.append(("action", self._skipped(step, proposal, why_not)))
+            if why_not is None:
+                episode.tried.add(proposal.key)
+                return events + self._start(step, proposal, loss, findings, state)
+            if not why_not.startswith("probe budget"):
+                episode.tried.add(proposal.key)
+                events.append(("action", _skipped(step, proposal, why_not)))
                 continue
-            events += self._start(step, proposal, loss, findings, state)
+            # The measuring rung is worth waiting for: the budget grows with the steps, and
+            # jumping to the next rung now would act blind. Said once per plateau.
+            waiting.add(proposal.key)
+            if proposal.key not in episode.budget_noted:
+                episode.budget_noted.add(proposal.key)
+                events.append(("action", _skipped(step, proposal, why_not)))
             return events
         return events
 
     def _why_not(self, step: int, proposal: Proposal) -> str | None:
-        if proposal.action == "branch_trial":
-            need = BranchTrial.budget_needed(proposal.params, self.horizon)
-            if self.probe_allowance(step) < need:
-                return (
-                    f"probe budget: {self.probe_allowance(step)} steps left of "
-                    f"{self.probe_budget:.0%} of {step}, a branch trial needs {need}"
-                )
-            return None
-        action = get_action(proposal.action)
-        action.validate(proposal.params)
-        if action.changes_lr and self.controls.lr_locked:
-            return self.controls.lr_locked
-        reason = action.unavailable(self.controls, proposal.params)
-        if reason is not None:
-            return reason
-        if action.probe and self.probe_allowance(step) < MIN_RANGE_STEPS:
-            return (
-                f"probe budget: {self.probe_allowance(step)} steps left of "
-                f"{self.probe_budget:.0%} of {step} steps, a range test needs {MIN_RANGE_STEPS}"
-            )
-        return None
-
-    def _skipped(self, step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
-        record = self._record(step, proposal, outcome="skipped")
-        record.evidence["skipped_because"] = why_not
-        record.verified_step = step
-        return record.to_dict()
-
-    def _record(self, step: int, proposal: Proposal, outcome: str = "pending") -> ActionRecord:
-        label = (
-            "branch trial"
-            if proposal.action == "branch_trial"
-            else get_action(proposal.action).describe(proposal.params)
-        )
-        return ActionRecord(
-            name=proposal.action,
-            step=step,
-            reason=proposal.reason,
-            outcome=outcome,
-            params={**proposal.params, "label": label},
-            evidence={"cause": proposal.cause or ""},
-        )
-
-    def _back_to_last_good(
-        self, proposal: Proposal, state: str, loss: tuple[np.ndarray, np.ndarray]
-    ) -> bool:
-        """Whether to restore the last good state before ``proposal``: the loss went non-finite
-        (or the run diverges) and that state's loss was lower than the loss now."""
-        if self._last_good is None or proposal.action == "keep_best_and_stop":
-            return False
-        if proposal.cause == "nonfinite":
-            return True
-        if state != "diverging":
-            return False
-        return _level(loss) > self._last_good_level
+        kind = probe_kind(proposal.action)
+        if kind is None or kind.is_action:
+            action = get_action(proposal.action)
+            action.validate(proposal.params)
+            if action.changes_lr and self.controls.lr_locked:
+                return self.controls.lr_locked
+            reason = action.unavailable(self.controls, proposal.params)
+            if reason is not None or kind is None:
+                return reason
+        assert kind is not None
+        allowance, share = self.probe_allowance(step), self.probe_budget
+        return kind.over_budget(allowance, step, share, proposal.params, self.horizon)
 
     def _start(
         self,
         step: int,
         proposal: Proposal,
-        loss: tuple[np.ndarray, np.ndarray],
+        loss: Loss,
         findings: Sequence[Finding],
         state: str = "",
     ) -> list[Event]:
-        restored_from: int | None = None
-        restarted_from: int | None = None
-        if self._start_state is not None and step - self._start_step > self.horizon:
-            self.forget_start()
-        before_steps, before = _before_window(step, loss)
-        if self._back_to_last_good(proposal, state, loss):
+        evidence: dict[str, Any] = {}
+        self.kept.start_within_horizon(step)
+        before = before_window(step, loss)
+        if returns_to_last_good(self.kept, proposal, state, level(loss)):
             # Retry from the last good state (finite, lower loss), not from the broken one; the
             # verdict compares with the loss before that state, where the run was good.
-            snap = self._restore_or_forget(self._last_good)
+            snap = self.kept.return_to(LAST_GOOD)
             if snap is not None:
-                restored_from = snap.step
-                before_steps, before = _before_window(snap.step, loss)
+                evidence["restored_last_good_step"] = snap.step
+                before = before_window(snap.step, loss)
         snapshot = self.snapshots.put(self.capture(step))
-        if self._restarts(step, proposal):
+        if restarts_from_start(self.kept, step, proposal):
             # A rollback returns to the state this action found (``snapshot``), not the start.
-            start = self._restore_or_forget(self._start_state)
-            restarted_from = None if start is None else start.step
+            first = self.kept.return_to(START)
+            if first is not None:
+                evidence["restarted_from_step"] = first.step
             self.forget_start()
-        if proposal.action == "branch_trial":
-            trial = BranchTrial(self, step, snapshot, proposal, self.horizon)
-            self.branches = trial
-            record = trial.record
-            trial.begin(step)
-            return [("action", record.to_dict())]
+        kind = probe_kind(proposal.action)
+        if kind is not None and not kind.is_action:  # a probe that is no action of its own
+            self.probe = kind.start(self, step, snapshot, proposal, None, before, self.horizon)
+            return [("action", self.probe.record.to_dict())]
         action = get_action(proposal.action)
         params = dict(proposal.params)
-        if action.probe:
-            params["steps"] = min(int(params.get("steps", 100)), self.probe_allowance(step))
+        if kind is not None:
+            params = kind.fit_params(params, self.probe_allowance(step))
             proposal = Proposal(proposal.action, params, proposal.reason, proposal.cause)
-        record = self._record(step, proposal)
-        if restored_from is not None:
-            record.evidence["restored_last_good_step"] = restored_from
-        if restarted_from is not None:
-            record.evidence["restarted_from_step"] = restarted_from
-            ran = step - restarted_from
-            if proposal.action == "lr_scale" and ran >= MIN_RESTART_COMPARE:
-                # The unchanged run is on record for ``ran`` steps from the same start: the
-                # restart is judged against it at the same steps from the start, as soon as it
-                # has run as many (not after a horizon a short run cannot afford).
-                record.evidence["restart_compare_steps"] = ran
+        record = record_for(step, proposal)
+        record.evidence.update(evidence)
+        ran = step - int(evidence.get("restarted_from_step", step))
+        if ran >= MIN_RESTART_COMPARE and action.duration(params) == 0:
+            # The unchanged run is on record for ``ran`` steps from the same start: an instant
+            # change restarted is judged against it at the same steps from the start, as soon
+            # as it has run as many (not after a horizon a short run cannot afford). A ramp (a
+            # warm-up) is still ramping then: it waits its horizon.
+            record.evidence["restart_compare_steps"] = ran
         try:
             token = action.apply(self.controls, params)
-        except SnapshotMismatchError as exc:  # keep_best_and_stop: the best state no longer fits
+        except SnapshotMismatchError as exc:  # a final action: the best state no longer fits
             self.snapshots.drop(snapshot)
-            if self._best is not None:
-                self.snapshots.drop(self._best)
-                self._best, self._best_value = None, math.inf
+            self.kept.forget_best()
             record.outcome = "skipped"
             record.evidence["skipped_because"] = self._refused(exc)
             record.verified_step = step
             return [("action", record.to_dict())]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
-        if action.probe:
+        if kind is not None:
             record.outcome = "probing"
-            self.range_test = _RangeTest(
-                record,
-                snapshot,
-                start=step,
-                planned=int(params["steps"]),
-                low=float(params.get("low", 1e-2)),
-                high=float(params.get("high", 1e4)),
-                every=self.controls.accumulation.steps if self.controls.accumulation.owned else 1,
-                before_steps=before_steps,
-                before=before,
-            )
-            return [("action", record.to_dict())]
-        if action.final:
+            self.probe = kind.start(self, step, snapshot, proposal, record, before, self.horizon)
+        elif action.final:
             record.outcome = "kept"
             record.verified_step = step
             self.snapshots.drop(snapshot)
-            return [("action", record.to_dict())]
-        due = step + max(self.horizon, action.duration(params))
-        if "restart_compare_steps" in record.evidence:
-            due = step + int(record.evidence["restart_compare_steps"])
-        self.pending = _Pending(record, snapshot, before_steps, before, due)
+        else:
+            due = step + max(self.horizon, action.duration(params))
+            if "restart_compare_steps" in record.evidence:
+                due = step + int(record.evidence["restart_compare_steps"])
+            self.pending = Pending(record, snapshot, *before, due)
         return [("action", record.to_dict())]
 
     # -- probes -------------------------------------------------------------------------------
     def advance_probe(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
         """Feed the losses of the steps since the last flush to the running probe."""
-        if self.range_test is not None:
-            return self._advance_range_test(step, steps, values)
-        if self.branches is not None:
-            try:
-                events = self.branches.advance(step, steps, values)
-            except SnapshotMismatchError as exc:
-                return self._abandon_branches(step, exc)
-            if self.branches.done:
-                self.probe_steps += self.branches.spent
-                self.branches = None
-            return events
-        return []
-
-    def _abandon_branches(self, step: int, exc: SnapshotMismatchError) -> list[Event]:
-        """A branch trial whose snapshot no longer fits the model or optimizer: it ends here,
-        ``failed`` with the reason; the branch running keeps no change of unstuck's handles."""
-        trial = self.branches
-        assert trial is not None
-        self._restore_handles(self.snapshots.get(trial.snapshot))
-        for branch in trial.branches:
-            self.snapshots.drop(branch.snapshot)
-        self.snapshots.drop(trial.snapshot)
-        self.probe_steps += max(step - trial.record.step, 0)
-        self.branches = None
-        record = trial.record
-        record.outcome = "failed"
-        record.verified_step = step
-        record.evidence["failed_because"] = self._refused(exc)
-        self.quiet_until = step + self.cooldown
-        return [("action_outcome", record.to_dict())]
-
-    def _advance_range_test(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
-        rt = self.range_test
-        assert rt is not None
-        rt.steps += [int(s) for s in steps]
-        rt.losses += [float(v) for v in values]
-        # Loss at Guard step start+1+j reflects the parameters after sweep step j−1.
-        offsets = (np.asarray(rt.steps) - rt.start - 1) // rt.every
-        usable = (offsets >= 1) & (offsets <= rt.planned)
-        losses = np.asarray(rt.losses)[usable]
-        blew_up = diverged(losses, rt.planned)
-        if not blew_up and step - rt.start < (rt.planned + 1) * rt.every:
+        probe = self.probe
+        if probe is None:
             return []
-        self.range_test = None
-        spent = step - rt.start
-        self.probe_steps += spent
-        nonfinite = int(np.sum(~np.isfinite(np.asarray(rt.losses, dtype=np.float64))))
-        self.probe_nonfinite += nonfinite
-        factors = sweep_factors(rt.low, rt.high, rt.planned)[offsets[usable] - 1]
-        result = suggest(factors, losses, rt.planned, stopped=blew_up)
-        snap = self.snapshots.get(rt.snapshot)
-        record = rt.record
-        record.verified_step = step
         try:
-            self.restore(snap)
+            events = probe.advance(step, steps, values)
         except SnapshotMismatchError as exc:
-            self._restore_handles(snap)  # at least the sweep's LR ramp ends
-            record.outcome = "failed"
-            record.evidence["failed_because"] = self._refused(exc)
-            self.snapshots.drop(rt.snapshot)
-            return [("action_outcome", record.to_dict())]
-        record.outcome = "restored"
-        record.evidence.update(
-            {
-                "probe_steps": spent,
-                "suggested_factor": result.factor,
-                "method": result.method,
-                "confident": result.confident,
-                "steepest": result.steepest,
-                "valley": result.valley,
-                "diverged_at": result.diverged_at,
-                "drop": result.drop,
-                "nonfinite_losses": nonfinite,
-            }
-        )
-        events: list[Event] = [
-            ("action_outcome", record.to_dict()),
-            ("probe", {"probe": "lr_range_test", "step": step, **result.to_dict()}),
-        ]
-        if result.factor is None:
-            self.snapshots.drop(rt.snapshot)
+            # Its snapshot no longer fits the model or optimizer: it ends here, ``failed``;
+            # unstuck's handles go back to where it started.
+            self._restore_handles(self.snapshots.get(probe.snapshot))
+            events = [probe.abandon(step, self._refused(exc))]
+        if not probe.done:
             return events
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": float(result.factor)},
-            reason=(
-                f"LR range test: ×{result.factor:.3g} ({result.method}; steepest "
-                f"×{_fmt(result.steepest)}, valley ×{_fmt(result.valley)}, diverged at "
-                f"×{_fmt(result.diverged_at)})"
-            ),
-            cause=record.evidence.get("cause") or None,
-        )
-        follow = self._record(step, proposal)
-        token = get_action("lr_scale").apply(self.controls, dict(proposal.params))
-        follow.evidence.update(token)
-        follow.evidence["range_test_step"] = rt.record.step
-        # The verdict compares with the loss before the sweep (the restored state).
-        self.pending = _Pending(
-            follow, rt.snapshot, rt.before_steps, rt.before, step + self.horizon
-        )
-        events.append(("action", follow.to_dict()))
-        return events
+        self.probe = None
+        self.probe_steps += probe.spent
+        self.probe_nonfinite += probe.nonfinite
+        if probe.rests:
+            self.quiet_until = step + self.cooldown
+        follow = probe.follow if probe.record.outcome != "failed" else None
+        probe.release()
+        if follow is None:
+            self.snapshots.drop(probe.snapshot)
+            return events
+        # Applied from the state the probe restored; its verdict compares with the loss before
+        # the probe, and its rollback returns to the probe's snapshot.
+        action = get_action(follow.action)
+        record = record_for(step, follow)
+        record.evidence.update(action.apply(self.controls, dict(follow.params)))
+        record.evidence.update(probe.follow_evidence)
+        due = step + max(self.horizon, action.duration(follow.params))
+        self.pending = Pending(record, probe.snapshot, *probe.before, due)
+        return [*events, ("action", record.to_dict())]
 
     # -- verification -------------------------------------------------------------------------
     def verify(
         self,
         step: int,
-        loss: tuple[np.ndarray, np.ndarray],
+        loss: Loss,
         horizon: int | None = None,
         ending: bool = False,
     ) -> list[Event]:
@@ -671,162 +442,51 @@ class RescueEngine:
         p = self.pending
         if p is None or self.probing:
             return []
-        steps, values = loss
-        broke = not bool(np.all(np.isfinite(values[steps > p.record.step])))
+        broke = p.broke(loss)
         if step < p.due and not broke:
             return []
         span = self.horizon if horizon is None else horizon
-        start = p.record.step + span // 2  # judge the second half: skip the transient
-        after = steps >= start
-        if broke:
-            # A non-finite loss is never waited out: judge (worse) and roll back now, before
-            # more steps run on a broken state.
-            after = steps > p.record.step
-        # A restart rewound the descent before it, so that descent's projection says nothing
-        # about the restarted run: its verdict compares levels only (the loss after against the
-        # level the action found).
-        restarted = "restarted_from_step" in p.record.evidence
-        paired = p.record.evidence.get("restart_compare_steps")
-        before_steps, before = p.before_steps, p.before
-        if paired is not None and not broke and step - p.record.step >= int(paired):
-            # Same steps from the start, second halves: the unchanged run's steps
-            # (start + L/2, start + L] against the restart's (action + L/2, action + L].
-            first = float(p.record.evidence["restarted_from_step"])
-            half, ran = int(paired) // 2, int(paired)
-            keep = (before_steps > first + half) & (before_steps <= first + ran)
-            before_steps, before = before_steps[keep], before[keep]
-            after = (steps > p.record.step + half) & (steps <= p.record.step + ran)
         # At the end of the run the question is only whether the state now is worse than the
         # one the action found (levels): a descent it slowed still left the run further on.
-        verdict = judge(
-            before_steps,
-            before,
-            steps[after],
-            values[after],
-            use_trend=not restarted and not ending,
-        )
-        p.record.evidence.update(
-            {
-                "verdict_change": verdict.change,
-                "verdict_stderr": verdict.stderr,
-                "verdict_projected_change": verdict.projected_change,
-                "verdict_projected_stderr": verdict.projected_stderr,
-                "verdict_log_scale": verdict.log,
-                "verdict_rising": verdict.rising,
-                "verdict_better": verdict.better,
-            }
-        )
-        p.record.verified_step = step
-        # A cut must earn its keep: its cost comes later (a slower descent, a saddle it can no
-        # longer leave — the ReduceLROnPlateau failure of REFERENCE.md §1b), so a cut after
-        # which the loss is not significantly better is undone; other actions stay unless worse.
-        idle_cut = _cuts_lr(p.record.name, p.record.params) and not verdict.better and not ending
-        # A verdict that cannot decide (too few points before or after: an infinite standard
-        # error) keeps nothing: "not shown worse" is not evidence when nothing could be shown.
-        undecided = not verdict.worse and not math.isfinite(verdict.stderr)
-        if undecided and ending:
-            p.record.outcome = "unverified"
-            self.snapshots.drop(p.snapshot)
-            self.pending = None
-            return [("action_outcome", p.record.to_dict())]
-        refused: str | None = None
-        if verdict.worse or idle_cut or undecided:
-            snap = self.snapshots.get(p.snapshot)
-            try:
-                self.restore(snap)
-            except SnapshotMismatchError as exc:
-                self._restore_handles(snap)
-                refused = self._refused(exc)
-        if refused is not None:
+        use_trend = not p.restarted and not ending
+        verdict = judge(*p.windows(step, loss, span, broke), use_trend=use_trend)
+        why = p.weigh(verdict, step, broke, ending)
+        refused = self._roll_back(p.snapshot) if why else None
+        self.pending = None
+        record = p.record
+        if why == "":
+            record.outcome = "unverified"
+        elif refused is not None:
             # The model and optimizer train on as they are; what the action changed through
             # unstuck's handles (the LR multiplier, clip, accumulation) is undone.
-            p.record.outcome = "failed"
-            p.record.evidence["failed_because"] = refused
+            record.outcome = "failed"
+            record.evidence["failed_because"] = refused
             self.quiet_until = step + self.cooldown
             self.forget_start()
-        elif verdict.worse or idle_cut or undecided:
-            p.record.outcome = "rolled_back"
-            p.record.evidence["rolled_back_because"] = (
-                "a non-finite loss"
-                if broke
-                else "worse"
-                if verdict.worse
-                else "a cut that did not make the loss better"
-                if idle_cut
-                else "the verdict could not decide (too few loss points)"
-            )
+        elif why is not None:
+            record.outcome = "rolled_back"
+            record.evidence["rolled_back_because"] = why
             self.quiet_until = step  # the next rung may be tried at once
-            cause = str(p.record.evidence.get("cause") or "")
-            if cause and cause != "nonfinite" and not broke:
-                self.refuted[_refute_key(cause, p.record.name)] = p.record.step
+            cause = str(record.evidence.get("cause") or "")
+            if cause and not cause_declares(cause, "broken_state") and not broke:
+                self.episodes.refute(cause, record.name, record.step)
         else:
-            p.record.outcome = "kept"
+            record.outcome = "kept"
             self.quiet_until = step + self.cooldown
             self.forget_start()  # a restart would now undo what was just kept
         self.snapshots.drop(p.snapshot)
-        self.pending = None
-        if p.record.outcome == "kept":
-            # The state a kept verdict leaves is the one to come back to if the run later
-            # diverges (not one from before the rescue).
-            self.note_healthy(step, "improving", True, level=_level(loss), force=True)
-        events: list[Event] = [("action_outcome", p.record.to_dict())]
-        if p.record.outcome == "kept" and not ending:  # nothing new starts as the run ends
-            events += self._follow_up(step, p.record, loss)
+        events: list[Event] = [("action_outcome", record.to_dict())]
+        if record.outcome != "kept":
+            return events
+        # The state a kept verdict leaves is the one to come back to if the run later diverges
+        # (not one from before the rescue).
+        self.note_healthy(step, "improving", True, level=level(loss), force=True)
+        follow = None if ending else get_action(record.name).follow_up(record)
+        if follow is not None and not self.probing:  # nothing new starts as the run ends
+            events += self._start(step, follow, loss, ())
         return events
 
-    def _follow_up(
-        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
-    ) -> list[Event]:
-        """Apply the rest of a capped LR change once its first part has been kept.
-
-        A rule may ask for more than one action may do (``estimate`` beyond the capped
-        ``factor``: at most two decades at a time). The rest comes in further verified steps,
-        each judged against the trend the previous one set, until it is within a factor of 2.
-        """
-        params = kept.params
-        if kept.name != "lr_scale" or self.probing:
-            return []
-        factor = float(params.get("factor", 1.0))
-        estimate = float(params.get("estimate", factor))
-        rest = estimate / factor
-        if not (rest >= FOLLOW_UP_MIN or rest <= 1 / FOLLOW_UP_MIN) or (rest > 1) != (factor > 1):
-            return self._continue_raise(step, kept, loss)
-        # No larger a step than the one just kept (which hit the rule's cap).
-        capped = min(rest, factor) if factor > 1 else max(rest, factor)
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": round(capped, 6), "estimate": round(rest, 6)},
-            reason=f"follow-up: the evidence asked for ×{estimate:.3g}, ×{factor:.3g} was kept",
-            cause=kept.evidence.get("cause") or None,
-        )
-        return self._start(step, proposal, loss, ())
-
-    def _continue_raise(
-        self, step: int, kept: ActionRecord, loss: tuple[np.ndarray, np.ndarray]
-    ) -> list[Event]:
-        """After an LR raise for a cause that made the loss significantly better, a further
-        raise by half its decades (√factor), verified like the first: the "bold driver" rule
-        (Vogl et al. 1988; Battiti 1989: grow the step while the loss keeps falling), so an LR
-        that is decades too low is not left at the one factor the evidence could size. Halving
-        the decades each time bounds the overshoot (×10 → ×3.2 → ×1.8: at most ×10^1.75 in
-        all); it stops below ×2, at the first raise that is not better (kept, as not worse), or
-        at one that is worse (rolled back, which refutes the remedy for the cause)."""
-        factor = float(kept.params.get("factor", 1.0))
-        cause = kept.evidence.get("cause") or None
-        if cause is None or factor < FOLLOW_UP_MIN or not kept.evidence.get("verdict_better"):
-            return []
-        further = math.sqrt(factor)
-        if further < FOLLOW_UP_MIN:
-            return []
-        proposal = Proposal(
-            "lr_scale",
-            {"factor": round(further, 6)},
-            reason=f"continue: ×{factor:.3g} made the loss better; ×{further:.3g} more",
-            cause=cause,
-        )
-        return self._start(step, proposal, loss, ())
-
-    def finish(self, step: int, loss: tuple[np.ndarray, np.ndarray]) -> list[Event]:
+    def finish(self, step: int, loss: Loss) -> list[Event]:
         """The run is ending: undo a running probe; judge a pending action on what there is.
 
         A sweep or a losing branch must not be the state a run ends in, so a probe in flight is
@@ -837,20 +497,13 @@ class RescueEngine:
         verdict that cannot decide, it stays ``unverified``.
         """
         events: list[Event] = []
-        running = self.range_test or self.branches
-        if running is not None:
-            snap = self.snapshots.get(running.snapshot)
-            try:
-                self.restore(snap)
-                running.record.outcome = "interrupted"
-            except SnapshotMismatchError as exc:
-                self._restore_handles(snap)
-                running.record.outcome = "failed"
-                running.record.evidence["failed_because"] = self._refused(exc)
-            running.record.verified_step = step
-            events.append(("action_outcome", running.record.to_dict()))
-            self.range_test = None
-            self.branches = None
+        probe = self.probe
+        if probe is not None:
+            refused = self._roll_back(probe.snapshot)
+            outcome = "interrupted" if refused is None else "failed"
+            events.append(probe.end(step, outcome, refused))
+            probe.release()
+            self.probe = None
         p = self.pending
         if p is None:
             return events
@@ -872,130 +525,40 @@ class RescueEngine:
         """Tensors and primitives only. Includes the pending action and its snapshot, so a
         resumed run verifies (and can roll back) an action taken before the checkpoint. A probe
         running at checkpoint time is saved as its snapshot: a resumed run restores it."""
-        pending = None
-        p = self.pending
-        if p is not None:
-            pending = {
-                "record": p.record.to_dict(),
-                "snapshot": self.snapshots.get(p.snapshot).to_dict(),
-                "before_steps": [float(v) for v in p.before_steps],
-                "before": [float(v) for v in p.before],
-                "due": p.due,
-            }
-        probe = None
-        running = self.range_test or self.branches
-        if running is not None:
-            probe = {
-                "record": running.record.to_dict(),
-                "snapshot": self.snapshots.get(running.snapshot).to_dict(),
-            }
+        p, probe = self.pending, self.probe
         return {
             "quiet_until": self.quiet_until,
-            "tried": sorted(self.tried),
-            "budget_noted": sorted(self._budget_noted),
-            "episode": self.episode,
-            "pending": pending,
-            "probe": probe,
+            **self.episodes.state_dict(),
+            "pending": p.state_dict(self.snapshots) if p is not None else None,
+            "probe": probe.state_dict(self.snapshots) if probe is not None else None,
             "probe_steps": self.probe_steps,
-            "refuted": dict(self.refuted),
-            "best_value": self._best_value,
-            "best": best.to_dict() if (best := self.best_snapshot()) is not None else None,
+            **self.kept.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> list[ActionRecord]:
         """Load; returns records of probes that were interrupted and have now been undone."""
         self.quiet_until = int(state.get("quiet_until", 0))
-        self.tried = set(state.get("tried", []))
-        self._budget_noted = set(state.get("budget_noted", []))
-        episode = state.get("episode")
-        self.episode = None if episode is None else int(episode)
+        self.episodes.load_state_dict(state)
         self.probe_steps = int(state.get("probe_steps", 0))
-        self.refuted = {str(k): int(v) for k, v in state.get("refuted", {}).items()}
-        self._best_value = float(state.get("best_value", math.inf))
-        best = state.get("best")
-        self.snapshots.drop(self._best)
-        self._best = self.snapshots.put(Snapshot.from_dict(best)) if best else None
+        self.kept.load_state_dict(state)
         pending = state.get("pending")
-        self.pending = None
-        self.range_test = None
-        self.branches = None
-        if pending is not None:
-            self.pending = _Pending(
-                record=ActionRecord.from_dict(pending["record"]),
-                snapshot=self.snapshots.put(Snapshot.from_dict(pending["snapshot"])),
-                before_steps=np.asarray(pending.get("before_steps", []), dtype=np.float64),
-                before=np.asarray(pending["before"], dtype=np.float64),
-                due=int(pending["due"]),
-            )
-            if self.pending.before_steps.size != self.pending.before.size:
-                self.pending.before_steps = np.arange(self.pending.before.size, dtype=np.float64)
-        interrupted = []
+        self.pending = None if pending is None else Pending.from_state(pending, self.snapshots)
+        self.probe = None
         probe = state.get("probe")
-        if probe is not None:
-            self.restore(Snapshot.from_dict(probe["snapshot"]))
-            record = ActionRecord.from_dict(probe["record"])
-            record.outcome = "interrupted"
-            interrupted.append(record)
-        return interrupted
+        if probe is None:
+            return []
+        self.restore(Snapshot.from_dict(probe["snapshot"]))
+        record = ActionRecord.from_dict(probe["record"])
+        record.outcome = "interrupted"
+        return [record]
 
 
-def merge_action_events(actions: list[ActionRecord], events: Sequence[Event]) -> list[ActionRecord]:
-    """Fold the engine's ``action``/``action_outcome`` events into ``actions`` (one entry per
-    action, identified by name and step, replaced by its latest version); returns the records
-    the events carried, in order, for the console."""
-    acted = []
-    for kind, payload in events:
-        if kind not in ("action", "action_outcome"):
-            continue
-        record = ActionRecord.from_dict(payload)
-        acted.append(record)
-        for i, known in enumerate(actions):
-            if known.name == record.name and known.step == record.step:
-                actions[i] = record
-                break
-        else:
-            actions.append(record)
-    return acted
-
-
-def _before_window(step: int, loss: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The loss points of the ``PRE_WINDOW`` steps up to ``step``: what a verdict compares to."""
-    steps, values = loss
-    keep = (steps > step - PRE_WINDOW) & (steps <= step)
-    return steps[keep].astype(np.float64), values[keep].astype(np.float64)
-
-
-def _is_probe(proposal: Proposal) -> bool:
-    """Whether the proposal is a probe (a range test or a branch trial)."""
-    return proposal.action == "branch_trial" or get_action(proposal.action).probe
-
-
-def _recent_finite(loss: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Whether the latest loss points are all finite (a probe never starts on a broken state)."""
-    values = loss[1][-LEVEL_POINTS:]
-    return bool(np.all(np.isfinite(values)))
-
-
-def _level(loss: tuple[np.ndarray, np.ndarray]) -> float:
-    """The mean of the latest finite loss points (``inf`` when there are none)."""
-    values = loss[1][-LEVEL_POINTS:]
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else math.inf
-
-
-def _refute_key(cause: str | None, action: str) -> str:
-    return f"{cause}:{action}"
-
-
-def _cuts_lr(action: str, params: Mapping[str, Any]) -> bool:
-    """Whether the action lowers the LR for good (an ``lr_scale`` below 1)."""
-    factor = params.get("factor")
-    return action == "lr_scale" and isinstance(factor, (int, float)) and factor < 1
+def _skipped(step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
+    record = record_for(step, proposal, outcome="skipped")
+    record.evidence["skipped_because"] = why_not
+    record.verified_step = step
+    return record.to_dict()
 
 
 def _is_primitive(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from unstuck.rescue.actions.lr_range_test import LRRangeTest
+from unstuck.rescue.actions.warm_restart import WarmRestart
 from unstuck.types import ACT_ON_STATES, ACTING_CONFIDENCE, UNSTABLE_STATES, Finding
 
 __all__ = [
@@ -27,7 +29,7 @@ MIN_CONFIDENCE = ACTING_CONFIDENCE  # a finding below this is reported but never
 MOVING_STATES = frozenset({"slow", "hidden_progress"})  # a finding must hold at two decisions
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
 UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards
-MEASURES = frozenset({"lr_range_test", "branch_trial"})  # remedies that ask for a measurement
+RANGE_TEST = LRRangeTest.name  # the measuring rung unless the policy says otherwise
 # A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
 WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}
 
@@ -112,13 +114,14 @@ class Ladder(Policy):
 
     name: ClassVar[str] = "rescue"
 
-    def __init__(self, patience: int = 0, fallback: str = "lr_range_test") -> None:
+    def __init__(self, patience: int = 0, fallback: str = RANGE_TEST) -> None:
+        from unstuck.rescue.probe import probe_kinds
+
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"Ladder: patience must be an int >= 0, got {patience!r}")
-        if fallback not in ("lr_range_test", "branch_trial"):
-            raise ValueError(
-                f"Ladder: fallback must be 'lr_range_test' or 'branch_trial', got {fallback!r}"
-            )
+        if fallback not in probe_kinds():
+            known = " or ".join(repr(name) for name in probe_kinds())
+            raise ValueError(f"Ladder: fallback must be {known}, got {fallback!r}")
         self.patience = patience
         self.fallback = fallback
         # cause -> the first decision step it was seen at, confident, while the run still made
@@ -176,7 +179,7 @@ class Ladder(Policy):
             return None
         measure = Proposal(
             self.fallback,
-            range_test_params(state) if self.fallback == "lr_range_test" else {},
+            range_test_params(state) if self.fallback == RANGE_TEST else {},
             reason=f"{state} with no fixable cause found: measure",
         )
         if measure.key not in tried:
@@ -184,7 +187,7 @@ class Ladder(Policy):
         if state in UNSTABLE_STATES:
             return None
         restart = Proposal(
-            "warm_restart", dict(WARM_RESTART), reason="plateau; measuring found nothing better"
+            WarmRestart.name, dict(WARM_RESTART), reason="plateau; measuring found nothing better"
         )
         if restart.key not in tried:
             return restart
@@ -203,11 +206,13 @@ class ActionSequence(Policy):
 
     def __init__(self, steps: Sequence[str | tuple[str, dict[str, Any]]]) -> None:
         from unstuck.rescue.base import get_action
+        from unstuck.rescue.probe import probe_kind
 
         self.steps: list[Proposal] = []
         for item in steps:
             action, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
-            if action != "branch_trial":
+            kind = probe_kind(action)
+            if kind is None or kind.is_action:  # a probe of its own checks its params itself
                 get_action(action).validate(params)  # unknown names raise KeyError here
             self.steps.append(Proposal(action, params, reason=f"policy step {len(self.steps) + 1}"))
         if not self.steps:
@@ -234,7 +239,9 @@ class ActionSequence(Policy):
 def reports_only(finding: Finding) -> bool:
     """A cause no automatic action addresses (architecture, initialisation, data): none of its
     remedies is automatic and none asks for a measurement. The ladder stops at it."""
-    return not any(r.automatic or r.action in MEASURES for r in finding.remedies)
+    from unstuck.rescue.probe import is_probe
+
+    return not any(r.automatic or is_probe(r.action) for r in finding.remedies)
 
 
 def range_test_params(state: str) -> dict[str, Any]:
@@ -247,11 +254,12 @@ def range_test_params(state: str) -> dict[str, Any]:
 
 
 def _raises_lr(action: str, params: dict[str, Any]) -> bool:
-    """An LR raise, or momentum added to plain SGD: both lengthen the steps along a slope."""
-    if action == "add_momentum":
-        return True
-    factor = params.get("factor")
-    return action == "lr_scale" and isinstance(factor, (int, float)) and factor > 1
+    """An LR raise, or momentum added to plain SGD: both lengthen the steps along a slope
+    (``Action.raises_lr``)."""
+    from unstuck.rescue.base import all_actions
+
+    registered = all_actions().get(action)
+    return registered is not None and registered.raises_lr(params)
 
 
 def make_policy(policy: str | Policy | Sequence[Any]) -> Policy:
@@ -263,7 +271,9 @@ def make_policy(policy: str | Policy | Sequence[Any]) -> Policy:
     if policy == "rescue":
         return Ladder()
     if policy == "branch":
-        return Ladder(fallback="branch_trial")
+        from unstuck.rescue.branches import BRANCH_TRIAL
+
+        return Ladder(fallback=BRANCH_TRIAL)
     if isinstance(policy, (list, tuple)):
         return ActionSequence(policy)
     raise ValueError(

@@ -76,6 +76,7 @@ class ExplodingGradients(Rule):
     requires: ClassVar[frozenset[str]] = frozenset({"grad_norm_per_tensor", "param_names"})
     # From a log: the global gradient norm over time (``_from_global_norm``).
     requires_any: ClassVar[tuple[frozenset[str], ...]] = (frozenset({"grad_norm"}),)
+    lr_raise_effect: ClassVar[bool] = True  # an LR raise being judged can blow gradients up
     explanation: ClassVar[str] = (
         "Gradients grow by orders of magnitude from the output back to the input, so the early "
         "layers take huge, erratic steps: the loss spikes or bounces. Typical with deep nets "

@@ -114,6 +114,10 @@ class LRTooHigh(Rule):
     # Inputs orders of magnitude off scale make every step huge whatever the LR: the scale is
     # the root (its remedy normalises them), the steps its symptom.
     symptom_of: ClassVar[frozenset[str]] = frozenset({"input_scale"})
+    lr_raise_effect: ClassVar[bool] = True  # an LR raise being judged can overshoot by itself
+    # The steps taken at a far too high LR leave damage (units pushed dead or into saturation,
+    # weights blown up) that a later cut does not undo; found early, the cut restarts.
+    restart_remedies: ClassVar[frozenset[str]] = frozenset({"lr_scale"})
     explanation: ClassVar[str] = (
         "Each step changes the weights by more than a tenth of their size (a hundredth with an "
         "Adam-family optimizer, whose step is about lr per weight, on a loss that is not "

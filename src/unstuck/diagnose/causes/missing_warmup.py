@@ -48,6 +48,9 @@ class MissingWarmup(Rule):
     requires: ClassVar[frozenset[str]] = frozenset(
         {"update_ratio", "loss", "lr/*", "post_norm_transformer_layers"}
     )
+    # Full-LR steps before Adam's estimates settled leave damage (attention collapsed, the
+    # class prior learnt) a ramp started later does not undo; found early, the ramp restarts.
+    restart_remedies: ClassVar[frozenset[str]] = frozenset({"warmup"})
     explanation: ClassVar[str] = (
         "A post-LayerNorm Transformer started at its full learning rate with an Adam-family "
         "optimizer and no warm-up, its first steps moved the weights by more than 1 % of "

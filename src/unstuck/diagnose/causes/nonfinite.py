@@ -15,6 +15,8 @@ class NonFinite(Rule):
     code: ClassVar[str] = "nonfinite"
     requires: ClassVar[frozenset[str]] = frozenset({"nonfinite_loss"})
     continuous: ClassVar[bool] = True
+    lr_raise_effect: ClassVar[bool] = True  # an LR raise being judged can overflow by itself
+    broken_state: ClassVar[bool] = True  # a remedy starts from the last finite state
     explanation: ClassVar[str] = (
         "A loss or gradient value was NaN or infinite. Common causes: a learning rate so high the "
         "weights overflow, log(0) or division by zero in the loss, fp16 overflow without a "

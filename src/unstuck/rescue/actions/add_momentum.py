@@ -54,6 +54,9 @@ class AddMomentum(Action):
     def validate(self, params: dict[str, Any]) -> None:
         self._momentum(params)
 
+    def raises_lr(self, params: dict[str, Any]) -> bool:
+        return True  # a stride ×1/(1 − β) along a slope: an LR raise in effect
+
     def unavailable(self, controls: Controls, params: dict[str, Any]) -> str | None:
         optimizer = controls.optimizer
         current = momentum_of(optimizer)

@@ -61,3 +61,6 @@ class CyclicalBump(Action):
 
     def duration(self, params: dict[str, Any]) -> int:
         return int(params.get("length", DEFAULT_LENGTH))
+
+    def drives_loss_up(self, params: dict[str, Any]) -> bool:
+        return True  # the bump can drive the loss up for a while: that is the bump

@@ -82,3 +82,6 @@ class WarmRestart(Action):
 
     def duration(self, params: dict[str, Any]) -> int:
         return int(params.get("length", DEFAULT_LENGTH))
+
+    def drives_loss_up(self, params: dict[str, Any]) -> bool:
+        return True  # its peak can drive the loss up for a while: that is the restart
