@@ -20,10 +20,16 @@ import torch
 
 import unstuck
 from conftest import tiny_mlp
-from unstuck.types import NOTABLE_STATES
 from unstuck.record import read_events, read_meta, read_metrics, read_runs
 from unstuck.rescue import all_actions
-from unstuck.types import ACTION_OUTCOMES, DETECTOR_STATES, ActionRecord, Finding, Plateau
+from unstuck.types import (
+    ACTION_OUTCOMES,
+    DETECTOR_STATES,
+    NOTABLE_STATES,
+    ActionRecord,
+    Finding,
+    Plateau,
+)
 
 SRC_DIR = pathlib.Path(__file__).resolve().parents[1] / "src"
 F = torch.nn.functional
