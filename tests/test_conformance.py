@@ -42,6 +42,7 @@ def test_rule_conformance(code):
     assert isinstance(rule.requires, frozenset)
     assert rule.check(Evidence({})) is None  # no evidence, no finding — and no exception
     assert rule.symptom_of <= set(RULES) - {code}, "symptom_of names other known causes"
+    assert rule.explains <= set(RULES) - {code}, "explains names other known causes"
     page = DOCS / "causes" / f"{code}.md"
     assert page.is_file(), f"every cause has a docs page: {page} is missing"
     assert f"`{code}`" in page.read_text() or code in page.read_text()

@@ -325,3 +325,20 @@ def test_calibration_scales_a_rule_monotonically_and_keeps_hints_below_half(monk
     assert raw_finding is not None
     assert found.confidence == pytest.approx(raw_finding.confidence * 0.5)
     assert found.evidence["raw_confidence"] == pytest.approx(raw_finding.confidence)
+
+
+def test_a_root_can_declare_the_symptoms_it_explains():
+    """``explains`` on the root ranks its symptom below it, as ``symptom_of`` on the symptom
+    does, so a new root cause needs no edit to the rule it explains."""
+    from unstuck.diagnose.base import Rule, roots_of
+
+    class Root(Rule):
+        code = "a_root"
+        explains = frozenset({"a_symptom"})
+
+    class Symptom(Rule):
+        code = "a_symptom"
+
+    rules = {"a_root": Root(), "a_symptom": Symptom()}
+    assert roots_of("a_symptom", rules) == {"a_root"}
+    assert roots_of("a_root", rules) == frozenset()

@@ -8,6 +8,7 @@ A broken rule module fails loudly at import; it is never skipped silently.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import ClassVar
 
 from unstuck.diagnose.calibration import calibrated
@@ -102,6 +103,9 @@ class Rule:
     # Causes that explain this one when found with it: a symptom ranks below its root cause
     # (tiny updates are lr_too_low only if over-clipping or saturation does not explain them).
     symptom_of: ClassVar[frozenset[str]] = frozenset()
+    # The same relation declared from the root's side: the causes this one explains when found
+    # with them (a new root names its symptoms here, so adding it touches no other rule file).
+    explains: ClassVar[frozenset[str]] = frozenset()
     # What the rescue engine reads about the cause (declared here, so the engine names none):
     # an LR raise being judged may produce this finding itself (its effect, not a new cause);
     lr_raise_effect: ClassVar[bool] = False
@@ -146,6 +150,8 @@ def _validate(rule_cls: type[Rule], module_name: str) -> None:
         raise ImportError(f"rule {code!r}: uses must be a frozenset of signal names")
     if not isinstance(rule_cls.symptom_of, frozenset):
         raise ImportError(f"rule {code!r}: symptom_of must be a frozenset of cause codes")
+    if not isinstance(rule_cls.explains, frozenset):
+        raise ImportError(f"rule {code!r}: explains must be a frozenset of cause codes")
 
 
 def _discover() -> dict[str, Rule]:
@@ -229,8 +235,7 @@ def _rank(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
         codes = {f.cause for f in group}
 
         def roots_first(f: Finding, codes: set[str] = codes) -> tuple[int, str]:
-            rule = rules.get(f.cause)
-            symptom = rule is not None and bool(rule.symptom_of & codes)
+            symptom = bool(roots_of(f.cause, rules) & codes)
             return (int(symptom), f.cause)
 
         for f in sorted(group, key=roots_first):
@@ -248,6 +253,14 @@ def _rank(findings: list[Finding], rules: dict[str, Rule]) -> list[Finding]:
     return out
 
 
+def roots_of(cause: str, rules: Mapping[str, Rule]) -> frozenset[str]:
+    """The causes that explain ``cause`` when found with it: its own ``symptom_of`` and every
+    rule that lists it in ``explains``."""
+    rule = rules.get(cause)
+    own = rule.symptom_of if rule is not None else frozenset()
+    return own | frozenset(code for code, r in rules.items() if cause in r.explains)
+
+
 def _demote_symptoms(
     findings: list[Finding], rules: dict[str, Rule], known_roots: frozenset[str] = frozenset()
 ) -> list[Finding]:
@@ -262,8 +275,7 @@ def _demote_symptoms(
     roots = set(found) | set(known_roots)
     out = []
     for finding in findings:
-        rule = rules.get(finding.cause)
-        explained = sorted(rule.symptom_of & roots) if rule is not None else []
+        explained = sorted(roots_of(finding.cause, rules) & roots)
         if explained:
             ceiling = min([found[r] for r in explained if r in found] + [finding.confidence])
             finding = dataclasses.replace(
