@@ -82,8 +82,10 @@ class Spec:
     steps: int
     batch_size: int
     weight_decay: float = 0.0
-    schedule: str | None = None  # warmup_cosine, step, onecycle
+    schedule: str | None = None  # warmup_cosine, step, onecycle, early_decay
     warmup: int = 0  # warm-up steps of warmup_cosine
+    decay_at: int = 0  # early_decay: the step the LR is cut at ...
+    decay_factor: float = 1.0  # ... and by how much (×)
     # model knobs the builders honour (a builder ignores what it has no use for)
     activation: str = "relu"  # relu, tanh, sigmoid, gelu
     hidden: int = 64
@@ -278,6 +280,10 @@ def make_scheduler(spec: Spec, opt: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(total // 3, 1), gamma=0.3)
     if s == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=spec.lr, total_steps=total + 1)
+    if s == "early_decay":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            opt, milestones=[max(spec.decay_at, 1)], gamma=spec.decay_factor
+        )
     raise ValueError(f"unknown schedule {s!r}")
 
 
