@@ -328,6 +328,15 @@ def _converge(s: Spec, factor: float, seed: int) -> Spec:
     return replace(_mutant(s), steps=round(s.steps * factor))
 
 
+def _early_decay(s: Spec, decades: float, seed: int) -> Spec:
+    """The user's schedule replaced by one step cut of ``decades`` at 5 % of the run (a
+    milestone meant for epoch 30 of 90 placed in the first epochs)."""
+    m = _mutant(s)
+    m.schedule, m.warmup = "early_decay", 0
+    m.decay_at, m.decay_factor = max(s.steps // 20, 10), 10.0**-decades
+    return m
+
+
 def _double_softmax(s: Spec, gain: float, seed: int) -> Spec:
     """A softmax output fed to F.cross_entropy (which applies its own): gradients shrink."""
     m = _mutant(s)
@@ -340,6 +349,16 @@ OPERATORS: dict[str, Operator] = {
     for op in (
         Operator("lr_x10k", "lr_too_high", "LR × 10^k", 1.3, 2.7, False, lambda s: True, _lr_high),
         Operator("lr_div10k", "lr_too_low", "LR ÷ 10^k", 2.0, 3.5, False, lambda s: True, _lr_low),
+        Operator(
+            "early_step_decay",
+            "lr_decayed_early",
+            "the LR cut ÷ 10^k at 5 % of the run",
+            1.5,
+            3.5,
+            False,
+            lambda s: True,
+            _early_decay,
+        ),
         Operator(
             "sigmoid_large_init",
             "saturated_activations",
