@@ -163,3 +163,29 @@ def test_its_state_round_trips():
     assert again.state == monitor.state
     assert [f.cause for f in again.findings] == [f.cause for f in monitor.findings]
     assert again.plateaus == monitor.plateaus
+
+
+def test_the_last_good_check_reads_the_window_it_was_measured_on_not_the_rollback():
+    """A window whose action is rolled back is judged healthy or not on the state its own
+    losses gave, not on the state the rollback put back (the losses are the undone branch's)."""
+    policy = ProposeInOrder(Proposal("lr_scale", {"factor": 2.0}, reason="test"))
+    monitor, _ = _monitor(policy)
+    calls: list[tuple[int, str]] = []
+    real = monitor.engine.note_healthy
+
+    def spy(step: int, state: str, *args: Any, **kwargs: Any) -> None:
+        calls.append((step, str(state)))
+        real(step, state, *args, **kwargs)
+
+    monitor.engine.note_healthy = spy  # type: ignore[method-assign]
+    _flat_then(monitor, 1)  # the action starts at step 49
+    returned = []
+    for w in (1, 2):  # the loss climbs ×10 per window after it: harm, judged at step 149
+        steps = list(range(w * FLUSH, (w + 1) * FLUSH))
+        values = [0.7 * 10.0 ** (w + i / FLUSH) for i in range(FLUSH)]
+        detector = monitor.detectors["train"]
+        update = monitor.observe(steps[-1], Frame(steps[-1] + 1, {"loss": Series(steps, values)}))
+        returned.append((update.state, detector.state))
+    assert [a.outcome for a in monitor.actions] == ["rolled_back"]
+    judged_state = dict(calls)[149]
+    assert judged_state != str(returned[-1][0]), (calls, returned)

@@ -317,13 +317,15 @@ class Monitor:
             distance=signals.get("param_distance"),
             gradient_snr=snr[1][-1] if snr else None,
         )
-        state, new, acted = self._after_detect("train", step, before, state, final)
+        decided, new, acted = self._after_detect("train", step, before, state, final)
         if not final:
+            # Judged on this window's losses with the state the detector read from them, not
+            # the state a rollback put back: those losses belong to the undone branch.
             values = np.asarray(loss[1], dtype=float)
             finite = bool(np.all(np.isfinite(values)))
             level = float(values.mean()) if finite and values.size else math.nan
             self.engine.note_healthy(step, state, finite, level=level)
-        return state, new, acted
+        return decided, new, acted
 
     def _after_detect(
         self, series: str, step: int, before: DetectorState, state: DetectorState, final: bool
