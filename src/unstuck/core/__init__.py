@@ -1,5 +1,5 @@
 """The framework-neutral core: :class:`Monitor` runs unstuck's pipeline for every front-end."""
 
-from unstuck.core.monitor import FrontEndHooks, Monitor, Update
+from unstuck.core.monitor import FrontEndHooks, Monitor, MonitorResults, Update
 
-__all__ = ["FrontEndHooks", "Monitor", "Update"]
+__all__ = ["FrontEndHooks", "Monitor", "MonitorResults", "Update"]

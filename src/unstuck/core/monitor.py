@@ -58,7 +58,7 @@ from unstuck.types import (
     primitive,
 )
 
-__all__ = ["FrontEndHooks", "Monitor", "Update"]
+__all__ = ["FrontEndHooks", "Monitor", "MonitorResults", "Update"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -479,3 +479,35 @@ class Monitor:
         if state.get("engine") is not None:
             interrupted = self.engine.load_state_dict(dict(state["engine"]))
             self._take_events(step, [("action_outcome", r.to_dict()) for r in interrupted])
+
+
+class MonitorResults:
+    """What every front-end lets its user read, from the Monitor it drives (``self._monitor``):
+    one definition, so the Guard and the callbacks cannot drift on it."""
+
+    _monitor: Monitor
+
+    @property
+    def state(self) -> DetectorState:
+        """The training-loss detector's current state (a ``str``: ``.state == "plateau"``)."""
+        return self._monitor.state
+
+    @property
+    def plateaus(self) -> list[Plateau]:
+        """Every plateau found so far on train and validation loss, by start step."""
+        return self._monitor.plateaus
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding recorded so far, oldest first (a copy)."""
+        return self._monitor.findings
+
+    @property
+    def actions(self) -> list[ActionRecord]:
+        """Every action taken so far; ``outcome`` says whether it was kept or rolled back."""
+        return self._monitor.actions
+
+    @property
+    def evidence(self) -> EvidenceView:
+        """The history diagnosis reads (series and snapshots), read-only."""
+        return self._monitor.evidence

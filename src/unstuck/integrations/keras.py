@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unstuck.core import FrontEndHooks, Monitor
-from unstuck.diagnose.evidence import EvidenceView
+from unstuck.core import FrontEndHooks, Monitor, MonitorResults
 from unstuck.integrations._keras_support import (
     KerasLR,
     batch_loss_from_running_mean,
@@ -70,7 +69,6 @@ from unstuck.rescue.engine import (
 )
 from unstuck.rescue.policy import Policy, Proposal
 from unstuck.signals.host import Frame, Series
-from unstuck.types import ActionRecord, Finding, Plateau
 
 __all__ = [
     "KERAS_ACTIONS",
@@ -129,7 +127,7 @@ class _KerasEngine(RescueEngine):
         return super()._why_not(step, proposal)
 
 
-class UnstuckCallback(_Callback):
+class UnstuckCallback(MonitorResults, _Callback):
     """unstuck for ``model.fit``: detection on true batch losses, diagnosis, verified LR rescue.
 
     Args:
@@ -278,36 +276,12 @@ class UnstuckCallback(_Callback):
         self._taps = KerasTaps(DEFAULT_DISTANCE_EVERY, DEFAULT_UPDATE_RATIO_EVERY)
 
     # -- reading ----------------------------------------------------------------------------
-    @property
-    def state(self) -> str:
-        """The training loss's detector state."""
-        return self._monitor.state
-
-    @property
-    def plateaus(self) -> list[Plateau]:
-        """Every plateau called, training and validation, by start step (as the Guard's)."""
-        return self._monitor.plateaus
 
     @property
     def probing(self) -> bool:
         """True while a range test measures on the run's next batches: the weights then are
         not the run's (they go back when it ends), so skip checkpoints and evaluations."""
         return self._monitor.probing
-
-    @property
-    def findings(self) -> list[Finding]:
-        """Every finding recorded so far, oldest first (a copy, as the Guard's)."""
-        return self._monitor.findings
-
-    @property
-    def actions(self) -> list[ActionRecord]:
-        """Every action taken so far; ``outcome`` says whether it was kept or rolled back."""
-        return self._monitor.actions
-
-    @property
-    def evidence(self) -> EvidenceView:
-        """The history diagnosis reads (series and snapshots), read-only; as ``Guard.evidence``."""
-        return self._monitor.evidence
 
     @property
     def lr_multiplier(self) -> float:

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from unstuck.core import FrontEndHooks, Monitor
+from unstuck.core import FrontEndHooks, Monitor, MonitorResults
 from unstuck.detect import PlateauDetector
-from unstuck.diagnose.evidence import EvidenceView
 from unstuck.integrations._distributed import RankSync, WindowReader, unwrap_model
 from unstuck.integrations._facts import config_lrs, live_facts, run_facts
 from unstuck.integrations._inputs import (
@@ -72,7 +71,7 @@ from unstuck.rescue.policy import Policy
 from unstuck.signals import (
     SignalHub,
 )
-from unstuck.types import ActionRecord, DetectorState, Finding, Plateau, primitive
+from unstuck.types import primitive
 
 __all__ = ["PROBE_KEEP_EVERY", "Guard", "LossLike"]
 
@@ -81,7 +80,7 @@ logger = logging.getLogger("unstuck")
 STATE_VERSION = 1
 
 
-class Guard:
+class Guard(MonitorResults):
     """Watches a training run: detects plateaus, diagnoses causes, and (optionally) rescues.
 
     Build it after the model and optimizer, call ``guard.step(loss)`` after each
@@ -340,9 +339,12 @@ class Guard:
         ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
         values this step (for the loss-component-dominance rule).
         """
-        if self._ended("step"):
+        if (self._closed or self._signal_pending) and self._ended("step"):
             return
-        loss, ids, targets = step_inputs(loss, ids, targets)
+        if isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.dtype != torch.bool:
+            loss = loss.detach()  # the usual scalar loss: no further checks on the hot path
+        else:
+            loss, ids, targets = step_inputs(loss, ids, targets)
         if batch is not None and self._probes.wants(self._hub.step, self._monitor.probing):
             self._probes.keep(clone_batch(batch))
         if components and self._components_tap is not None:
@@ -447,11 +449,6 @@ class Guard:
         """Whether :meth:`close` has run (later calls to ``step`` raise)."""
         return self._closed
 
-    @property
-    def evidence(self) -> EvidenceView:
-        """The history diagnosis reads (series and snapshots), read-only."""
-        return self._monitor.evidence
-
     def validate(self, val_loss: LossLike, step: int | None = None) -> None:
         """Record a validation loss (a host read: call it when you evaluate, not every step).
 
@@ -511,25 +508,6 @@ class Guard:
         return scores if self._sync is None else self._sync.mean_scores(scores)
 
     # -- what the user reads ------------------------------------------------------------------
-    @property
-    def plateaus(self) -> list[Plateau]:
-        """Every plateau found so far on train and validation loss, by start step."""
-        return self._monitor.plateaus
-
-    @property
-    def findings(self) -> list[Finding]:
-        """Every finding recorded so far, in order."""
-        return self._monitor.findings
-
-    @property
-    def actions(self) -> list[ActionRecord]:
-        """Every action taken so far; ``outcome`` says whether it was kept or rolled back."""
-        return self._monitor.actions
-
-    @property
-    def state(self) -> DetectorState:
-        """The training-loss detector's current state (a ``str``: ``guard.state == "plateau"``)."""
-        return self._monitor.state
 
     @property
     def lr_multiplier(self) -> float:
