@@ -68,9 +68,7 @@ from unstuck.rescue.engine import (
     DEFAULT_SNAPSHOT_MEMORY,
 )
 from unstuck.rescue.policy import Policy
-from unstuck.signals import (
-    SignalHub,
-)
+from unstuck.signals import SignalHub
 from unstuck.types import primitive
 
 __all__ = ["PROBE_KEEP_EVERY", "Guard", "LossLike"]
