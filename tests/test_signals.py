@@ -279,3 +279,39 @@ def test_post_norm_layers_knows_hugging_face_post_ln_models() -> None:
         dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=40
     )
     assert post_norm_layers(transformers.DistilBertModel(distil)) == 2
+
+
+def test_the_hub_calls_each_tap_on_exactly_its_own_steps():
+    """The hub lists the due taps once per period of their cadences; a tap must still run on
+    every multiple of its ``every`` and on no other step, also past the period and for a
+    cadence whose period is too long to list."""
+    from unstuck.signals.base import Tap
+
+    class Counting(Tap):
+        name = "counting"
+
+        def __init__(self, every: int) -> None:
+            self.every = every
+            self.pre: list[int] = []
+            self.post: list[int] = []
+
+        def on_pre_step(self, ctx, opt_step):
+            self.pre.append(opt_step)
+
+        def on_post_step(self, ctx, opt_step):
+            self.post.append(opt_step)
+
+    # listed (period 24), and not (lcm(8, 12, 4099) > 4096: checked each step)
+    for everys in ((1, 8, 12), (1, 8, 12, 4099)):
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        taps = [Counting(e) for e in everys]
+        hub = SignalHub(model, opt, taps)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        for _ in range(200):
+            opt.step()
+        for tap in taps:
+            expected = [n for n in range(200) if n % tap.every == 0]
+            assert tap.pre == expected and tap.post == expected, (everys, tap.every)
+        hub.close()

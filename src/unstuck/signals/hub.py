@@ -8,7 +8,9 @@ device and moved to the host with a single ``.cpu()`` — the only host sync uns
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,29 @@ def optimizer_parameters(
     return params, names, groups
 
 
+class _Schedule:
+    """Which taps are due at each optimizer step, listed once over a period of their cadences:
+    a step then calls only its due taps (on most steps the every-step ones), without one
+    modulo per tap per step. Cadences whose period is too long are checked each step."""
+
+    MAX_PERIOD = 4096  # the defaults' period is 64; a custom cadence may make it longer
+
+    def __init__(self, taps: Sequence[Tap]) -> None:
+        self.taps = list(taps)
+        period = 1
+        for tap in self.taps:
+            period = math.lcm(period, max(int(tap.every), 1))
+        self.due: list[list[Tap]] | None = None
+        self.period = period
+        if period <= self.MAX_PERIOD:
+            self.due = [[t for t in self.taps if n % t.every == 0] for n in range(period)]
+
+    def at(self, n: int) -> list[Tap]:
+        if self.due is not None:
+            return self.due[n % self.period]
+        return [t for t in self.taps if n % t.every == 0]
+
+
 class SignalHub:
     """Owns the taps and the optimizer hooks; produces a :class:`Frame` at each flush."""
 
@@ -66,6 +91,9 @@ class SignalHub:
         self._post_taps = [t for t in taps if type(t).on_post_step is not Tap.on_post_step]
         self._loss_taps = [t for t in taps if type(t).on_loss is not Tap.on_loss]
         self._manual_taps: list[Tap] = []  # pre-step taps run by read_gradients instead
+        self._pre_due = _Schedule(self._pre_taps)
+        self._post_due = _Schedule(self._post_taps)
+        self._manual_due = _Schedule([])
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
@@ -73,7 +101,7 @@ class SignalHub:
 
     # -- hooks (hot path) -------------------------------------------------------------------
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._run_pre_taps(self._pre_taps)
+        self._run_pre_taps(self._pre_due)
 
     def read_gradients_manually(self) -> None:
         """Take the gradient-reading pre-step taps out of the step pre-hook: the caller runs
@@ -83,25 +111,22 @@ class SignalHub:
             return
         self._manual_taps = [t for t in self._pre_taps if not t.in_step_hook]
         self._pre_taps = [t for t in self._pre_taps if t.in_step_hook]
+        self._pre_due, self._manual_due = _Schedule(self._pre_taps), _Schedule(self._manual_taps)
 
     def read_gradients(self) -> None:
         """Run the taps :meth:`read_gradients_manually` took out of the pre-hook, with the same
         sampling and step numbers the pre-hook would have given them."""
-        self._run_pre_taps(self._manual_taps)
+        self._run_pre_taps(self._manual_due)
 
-    def _run_pre_taps(self, taps: list[Tap]) -> None:
+    def _run_pre_taps(self, schedule: _Schedule) -> None:
         n = self.opt_steps
-        for tap in taps:
-            if n % tap.every:
-                continue
+        for tap in schedule.at(n):
             tap.current_step = self.step  # type: ignore[attr-defined]
             tap.on_pre_step(self.ctx, n)
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         n = self.opt_steps
-        for tap in self._post_taps:
-            if n % tap.every:
-                continue
+        for tap in self._post_due.at(n):
             tap.current_step = self.step  # type: ignore[attr-defined]
             tap.on_post_step(self.ctx, n)
         self.opt_steps = self.ctx.opt_steps = n + 1
