@@ -20,6 +20,11 @@ DECAYED_BY = 10.0  # ours, from the step-decay convention above
 # The restart climbs back half the decades the schedule fell and settles a quarter of the way
 # up (SGDR restarts to the schedule's maximum; half keeps the first restart a verified step).
 MAX_RESTART_PEAK = 100.0
+# Early: the schedule was a decade down while most of the steps so far were still to come. A
+# cosine reaches a tenth of its peak at 80 % of its length and a 30/60/90 step schedule its
+# first decade at a third; a fault puts the cut where more of the run is spent below it than
+# above it. Ours, definitional (half the run), not fitted.
+EARLY_SHARE = 0.5
 # Flat, or crawling: after a decade's cut a loss that still has signal creeps ("slow") at the
 # pace the small LR allows, the stall a step schedule's users see after a milestone.
 STALLED_STATES = FLAT_STATES | {
@@ -27,12 +32,13 @@ STALLED_STATES = FLAT_STATES | {
 }  # the largest jump one restart takes (the lr_scale cap's size)
 
 
-def _decay(ev: Evidence) -> tuple[float, float, float, int] | None:
-    """(peak LR, LR now, peak / now, step of the peak) of the param group whose LR fell the
-    most, with unstuck's current multiplier on the LR now; None without an LR history."""
+def _decay(ev: Evidence) -> tuple[float, float, float, int, int | None] | None:
+    """(peak LR, LR now, peak / now, step of the peak, first step the schedule was a decade
+    below the peak or None) of the param group whose LR fell the most, with unstuck's current
+    multiplier on the LR now; None without an LR history."""
     multiplier = ev.get("lr_multiplier", 1.0)
     multiplier = float(multiplier) if isinstance(multiplier, (int, float)) else 1.0
-    best: tuple[float, float, float, int] | None = None
+    best: tuple[float, float, float, int, int | None] | None = None
     for name in ev:
         if not name.startswith("lr/"):
             continue
@@ -46,15 +52,17 @@ def _decay(ev: Evidence) -> tuple[float, float, float, int] | None:
         if now <= 0:
             continue
         ratio = peak / now
+        below = np.nonzero(values[at:] <= peak / DECAYED_BY)[0]
+        fell_at = int(steps[at + below[0]]) if below.size else None
         if best is None or ratio > best[2]:
-            best = (peak, now, ratio, int(steps[at]))
+            best = (peak, now, ratio, int(steps[at]), fell_at)
     return best
 
 
 class LrDecayedEarly(Rule):
-    """The training loss is flat or crawling, the LR is at least a decade below its peak in
-    this run, the loss fell while the LR was high but by less than a decade, and the gradient
-    still has a direction (SNR ≥ 0.1)."""
+    """The training loss is flat or crawling, the schedule put the LR a decade below its peak
+    within the first half of the steps so far, the loss fell while the LR was high but by less
+    than a decade, and the gradient still has a direction (SNR ≥ 0.1)."""
 
     code: ClassVar[str] = "lr_decayed_early"
     requires: ClassVar[frozenset[str]] = frozenset({"loss", "lr/*", "grad_snr"})
@@ -83,7 +91,9 @@ class LrDecayedEarly(Rule):
         decay = _decay(ev)
         if decay is None or decay[2] < DECAYED_BY:
             return None
-        peak, now, ratio, peak_step = decay
+        peak, now, ratio, peak_step, fell_at = decay
+        if fell_at is None or fell_at > EARLY_SHARE * ev.step:
+            return None  # the decade came late in the run: the schedule's plan, not a fault
         snr = recent_median(ev, "grad_snr")
         if snr is None or snr < DIRECTION_SNR:
             return None  # no direction left to follow: a floor (converged), not a schedule's stall
@@ -106,6 +116,8 @@ class LrDecayedEarly(Rule):
             evidence={
                 "lr_peak": peak,
                 "lr_peak_step": peak_step,
+                "lr_decade_step": fell_at,
+                "early_share": EARLY_SHARE,
                 "lr_now": now,
                 "decayed_by": ratio,
                 "threshold": DECAYED_BY,
