@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+import unstuck
 from conftest import ProposeInOrder
 from unstuck.detect.detector import RECENT_FRACTION
 from unstuck.rescue import Controls, LRMultiplier, Proposal, RescueEngine
@@ -116,3 +118,60 @@ def test_a_repeated_spike_escalates_to_a_cut_then_clipping_not_another_rewind():
     assert names[0] == ("lr_scale", "pending")  # the cut, not a second rewind
     assert ("clip_adjust", "skipped") in names  # next the clip (needs guard.clip_grad_norm_)
     assert all(name != "rewind" for name, _ in names)
+
+
+# ------------------------------------------------------------- a spike in a real loop
+
+SPIKE_STEPS, SPIKE_FROM, SPIKE_TO, SPIKE_PEAK = 1000, 600, 700, 100.0
+# The rewound run trains on up to ~200 fewer steps (those thrown away and those skipped):
+# it must end within 25 % of the spike-free run, while the spike alone ends ten times worse.
+SPIKE_TOLERANCE = 1.25
+
+
+def _spiked_run(mode: str, seed: int) -> tuple[float, unstuck.Guard | None, int]:
+    """A small MLP regression under Adam, 1000 steps. ``spike``/``unstuck``: from step 600 to
+    700 the LR is raised geometrically to ×100 (an LR spike that the loss follows up), by the
+    loop's step, so a rewound run that skips its batches moves past it."""
+    torch.manual_seed(seed)
+    x = torch.randn(2048, 8)
+    y = x @ torch.randn(8, 1) + 0.1 * torch.randn(2048, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    guard = unstuck.Guard(model, opt, policy="rescue", console=False) if mode == "unstuck" else None
+    gen = torch.Generator().manual_seed(seed)
+    skipped = 0
+    for step in range(SPIKE_STEPS):
+        idx = torch.randint(0, 2048, (32,), generator=gen)
+        if guard is not None and guard.skip_batch():
+            skipped += 1
+            continue
+        spike = mode != "clean" and SPIKE_FROM <= step < SPIKE_TO
+        factor = SPIKE_PEAK ** ((step - SPIKE_FROM) / (SPIKE_TO - SPIKE_FROM)) if spike else 1.0
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 * factor
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if guard is not None:
+            guard.step(loss)
+    with torch.no_grad():
+        final = float(torch.nn.functional.mse_loss(model(x), y))
+    if guard is not None:
+        guard.close()
+    return final, guard, skipped
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_confirmed_spike_is_rewound_past_and_the_run_ends_near_the_spike_free_one(seed):
+    clean, _, _ = _spiked_run("clean", seed)
+    spiked, _, _ = _spiked_run("spike", seed)
+    rescued, guard, skipped = _spiked_run("unstuck", seed)
+    assert guard is not None
+    rewinds = [a for a in guard.actions if a.name == "rewind"]
+    assert len(rewinds) == 1 and rewinds[0].outcome == "kept"
+    back = int(rewinds[0].evidence["restored_last_good_step"])
+    assert back < SPIKE_FROM <= rewinds[0].step  # to before the spike, once it was confirmed
+    assert skipped == rewinds[0].evidence["skip_batches"] > 0  # the loop skipped what it asked
+    assert spiked > 10 * clean  # the spike alone ruins the run ...
+    assert rescued <= SPIKE_TOLERANCE * clean  # ... the rewound run ends near the clean one

@@ -174,18 +174,25 @@ class RescueEngine:
             self.kept.note_best(step, value)
 
     def note_healthy(
-        self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
+        self,
+        step: int,
+        state: str,
+        finite: bool,
+        level: float = math.nan,
+        force: bool = False,
+        stderr: float = 0.0,
     ) -> None:
         """Refresh the ring of good snapshots on a healthy flush (finite loss, a state that is
         not unstable, no action waiting for its verdict) at most every ``ring_every(step)``
         steps (``snapshot_book``); ``force``: now (a kept verdict: the state it leaves is a
         good one to return to).
-        ``level``: the flush's mean loss, which a later restore must beat."""
+        ``level``: the flush's mean loss, which a later restore must beat; ``stderr``: its
+        standard error (what tells a later state inside a spike from minibatch noise)."""
         self.kept.start_within_horizon(step)  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
         if self.pending is None and state in HEALTHY_STATES:
-            self.kept.note_good(step, level, force)
+            self.kept.note_good(step, level, force, stderr)
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unstuck.detect.detector import DEFAULT_FLAT_MARGIN, RECENT_FRACTION
+from unstuck.detect.detector import DEFAULT_FLAT_MARGIN, DEFAULT_Z, RECENT_FRACTION
 from unstuck.rescue.snapshot import Snapshot, SnapshotMismatchError, SnapshotStore
 
 __all__ = [
@@ -56,6 +56,7 @@ class Slot:
     key: str | None = None
     step: int = 0  # the step it was taken at
     value: float = math.inf  # what it is compared by (a validation loss, a loss level)
+    stderr: float = 0.0  # the standard error of ``value`` (a loss level's), when known
 
 
 class SnapshotBook:
@@ -156,15 +157,16 @@ class KeptStates:
             self.book.empty(BEST)
             self.book[BEST].value = math.inf
 
-    def note_good(self, step: int, level: float, force: bool) -> None:
+    def note_good(self, step: int, level: float, force: bool, stderr: float = 0.0) -> None:
         """Keep the state at ``step`` as the newest good one, at most every
         :func:`ring_every` steps (``force``: now); the oldest of the ring is let go. ``level``,
-        its loss, is what a later return must beat."""
+        its loss, is what a later return must beat; ``stderr``, that level's standard error."""
         if not force and step - self.book[LAST_GOOD].step < ring_every(step):
             return
         self.book.shift(GOOD_RING)
         level = level if math.isfinite(level) else math.inf
         self.book.fill(LAST_GOOD, self._capture(step), step=step, value=level)
+        self.book[LAST_GOOD].stderr = stderr if math.isfinite(stderr) else 0.0
 
     def worse_than_last_good(self, level: float) -> bool:
         """Whether a kept good state's loss is below ``level``."""
@@ -172,23 +174,28 @@ class KeptStates:
 
     def before_rise(self, level: float = math.inf) -> str | None:
         """The slot of the newest good state from before a rise to ``level``: among the held
-        states whose loss is below ``level``, the newest within the detector's least rise
-        (``DEFAULT_FLAT_MARGIN``, 2 % in log units) of the lowest of them. A state taken while
-        the spike was already under way, before the detector confirmed it, sits above that and
-        is passed over. ``None``: none is held."""
+        states whose loss is below ``level``, the newest not above the lowest of them by more
+        than the detector's least rise (``DEFAULT_FLAT_MARGIN``, 2 % in log units) or by more
+        than ``DEFAULT_Z`` standard errors of the difference of the two flush means. A state
+        taken while the spike was already under way, before the detector confirmed it, sits
+        above that and is passed over; one that differs from the lowest by minibatch noise
+        alone is not. ``None``: none is held."""
         held = [
-            (name, self.book[name].value)
+            (name, self.book[name])
             for name in GOOD_RING
             if self.book[name].key is not None and self.book[name].value < level
         ]
         if not held:
             return None
-        lowest = min(value for _, value in held)
-        if lowest > 0:
-            bound = lowest * math.exp(DEFAULT_FLAT_MARGIN)
-        else:
-            bound = lowest + DEFAULT_FLAT_MARGIN * abs(lowest)
-        return next(name for name, value in held if value <= bound)
+        low = min((slot for _, slot in held), key=lambda slot: slot.value)
+        margin = DEFAULT_FLAT_MARGIN * abs(low.value)
+        if low.value > 0:
+            margin = low.value * math.expm1(DEFAULT_FLAT_MARGIN)
+        for name, slot in held:  # newest first
+            noise = DEFAULT_Z * math.hypot(slot.stderr, low.stderr)
+            if slot.value - low.value <= max(margin, noise):
+                return name
+        return None
 
     def forget_newer(self, name: str) -> None:
         """Drop the ring's states newer than slot ``name`` (after a return to it, they belong
