@@ -18,7 +18,7 @@ from unstuck.diagnose.selection import select_taps
 from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
 from unstuck.rescue.base import Action
-from unstuck.rescue.controls import AccumulationControl, ClipControl
+from unstuck.rescue.controls import AccumulationControl, ClipControl, SkipControl
 from unstuck.signals.base import Tap
 from unstuck.types import Finding
 
@@ -92,6 +92,7 @@ def _full_state(controls):
         "multiplier": controls.lr.state_dict(),
         "clip": controls.clip.state_dict(),
         "accumulation": controls.accumulation.state_dict(),
+        "skip": controls.skip.state_dict(),
         "stop": controls.stop.state_dict(),
     }
 
@@ -146,12 +147,15 @@ def _owned_controls(make_optimizer=_adam):
 
     clip = ClipControl()
     clip.owned = True
+    skip = SkipControl()
+    skip.owned = True
     return Controls(
         model,
         optimizer,
         multiplier,
         clip=clip,
         accumulation=AccumulationControl(2),
+        skip=skip,
         best=lambda: best,
         restore=restore,
     )

@@ -29,6 +29,7 @@ from unstuck.rescue.snapshot_book import (
     KeptStates,
     Slot,
     SnapshotBook,
+    ring_every,
 )
 from unstuck.types import ActionRecord
 
@@ -193,10 +194,12 @@ def test_kept_states_keep_the_best_the_last_good_and_the_start_by_their_rules():
     assert kept.best() is not None and kept.best().step == 10
     assert kept.book[BEST].value == 0.5
     kept.note_good(0, 1.0, force=False)  # the first healthy flush keeps one
-    kept.note_good(LAST_GOOD_EVERY - 1, 0.9, force=False)  # too soon
-    assert kept.book[LAST_GOOD].step == 0
     kept.note_good(LAST_GOOD_EVERY - 1, 0.9, force=True)
     assert kept.book[LAST_GOOD].step == LAST_GOOD_EVERY - 1
+    soon = LAST_GOOD_EVERY - 1 + ring_every(LAST_GOOD_EVERY - 1) - 1  # the ring's cadence
+    kept.note_good(soon, 0.95, force=False)  # too soon
+    assert kept.book[LAST_GOOD].step == LAST_GOOD_EVERY - 1
+    assert kept.held_good() == [LAST_GOOD_EVERY - 1, 0]  # the older state is still held
     assert kept.worse_than_last_good(1.0) and not kept.worse_than_last_good(0.8)
     kept.note_start(0)
     assert kept.start_within_horizon(100)

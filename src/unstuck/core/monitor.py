@@ -324,7 +324,8 @@ class Monitor:
             values = np.asarray(loss[1], dtype=float)
             finite = bool(np.all(np.isfinite(values)))
             level = float(values.mean()) if finite and values.size else math.nan
-            self.engine.note_healthy(step, state, finite, level=level)
+            stderr = float(values.std() / math.sqrt(values.size)) if finite and values.size else 0.0
+            self.engine.note_healthy(step, state, finite, level=level, stderr=stderr)
         return decided, new, acted
 
     def _after_detect(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from unstuck.rescue import Controls, LRMultiplier
-from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
+from unstuck.rescue.controls import AccumulationControl, ClipControl, SkipControl, StopControl
 from unstuck.signals.hub import SignalHub
 
 __all__ = ["SELF_TUNING_OPTIMIZERS", "TorchControls"]
@@ -50,6 +50,7 @@ class TorchControls:
         self.accumulation = AccumulationControl(accumulation_steps)  # validates the argument
         self.clip = ClipControl()
         self.stop = StopControl()
+        self.skip = SkipControl()
         self.accumulated = 0  # micro-batches summed into .grad since the last optimizer step
         self._hub: SignalHub | None = None
         self._average_hook = (
@@ -76,6 +77,7 @@ class TorchControls:
             clip=self.clip,
             accumulation=self.accumulation,
             stop=self.stop,
+            skip=self.skip,
             lr_locked=lr_lock_reason(self.optimizer),
         )
 
@@ -132,6 +134,7 @@ class TorchControls:
             "clip": self.clip.state_dict(),
             "accumulation": self.accumulation.state_dict(),
             "stop": self.stop.state_dict(),
+            "skip": self.skip.state_dict(),
             "accumulated": self.accumulated,
         }
 
@@ -139,6 +142,7 @@ class TorchControls:
         self.clip.load_state_dict(state.get("clip", {}))
         self.accumulation.load_state_dict(state.get("accumulation", {}))
         self.stop.load_state_dict(state.get("stop", {}))
+        self.skip.load_state_dict(state.get("skip", {}))
         self.accumulated = int(state.get("accumulated", 0))
 
     def close(self) -> None:

@@ -118,13 +118,15 @@ class _KerasEngine(RescueEngine):
             self.controls.lr.load_state_dict(dict(handles["lr"]))
         self._restore_extra(snap.extra)
 
-    def _why_not(self, step: int, proposal: Proposal) -> str | None:
+    def _why_not(
+        self, step: int, proposal: Proposal, state: str = "", now: float = math.inf
+    ) -> str | None:
         if proposal.action not in KERAS_ACTIONS:
             return (
                 f"{proposal.action} is not available in the Keras callback (it applies LR "
                 "actions only); see the finding's evidence to apply it yourself"
             )
-        return super()._why_not(step, proposal)
+        return super()._why_not(step, proposal, state, now)
 
 
 class UnstuckCallback(MonitorResults, _Callback):

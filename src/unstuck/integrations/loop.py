@@ -383,6 +383,16 @@ class Guard(MonitorResults):
         """
         return self._controls.should_step()
 
+    def skip_batch(self) -> bool:
+        """Whether to skip this batch: True for the batches a rewind asked the loop to skip,
+        so the run moves past the data that caused a loss spike (``rewind``, docs/guard.md).
+
+        Call it once per batch, before the forward pass, and ``continue`` when it is True (no
+        forward, no ``guard.step``). A loop that never calls it still gets the rewind, without
+        the skip. Costs no host sync.
+        """
+        return self._controls.skip.take()
+
     @property
     def should_stop(self) -> bool:
         """True once the rescue asked the loop to end (``keep_best_and_stop``)."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from unstuck.plugins import discover_plugins
-from unstuck.rescue.controls import AccumulationControl, ClipControl, StopControl
+from unstuck.rescue.controls import AccumulationControl, ClipControl, SkipControl, StopControl
 from unstuck.rescue.lr_multiplier import LRMultiplier
 from unstuck.types import ActionRecord
 
@@ -45,6 +45,7 @@ class Controls:
     clip: ClipControl = field(default_factory=ClipControl)
     accumulation: AccumulationControl = field(default_factory=AccumulationControl)
     stop: StopControl = field(default_factory=StopControl)
+    skip: SkipControl = field(default_factory=SkipControl)
     best: Callable[[], Any] = lambda: None
     restore: Callable[[Any], None] | None = None
     lr_locked: str | None = None  # why LR actions must not run (schedule-free, Prodigy), if so
@@ -62,6 +63,9 @@ class Action:
     probe: ClassVar[bool] = False  # measures over the next steps, then the engine restores
     final: ClassVar[bool] = False  # ends the run's rescue (a stop): recorded, never verified
     changes_lr: ClassVar[bool] = False  # skipped for optimizers that set their own step size
+    # Starts from the newest kept good state from before a rise (a rewind), not from the state
+    # it finds; the engine skips it when no such state is held.
+    rewinds: ClassVar[bool] = False
 
     def raises_lr(self, params: dict[str, Any]) -> bool:
         """Whether the action lengthens the steps along a slope for good (an LR raise,
@@ -88,6 +92,11 @@ class Action:
         """The next verified step (a ``Proposal``) after ``kept``, this action's record, was
         kept; ``None``: none. Lets an action that moves in capped steps finish its move."""
         return None
+
+    def after_rewind(self, params: dict[str, Any], steps: int) -> dict[str, Any]:
+        """The parameters to apply once the engine rewound ``steps`` steps (``rewinds``
+        actions only): lets a default depend on how far back the good state was."""
+        return params
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise ValueError naming the bad value when ``params`` cannot be applied."""

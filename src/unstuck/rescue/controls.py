@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["AccumulationControl", "ClipControl", "StopControl"]
+__all__ = ["AccumulationControl", "ClipControl", "SkipControl", "StopControl"]
 
 
 class ClipControl:
@@ -89,3 +89,37 @@ class StopControl:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.requested = bool(state.get("requested", False))
         self.reason = str(state.get("reason", ""))
+
+
+class SkipControl:
+    """Batches the loop is asked to skip after a rewind, so it moves past the data that caused
+    a loss spike (PaLM skipped the 200–500 batches before one and restarted ~100 steps before
+    it).
+
+    ``owned`` turns true at the first ``guard.skip_batch()`` call: only a loop that asks can be
+    told to skip; without it a rewind still returns to the state before the spike.
+    """
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.owned = False
+
+    def set(self, batches: int) -> None:
+        if not isinstance(batches, int) or batches < 0:
+            raise ValueError(f"batches to skip must be an int >= 0, got {batches!r}")
+        self.remaining = batches
+
+    def take(self) -> bool:
+        """One batch: whether the loop should skip it (and count it skipped)."""
+        self.owned = True
+        if self.remaining <= 0:
+            return False
+        self.remaining -= 1
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"remaining": self.remaining, "owned": self.owned}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.set(int(state.get("remaining", 0)))
+        self.owned = bool(state.get("owned", self.owned))

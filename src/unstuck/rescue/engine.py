@@ -25,14 +25,14 @@ import numpy as np
 
 from unstuck.rescue.base import Controls, get_action
 from unstuck.rescue.branches import BranchTrial
-from unstuck.rescue.declared import cause_declares
+from unstuck.rescue.declared import action_declares, cause_declares
 from unstuck.rescue.episode import Episode
 from unstuck.rescue.events import merge_action_events
 from unstuck.rescue.pending import Pending, before_window, level, recent_finite, record_for
 from unstuck.rescue.policy import Policy, Proposal
 from unstuck.rescue.probe import Event, Probe, is_probe, probe_kind
 from unstuck.rescue.range_test import RangeTest
-from unstuck.rescue.restart import restarts_from_start, returns_to_last_good
+from unstuck.rescue.restart import good_state_to_return, restarts_from_start
 from unstuck.rescue.snapshot import (
     Snapshot,
     SnapshotMismatchError,
@@ -56,7 +56,7 @@ PROBE_FLUSH = 1  # a probe that reads every step (the range test) stops before a
 HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
 MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
-_HANDLES = ("lr", "clip", "accumulation", "stop")  # unstuck's own handles in every snapshot
+_HANDLES = ("lr", "clip", "accumulation", "stop", "skip")  # unstuck's own handles in snapshots
 Loss = tuple[np.ndarray, np.ndarray]
 
 
@@ -151,7 +151,8 @@ class RescueEngine:
         handles = snap.extra.get("controls")
         if handles is not None:
             for name in _HANDLES:
-                getattr(self.controls, name).load_state_dict(handles[name])
+                if name in handles:  # a snapshot saved before a handle existed lacks it
+                    getattr(self.controls, name).load_state_dict(handles[name])
 
     def _roll_back(self, key: str) -> str | None:
         """Restore the store's snapshot ``key``; when it no longer fits, undo at least what went
@@ -173,17 +174,25 @@ class RescueEngine:
             self.kept.note_best(step, value)
 
     def note_healthy(
-        self, step: int, state: str, finite: bool, level: float = math.nan, force: bool = False
+        self,
+        step: int,
+        state: str,
+        finite: bool,
+        level: float = math.nan,
+        force: bool = False,
+        stderr: float = 0.0,
     ) -> None:
-        """Refresh the last-good snapshot on a healthy flush (finite loss, a state that is not
-        unstable, no action waiting for its verdict) at most every ``LAST_GOOD_EVERY`` steps;
-        ``force``: now (a kept verdict: the state it leaves is a good one to return to).
-        ``level``: the flush's mean loss, which a later restore must beat."""
+        """Refresh the ring of good snapshots on a healthy flush (finite loss, a state that is
+        not unstable, no action waiting for its verdict) at most every ``ring_every(step)``
+        steps (``snapshot_book``); ``force``: now (a kept verdict: the state it leaves is a
+        good one to return to).
+        ``level``: the flush's mean loss, which a later restore must beat; ``stderr``: its
+        standard error (what tells a later state inside a spike from minibatch noise)."""
         self.kept.start_within_horizon(step)  # past the restart window: free the memory
         if not self.policy.acts or self.probing or not finite:
             return
         if self.pending is None and state in HEALTHY_STATES:
-            self.kept.note_good(step, level, force)
+            self.kept.note_good(step, level, force, stderr)
 
     def note_start(self, step: int) -> None:
         """Keep the state the run starts from (before its first optimizer step), for one
@@ -284,7 +293,7 @@ class RescueEngine:
             )
             if proposal is None:
                 return events
-            why_not = self._why_not(step, proposal)
+            why_not = self._why_not(step, proposal, state, level(loss))
             if why_not is None and is_probe(proposal.action) and not recent_finite(loss):
                 why_not = "the loss is non-finite: no probe starts from a broken state"
             refuted = episode.refuted_at(proposal.cause, proposal.action)
@@ -306,7 +315,13 @@ class RescueEngine:
             return events
         return events
 
-    def _why_not(self, step: int, proposal: Proposal) -> str | None:
+    def _why_not(
+        self, step: int, proposal: Proposal, state: str = "", now: float = math.inf
+    ) -> str | None:
+        if action_declares(proposal.action, "rewinds") and (
+            good_state_to_return(self.kept, proposal, state, now) is None
+        ):
+            return "no good state from before the rise is held to rewind to"
         kind = probe_kind(proposal.action)
         if kind is None or kind.is_action:
             action = get_action(proposal.action)
@@ -331,12 +346,18 @@ class RescueEngine:
         evidence: dict[str, Any] = {}
         self.kept.start_within_horizon(step)
         before = before_window(step, loss)
-        if returns_to_last_good(self.kept, proposal, state, level(loss)):
-            # Retry from the last good state (finite, lower loss), not from the broken one; the
-            # verdict compares with the loss before that state, where the run was good.
-            snap = self.kept.return_to(LAST_GOOD)
+        rewound = 0
+        slot = good_state_to_return(self.kept, proposal, state, level(loss))
+        if slot is not None:
+            # Retry from the newest good state from before the rise (finite, lower loss), not
+            # from the broken one; the verdict compares with the loss before that state, where
+            # the run was good.
+            snap = self.kept.return_to(slot)
             if snap is not None:
                 evidence["restored_last_good_step"] = snap.step
+                evidence["good_states_held"] = self.kept.held_good()
+                self.kept.forget_newer(slot)
+                rewound = step - snap.step
                 before = before_window(snap.step, loss)
         snapshot = self.snapshots.put(self.capture(step))
         if restarts_from_start(self.kept, step, proposal):
@@ -351,6 +372,9 @@ class RescueEngine:
             return [("action", self.probe.record.to_dict())]
         action = get_action(proposal.action)
         params = dict(proposal.params)
+        if action.rewinds:
+            params = action.after_rewind(params, rewound)
+            proposal = Proposal(proposal.action, params, proposal.reason, proposal.cause)
         if kind is not None:
             params = kind.fit_params(params, self.probe_allowance(step))
             proposal = Proposal(proposal.action, params, proposal.reason, proposal.cause)

@@ -10,9 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from unstuck.rescue.actions.clip_adjust import ClipAdjust
 from unstuck.rescue.actions.lr_range_test import LRRangeTest
+from unstuck.rescue.actions.rewind import Rewind
 from unstuck.rescue.actions.warm_restart import WarmRestart
-from unstuck.types import ACT_ON_STATES, ACTING_CONFIDENCE, UNSTABLE_STATES, Finding
+from unstuck.types import (
+    ACT_ON_STATES,
+    ACTING_CONFIDENCE,
+    UNSTABLE_STATES,
+    DetectorState,
+    Finding,
+)
 
 __all__ = [
     "ActionSequence",
@@ -46,6 +54,25 @@ class Proposal:
     @property
     def key(self) -> str:
         return f"{self.action}:{sorted(self.params.items())}"
+
+
+# A confirmed spike or divergence: first a rewind past it; a spike that comes back on the same
+# episode (the rewind rolled back, or the divergence confirmed again) escalates, after the
+# findings' own remedies, to halving the LR and then halving the clip threshold (each from
+# the good state before the rise, like every action on a diverging run). Halving: the
+# smallest decisive step, as PyTorch's ReduceLROnPlateau's factor 0.1 would be a decade.
+REWIND = Proposal(Rewind.name, {}, reason="a confirmed rise: rewind to before it")
+SPIKE_CUT, SPIKE_CLIP = 0.5, 0.5  # the escalation's LR and clip factors
+
+
+def spike_escalation() -> tuple[Proposal, ...]:
+    """The rungs after a rewind, in order: an LR cut, then tighter clipping."""
+    from unstuck.rescue.actions.lr_scale import LRScale  # imports this module
+
+    return (
+        Proposal(LRScale.name, {"factor": SPIKE_CUT}, reason="a repeated spike: cut the LR"),
+        Proposal(ClipAdjust.name, {"factor": SPIKE_CLIP}, reason="a repeated spike: clip more"),
+    )
 
 
 class Policy:
@@ -146,6 +173,9 @@ class Ladder(Policy):
         self._moving_seen = {f.cause: seen.get(f.cause, step) for f in confident} if moving else {}
         if state not in ACT_ON_STATES and not (state in ("slow", "hidden_progress") and confident):
             return None
+        diverging = state == DetectorState.DIVERGING
+        if diverging and REWIND.key not in tried and not (confident and reports_only(confident[0])):
+            return REWIND  # the engine skips it when no good state from before the rise is held
         for finding in confident:
             for remedy in finding.remedies:
                 if not remedy.automatic:
@@ -177,6 +207,10 @@ class Ladder(Policy):
             return None  # measuring and restarting are for a stopped run
         if plateau_start is not None and step - plateau_start < self.patience:
             return None
+        if diverging:
+            for escalation in spike_escalation():
+                if escalation.key not in tried:
+                    return escalation
         measure = Proposal(
             self.fallback,
             range_test_params(state) if self.fallback == RANGE_TEST else {},
