@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import torch
 
 from conftest import regression_batch, tiny_mlp
@@ -106,3 +107,26 @@ def test_every_series_a_guard_flushes_is_a_series(monkeypatch):
     # The series the rules and the store read most, from taps of every kind.
     assert {"loss", "grad_norm", "update_ratio", "param_distance", "lr/0", "clip_rate"} <= names
     assert {"samples_seen", "loss_component/mse", "second_moment_ratio"} <= names
+
+
+def test_engine_events_carry_a_typed_record_fixed_when_made():
+    """An engine event carries its record typed (no parsing back from a dict) and fixed at the
+    moment it was made: the engine keeps changing its own record (a verdict later), and the
+    event of the start must still say ``pending``."""
+    from unstuck.types import ActionRecord, EngineEvent
+
+    record = ActionRecord("lr_scale", 49, "test", params={"factor": 2.0})
+    started = EngineEvent.action(record)
+    record.outcome = "kept"
+    judged = EngineEvent.outcome(record)
+    assert started.record is not None and started.record.outcome == "pending"
+    assert started.payload["outcome"] == "pending" and judged.payload["outcome"] == "kept"
+    assert isinstance(judged.record, ActionRecord) and judged.record is not record
+    kind, payload = judged  # still reads as the (kind, payload) pair
+    assert (kind, payload["name"]) == ("action_outcome", "lr_scale") and judged[0] == kind
+    reading = EngineEvent.probe({"probe": "lr_range_test", "best": np.float64(3.0)})
+    assert reading.record is None and type(reading.payload["best"]) is float
+    assert (
+        not started.rolled_back
+        and EngineEvent.outcome(ActionRecord("lr_scale", 1, "t", outcome="rolled_back")).rolled_back
+    )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "ACTING_CONFIDENCE",
@@ -28,6 +28,7 @@ __all__ = [
     "UNSTABLE_STATES",
     "ActionRecord",
     "DetectorState",
+    "EngineEvent",
     "Finding",
     "Plateau",
     "Remedy",
@@ -238,3 +239,53 @@ class ActionRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActionRecord:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """One thing the rescue engine did, typed: an action taken (``kind == "action"``), its record
+    updated (``"action_outcome"``: a verdict, a restore, a skip), or a probe's reading
+    (``"probe"``).
+
+    The record is copied when the event is made, so later changes to the engine's own record
+    do not rewrite history; ``payload`` is its JSON form, made once for the store and sinks.
+    It also reads as the ``(kind, payload)`` pair events once were: ``kind, payload = event``.
+    """
+
+    kind: str
+    payload: Mapping[str, Any]
+    record: ActionRecord | None = None
+
+    ACTION: ClassVar[str] = "action"
+    OUTCOME: ClassVar[str] = "action_outcome"
+    PROBE: ClassVar[str] = "probe"
+
+    @classmethod
+    def action(cls, record: ActionRecord) -> EngineEvent:
+        return cls._of(cls.ACTION, record)
+
+    @classmethod
+    def outcome(cls, record: ActionRecord) -> EngineEvent:
+        return cls._of(cls.OUTCOME, record)
+
+    @classmethod
+    def probe(cls, reading: Mapping[str, Any]) -> EngineEvent:
+        return cls(cls.PROBE, primitive(dict(reading)))
+
+    @classmethod
+    def _of(cls, kind: str, record: ActionRecord) -> EngineEvent:
+        payload = record.to_dict()
+        return cls(kind, payload, ActionRecord.from_dict(payload))
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.record is not None and self.record.outcome == "rolled_back"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kind, self.payload))
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.kind, self.payload)[index]
+
+    def __len__(self) -> int:
+        return 2

@@ -53,6 +53,7 @@ from unstuck.types import (
     NOTABLE_STATES,
     ActionRecord,
     DetectorState,
+    EngineEvent,
     Finding,
     Plateau,
     primitive,
@@ -62,7 +63,7 @@ __all__ = ["FrontEndHooks", "Monitor", "MonitorResults", "Update"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
-Event = tuple[str, dict[str, Any]]
+Event = EngineEvent
 T = TypeVar("T")
 
 
@@ -339,9 +340,7 @@ class Monitor:
                 "state", step, state_payload(series, before, state, plateau, detector.stats())
             )
         events = self.engine.verify(step, self.loss_history()) if series == "train" else []
-        if any(
-            kind == "action_outcome" and p.get("outcome") == "rolled_back" for kind, p in events
-        ):
+        if any(event.rolled_back for event in events):
             # The rollback put the detectors back too: decide on the state they hold now (the
             # plateau the action was taken on), so the policy moves to its next rung there.
             state, plateau = detector.state, detector.current
@@ -420,8 +419,8 @@ class Monitor:
 
     def _take_events(self, step: int, events: list[Event]) -> list[ActionRecord]:
         """Store the engine's events; keep ``actions`` current (one entry per action)."""
-        for kind, payload in events:
-            self.record_event(kind, step, payload)
+        for event in events:
+            self.record_event(event.kind, step, event.payload)  # its JSON, made once
         return merge_action_events(self._actions, events)
 
     def _log_metrics(self, rows: list[tuple[str, int, float]]) -> None:
@@ -479,7 +478,7 @@ class Monitor:
         self.engine.forget_start()  # a resumed run's start is not this front-end's to restart
         if state.get("engine") is not None:
             interrupted = self.engine.load_state_dict(dict(state["engine"]))
-            self._take_events(step, [("action_outcome", r.to_dict()) for r in interrupted])
+            self._take_events(step, [EngineEvent.outcome(r) for r in interrupted])
 
 
 class MonitorResults:

@@ -33,7 +33,7 @@ from unstuck.rescue.base import get_action
 from unstuck.rescue.policy import Proposal
 from unstuck.rescue.probe import Event, Probe, ProbeHost
 from unstuck.rescue.verify import Z_WORSE, judge
-from unstuck.types import ActionRecord
+from unstuck.types import ActionRecord, EngineEvent
 
 __all__ = ["BRANCH_TRIAL", "BranchTrial", "default_candidates"]
 
@@ -279,15 +279,14 @@ class BranchTrial(Probe):
                 else "no candidate could run"
             )
         self.release()  # the engine drops ``snapshot`` and waits its cooldown (``rests``)
-        events.append(("action_outcome", record.to_dict()))
+        events.append(EngineEvent.outcome(record))
         events.append(
-            (
-                "probe",
-                {"probe": self.name, "step": step, **record.evidence, "horizon": self.horizon},
+            EngineEvent.probe(
+                {"probe": self.name, "step": step, **record.evidence, "horizon": self.horizon}
             )
         )
         if winner_record is not None:
-            events.append(("action", winner_record.to_dict()))
+            events.append(EngineEvent.action(winner_record))
         return events
 
     def _beats(self, best: _Branch, control: _Branch) -> tuple[bool, dict[str, Any]]:

@@ -42,7 +42,7 @@ from unstuck.rescue.snapshot import (
 )
 from unstuck.rescue.snapshot_book import LAST_GOOD, START, KeptStates
 from unstuck.rescue.verify import judge
-from unstuck.types import ActionRecord, Finding, Plateau
+from unstuck.types import ActionRecord, EngineEvent, Finding, Plateau
 
 __all__ = ["RescueEngine", "merge_action_events"]
 
@@ -304,14 +304,14 @@ class RescueEngine:
                 return events + self._start(step, proposal, loss, findings, state)
             if not why_not.startswith("probe budget"):
                 episode.tried.add(proposal.key)
-                events.append(("action", _skipped(step, proposal, why_not)))
+                events.append(EngineEvent.action(_skipped(step, proposal, why_not)))
                 continue
             # The measuring rung is worth waiting for: the budget grows with the steps, and
             # jumping to the next rung now would act blind. Said once per plateau.
             waiting.add(proposal.key)
             if proposal.key not in episode.budget_noted:
                 episode.budget_noted.add(proposal.key)
-                events.append(("action", _skipped(step, proposal, why_not)))
+                events.append(EngineEvent.action(_skipped(step, proposal, why_not)))
             return events
         return events
 
@@ -369,7 +369,7 @@ class RescueEngine:
         kind = probe_kind(proposal.action)
         if kind is not None and not kind.is_action:  # a probe that is no action of its own
             self.probe = kind.start(self, step, snapshot, proposal, None, before, self.horizon)
-            return [("action", self.probe.record.to_dict())]
+            return [EngineEvent.action(self.probe.record)]
         action = get_action(proposal.action)
         params = dict(proposal.params)
         if action.rewinds:
@@ -395,7 +395,7 @@ class RescueEngine:
             record.outcome = "skipped"
             record.evidence["skipped_because"] = self._refused(exc)
             record.verified_step = step
-            return [("action", record.to_dict())]
+            return [EngineEvent.action(record)]
         record.evidence.update({k: v for k, v in token.items() if _is_primitive(v)})
         if kind is not None:
             record.outcome = "probing"
@@ -409,7 +409,7 @@ class RescueEngine:
             if "restart_compare_steps" in record.evidence:
                 due = step + int(record.evidence["restart_compare_steps"])
             self.pending = Pending(record, snapshot, *before, due)
-        return [("action", record.to_dict())]
+        return [EngineEvent.action(record)]
 
     # -- probes -------------------------------------------------------------------------------
     def advance_probe(self, step: int, steps: np.ndarray, values: np.ndarray) -> list[Event]:
@@ -444,7 +444,7 @@ class RescueEngine:
         record.evidence.update(probe.follow_evidence)
         due = step + max(self.horizon, action.duration(follow.params))
         self.pending = Pending(record, probe.snapshot, *probe.before, due)
-        return [*events, ("action", record.to_dict())]
+        return [*events, EngineEvent.action(record)]
 
     # -- verification -------------------------------------------------------------------------
     def verify(
@@ -499,7 +499,7 @@ class RescueEngine:
             self.quiet_until = step + self.cooldown
             self.forget_start()  # a restart would now undo what was just kept
         self.snapshots.drop(p.snapshot)
-        events: list[Event] = [("action_outcome", record.to_dict())]
+        events: list[Event] = [EngineEvent.outcome(record)]
         if record.outcome != "kept":
             return events
         # The state a kept verdict leaves is the one to come back to if the run later diverges
@@ -535,7 +535,7 @@ class RescueEngine:
         if ran < max(self.horizon // 4, 1):
             p.record.outcome = "unverified"
             p.record.verified_step = step
-            events.append(("action_outcome", p.record.to_dict()))
+            events.append(EngineEvent.outcome(p.record))
             self.pending = None
             return events
         p.due = step
@@ -577,11 +577,11 @@ class RescueEngine:
         return [record]
 
 
-def _skipped(step: int, proposal: Proposal, why_not: str) -> dict[str, Any]:
+def _skipped(step: int, proposal: Proposal, why_not: str) -> ActionRecord:
     record = record_for(step, proposal, outcome="skipped")
     record.evidence["skipped_because"] = why_not
     record.verified_step = step
-    return record.to_dict()
+    return record
 
 
 def _is_primitive(value: Any) -> bool:

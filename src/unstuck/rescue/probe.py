@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from unstuck.types import ActionRecord
+from unstuck.types import ActionRecord, EngineEvent
 
 if TYPE_CHECKING:
     from unstuck.rescue.base import Controls
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Event", "Probe", "ProbeHost", "is_probe", "probe_kind", "probe_kinds"]
 
-Event = tuple[str, dict[str, Any]]
+Event = EngineEvent  # what the engine and its probes emit (unstuck.types)
 
 
 class ProbeHost(Protocol):
@@ -113,7 +113,7 @@ class Probe:
         if failed_because is not None:
             self.record.evidence["failed_because"] = failed_because
         self.record.verified_step = step
-        return ("action_outcome", self.record.to_dict())
+        return EngineEvent.outcome(self.record)
 
     def abandon(self, step: int, reason: str) -> Event:
         """End here, ``failed`` for ``reason`` (its start no longer fits the run): every step

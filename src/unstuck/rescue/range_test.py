@@ -17,7 +17,7 @@ from unstuck.rescue.actions.lr_range_test import LRRangeTest, diverged, suggest,
 from unstuck.rescue.actions.lr_scale import LRScale
 from unstuck.rescue.policy import Proposal
 from unstuck.rescue.probe import Event, Probe, ProbeHost
-from unstuck.types import ActionRecord
+from unstuck.types import ActionRecord, EngineEvent
 
 __all__ = ["MIN_RANGE_STEPS", "RangeTest"]
 
@@ -124,8 +124,8 @@ class RangeTest(Probe):
             }
         )
         events: list[Event] = [
-            ("action_outcome", record.to_dict()),
-            ("probe", {"probe": self.name, "step": step, **result.to_dict()}),
+            EngineEvent.outcome(record),
+            EngineEvent.probe({"probe": self.name, "step": step, **result.to_dict()}),
         ]
         if result.factor is not None:
             self.follow = Proposal(
