@@ -315,3 +315,40 @@ def test_the_hub_calls_each_tap_on_exactly_its_own_steps():
             expected = [n for n in range(200) if n % tap.every == 0]
             assert tap.pre == expected and tap.post == expected, (everys, tap.every)
         hub.close()
+
+
+def test_a_sampled_tier_tap_is_never_run_every_step_by_default():
+    """``tier`` is the cost class a tap declares: a ``sampled`` tap (a parameter copy, a pass
+    over every gradient or forward activation) must not run on every step at the Guard's
+    defaults, or the overhead budget the defaults were measured for is gone."""
+    import typing
+
+    from unstuck.integrations._torch_taps import torch_taps
+    from unstuck.integrations.defaults import (
+        DEFAULT_ACTIVATION_EVERY,
+        DEFAULT_DISTANCE_EVERY,
+        DEFAULT_GRAD_NOISE_EVERY,
+        DEFAULT_GRAD_NORM_EVERY,
+        DEFAULT_OPTIMIZER_STATE_EVERY,
+        DEFAULT_PRECISION_EVERY,
+        DEFAULT_UPDATE_RATIO_EVERY,
+    )
+    from unstuck.signals.base import CostTier
+
+    built = torch_taps(
+        grad_norm_every=DEFAULT_GRAD_NORM_EVERY,
+        update_ratio_every=DEFAULT_UPDATE_RATIO_EVERY,
+        distance_every=DEFAULT_DISTANCE_EVERY,
+        grad_noise_every=DEFAULT_GRAD_NOISE_EVERY,
+        activation_every=DEFAULT_ACTIVATION_EVERY,
+        optimizer_state_every=DEFAULT_OPTIMIZER_STATE_EVERY,
+        precision_every=DEFAULT_PRECISION_EVERY,
+        dataset_size=None,
+        scaler=None,
+    )
+    tiers = set(typing.get_args(CostTier))
+    for tap in built.taps:
+        assert type(tap).tier in tiers, f"{type(tap).__name__} declares no known cost tier"
+        if type(tap).tier == "sampled":
+            assert tap.every > 1, f"{type(tap).__name__} is sampled but runs every step"
+    assert any(type(t).tier == "sampled" for t in built.taps)
