@@ -324,28 +324,9 @@ def test_a_sampled_tier_tap_is_never_run_every_step_by_default():
     import typing
 
     from unstuck.integrations._torch_taps import torch_taps
-    from unstuck.integrations.defaults import (
-        DEFAULT_ACTIVATION_EVERY,
-        DEFAULT_DISTANCE_EVERY,
-        DEFAULT_GRAD_NOISE_EVERY,
-        DEFAULT_GRAD_NORM_EVERY,
-        DEFAULT_OPTIMIZER_STATE_EVERY,
-        DEFAULT_PRECISION_EVERY,
-        DEFAULT_UPDATE_RATIO_EVERY,
-    )
     from unstuck.signals.base import CostTier
 
-    built = torch_taps(
-        grad_norm_every=DEFAULT_GRAD_NORM_EVERY,
-        update_ratio_every=DEFAULT_UPDATE_RATIO_EVERY,
-        distance_every=DEFAULT_DISTANCE_EVERY,
-        grad_noise_every=DEFAULT_GRAD_NOISE_EVERY,
-        activation_every=DEFAULT_ACTIVATION_EVERY,
-        optimizer_state_every=DEFAULT_OPTIMIZER_STATE_EVERY,
-        precision_every=DEFAULT_PRECISION_EVERY,
-        dataset_size=None,
-        scaler=None,
-    )
+    built = torch_taps()  # at the Guard's default cadences
     tiers = set(typing.get_args(CostTier))
     for tap in built.taps:
         assert type(tap).tier in tiers, f"{type(tap).__name__} declares no known cost tier"

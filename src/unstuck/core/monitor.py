@@ -63,7 +63,6 @@ __all__ = ["FrontEndHooks", "Monitor", "MonitorResults", "Update"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
-Event = EngineEvent
 T = TypeVar("T")
 
 
@@ -233,9 +232,8 @@ class Monitor:
         signals = frame.signals
         metric_rows = [
             (name, int(s), float(v))
-            for name, value in signals.items()
-            if isinstance(value, Series)
-            for s, v in zip(value.steps, value.values)
+            for name, series in frame.series().items()
+            for s, v in zip(series.steps, series.values)
         ]
         metric_rows.append(("lr_multiplier", step, self._lr.value))  # once per window
         self._log_metrics([*metric_rows, *rows])
@@ -410,14 +408,14 @@ class Monitor:
             stamped.append(dataclasses.replace(f, **changes) if changes else f)
         return stamped
 
-    def _emit(self, step: int, series: str, events: list[Event]) -> list[ActionRecord]:
+    def _emit(self, step: int, series: str, events: list[EngineEvent]) -> list[ActionRecord]:
         """Record the engine's events and print a console line for the actions among them."""
         acted = self._take_events(step, events)
         if acted and self._lead:
             logger.info(format_event_line(step, series=series, actions=acted))
         return acted
 
-    def _take_events(self, step: int, events: list[Event]) -> list[ActionRecord]:
+    def _take_events(self, step: int, events: list[EngineEvent]) -> list[ActionRecord]:
         """Store the engine's events; keep ``actions`` current (one entry per action)."""
         for event in events:
             self.record_event(event.kind, step, event.payload)  # its JSON, made once

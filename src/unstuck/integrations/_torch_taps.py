@@ -15,6 +15,15 @@ import numpy as np
 
 from unstuck.diagnose import all_rules
 from unstuck.diagnose.selection import ALWAYS_NEEDED, select_taps
+from unstuck.integrations.defaults import (
+    DEFAULT_ACTIVATION_EVERY,
+    DEFAULT_DISTANCE_EVERY,
+    DEFAULT_GRAD_NOISE_EVERY,
+    DEFAULT_GRAD_NORM_EVERY,
+    DEFAULT_OPTIMIZER_STATE_EVERY,
+    DEFAULT_PRECISION_EVERY,
+    DEFAULT_UPDATE_RATIO_EVERY,
+)
 from unstuck.record.rundata import MOMENTUM_SERIES
 from unstuck.signals import (
     ActivationTap,
@@ -52,16 +61,18 @@ class TorchTaps:
 
 def torch_taps(
     *,
-    grad_norm_every: int,
-    update_ratio_every: int,
-    distance_every: int,
-    grad_noise_every: int,
-    activation_every: int,
-    optimizer_state_every: int,
-    precision_every: int,
-    dataset_size: int | None,
-    scaler: Any,
+    grad_norm_every: int = DEFAULT_GRAD_NORM_EVERY,
+    update_ratio_every: int = DEFAULT_UPDATE_RATIO_EVERY,
+    distance_every: int = DEFAULT_DISTANCE_EVERY,
+    grad_noise_every: int = DEFAULT_GRAD_NOISE_EVERY,
+    activation_every: int = DEFAULT_ACTIVATION_EVERY,
+    optimizer_state_every: int = DEFAULT_OPTIMIZER_STATE_EVERY,
+    precision_every: int = DEFAULT_PRECISION_EVERY,
+    dataset_size: int | None = None,
+    scaler: Any = None,
 ) -> TorchTaps:
+    """Every candidate tap at these cadences (the Guard's defaults unless given), and the
+    selection the registered rules need."""
     distance = ParamDistanceTap(distance_every)
     clip = ClipTap()
     components = LossComponentsTap()
