@@ -73,3 +73,12 @@ def run_on_ranks(
                 proc.terminate()
             pytest.fail(f"gloo ranks did not finish within {timeout_s:.0f} s")
     return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def rank_batch(step: int, rank: int, world: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's regression batch at ``step``: the same teacher on every rank, its own inputs,
+    and label noise that grows with the rank (so the ranks' losses differ)."""
+    w = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    g = torch.Generator().manual_seed(world * step + rank)
+    x = torch.randn(32, 4, generator=g)
+    return x, x @ w + (0.05 + noise * rank) * torch.randn(32, 3, generator=g)

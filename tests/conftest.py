@@ -31,6 +31,43 @@ def regression_batch(n: int = 16, n_in: int = 4, n_out: int = 3, seed: int = 0):
     return torch.randn(n, n_in, generator=g), torch.randn(n, n_out, generator=g)
 
 
+def guarded_run_with_every_tap(steps: int = 30):
+    """A closed Guard over a tiny MLP run with every sampled signal taken at every step and
+    every input a tap reads (per-sample losses with ids and targets, a clipped norm, a loss
+    component, validation losses): the run that shows every series the taps can produce."""
+    from unstuck import Guard
+
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    every = dict.fromkeys(
+        (
+            "grad_norm_every",
+            "update_ratio_every",
+            "distance_every",
+            "grad_noise_every",
+            "activation_every",
+            "optimizer_state_every",
+            "precision_every",
+        ),
+        1,
+    )
+    guard = Guard(model, optimizer, console=False, flush_every=5, dataset_size=64, **every)
+    for step in range(steps):
+        x, y = regression_batch(seed=step)
+        per_sample = torch.nn.functional.mse_loss(model(x), y, reduction="none").mean(dim=1)
+        optimizer.zero_grad()
+        per_sample.mean().backward()
+        guard.clip_grad_norm_(1.0)
+        optimizer.step()
+        ids = torch.arange(16) + 16 * (step % 4)
+        guard.step(per_sample, ids=ids, targets=ids % 3, components={"mse": 1.0})
+        if step % 10 == 9:
+            guard.validate(float(per_sample.detach().mean()))
+    guard.close()
+    return guard
+
+
 def require(module: str, extra: str) -> None:
     """Skip when an optional framework is missing, except in CI, where it is a failure."""
     if importlib.util.find_spec(module) is not None:

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import regression_batch, tiny_mlp
+from conftest import guarded_run_with_every_tap, regression_batch, tiny_mlp
 from unstuck import signals
 from unstuck.diagnose import Evidence, all_rules, causes
 from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
 from unstuck.diagnose.evidence import FACTS, derived_names
 from unstuck.diagnose.selection import select_taps
-from unstuck.integrations.loop import Guard
 from unstuck.rescue import Controls, LRMultiplier, all_actions, restore_snapshot, take_snapshot
 from unstuck.rescue.base import Action
 from unstuck.rescue.controls import AccumulationControl, ClipControl, SkipControl
@@ -266,34 +265,7 @@ def test_every_tap_returns_only_what_it_provides(monkeypatch):
 
 
 def _guarded_run_with_every_tap():
-    torch.manual_seed(0)
-    model = tiny_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    every = dict.fromkeys(
-        (
-            "grad_norm_every",
-            "update_ratio_every",
-            "distance_every",
-            "grad_noise_every",
-            "activation_every",
-            "optimizer_state_every",
-            "precision_every",
-        ),
-        1,
-    )
-    guard = Guard(model, optimizer, console=False, flush_every=5, dataset_size=64, **every)
-    for step in range(30):
-        x, y = regression_batch(seed=step)
-        per_sample = torch.nn.functional.mse_loss(model(x), y, reduction="none").mean(dim=1)
-        optimizer.zero_grad()
-        per_sample.mean().backward()
-        guard.clip_grad_norm_(1.0)
-        optimizer.step()
-        ids = torch.arange(16) + 16 * (step % 4)
-        guard.step(per_sample, ids=ids, targets=ids % 3, components={"mse": 1.0})
-        if step % 10 == 9:
-            guard.validate(float(per_sample.detach().mean()))
-    guard.close()
+    guard = guarded_run_with_every_tap()
     return guard.evidence.build(guard.steps)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 import unstuck
-from _gloo import HarmfulOnce, run_on_ranks
+from _gloo import HarmfulOnce, rank_batch, run_on_ranks
 from unstuck.diagnose import Evidence, get_rule, run_rules
 from unstuck.diagnose.causes.rank_desync import DESYNC_TOLERANCE
 from unstuck.integrations._distributed import RankSync
@@ -117,12 +117,9 @@ def _train_decisions(rank: int, mode: str, run_dir: str) -> dict:
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         policy = HarmfulOnce()
     guard = unstuck.Guard(model, opt, policy=policy, run_dir=run_dir, **RESCUE_KW)
-    w = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
     lr_history, local_loss, local_val = [], [], []
     for step in range(RESCUE_STEPS):
-        g = torch.Generator().manual_seed(WORLD * step + rank)  # this rank's shard
-        x = torch.randn(32, 4, generator=g)
-        y = x @ w + (0.05 + 0.3 * rank) * torch.randn(32, 3, generator=g)
+        x, y = rank_batch(step, rank, WORLD, 0.3)
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import unstuck
-from _gloo import HarmfulOnce, run_on_ranks
+from _gloo import HarmfulOnce, rank_batch, run_on_ranks
 from unstuck.record.store import read_events
 from unstuck.rescue import Policy
 from unstuck.rescue.snapshot import SnapshotStore, restore_snapshot, take_snapshot
@@ -81,12 +81,9 @@ def _train(rank: int, mode: str, run_dir: str) -> dict[str, Any]:
         loss_fn=torch.nn.functional.mse_loss,  # a plateau asks for the curvature probe
         **GUARD_KW,
     )
-    w = torch.linspace(-1.0, 1.0, 12).reshape(4, 3)
     lr_history, local_loss, digests = [], [], []
     for step in range(STEPS):
-        g = torch.Generator().manual_seed(WORLD * step + rank)  # this rank's data
-        x = torch.randn(32, 4, generator=g)
-        y = x @ w + (0.05 + 0.2 * rank) * torch.randn(32, 3, generator=g)
+        x, y = rank_batch(step, rank, WORLD, 0.2)
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()

@@ -13,9 +13,8 @@ import json
 import numpy as np
 import torch
 
-from conftest import regression_batch, tiny_mlp
+from conftest import guarded_run_with_every_tap
 from unstuck.detect import PlateauDetector
-from unstuck.integrations.loop import Guard
 from unstuck.signals.host import Frame, Series
 from unstuck.signals.hub import SignalHub
 from unstuck.types import (
@@ -73,31 +72,7 @@ def test_every_series_a_guard_flushes_is_a_series(monkeypatch):
         return frame
 
     monkeypatch.setattr(SignalHub, "flush", keep)
-    torch.manual_seed(0)
-    model = tiny_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    every = {
-        k: 1
-        for k in (
-            "grad_norm_every",
-            "update_ratio_every",
-            "distance_every",
-            "grad_noise_every",
-            "activation_every",
-            "optimizer_state_every",
-            "precision_every",
-        )
-    }
-    guard = Guard(model, optimizer, console=False, flush_every=5, dataset_size=64, **every)
-    for step in range(20):
-        x, y = regression_batch(seed=step)
-        per_sample = torch.nn.functional.mse_loss(model(x), y, reduction="none").mean(dim=1)
-        optimizer.zero_grad()
-        per_sample.mean().backward()
-        guard.clip_grad_norm_(1.0)
-        optimizer.step()
-        guard.step(per_sample, ids=torch.arange(16) + 16 * (step % 4), components={"mse": 1.0})
-    guard.close()
+    guarded_run_with_every_tap(steps=20)
     names = set()
     for frame in frames:
         for name, value in frame.signals.items():
