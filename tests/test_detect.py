@@ -900,3 +900,34 @@ def test_the_first_finite_value_after_a_nonfinite_run_is_decided_at_once():
     assert det.state == "diverging" and det.stats()["reason"] == "nonfinite"
     det.update(204, 1.0 / 205)  # no bin needs to close for this verdict to be revisited
     assert det.stats().get("reason") != "nonfinite"
+
+
+def test_heavy_tailed_minibatch_noise_on_a_falling_run_is_not_a_blow_up():
+    """Per-step losses of small batches (Student-t noise, 3 degrees of freedom, on the log
+    loss): a single short window shows a 'significant' rise now and then. The fast-rise test is
+    corrected for its repeated looks and must hold at two decisions, so none is called."""
+    called = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        t = np.arange(0, 2000, 10)
+        clean = 2.0 * (1.0 + t / 50.0) ** -0.4
+        y = clean * np.exp(0.25 * rng.standard_t(3, t.size))
+        states = _feed(PlateauDetector(), t, y)
+        called += "diverging" in states[20:]
+    assert called == 0
+
+
+def test_a_loss_that_doubles_is_diverging_at_the_first_look():
+    """A blow-up past twice the best level (Lightning Fabric's spike rtol) needs no second look:
+    the decision that first sees it calls it."""
+    t = np.arange(400)
+    y = np.where(t < 300, 1.0 * (t + 1.0) ** -0.3, 0.2 * np.exp(0.08 * (t - 300)))
+    det = PlateauDetector()
+    for s, v in zip(t, y):
+        det.update(int(s), float(v))
+        if det.stats().get("rise") == "unconfirmed":
+            pytest.fail(f"step {s}: a doubling loss waited for confirmation")
+        if det.state == "diverging":
+            break
+    assert det.state == "diverging" and det.stats()["rise"] == "fast"
+    assert det.stats()["above_best"] > math.log(2.0)

@@ -30,7 +30,8 @@ it, and a slow descent looks like a stall. This detector instead asks a trend qu
   plateau's size rises significantly, at the corrected level, by more than ``flat_margin``,
   for 4 decisions in a row, with the series above its noise-robust best: a validation loss
   creeping up is overfitting, never a plateau) or *fast* (even the most favourable bound of
-  the recent trend rises by more than ``epsilon`` per run-length), or ``nonfinite_run``
+  the recent trend rises by more than ``epsilon`` per run-length, at the corrected level, on
+  two decisions in a row unless the loss doubled its best), or ``nonfinite_run``
   non-finite values in a row; ``stats()["rise"]`` says which.
 
 docs/detection.md has the derivation, the defaults and how they were calibrated.
@@ -66,6 +67,8 @@ MAX_FLAT_DROP = 0.15  # ... and never by more than this (log units; dev grid {0.
 SEQUENTIAL_LOOKS = 2  # WilcoxonPruner's warning: repeated looks ≈ 2× the nominal false rate
 FLAT_WINDOW_FACTOR = 4  # a flat call with no course before it needs 4·min_points bins
 RISE_CONFIRM = 4  # decisions in a row a persistent rise must hold (min_points / 2)
+FAST_CONFIRM = 2  # decisions in a row a fast rise must hold (one look is a fluke's chance) ...
+BLOWUP_RATIO = math.log(2.0)  # ... unless it doubled its best (Lightning Fabric's spike rtol 2)
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
 DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
 WINDOW_GROWTH = 1.5  # trailing windows tested: min_points, ×1.5, ×2.25 ... up to the whole run
@@ -192,6 +195,7 @@ class PlateauDetector:
         self._boundary: int | None = None  # plateau windows start after this step
         self._plateau_margin = 0.0  # the margin the open plateau was called with
         self._rise_run = 0  # decisions in a row that saw a persistent rise
+        self._fast_run = 0  # decisions in a row that saw a fast rise
         self._stats: dict[str, Any] = {}
 
     # -- feeding ----------------------------------------------------------------------------
@@ -405,9 +409,24 @@ class PlateauDetector:
         # series at its best level is not rising, whatever its last few bins do.
         best_noise = 3.0 * spread / math.sqrt(k)
         above = stats["above_best"] > max(self.flat_margin, best_noise)
-        if above and decrease(recent.low) < -self.epsilon:
+        # Tested at the corrected level (it repeats at every closed bin, like the plateau
+        # test) and held for FAST_CONFIRM decisions: per-step minibatch noise with heavy tails
+        # shows a "significant" rise on one short window now and then, a blow-up keeps rising.
+        # A blow-up far outside the noise needs no second look.
+        fast = blowup = False
+        if above:
+            (strict_recent,) = theil_sen_windows(x, y, [recent_n], self._z_plateau, bins["count"])
+            fast = decrease(strict_recent.low) < -self.epsilon
+            # (on a linear scale, where a ratio has no meaning: half the series' range)
+            doubled = BLOWUP_RATIO if self.scale == "log" else 0.5
+            blowup = stats["above_best"] > doubled
+        self._fast_run = self._fast_run + 1 if fast else 0
+        if self._fast_run >= FAST_CONFIRM or (fast and blowup):
             stats["rise"] = "fast"
             self._set_state(DetectorState.DIVERGING, step)
+            return
+        if fast:  # awaiting its confirmation: no other verdict on a look that saw a blow-up
+            stats["rise"] = "unconfirmed"
             return
         # Rising: a significant rise on the recent window, larger than the flat margin. Never a
         # plateau (a validation loss creeping up while training falls is overfitting).
@@ -692,6 +711,7 @@ class PlateauDetector:
             "boundary": self._boundary,
             "plateau_margin": self._plateau_margin,
             "rise_run": self._rise_run,
+            "fast_run": self._fast_run,
             "stats": dict(self._stats),
         }
 
@@ -721,6 +741,7 @@ class PlateauDetector:
         self._boundary = None if boundary is None else int(boundary)
         self._plateau_margin = float(state.get("plateau_margin", 0.0))
         self._rise_run = int(state.get("rise_run", 0))
+        self._fast_run = int(state.get("fast_run", 0))
         self._stats = dict(state["stats"])
 
 
