@@ -929,5 +929,27 @@ def test_a_loss_that_doubles_is_diverging_at_the_first_look():
             pytest.fail(f"step {s}: a doubling loss waited for confirmation")
         if det.state == "diverging":
             break
-    assert det.state == "diverging" and det.stats()["rise"] == "fast"
+    assert det.state == "diverging" and det.stats()["rise"] in ("fast", "shift")
     assert det.stats()["above_best"] > math.log(2.0)
+
+
+@pytest.mark.parametrize("every", [1, 10])
+def test_a_jump_that_stays_up_is_a_rise_and_a_small_one_is_not(every):
+    """A level shift (the loss jumps ×5 and stays there, slowly recovering) has no slope for
+    the trend tests, which read the segments on either side of it; it is still diverging
+    (``rise == "shift"``) while it stands above twice the best. A ×1.5 bump is not."""
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 3000, every)
+    clean = 3.0 * (1 + t / 100) ** -0.3
+    for jump, expect in ((5.0, True), (1.5, False)):
+        shifted = np.where(t >= 1500, clean * jump * np.exp(-(t - 1500) / 3000.0), clean)
+        y = shifted * np.exp(0.05 * rng.standard_normal(t.size))
+        det = PlateauDetector()
+        first = None
+        for s, v in zip(t, y):
+            if det.update(int(s), float(v)) == "diverging" and first is None:
+                first = (int(s), det.stats()["rise"])
+        if expect:
+            assert first is not None and first[1] == "shift" and 1500 <= first[0] < 1800
+        else:
+            assert first is None

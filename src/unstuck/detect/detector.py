@@ -31,7 +31,8 @@ it, and a slow descent looks like a stall. This detector instead asks a trend qu
   for 4 decisions in a row, with the series above its noise-robust best: a validation loss
   creeping up is overfitting, never a plateau) or *fast* (even the most favourable bound of
   the recent trend rises by more than ``epsilon`` per run-length, at the corrected level, on
-  two decisions in a row unless the loss doubled its best), or ``nonfinite_run``
+  two decisions in a row unless the loss doubled its best), or a *shift* (the last bins all
+  stand above twice the best, beyond the noise: a jump that stays), or ``nonfinite_run``
   non-finite values in a row; ``stats()["rise"]`` says which.
 
 docs/detection.md has the derivation, the defaults and how they were calibrated.
@@ -414,15 +415,21 @@ class PlateauDetector:
         # shows a "significant" rise on one short window now and then, a blow-up keeps rising.
         # A blow-up far outside the noise needs no second look.
         fast = blowup = False
+        # (on a linear scale, where a ratio has no meaning: half the series' range)
+        doubled = BLOWUP_RATIO if self.scale == "log" else 0.5
         if above:
             (strict_recent,) = theil_sen_windows(x, y, [recent_n], self._z_plateau, bins["count"])
             fast = decrease(strict_recent.low) < -self.epsilon
-            # (on a linear scale, where a ratio has no meaning: half the series' range)
-            doubled = BLOWUP_RATIO if self.scale == "log" else 0.5
             blowup = stats["above_best"] > doubled
         self._fast_run = self._fast_run + 1 if fast else 0
         if self._fast_run >= FAST_CONFIRM or (fast and blowup):
             stats["rise"] = "fast"
+            self._set_state(DetectorState.DIVERGING, step)
+            return
+        # A level shift: a jump that stays up is no slope to the trend tests (Theil–Sen reads the
+        # segments on either side of it), yet the run is now worse than it was.
+        if self._shifted_up(y, best, doubled if above else math.inf, unit):
+            stats["rise"] = "shift"
             self._set_state(DetectorState.DIVERGING, step)
             return
         if fast:  # awaiting its confirmation: no other verdict on a look that saw a blow-up
@@ -622,6 +629,21 @@ class PlateauDetector:
         noise = 1.4826 * float(np.median(np.abs(on - np.median(on))))
         tail = y[-(self.min_points // 2) :]
         return bool(np.all(tail < level - max(EARLY_DROP, 3 * noise)))
+
+    def _shifted_up(self, y: np.ndarray, best: float, margin: float, unit: float) -> bool:
+        """The last ``min_points / 2`` bins all stand above the best level by more than
+        ``margin`` (a doubling) and by more than three times the bin-to-bin noise before them.
+
+        The noise is the MAD of the earlier bins' first differences (÷√2): one jump is one
+        difference, so it does not inflate the noise it is judged against.
+        """
+        k = max(self.min_points // 2, 2)
+        if not math.isfinite(margin) or y.size < 2 * self.min_points:
+            return False
+        steps = np.diff(y[:-k])
+        noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / math.sqrt(2.0)
+        above = (y[-k:] - best) / unit
+        return bool(np.all(above > max(margin, 3.0 * noise / unit)))
 
     def _hidden_progress(self, start: int) -> bool:
         if not len(self._distance):
