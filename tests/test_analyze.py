@@ -647,3 +647,72 @@ def test_cli_format_flag_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["analyze", "--help"])
     out = capsys.readouterr().out
     assert all(f in out for f in FORMATS), out
+
+
+def _hf_state(
+    tmp_path: pathlib.Path,
+    loss: Sequence[float],
+    evals: Sequence[float],
+    lrs: Sequence[float] | None = None,
+) -> pathlib.Path:
+    """A trainer_state.json: the training loss every 10 steps, ``evals`` spread over the run."""
+    lrs = [1e-4] * len(loss) if lrs is None else lrs
+    rows: list[dict[str, Any]] = [
+        {"step": 10 * (i + 1), "epoch": i / len(loss), "loss": v, "learning_rate": lr}
+        for i, (v, lr) in enumerate(zip(loss, lrs))
+    ]
+    every = 10 * len(loss) // max(len(evals), 1)
+    rows += [{"step": every * (k + 1), "eval_loss": v} for k, v in enumerate(evals)]
+    rows.sort(key=lambda r: r["step"])
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"global_step": 10 * len(loss), "log_history": rows}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("evals", "named"),
+    [
+        ([0.50, 0.52, 0.55, 0.60, 0.64, 0.70], True),  # rises from the first evaluation
+        ([0.90, 0.50, 0.53, 0.58, 0.61, 0.66], True),  # falls once, then rises
+        ([0.90, 0.60, 0.52, 0.50, 0.47, 0.45], False),  # still falling
+        ([0.50, 0.53, 0.49, 0.52, 0.50, 0.51], False),  # noise around a level
+    ],
+)
+def test_overfitting_from_six_evaluations(
+    tmp_path: pathlib.Path, evals: list[float], named: bool
+) -> None:
+    """Six evaluations leave the validation detector without a verdict; the short test reads
+    them, and names overfitting (as a hint, below ROOT_CONFIDENCE) only on a rise."""
+    loss = (2.0 * np.exp(-np.arange(300) / 80)).tolist()
+    run = analyze(load(_hf_state(tmp_path, loss, evals)))
+    assert run.meta["analysis"]["series"]["val_loss"]["final_state"] == "unknown"
+    found = [f for f in run.findings if f.cause == "overfitting"]
+    assert bool(found) == named, run.findings
+    if named:
+        assert found[0].series == "val" and found[0].confidence < ROOT_CONFIDENCE
+
+
+@pytest.mark.parametrize("driven", [True, False])
+def test_converged_not_named_where_the_lr_schedule_ran_out(
+    tmp_path: pathlib.Path, driven: bool
+) -> None:
+    """A linear LR decay to 1 % of its peak and a loss that falls two decades. Driven by the LR
+    (each step lowers the log-loss in proportion to the LR) it flattens only as the LR runs out: the
+    schedule's end, so no ``converged`` and a note that the log cannot tell. Falling fast and
+    flat while the LR is still large, it reads as converged (and no such note)."""
+    rng = np.random.default_rng(3)
+    lrs = np.r_[np.linspace(1e-4, 1e-6, 250), np.full(150, 1e-6)]  # decays to 1 %, then held
+    if driven:
+        done = np.cumsum(lrs) / lrs.sum()  # the share of the schedule's total step taken
+        loss = 2.0 * np.exp(-4.6 * done)
+    else:
+        loss = 2.0 * np.maximum(np.exp(-np.arange(400) / 25), 0.01)
+    loss = loss * (1 + 0.01 * rng.standard_normal(400))
+    run = analyze(load(_hf_state(tmp_path, loss.tolist(), [], lrs.tolist())))
+    named = {f.cause for f in run.findings}
+    ended = [n for n in run.meta["notes"] if "schedule has run out" in n]
+    if driven:
+        assert "converged" not in named and len(ended) == 1, (run.findings, run.meta["notes"])
+        assert "lr/0 is at 1 % of its peak" in ended[0]
+    else:
+        assert "converged" in named and not ended, (run.findings, run.meta["notes"])

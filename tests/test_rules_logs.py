@@ -360,10 +360,21 @@ def test_converged_from_the_loss_alone() -> None:
         _flat(detector_series="val"),
         _flat(val_loss=_series([0.5, 0.5, 0.6, 0.7, 0.8])),  # validation rising
         _flat(**{"lr/0": _series([0.1] * 50 + [0.0] * 50)}),  # LR 0: flat by construction
+        # a linear decay to 0 ending at 1 % of its peak: the schedule ran out, flat by design
+        _flat(**{"lr/0": _series(np.linspace(1e-3, 1e-5, 100))}),
+        # a step schedule cut to a tenth: at the tenth, flat says nothing either
+        _flat(**{"lr/0": _series([0.1] * 50 + [0.01] * 50)}),
     ],
 )
 def test_converged_from_the_loss_quiet(ev: Evidence) -> None:
     assert get_rule("converged").check(ev) is None
+
+
+def test_converged_from_the_loss_under_a_schedule_still_above_a_tenth() -> None:
+    """Decayed, but not to a tenth of its peak (a cosine half-way): the steps are big enough
+    that a flat loss still reads as converged."""
+    finding = get_rule("converged").check(_flat(**{"lr/0": _series(np.linspace(1e-3, 2e-4, 100))}))
+    assert finding is not None and finding.evidence["source"] == "log"
 
 
 def test_converged_main_reading_wins_with_the_gradient_snr() -> None:

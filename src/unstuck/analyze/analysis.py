@@ -33,6 +33,7 @@ from unstuck.analyze._common import MIN_SERIES_POINTS
 from unstuck.analyze.store_replay import StoreReplay, store_replay
 from unstuck.detect.detector import PlateauDetector
 from unstuck.diagnose.base import EXPLAINED_FACTOR, all_rules, inputs_present, run_rules
+from unstuck.diagnose.causes._logs import ANNEALED, schedule_annealed
 from unstuck.diagnose.evidence import (
     HISTORY_POINTS,
     INITIAL_POINTS,
@@ -41,7 +42,14 @@ from unstuck.diagnose.evidence import (
 )
 from unstuck.diagnose.log import FindingLog
 from unstuck.record.rundata import REFERENCE_SERIES_KEY, RunData
-from unstuck.types import DIAGNOSE_ON, UNSTABLE_STATES, Finding, Plateau, primitive
+from unstuck.types import (
+    DIAGNOSE_ON,
+    FLAT_STATES,
+    UNSTABLE_STATES,
+    Finding,
+    Plateau,
+    primitive,
+)
 
 __all__ = [
     "DIAGNOSE_ON",
@@ -321,6 +329,9 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
         if note is not None:
             notes.append(note)
     notes.extend(_constant_metrics(run))
+    ended = _schedule_ended(per_series.get("loss"), final_ev)
+    if ended is not None and run.format != "unstuck" and ("converged", "train") not in best:
+        notes.append(ended)
     run.plateaus = sorted(plateaus, key=lambda p: (p.start, p.series))
     run.findings = sorted(best.values(), key=lambda f: (-f.confidence, f.cause, f.series))
     run.meta["analysis"] = {
@@ -376,6 +387,24 @@ def _never_learned(name: str, label: str, values: np.ndarray) -> str | None:
         f"the {label} loss ({name}) never left its starting level ({head:.4g} → {tail:.4g}"
         f"{chance}): the run did not learn, and the log cannot tell why (an LR far too low, "
         "dead units, a broken loss or labels)"
+    )
+
+
+def _schedule_ended(train: Mapping[str, Any] | None, ev: Evidence) -> str | None:
+    """A note when the training loss ends flat under an LR annealed to a tenth of its peak:
+    the schedule running out, which the loss alone cannot tell from convergence (``converged``
+    is not named from a log there; docs/causes/converged.md)."""
+    if train is None or train.get("final_state") not in FLAT_STATES:
+        return None
+    annealed = schedule_annealed(ev)
+    if annealed is None:
+        return None
+    name, latest, peak = annealed
+    return (
+        f"the training loss ends flat while {name} is at {100 * latest / peak:.2g} % of its "
+        f"peak ({latest:.3g} of {peak:.3g}): the LR schedule has run out; at {ANNEALED:g} of "
+        "the peak or less a step lowers the loss by that fraction of what it could, so a flat "
+        "loss here cannot be told from convergence from the log alone ('converged' is not named)"
     )
 
 

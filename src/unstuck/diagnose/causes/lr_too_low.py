@@ -22,6 +22,7 @@ from unstuck.diagnose.causes._logs import (
     latest_lrs,
     lr_never_changed,
     lr_text,
+    schedule_annealed,
     structured_swings,
 )
 from unstuck.diagnose.evidence import Evidence
@@ -30,7 +31,6 @@ from unstuck.types import Finding, Remedy
 
 MAX_RAISE = 100.0  # never raise the LR by more than two decades in one action
 MIN_RAISE = 2.0
-ANNEALED = 0.1  # a schedule at a tenth of its peak LR is annealing on purpose (cosine, step decay)
 
 # From a log (no update ratio): "consistent tiny slope" (DESIGN's catalog) at an LR that never
 # changed, read with the detector's own constants. The run never got going: a plateau on which
@@ -46,13 +46,7 @@ HEALTHY_GRADS_BONUS = 0.05  # a logged grad_norm, finite and non-zero: the gradi
 
 def _schedule_annealed(ev: Evidence) -> bool:
     """Your own schedule brought the LR a decade or more below its peak: small steps by design."""
-    for name in ev:
-        if name.startswith("lr/"):
-            values = ev.values_of(name)
-            values = values[np.isfinite(values)]
-            if values.size and values.max() > 0 and values[-1] <= ANNEALED * values.max():
-                return True
-    return False
+    return schedule_annealed(ev) is not None
 
 
 def _converged(ev: Evidence) -> bool:
