@@ -716,3 +716,18 @@ def test_converged_not_named_where_the_lr_schedule_ran_out(
         assert "lr/0 is at 1 % of its peak" in ended[0]
     else:
         assert "converged" in named and not ended, (run.findings, run.meta["notes"])
+
+
+def test_no_cause_is_said_plainly_where_the_detector_saw_something(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plateau with no finding gets a line saying the log cannot tell its cause; a log where
+    the detector saw nothing gets a bare "none"."""
+    assert main(["analyze", str(LOGS / LABELS["hf"]["path"]), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plateaus\n  train" in out
+    assert "findings\n  none: this log cannot tell the cause of what the detector saw" in out
+    falling = (2.0 * np.exp(-np.arange(60) / 20)).tolist()
+    assert main(["analyze", str(_keras_log(tmp_path, falling, falling)), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plateaus\n  none\n" in out and "findings\n  none\n" in out
