@@ -18,7 +18,8 @@ construction and falls before and after it. What is checked on every format:
 
 Four more committed runs each have a cause built in (``CAUSED``: an LR far too high, an LR far
 too low, an LR jump that makes the gradient explode, a run that converged to its noise floor);
-the analysis must name that cause from the log alone.
+the analysis must name that cause from the log alone, but for the LR far too low, which a log at
+one LR cannot tell from a run stopped early (``NOT_FROM_LOGS``): a note says so instead.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ CAUSED = {
     "tensorboard_explode": "exploding_gradients",
     "keras_converged": "converged",
 }
-LOG_READINGS = frozenset(CAUSED.values())  # the rules with a log-level reading
+# Built in, but not what a log can support: at one constant LR a loss creeping from its start is
+# as much a run stopped early (the loss follows LR × steps while steps are small).
+NOT_FROM_LOGS = frozenset({"lightning_lr_low"})
+LOG_READINGS = frozenset(CAUSED.values())  # the rules with a log-level reading (or once had)
 SRC_DIR = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 # what every "cannot read" message must name, one per known format
@@ -185,8 +189,8 @@ def test_json_output_parses_and_holds_the_plateaus(
     train = [p for p in out["plateaus"] if p["series"] == "train"]
     assert all(any(_overlaps(p, s, last) for p in train) for s in label["spans"])
     assert {"capacity_limit", "overfitting", "lr_too_high", "converged"} <= set(out["rules_run"])
-    if "lr/0" in label["expected"] or label["format"] == "lightning":  # lr-SGD
-        assert "lr_too_low" in out["rules_run"]  # its log-level reading needs an LR
+    if label["format"] != "unstuck":  # no log reading: it needs the update ratios
+        assert "update_ratio" in out["rules_missing_inputs"]["lr_too_low"]
     if "grad_norm" in label["expected"]:
         assert "exploding_gradients" in out["rules_run"]
     assert "batch_size" in out["rules_missing_inputs"] or label["format"] == "unstuck"
@@ -216,7 +220,7 @@ def test_unstuck_store_keeps_the_live_results_apart() -> None:
     assert "lr_too_low" in analyzed.meta["analysis"]["rules_run"]  # the store has its inputs
 
 
-@pytest.mark.parametrize("label", list(CAUSED), indirect=True)
+@pytest.mark.parametrize("label", sorted(set(CAUSED) - NOT_FROM_LOGS), indirect=True)
 def test_caused_run_is_named_from_the_log(label: dict[str, Any]) -> None:
     cause = label["cause"]
     run = analyze(_load(label))
@@ -731,3 +735,15 @@ def test_no_cause_is_said_plainly_where_the_detector_saw_something(
     assert main(["analyze", str(_keras_log(tmp_path, falling, falling)), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "plateaus\n  none\n" in out and "findings\n  none\n" in out
+
+
+@pytest.mark.parametrize("label", ["lightning_lr_low"], indirect=True)
+def test_a_creep_at_one_lr_is_said_plainly_not_named(label: dict[str, Any]) -> None:
+    """SGD at an LR far too low: the loss creeps down from its start at a constant LR. A log at
+    one LR cannot tell that from a run stopped early, so no cause is named; a note says what
+    the log shows and that it cannot tell."""
+    run = analyze(_load(label))
+    assert not {f.cause for f in run.findings} & LOG_READINGS, run.findings
+    creep = [n for n in run.meta["notes"] if "still creeps down" in n]
+    assert len(creep) == 1 and "at LR 0.0001 (lr/SGD), constant" in creep[0]
+    assert "cannot tell which" in creep[0]
