@@ -18,7 +18,8 @@ construction and falls before and after it. What is checked on every format:
 
 Four more committed runs each have a cause built in (``CAUSED``: an LR far too high, an LR far
 too low, an LR jump that makes the gradient explode, a run that converged to its noise floor);
-the analysis must name that cause from the log alone.
+the analysis must name that cause from the log alone, but for the LR far too low, which a log at
+one LR cannot tell from a run stopped early (``NOT_FROM_LOGS``): a note says so instead.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ CAUSED = {
     "tensorboard_explode": "exploding_gradients",
     "keras_converged": "converged",
 }
-LOG_READINGS = frozenset(CAUSED.values())  # the rules with a log-level reading
+# Built in, but not what a log can support: at one constant LR a loss creeping from its start is
+# as much a run stopped early (the loss follows LR × steps while steps are small).
+NOT_FROM_LOGS = frozenset({"lightning_lr_low"})
+LOG_READINGS = frozenset(CAUSED.values())  # the rules with a log-level reading (or once had)
 SRC_DIR = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 # what every "cannot read" message must name, one per known format
@@ -185,8 +189,8 @@ def test_json_output_parses_and_holds_the_plateaus(
     train = [p for p in out["plateaus"] if p["series"] == "train"]
     assert all(any(_overlaps(p, s, last) for p in train) for s in label["spans"])
     assert {"capacity_limit", "overfitting", "lr_too_high", "converged"} <= set(out["rules_run"])
-    if "lr/0" in label["expected"] or label["format"] == "lightning":  # lr-SGD
-        assert "lr_too_low" in out["rules_run"]  # its log-level reading needs an LR
+    if label["format"] != "unstuck":  # no log reading: it needs the update ratios
+        assert "update_ratio" in out["rules_missing_inputs"]["lr_too_low"]
     if "grad_norm" in label["expected"]:
         assert "exploding_gradients" in out["rules_run"]
     assert "batch_size" in out["rules_missing_inputs"] or label["format"] == "unstuck"
@@ -216,7 +220,7 @@ def test_unstuck_store_keeps_the_live_results_apart() -> None:
     assert "lr_too_low" in analyzed.meta["analysis"]["rules_run"]  # the store has its inputs
 
 
-@pytest.mark.parametrize("label", list(CAUSED), indirect=True)
+@pytest.mark.parametrize("label", sorted(set(CAUSED) - NOT_FROM_LOGS), indirect=True)
 def test_caused_run_is_named_from_the_log(label: dict[str, Any]) -> None:
     cause = label["cause"]
     run = analyze(_load(label))
@@ -647,3 +651,99 @@ def test_cli_format_flag_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["analyze", "--help"])
     out = capsys.readouterr().out
     assert all(f in out for f in FORMATS), out
+
+
+def _hf_state(
+    tmp_path: pathlib.Path,
+    loss: Sequence[float],
+    evals: Sequence[float],
+    lrs: Sequence[float] | None = None,
+) -> pathlib.Path:
+    """A trainer_state.json: the training loss every 10 steps, ``evals`` spread over the run."""
+    lrs = [1e-4] * len(loss) if lrs is None else lrs
+    rows: list[dict[str, Any]] = [
+        {"step": 10 * (i + 1), "epoch": i / len(loss), "loss": v, "learning_rate": lr}
+        for i, (v, lr) in enumerate(zip(loss, lrs))
+    ]
+    every = 10 * len(loss) // max(len(evals), 1)
+    rows += [{"step": every * (k + 1), "eval_loss": v} for k, v in enumerate(evals)]
+    rows.sort(key=lambda r: r["step"])
+    path = tmp_path / "trainer_state.json"
+    path.write_text(json.dumps({"global_step": 10 * len(loss), "log_history": rows}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("evals", "named"),
+    [
+        ([0.50, 0.52, 0.55, 0.60, 0.64, 0.70], True),  # rises from the first evaluation
+        ([0.90, 0.50, 0.53, 0.58, 0.61, 0.66], True),  # falls once, then rises
+        ([0.90, 0.60, 0.52, 0.50, 0.47, 0.45], False),  # still falling
+        ([0.50, 0.53, 0.49, 0.52, 0.50, 0.51], False),  # noise around a level
+    ],
+)
+def test_overfitting_from_six_evaluations(
+    tmp_path: pathlib.Path, evals: list[float], named: bool
+) -> None:
+    """Six evaluations leave the validation detector without a verdict; the short test reads
+    them, and names overfitting (as a hint, below ROOT_CONFIDENCE) only on a rise."""
+    loss = (2.0 * np.exp(-np.arange(300) / 80)).tolist()
+    run = analyze(load(_hf_state(tmp_path, loss, evals)))
+    assert run.meta["analysis"]["series"]["val_loss"]["final_state"] == "unknown"
+    found = [f for f in run.findings if f.cause == "overfitting"]
+    assert bool(found) == named, run.findings
+    if named:
+        assert found[0].series == "val" and found[0].confidence < ROOT_CONFIDENCE
+
+
+@pytest.mark.parametrize("driven", [True, False])
+def test_converged_not_named_where_the_lr_schedule_ran_out(
+    tmp_path: pathlib.Path, driven: bool
+) -> None:
+    """A linear LR decay to 1 % of its peak and a loss that falls two decades. Driven by the LR
+    (each step lowers the log-loss in proportion to the LR) it flattens only as the LR runs out: the
+    schedule's end, so no ``converged`` and a note that the log cannot tell. Falling fast and
+    flat while the LR is still large, it reads as converged (and no such note)."""
+    rng = np.random.default_rng(3)
+    lrs = np.r_[np.linspace(1e-4, 1e-6, 250), np.full(150, 1e-6)]  # decays to 1 %, then held
+    if driven:
+        done = np.cumsum(lrs) / lrs.sum()  # the share of the schedule's total step taken
+        loss = 2.0 * np.exp(-4.6 * done)
+    else:
+        loss = 2.0 * np.maximum(np.exp(-np.arange(400) / 25), 0.01)
+    loss = loss * (1 + 0.01 * rng.standard_normal(400))
+    run = analyze(load(_hf_state(tmp_path, loss.tolist(), [], lrs.tolist())))
+    named = {f.cause for f in run.findings}
+    ended = [n for n in run.meta["notes"] if "schedule has run out" in n]
+    if driven:
+        assert "converged" not in named and len(ended) == 1, (run.findings, run.meta["notes"])
+        assert "lr/0 is at 1 % of its peak" in ended[0]
+    else:
+        assert "converged" in named and not ended, (run.findings, run.meta["notes"])
+
+
+def test_no_cause_is_said_plainly_where_the_detector_saw_something(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plateau with no finding gets a line saying the log cannot tell its cause; a log where
+    the detector saw nothing gets a bare "none"."""
+    assert main(["analyze", str(LOGS / LABELS["hf"]["path"]), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plateaus\n  train" in out
+    assert "findings\n  none: this log cannot tell the cause of what the detector saw" in out
+    falling = (2.0 * np.exp(-np.arange(60) / 20)).tolist()
+    assert main(["analyze", str(_keras_log(tmp_path, falling, falling)), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "plateaus\n  none\n" in out and "findings\n  none\n" in out
+
+
+@pytest.mark.parametrize("label", ["lightning_lr_low"], indirect=True)
+def test_a_creep_at_one_lr_is_said_plainly_not_named(label: dict[str, Any]) -> None:
+    """SGD at an LR far too low: the loss creeps down from its start at a constant LR. A log at
+    one LR cannot tell that from a run stopped early, so no cause is named; a note says what
+    the log shows and that it cannot tell."""
+    run = analyze(_load(label))
+    assert not {f.cause for f in run.findings} & LOG_READINGS, run.findings
+    creep = [n for n in run.meta["notes"] if "still creeps down" in n]
+    assert len(creep) == 1 and "at LR 0.0001 (lr/SGD), constant" in creep[0]
+    assert "cannot tell which" in creep[0]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from unstuck.diagnose import Evidence, get_rule, run_rules
+from unstuck.diagnose.base import ROOT_CONFIDENCE
+from unstuck.diagnose.causes._rise import ALPHA, mann_kendall_p, rise_test
 
 
 def _series(values, start=0, stride=1):
@@ -225,3 +228,91 @@ def test_momentum_comes_first_only_for_momentum_free_sgd(code, curvature):
         other = rule.check(Evidence({**base, "optimizer_momentum": momentum}))
         assert other is not None
         assert [r.action for r in other.remedies if r.automatic] == ["lr_scale"]
+
+
+# -- overfitting on a short validation series (5 to 8 evaluations: the detector says "unknown")
+
+
+def _short(val, train_drop=True):
+    return _overfit(val, train_drop=train_drop, state="unknown")
+
+
+@pytest.mark.parametrize(
+    ("val", "p"),
+    [
+        ([1.0, 1.1, 1.2, 1.3, 1.4], 1 / 120),  # 5 evaluations, each above the last
+        ([1.0, 1.1, 1.2, 1.3, 1.4, 1.5], 1 / 720),  # 6
+        ([1.0, 1.2, 1.1, 1.3, 1.4], 5 / 120),  # one pair out of order: still below α
+    ],
+)
+def test_overfitting_reads_a_rise_on_five_or_six_evaluations(val, p):
+    f = get_rule("overfitting").check(_short(val))
+    assert f is not None and f.cause == "overfitting"
+    assert f.evidence["rise_p_value"] == pytest.approx(p)
+    assert f.evidence["val_points"] == len(val)
+    # a hint: below the bar at which the policy would stop the run and restore the best
+    assert f.confidence < ROOT_CONFIDENCE
+    assert not any(r.automatic for r in f.remedies)
+
+
+def test_overfitting_reads_a_fall_then_a_rise_after_the_best():
+    # the whole series does not rise (the first evaluation is the highest); after the best it does
+    f = get_rule("overfitting").check(_short([2.0, 1.0, 1.1, 1.2, 1.3, 1.4]))
+    assert f is not None
+    assert f.evidence["best_step"] == 99 and f.evidence["rise_p_value"] <= 0.05
+
+
+def test_overfitting_short_series_skips_nans():
+    nan = math.nan
+    f = get_rule("overfitting").check(_short([1.0, nan, 1.1, 1.2, nan, 1.3, 1.4]))
+    assert f is not None and f.evidence["val_points"] == 5
+    assert get_rule("overfitting").check(_short([1.0, nan, 1.1, nan, 1.2, 1.3])) is None  # 4 left
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"val": [1.0, 1.1, 1.2, 1.3]},  # 4 points: 1/24 is all a rank test can say
+        {"val": [1.5, 1.4, 1.3, 1.2, 1.1, 1.0]},  # still falling
+        {"val": [1.0, 0.5, 0.4, 0.35, 0.36, 0.33]},  # falling, then noisy and flat
+        {"val": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], "train_drop": False},  # training loss flat too
+        {"val": [1.0, 1.001, 1.002, 1.003, 1.004, 1.005]},  # a rise, but GL 0.4 % < 5 %
+        {"val": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8]},  # 9: the detector's business
+    ],
+)
+def test_overfitting_short_series_stays_quiet(kwargs):
+    assert get_rule("overfitting").check(_short(**kwargs)) is None
+
+
+def test_overfitting_short_test_needs_the_validation_detector_without_a_verdict():
+    val = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
+    assert get_rule("overfitting").check(_overfit(val, state="improving")) is None
+    assert get_rule("overfitting").check(_overfit(val, state="unknown", series="train")) is None
+
+
+@pytest.mark.parametrize("n", [5, 6, 7, 8])
+def test_short_rise_test_is_exact_at_its_level(n):
+    """Over every ordering of n distinct values (each equally likely without a trend) the share
+    the test calls rising is at most α: its false-positive level on any trend-free noise."""
+    orders = list(itertools.permutations(range(n)))
+    if n == 8:
+        orders = orders[::7]  # a systematic seventh of 40,320, same margins
+    rising = sum(rise_test(np.asarray(o, dtype=float)).rising for o in orders)
+    assert 0 < rising / len(orders) <= ALPHA
+
+
+def test_short_rise_test_false_positives_on_flat_noise_stay_below_alpha():
+    rng = np.random.default_rng(7)
+    rule = get_rule("overfitting")
+    fired = 0
+    for _ in range(600):
+        val = 1.0 + 0.1 * rng.standard_normal(int(rng.integers(5, 9)))
+        fired += rule.check(_short(val.tolist())) is not None
+    assert fired / 600 <= ALPHA
+
+
+def test_mann_kendall_exact_p_values():
+    assert mann_kendall_p(10, 5) == pytest.approx(1 / 120)  # all 10 pairs in order
+    assert mann_kendall_p(8, 5) == pytest.approx(5 / 120)  # one inversion: 1 + 4 orderings
+    assert mann_kendall_p(-10, 5) == pytest.approx(1.0)
+    assert mann_kendall_p(0, 1) == 1.0

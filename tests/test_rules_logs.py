@@ -1,4 +1,4 @@
-"""The log-level readings of lr_too_high, lr_too_low, exploding_gradients and converged.
+"""The log-level readings of lr_too_high, exploding_gradients, converged (lr_too_low: none).
 
 Each rule falls back on the series a log holds (the training loss, the detector's state and
 stats on it, ``lr/*``, a global ``grad_norm``) only when its main inputs (update ratios, the
@@ -53,9 +53,10 @@ CALM = {"spread": 0.01, "autocorr": 0.1, "within_spread": 0.0, "within_autocorr"
 
 
 def test_requires_any_makes_the_log_reading_applicable() -> None:
-    rule = get_rule("lr_too_low")
-    assert rule.applicable(_ev(loss=_creep(), detector_state="slow", **{"lr/0": _series([1e-5])}))
-    assert not rule.applicable(_ev(loss=_creep(), detector_state="slow"))  # no LR logged
+    rule = get_rule("lr_too_low")  # no log reading: a loss and an LR are not enough
+    assert not rule.applicable(
+        _ev(loss=_creep(), detector_state="slow", **{"lr/0": _series([1e-5])})
+    )
     assert rule.applicable(_ev(update_ratio=_series([1e-3] * 8), grad_norm=_series([1.0])))
     assert get_rule("exploding_gradients").applicable(_ev(grad_norm=_series([1.0])))
     assert get_rule("converged").applicable(_ev(loss=_creep(), detector_state="plateau"))
@@ -205,43 +206,18 @@ def _low(state: str = "slow", lr: Any = 1e-5, **extra: Any) -> Evidence:
     return _ev(**data)
 
 
-def test_lr_too_low_hint_on_a_creeping_loss_at_a_constant_lr() -> None:
-    finding = get_rule("lr_too_low").check(_low())
-    assert finding is not None and finding.confidence == pytest.approx(0.35)
-    assert finding.confidence < ROOT_CONFIDENCE
-    assert "creeps down" in finding.summary and "at LR 1e-05 (lr/0)" in finding.summary
-    assert finding.evidence["source"] == "log" and finding.evidence["lr"] == 1e-5
-    assert not any(r.automatic for r in finding.remedies)  # a hint: nothing is applied
-    healthy = get_rule("lr_too_low").check(_low(grad_norm=_series([0.5] * 32)))
-    assert healthy is not None and healthy.confidence == pytest.approx(0.4)
-
-
-def test_lr_too_low_hint_on_an_early_plateau() -> None:
-    finding = get_rule("lr_too_low").check(_low("plateau"))
-    assert finding is not None and finding.confidence == pytest.approx(0.3)
-    assert "early plateau" in finding.summary
-    # an LR of 0 all along is the smallest LR of all
-    assert get_rule("lr_too_low").check(_low("plateau", lr=0.0)) is not None
-
-
 @pytest.mark.parametrize(
     "ev",
     [
-        _low(lr=np.linspace(1e-3, 1e-5, 100)),  # a schedule at work (decay)
-        _low(lr=np.linspace(1e-6, 1e-4, 100)),  # a warm-up
-        _low(loss=_creep(rate=5e-3)),  # fell 36 % > 2·epsilon: a fall that slowed down
-        _low("plateau", loss=_creep(rate=3e-3)),  # fell 20 % before the plateau: not early
-        _low("plateau", loss=_series(np.linspace(10, 12, 100))),  # the loss rose
-        _low(detector_stats={"recent_decrease": 0.2, "recent_decrease_low": -0.1}),  # noise
-        _low(detector_stats={"recent_decrease_low": 0.1, **SWINGS}),  # it bounces
-        _low(grad_norm=_series([0.0] * 32)),  # vanished gradients are not a small LR
-        _low(grad_norm=_series([np.nan] * 32)),
-        _low(detector_series="val"),
-        _low("oscillating"),
-        _low("improving"),
+        _low(),  # a creep from the start at a constant LR: as much a run stopped early
+        _low(grad_norm=_series([0.5] * 32)),  # healthy logged gradients do not size a step
+        _low("plateau"),  # stalled early: as much a flat region, dead units or a broken loss
+        _low("plateau", lr=0.0),
     ],
 )
-def test_lr_too_low_hint_quiet(ev: Evidence) -> None:
+def test_lr_too_low_has_no_log_reading(ev: Evidence) -> None:
+    """A log at one LR cannot tell a too-small LR from a short run (the loss follows LR ×
+    steps while steps are small) or from a stall of another cause: no hint is named."""
     assert get_rule("lr_too_low").check(ev) is None
 
 
@@ -360,10 +336,21 @@ def test_converged_from_the_loss_alone() -> None:
         _flat(detector_series="val"),
         _flat(val_loss=_series([0.5, 0.5, 0.6, 0.7, 0.8])),  # validation rising
         _flat(**{"lr/0": _series([0.1] * 50 + [0.0] * 50)}),  # LR 0: flat by construction
+        # a linear decay to 0 ending at 1 % of its peak: the schedule ran out, flat by design
+        _flat(**{"lr/0": _series(np.linspace(1e-3, 1e-5, 100))}),
+        # a step schedule cut to a tenth: at the tenth, flat says nothing either
+        _flat(**{"lr/0": _series([0.1] * 50 + [0.01] * 50)}),
     ],
 )
 def test_converged_from_the_loss_quiet(ev: Evidence) -> None:
     assert get_rule("converged").check(ev) is None
+
+
+def test_converged_from_the_loss_under_a_schedule_still_above_a_tenth() -> None:
+    """Decayed, but not to a tenth of its peak (a cosine half-way): the steps are big enough
+    that a flat loss still reads as converged."""
+    finding = get_rule("converged").check(_flat(**{"lr/0": _series(np.linspace(1e-3, 2e-4, 100))}))
+    assert finding is not None and finding.evidence["source"] == "log"
 
 
 def test_converged_main_reading_wins_with_the_gradient_snr() -> None:

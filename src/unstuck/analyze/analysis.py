@@ -12,8 +12,9 @@ Which rules can run is decided by their own ``requires`` (or ``requires_any``, t
 rule's log-level reading): a log from another tool gives the evidence ``loss``, ``val_loss``,
 ``grad_norm``, ``lr/*`` and ``nonfinite_loss`` (1 where a logged loss is NaN/inf), so
 ``capacity_limit``, ``overfitting`` and ``nonfinite`` run as on a live run, and
-``lr_too_high``, ``lr_too_low``, ``converged`` and ``exploding_gradients`` run their log-level
-readings (hints from the loss shape, the LR and the global gradient norm; docs/analyze.md);
+``lr_too_high``, ``converged`` and ``exploding_gradients`` run their log-level readings (hints
+from the loss shape, the LR and the global gradient norm; docs/analyze.md; ``lr_too_low`` has
+none: a log at one LR cannot tell a small LR from a short run, and a note says so);
 ``over_clipping`` is left out (:data:`LEFT_OUT_ON_LOGS` says why). unstuck's own run store gives
 every series the Guard recorded, so every rule whose inputs were recorded runs. The findings
 are kept once per (cause, series), at their highest confidence. The detector's oscillating and
@@ -31,8 +32,10 @@ import numpy as np
 
 from unstuck.analyze._common import MIN_SERIES_POINTS
 from unstuck.analyze.store_replay import StoreReplay, store_replay
-from unstuck.detect.detector import PlateauDetector
+from unstuck.detect.detector import DEFAULT_EPSILON, PlateauDetector
 from unstuck.diagnose.base import EXPLAINED_FACTOR, all_rules, inputs_present, run_rules
+from unstuck.diagnose.causes._landscape import loss_drop
+from unstuck.diagnose.causes._logs import ANNEALED, lr_never_changed, lr_text, schedule_annealed
 from unstuck.diagnose.evidence import (
     HISTORY_POINTS,
     INITIAL_POINTS,
@@ -41,7 +44,14 @@ from unstuck.diagnose.evidence import (
 )
 from unstuck.diagnose.log import FindingLog
 from unstuck.record.rundata import REFERENCE_SERIES_KEY, RunData
-from unstuck.types import DIAGNOSE_ON, UNSTABLE_STATES, Finding, Plateau, primitive
+from unstuck.types import (
+    DIAGNOSE_ON,
+    FLAT_STATES,
+    UNSTABLE_STATES,
+    Finding,
+    Plateau,
+    primitive,
+)
 
 __all__ = [
     "DIAGNOSE_ON",
@@ -321,6 +331,13 @@ def analyze(run: RunData, *, detector_options: Mapping[str, Any] | None = None) 
         if note is not None:
             notes.append(note)
     notes.extend(_constant_metrics(run))
+    if run.format != "unstuck":  # a store has the update ratios and SNR: the rules say more
+        ended = _schedule_ended(per_series.get("loss"), final_ev)
+        if ended is not None and ("converged", "train") not in best:
+            notes.append(ended)
+        creep = _creeping(per_series.get("loss"), final_ev)
+        if creep is not None:
+            notes.append(creep)
     run.plateaus = sorted(plateaus, key=lambda p: (p.start, p.series))
     run.findings = sorted(best.values(), key=lambda f: (-f.confidence, f.cause, f.series))
     run.meta["analysis"] = {
@@ -376,6 +393,47 @@ def _never_learned(name: str, label: str, values: np.ndarray) -> str | None:
         f"the {label} loss ({name}) never left its starting level ({head:.4g} → {tail:.4g}"
         f"{chance}): the run did not learn, and the log cannot tell why (an LR far too low, "
         "dead units, a broken loss or labels)"
+    )
+
+
+def _schedule_ended(train: Mapping[str, Any] | None, ev: Evidence) -> str | None:
+    """A note when the training loss ends flat under an LR annealed to a tenth of its peak:
+    the schedule running out, which the loss alone cannot tell from convergence (``converged``
+    is not named from a log there; docs/causes/converged.md)."""
+    if train is None or train.get("final_state") not in FLAT_STATES:
+        return None
+    annealed = schedule_annealed(ev)
+    if annealed is None:
+        return None
+    name, latest, peak = annealed
+    return (
+        f"the training loss ends flat while {name} is at {100 * latest / peak:.2g} % of its "
+        f"peak ({latest:.3g} of {peak:.3g}): the LR schedule has run out; at {ANNEALED:g} of "
+        "the peak or less a step lowers the loss by that fraction of what it could, so a flat "
+        "loss here cannot be told from convergence from the log alone ('converged' is not named)"
+    )
+
+
+# A creep from the start: the whole run fell less than the detector's progress margin
+# (2·DEFAULT_EPSILON in log units, ≈ 26 %) while the detector still sees a significant fall.
+CREEP_DROP = 2 * DEFAULT_EPSILON
+
+
+def _creeping(train: Mapping[str, Any] | None, ev: Evidence) -> str | None:
+    """A note when the training loss creeps down from its start at a constant LR: too small an
+    LR or too short a run, which a log at one LR cannot tell apart (``lr_too_low`` has no log
+    reading for this reason; docs/causes/lr_too_low.md)."""
+    if train is None or train.get("final_state") != "slow" or not lr_never_changed(ev):
+        return None
+    drop = loss_drop(ev)
+    if drop is None or not 0 < drop[2] < CREEP_DROP:
+        return None
+    head, level, _ = drop
+    return (
+        f"the training loss still creeps down{lr_text(ev)}, constant, and fell only "
+        f"{1 - level / head:.0%} over the run ({head:.3g} → {level:.3g}): a larger LR or more "
+        "steps would both take it further, and a log at one LR cannot tell which (while steps "
+        "are small the loss follows LR × steps), so no cause is named"
     )
 
 

@@ -158,7 +158,13 @@ def format_table(result: dict[str, Any]) -> list[str]:
         more = f" (+{len(spans) - SHOWN_EPISODES} more)" if len(spans) > SHOWN_EPISODES else ""
         lines.append(f"  {series}  {state}  {unit}s {', '.join(spans[:SHOWN_EPISODES])}{more}")
     lines += ["", "findings"]
-    if not result["findings"]:
+    if not result["findings"] and (result["plateaus"] or episodes):
+        # A stall or a swing with no cause is what most logs give: say so, not just "none".
+        lines.append(
+            "  none: this log cannot tell the cause of what the detector saw (only the rules "
+            "under 'rules run' can read it; unstuck.Guard records what the others need)"
+        )
+    elif not result["findings"]:
         lines.append("  none")
     for f in result["findings"]:
         live = " (recorded live)" if f.get("evidence", {}).get("recorded_live") else ""

@@ -20,6 +20,7 @@ from unstuck.diagnose.base import ROOT_CONFIDENCE
 from unstuck.diagnose.evidence import Evidence
 
 __all__ = [
+    "ANNEALED",
     "LOG_MAX_CONFIDENCE",
     "SwingReading",
     "detector_stats",
@@ -28,6 +29,7 @@ __all__ = [
     "lr_never_changed",
     "lr_text",
     "read_swings",
+    "schedule_annealed",
     "structured_swings",
 ]
 
@@ -65,6 +67,24 @@ def lr_never_changed(ev: Evidence) -> bool:
         if float(values.max()) != float(values.min()):
             return False
     return seen
+
+
+# A schedule that has brought the LR to a tenth of its peak or below (a cosine or linear decay
+# near its end, step decays) is taking small steps on purpose: per step the loss can fall only
+# about LR·‖g‖², a tenth of what it could at the peak, so a flat loss there is what the schedule
+# running out looks like, whether or not a minimum was reached.
+ANNEALED = 0.1  # one decade below the peak (lr_too_low's reading of an annealing schedule too)
+
+
+def schedule_annealed(ev: Evidence) -> tuple[str, float, float] | None:
+    """``(series, latest LR, peak LR)`` of the first ``lr/<group>`` whose latest finite value is
+    at most ``ANNEALED`` of its peak, or ``None`` (no LR logged, or none annealed)."""
+    for name in _lr_names(ev):
+        values = ev.values_of(name)
+        values = values[np.isfinite(values)]
+        if values.size and values.max() > 0 and values[-1] <= ANNEALED * values.max():
+            return name, float(values[-1]), float(values.max())
+    return None
 
 
 def lr_text(ev: Evidence) -> str:

@@ -16,7 +16,7 @@ from unstuck.diagnose.causes._landscape import (
     loss_drop,
     recent_median,
 )
-from unstuck.diagnose.causes._logs import LOG_MAX_CONFIDENCE, latest_lrs
+from unstuck.diagnose.causes._logs import LOG_MAX_CONFIDENCE, latest_lrs, schedule_annealed
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
 
@@ -116,12 +116,22 @@ class Converged(Rule):
 
     def _from_loss(self, ev: Evidence) -> Finding | None:
         """No gradient SNR (a log): a plateau, with no trend, after the loss fell an order of
-        magnitude (the detector's near-convergence kind); validation not rising."""
+        magnitude (the detector's near-convergence kind); validation not rising; and the logged
+        LR, if any, not annealed to a tenth of its peak.
+
+        Not named under an annealed LR: at a tenth of the peak a step can lower the loss by a
+        tenth of what it could (per step about LR·‖g‖²), so a linear or cosine schedule running
+        out to 0 flattens any loss, at a minimum or not. From the loss alone the two cannot be
+        told apart (the live reading can: its gradient SNR says whether the gradient is below
+        its noise); ``unstuck analyze`` says so in a note instead (docs/causes/converged.md).
+        """
         if ev.get("detector_state") not in FLAT_STATES:
             return None  # "slow" counts only when the SNR says the progress left is noise
         lrs = latest_lrs(ev)
         if lrs and all(lr == 0 for lr in lrs.values()):
             return None  # an LR of 0 takes no step: flat by construction, not converged
+        if schedule_annealed(ev) is not None:
+            return None  # the schedule ran out: flat by design, which the loss cannot tell apart
         drop = loss_drop(ev)
         if drop is None:
             return None

@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from unstuck.detect.detector import DEFAULT_EPSILON, EARLY_DROP
 from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._landscape import (
     NEAR_CONVERGENCE_DROP,
@@ -15,44 +14,24 @@ from unstuck.diagnose.causes._landscape import (
     momentum_remedies,
     recent_median,
 )
-from unstuck.diagnose.causes._logs import (
-    LOG_MAX_CONFIDENCE,
-    detector_stats,
-    finite_or_nan,
-    latest_lrs,
-    lr_never_changed,
-    lr_text,
-    structured_swings,
-)
+from unstuck.diagnose.causes._logs import schedule_annealed
 from unstuck.diagnose.evidence import Evidence
 from unstuck.diagnose.thresholds import HEALTHY_UPDATE_RATIO, LOW_UPDATE_RATIO, RECENT_POINTS
 from unstuck.types import Finding, Remedy
 
 MAX_RAISE = 100.0  # never raise the LR by more than two decades in one action
 MIN_RAISE = 2.0
-ANNEALED = 0.1  # a schedule at a tenth of its peak LR is annealing on purpose (cosine, step decay)
 
-# From a log (no update ratio): "consistent tiny slope" (DESIGN's catalog) at an LR that never
-# changed, read with the detector's own constants. The run never got going: a plateau on which
-# the loss had fallen less than EARLY_DROP (the detector's "early" kind), or a slow state (a
-# significant fall below the progress margin) on which the whole run fell less than that margin,
-# 2·DEFAULT_EPSILON, i.e. a creep from the start rather than a fast fall that has slowed down.
-CREEP_DROP = 2 * DEFAULT_EPSILON  # the detector's "improving" margin (log units, ≈ 26 %)
-# A hint, well below the act bar: without update ratios a creeping or stalled loss at a constant
-# LR is as much a broken model (vanishing gradients, a bad init) or a hard task as a small LR.
-LOG_CONFIDENCE = {"slow": 0.35, "plateau": 0.3}  # a significant creep shows the model learns
-HEALTHY_GRADS_BONUS = 0.05  # a logged grad_norm, finite and non-zero: the gradients are healthy
+# No reading from a log (no update ratio). At a constant LR a log holds no contrast to judge the
+# LR against: while steps are small the loss follows gradient flow, a function of LR × steps
+# alone, so a loss that creeps at one LR is as much a run stopped early as a too-small LR, and
+# one that stalled is as much a flat region, dead units or a broken loss. Neither is evidence
+# for this cause; ``unstuck analyze`` says so in a note (docs/causes/lr_too_low.md).
 
 
 def _schedule_annealed(ev: Evidence) -> bool:
     """Your own schedule brought the LR a decade or more below its peak: small steps by design."""
-    for name in ev:
-        if name.startswith("lr/"):
-            values = ev.values_of(name)
-            values = values[np.isfinite(values)]
-            if values.size and values.max() > 0 and values[-1] <= ANNEALED * values.max():
-                return True
-    return False
+    return schedule_annealed(ev) is not None
 
 
 def _converged(ev: Evidence) -> bool:
@@ -80,10 +59,6 @@ class LRTooLow(Rule):
 
     code: ClassVar[str] = "lr_too_low"
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio", "grad_norm"})
-    # From a log: the training loss, the detector's state on it and some LR (``_from_logs``).
-    requires_any: ClassVar[tuple[frozenset[str], ...]] = (
-        frozenset({"loss", "detector_state", "lr/*"}),
-    )
     # Tiny steps with healthy gradients are these causes' symptom, not a too-small LR.
     # A flat landscape or a saddle makes small steps too; their remedies raise the LR as well.
     # Units killed by a blow-up (lr_too_high) or dead from the start (dead_relu) leave tiny
@@ -111,7 +86,7 @@ class LRTooLow(Rule):
 
     def check(self, ev: Evidence) -> Finding | None:
         if "update_ratio" not in ev:
-            return self._from_logs(ev)  # a log: no framework records update ratios
+            return None  # a log: no framework records update ratios, and nothing else will do
         ratios = ev.values_of("update_ratio")[-RECENT_POINTS:]
         grads = ev.values_of("grad_norm")[-RECENT_POINTS * 4 :]
         ratios = ratios[np.isfinite(ratios)]
@@ -147,73 +122,6 @@ class LRTooLow(Rule):
                     "lr_scale",
                     {"factor": round(factor, 3), "estimate": round(float(estimate), 3)},
                     automatic=True,
-                ),
-            ),
-        )
-
-    def _from_logs(self, ev: Evidence) -> Finding | None:
-        """No update ratio (a log): a creeping or early-stalled training loss at a constant LR.
-        A hint (at most 0.4): the LR is never sized against the weights here."""
-        state = ev.get("detector_state")
-        if ev.get("detector_series") != "train" or state not in LOG_CONFIDENCE:
-            return None
-        if not lr_never_changed(ev):
-            return None  # no LR logged, or a schedule at work (warm-up, decay): its own choice
-        drop = loss_drop(ev)
-        if drop is None:
-            return None
-        head, level, fell = drop
-        stats = detector_stats(ev)
-        if structured_swings(stats) or fell < 0:
-            return None  # a loss that bounces (lr_too_high's) or rose is no small step
-        if state == "slow":
-            # the lower bound of the projected decrease above 0: a significant, consistent fall
-            if not finite_or_nan(stats.get("recent_decrease_low")) > 0 or fell >= CREEP_DROP:
-                return None
-            projected = 1.0 - math.exp(-finite_or_nan(stats.get("recent_decrease")))
-            what = (
-                f"the training loss creeps down (slow: {projected:.0%} more if run as long again)"
-            )
-            limit = CREEP_DROP
-        else:
-            if fell >= EARLY_DROP:
-                return None  # it fell before it stalled: not an early plateau
-            what = "the training loss stalled before it fell (an early plateau)"
-            limit = EARLY_DROP
-        grads = ev.values_of("grad_norm")[-RECENT_POINTS * 4 :]
-        healthy = bool(grads.size) and bool(np.all(np.isfinite(grads)))
-        if grads.size and not (healthy and float(np.median(grads)) > 0):
-            return None  # vanishing or broken gradients are not a small LR
-        confidence = min(
-            LOG_CONFIDENCE[str(state)] + HEALTHY_GRADS_BONUS * healthy, LOG_MAX_CONFIDENCE
-        )
-        lrs = latest_lrs(ev)
-        return Finding(
-            cause=self.code,
-            confidence=round(confidence, 4),
-            evidence={
-                "update_ratio_median": float("nan"),
-                "detector_state": str(state),
-                "loss_start": head,
-                "loss_now": level,
-                "fraction_fallen": 1.0 - level / head,
-                "threshold_drop": limit,
-                "recent_decrease": finite_or_nan(stats.get("recent_decrease")),
-                "grad_norm_median": float(np.median(grads)) if healthy else float("nan"),
-                "lr": next(iter(lrs.values())),
-                "lr_series": next(iter(lrs)),
-                "source": "log",
-            },
-            step=ev.step,
-            summary=f"{what} and fell {1.0 - level / head:.0%} since the start ({head:.3g} → "
-            f"{level:.3g}){lr_text(ev)}, constant: possibly a too-small LR (a hint from the loss "
-            "alone: this log has no update/weight ratio)",
-            remedies=(
-                Remedy(
-                    "lr_range_test",
-                    {},
-                    note="no update/weight ratio to size a raise: find the LR with a range test "
-                    "(the Guard runs one on a plateau under policy='rescue')",
                 ),
             ),
         )

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from unstuck.diagnose.base import Rule, found_confidence
+from unstuck.diagnose.base import ROOT_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.causes._landscape import GL_THRESHOLD, generalization_loss
+from unstuck.diagnose.causes._rise import ALPHA, rise_test
 from unstuck.diagnose.evidence import Evidence
-from unstuck.types import Finding, Remedy
+from unstuck.types import DetectorState, Finding, Remedy
 
 STRONG_GL = 0.5  # GL of 50 % (Prechelt's largest criterion, GL_5 ×10) earns the top confidence
+# A rise read from 5 to 8 evaluations by a rank test is a hint, not an alarm: it stays below the
+# bar at which the policy acts (keep the best and stop), since at α = 0.05 one flat series in 20
+# would pass the test alone (the GL and training-loss conditions make it rarer still).
+SHORT_CONFIDENCE = ROOT_CONFIDENCE - 0.05  # ours, global: just below the "problem" bar
 
 
 class Overfitting(Rule):
-    """The validation detector sees a rise, 5 % above its best, while the training loss fell."""
+    """The validation loss rose 5 % above its best while the training loss fell: seen by the
+    validation detector, or, while that has too few points for a verdict, by an exact rank test
+    on the 5 to 8 evaluations there are (``_rise``)."""
 
     code: ClassVar[str] = "overfitting"
     requires: ClassVar[frozenset[str]] = frozenset({"val_loss", "loss"})
@@ -23,6 +30,11 @@ class Overfitting(Rule):
     symptom_of: ClassVar[frozenset[str]] = frozenset(
         {"repeated_data", "truncated_data", "label_noise", "batch_size"}
     )
+    # Run at every decision, not only where a detector flags something: a validation series of
+    # fewer than min_points evaluations leaves its detector "unknown", a state that runs only
+    # the continuous rules. Cheap: it returns at once unless the decision is the validation
+    # series', and the short test's null distribution is enumerated once per length (< 0.1 s).
+    continuous: ClassVar[bool] = True
     explanation: ClassVar[str] = (
         "The training loss keeps falling but the validation loss has turned up: the model now "
         "fits the training set at the expense of unseen data, so further steps make the model "
@@ -36,7 +48,11 @@ class Overfitting(Rule):
         # Only when the validation detector itself sees a rise: its trend test (a significant
         # projected rise larger than its epsilon) ignores one noisy evaluation or an early bump
         # that the GL ratio alone would take for overfitting.
-        if ev.get("detector_series") != "val" or ev.get("detector_state") != "diverging":
+        if ev.get("detector_series") != "val":
+            return None
+        if ev.get("detector_state") == DetectorState.UNKNOWN:
+            return self._short(ev)
+        if ev.get("detector_state") != "diverging":
             return None
         gl = generalization_loss(ev)
         if gl is None or "train_now" not in gl:
@@ -70,6 +86,52 @@ class Overfitting(Rule):
                     automatic=True,
                     note=f"restore the weights with the lowest validation loss (step "
                     f"{gl['best_step']}) and stop",
+                ),
+                Remedy("regularize", {}, note="weight decay, dropout, augmentation, more data"),
+            ),
+        )
+
+    def _short(self, ev: Evidence) -> Finding | None:
+        """Too few evaluations for the validation detector (5 to 8): the exact rank test says
+        the values rise (from the first evaluation, or after the best one) at level ``ALPHA``,
+        the latest are Prechelt's 5 % above the best and the training loss fell since it."""
+        test = rise_test(ev.values_of("val_loss"))
+        if test is None or not test.rising:
+            return None
+        gl = generalization_loss(ev)
+        if gl is None or "train_now" not in gl:
+            return None
+        if not (gl["gl"] > GL_THRESHOLD and gl["train_now"] < gl["train_then"]):
+            return None
+        evidence: dict[str, Any] = {
+            "generalization_loss": gl["gl"],
+            "threshold": GL_THRESHOLD,
+            "val_best": gl["val_best"],
+            "val_now": gl["val_now"],
+            "best_step": gl["best_step"],
+            "train_at_best": gl["train_then"],
+            "train_now": gl["train_now"],
+            "val_points": test.points,
+            "rise_p_value": test.p_value,
+            "alpha": ALPHA,
+            "test": "exact Mann-Kendall (whole series; after the best), min-p",
+        }
+        return Finding(
+            cause=self.code,
+            confidence=SHORT_CONFIDENCE,
+            evidence=evidence,
+            step=ev.step,
+            summary=f"validation loss rises over its {test.points} evaluations (exact rank test "
+            f"p = {test.p_value:.3f} ≤ {ALPHA:g}): {gl['val_now']:.3g} is {gl['gl']:.0%} above "
+            f"its best {gl['val_best']:.3g} (step {gl['best_step']}) while the training loss "
+            f"fell from {gl['train_then']:.3g} to {gl['train_now']:.3g}; too few evaluations "
+            "for more than a hint",
+            remedies=(
+                Remedy(
+                    "keep_best_and_stop",
+                    {},
+                    note=f"keep the weights with the lowest validation loss (step "
+                    f"{gl['best_step']}); evaluate more often to confirm",
                 ),
                 Remedy("regularize", {}, note="weight decay, dropout, augmentation, more data"),
             ),
