@@ -26,6 +26,11 @@ unstuck's snapshots restore the global RNGs, never this one). Strategies:
 * ``schedulefree``: ``schedulefree.AdamWScheduleFree`` at its default LR with
   ``warmup_steps=0`` (what a user switching optimizer runs); ``optimizer.train()`` / ``.eval()``
   around evaluations, as its docs require.
+* ``prodigy``: ``prodigyopt.Prodigy`` at its defaults (it estimates its own step size).
+* ``dog``: ``dog.DoG`` at its defaults, evaluated at its ``PolynomialDecayAverager`` average
+  (the iterate averaging its authors call necessary), trained on the iterate.
+* ``mechanic``: the task's own optimizer and LR wrapped by ``mechanic_pytorch.mechanize``
+  (a learned global scale on its updates).
 * ``unstuck``: the task's optimizer and LR under ``Guard(policy="rescue", loss_fn=...)`` with
   default settings; ``guard.step(loss, batch=(x, y))`` every step, ``guard.validate`` with the
   evaluation split's loss at every evaluation; when ``guard.should_stop`` turns true the run
@@ -45,7 +50,9 @@ Metrics per (task, strategy), median over seeds:
   appears, and whether the run ends worse than that (``worse_than_first_action``).
 
 Summary: ``geomean_ratio_vs[s]`` = geometric mean over the plateau tasks of unstuck's median
-steps / strategy s's median steps (< 1: unstuck is faster); ``best_baseline_share`` = share of
+steps / strategy s's median steps (< 1: unstuck is faster), also split into the strategies told
+the budget (``geomean_ratio_vs_budget_aware``: OneCycle, the warm restarts) and the rest
+(``geomean_ratio_vs_budget_agnostic``); ``best_baseline_share`` = share of
 plateau tasks where unstuck's median is ≤ the best baseline's (``best_baseline_strict_share``:
 <; where every strategy's median is 2 × budget they all tie and count as ≤ —
 ``plateau_tasks_all_unreached`` lists those tasks); ``healthy_within_2pct``: per healthy
@@ -64,6 +71,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import inspect
 import json
 import math
 import os
@@ -384,6 +392,66 @@ class ScheduleFree(Strategy):
         self.modes.eval()
 
 
+class Prodigy(Strategy):
+    """``prodigyopt.Prodigy`` at its defaults (lr 1.0: it estimates the step size itself), what a
+    user switching to a parameter-free optimizer runs (Mishchenko & Defazio 2024)."""
+
+    name = "prodigy"
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        module: Any = importlib.import_module("prodigyopt")  # optional: imported at use
+        optimizer: torch.optim.Optimizer = module.Prodigy(self.model.parameters())
+        return optimizer
+
+
+class DoG(Strategy):
+    """``dog.DoG`` at its defaults with the polynomial-decay iterate average its README calls
+    necessary for good results (Ivgi, Hinder & Carmon 2023): trained on the iterate,
+    evaluated at the average."""
+
+    name = "dog"
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        module: Any = importlib.import_module("dog")  # optional: imported at use
+        self.averager: Any = module.PolynomialDecayAverager(self.model)
+        self._iterate: dict[str, torch.Tensor] | None = None
+        optimizer: torch.optim.Optimizer = module.DoG(self.model.parameters())
+        return optimizer
+
+    def after_step(self, step: int, loss: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> None:
+        self.averager.step()
+
+    def eval_mode(self) -> None:
+        self.model.eval()
+        self._iterate = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.averager.averaged_model.state_dict())
+
+    def train_mode(self) -> None:
+        if self._iterate is not None:  # back to the iterate the optimizer is training
+            self.model.load_state_dict(self._iterate)
+            self._iterate = None
+        self.model.train()
+
+
+class Mechanic(Strategy):
+    """The task's own optimizer, at its own LR, wrapped by ``mechanic_pytorch.mechanize``, which
+    learns a global scale for its updates (Cutkosky, Defazio & Mehta 2023)."""
+
+    name = "mechanic"
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        module: Any = importlib.import_module("mechanic_pytorch")  # optional: imported at use
+        own = self.task.optimizer([torch.nn.Parameter(torch.zeros(1))], self.task.lr)
+        # the user's settings, as far as the class's constructor takes them back (AdamW's
+        # defaults hold a ``decoupled_weight_decay`` that AdamW's own __init__ does not accept)
+        accepted = inspect.signature(type(own).__init__).parameters
+        settings = {k: v for k, v in own.defaults.items() if k in accepted}
+        optimizer: torch.optim.Optimizer = module.mechanize(type(own), log_every=0)(
+            self.model.parameters(), **settings
+        )
+        return optimizer
+
+
 class Unstuck(Strategy):
     name = "unstuck"
 
@@ -446,10 +514,14 @@ STRATEGY_CLASSES: dict[str, type[Strategy]] = {
         OneCycle,
         LRFOnPlateau,
         ScheduleFree,
+        Prodigy,
+        DoG,
+        Mechanic,
         Unstuck,
     )
 }
 STRATEGIES = tuple(STRATEGY_CLASSES)
+BUDGET_AWARE = ("onecycle", "cosine_wr")  # the strategies given the run's budget
 BASELINES = tuple(s for s in STRATEGIES if s != "unstuck")
 
 
@@ -703,6 +775,12 @@ def summarize(tasks: dict[str, dict[str, dict[str, Any]]], kinds: dict[str, str]
     unstuck_cells = [cells["unstuck"] for cells in tasks.values() if "unstuck" in cells]
     return {
         "geomean_ratio_vs": ratio_vs,
+        # Told the budget (OneCycle's total_steps, the warm restarts' T_0 = budget // 8) or not:
+        # a schedule that knows when the run ends can anneal into it, unstuck cannot.
+        "geomean_ratio_vs_budget_aware": {s: r for s, r in ratio_vs.items() if s in BUDGET_AWARE},
+        "geomean_ratio_vs_budget_agnostic": {
+            s: r for s, r in ratio_vs.items() if s not in BUDGET_AWARE
+        },
         "best_baseline_share": best_share,
         "best_baseline_strict_share": strict_share,
         # every median at 2 × budget: all tie, and the tie counts as "≤ the best baseline"

@@ -123,6 +123,9 @@ def test_summary_geomean_share_and_healthy_check() -> None:
     tasks["b"] = {k: _cell(2000) for k in tasks["b"]}  # 2 × budget everywhere: a tie
     assert rescue.summarize(tasks, kinds)["plateau_tasks_all_unreached"] == ["b"]
     assert s["healthy_within_2pct"] == {"h": True, "h2": False}
+    # cosine_wr is told the budget (T_0 = budget // 8), constant is not
+    assert s["geomean_ratio_vs_budget_aware"] == {"cosine_wr": s["geomean_ratio_vs"]["cosine_wr"]}
+    assert s["geomean_ratio_vs_budget_agnostic"] == {"constant": s["geomean_ratio_vs"]["constant"]}
     assert s["plateau_tasks"] == ["a", "b"]
     assert s["unstuck_runs_with_action"] == 4
     assert rescue.geomean([2.0, 8.0]) == pytest.approx(4.0)
@@ -242,3 +245,58 @@ def test_lrf_pick_steepest_drop_with_skips() -> None:
     # a sweep stopped after 6 points: no window left after the skips, all points count
     assert rescue.LRFOnPlateau.pick([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [5, 4, 1, 0.9, 0.8, 2]) == 3.0
     assert rescue.LRFOnPlateau.pick([1.0], [3.0]) == 1.0  # one point: keep the LR
+
+
+@pytest.mark.parametrize(
+    ("strategy", "module", "cls"),
+    [("prodigy", "prodigyopt", "Prodigy"), ("dog", "dog", "DoG"), ("mechanic", None, None)],
+)
+def test_parameter_free_baselines_train_with_their_own_optimizer(
+    strategy: str, module: str | None, cls: str | None
+) -> None:
+    pytest.importorskip(module or "mechanic_pytorch")
+    task = rescue_tasks.TASKS[TASK]
+    torch.manual_seed(0)
+    model = task.model()
+    strat = rescue.STRATEGY_CLASSES[strategy](task, model, 100, 10)
+    if cls is not None:
+        assert type(strat.optimizer).__name__ == cls
+    else:  # Mechanic wraps the task's own optimizer class, at the task's own settings
+        own = task.optimizer([torch.nn.Parameter(torch.zeros(1))], task.lr)
+        assert isinstance(strat.optimizer, type(own))
+        assert strat.optimizer.param_groups[0]["lr"] == task.lr
+    r = rescue.run(task, strategy, 0, budget=4 * task.eval_every, curve=True)
+    values = [v for _, v in r["curve"]]
+    assert all(math.isfinite(v) for v in values)
+    if strategy == "mechanic":  # each of its 6 scales starts at 1e-8 and is learned: they grew
+        x = torch.randn(16, *next(model.parameters()).shape[1:])
+        for _ in range(20):
+            strat.optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            strat.optimizer.step()
+        assert float(strat.optimizer.state["_mechanic"]["s"].sum()) > 2 * 6 * 1e-8  # 6 betas
+    else:
+        assert values[-1] < values[0]
+
+
+def test_dog_is_evaluated_at_its_average_and_trains_on_its_iterate() -> None:
+    pytest.importorskip("dog")
+    task = rescue_tasks.TASKS[TASK]
+    torch.manual_seed(0)
+    model = task.model()
+    strat = rescue.STRATEGY_CLASSES["dog"](task, model, 100, 10)
+    x = torch.randn(16, *next(model.parameters()).shape[1:])
+    for step in range(5):
+        strat.train_mode()
+        loss = model(x).pow(2).mean()
+        strat.optimizer.zero_grad()
+        loss.backward()
+        strat.optimizer.step()
+        strat.after_step(step, loss, (x,))
+    iterate = {k: v.clone() for k, v in model.state_dict().items()}
+    average = strat.averager.averaged_model.state_dict()
+    strat.eval_mode()
+    assert all(torch.equal(model.state_dict()[k], average[k]) for k in iterate)
+    assert any(not torch.equal(iterate[k], average[k]) for k in iterate)  # they differ
+    strat.train_mode()
+    assert all(torch.equal(model.state_dict()[k], iterate[k]) for k in iterate)
