@@ -90,3 +90,33 @@ def test_a_tiny_run_writes_the_figures(tmp_path: Path) -> None:
         for name in ("constant", "unstuck"):
             steps = record["strategies"][name]["steps_to_target"]
             assert steps <= 60 or steps == zoo_rescue.NOT_REACHED * 60
+
+
+def test_prodigy_replaces_the_programs_optimizer(tmp_path: Path) -> None:
+    pytest.importorskip("prodigyopt")
+    out = tmp_path / "zoo_rescue.json"
+    zoo_rescue.main(
+        [
+            "--split",
+            "test",
+            "--quick",
+            "--programs",
+            "logistic_iris_sgd",
+            "--operators",
+            "lr_x10k",
+            "--strategies",
+            "constant,prodigy",
+            "--max-steps",
+            "60",
+            "--json",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert not result["errors"]
+    final = {r["kind"]: r["strategies"] for r in result["records"]}
+    # lr_x10k changes only the program's LR. Prodigy sets its own step size in place of the
+    # program's optimizer, so the healthy and the faulty run are the same run under it; as
+    # written (constant) they are not.
+    assert final["fault"]["prodigy"]["final_loss"] == final["healthy"]["prodigy"]["final_loss"]
+    assert final["fault"]["constant"]["final_loss"] != final["healthy"]["constant"]["final_loss"]

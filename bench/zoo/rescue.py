@@ -16,6 +16,8 @@ trained under every strategy with the same initial weights and batch order:
   50 steps on the mean of those 50;
 * ``schedulefree``: ``schedulefree.AdamWScheduleFree`` at its default LR, ``warmup_steps=0``,
   ``train()``/``eval()`` around evaluations;
+* ``prodigy``: ``prodigyopt.Prodigy`` at its defaults (lr 1.0: it estimates its step size),
+  in place of the program's optimizer and schedule;
 * ``unstuck``: the program as written under ``Guard(policy="rescue", loss_fn=..., scheduler=...)``
   at every other default; ``guard.step(loss, batch=(x, y))`` each step, ``guard.validate`` at
   each evaluation. Its probe steps are ordinary loop steps, so they count.
@@ -68,7 +70,7 @@ FIXABLE = (
     "batch_of_one",
     "weight_gain",
 )
-STRATEGIES = ("constant", "rlrop_epoch", "rlrop_mean50", "schedulefree", "unstuck")
+STRATEGIES = ("constant", "rlrop_epoch", "rlrop_mean50", "schedulefree", "prodigy", "unstuck")
 EVAL_POINTS = 20  # evaluations per run: steps to target are read at this resolution
 NOT_REACHED = 2  # a run that never reaches the target counts NOT_REACHED × budget steps
 FINAL_MARGIN = 0.01  # worse final loss than constant by more than this share: harm
@@ -118,6 +120,8 @@ def train(spec: Any, seed: int, strategy: str) -> dict[str, Any]:
         module: Any = importlib.import_module("schedulefree")
         modes = module.AdamWScheduleFree(params, warmup_steps=0)
         opt: torch.optim.Optimizer = modes
+    elif strategy == "prodigy":  # at its defaults: it estimates its own step size
+        opt = importlib.import_module("prodigyopt").Prodigy(params)
     else:
         opt = make_optimizer(spec, params)
     if spec.pretrain_steps:
