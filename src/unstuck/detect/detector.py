@@ -428,7 +428,9 @@ class PlateauDetector:
             return
         # A level shift: a jump that stays up is no slope to the trend tests (Theil–Sen reads the
         # segments on either side of it), yet the run is now worse than it was.
-        if self._shifted_up(y, best, doubled if above else math.inf, unit):
+        # (not while the recent window falls significantly: a jump followed by a steady descent
+        # is a spike the run is leaving, pytorch#30873's case, not a run that got worse)
+        if r_low <= 0 and self._shifted_up(y, best, doubled if above else math.inf, unit):
             stats["rise"] = "shift"
             self._set_state(DetectorState.DIVERGING, step)
             return
