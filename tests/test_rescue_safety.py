@@ -99,6 +99,11 @@ def test_non_finite_probe_losses_are_counted():
 def test_sweep_bounds_follow_the_state():
     assert range_test_params("plateau")["steps"] == 100
     assert range_test_params("plateau").get("high", 1e4) == 1e4
+    # a flat plateau with no diagnosed cause is swept upwards only: no blind cut
+    assert range_test_params("plateau")["low"] >= 1.0
+    proposal = Ladder().propose(step=500, state="plateau", findings=[], tried=frozenset())
+    assert proposal is not None and proposal.action == "lr_range_test"
+    assert proposal.params["low"] >= 1.0
     for state in ("oscillating", "diverging"):
         params = range_test_params(state)
         assert params["high"] <= 1.0 < 1e4  # no sweep above the LR that already oscillates

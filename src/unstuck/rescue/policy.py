@@ -37,6 +37,11 @@ MIN_CONFIDENCE = ACTING_CONFIDENCE  # a finding below this is reported but never
 MOVING_STATES = frozenset({"slow", "hidden_progress"})  # a finding must hold at two decisions
 RANGE_TEST_STEPS = 100  # sweep length (the engine shortens it to what the probe budget allows)
 UNSTABLE_SWEEP = {"low": 1e-3, "high": 1.0}  # oscillating/diverging: three decades, downwards
+# A stopped run with no diagnosed cause: four decades, upwards only. Over the verdict's short
+# horizon a smaller LR looks better (short-horizon bias, Wu, Ren, Liao & Grosse 2018) while it
+# slows or blocks the escape from a saddle (docs/references.md, "a cut inside a saddle plateau
+# blocks the escape"); a blind cut on a plateau is what ReduceLROnPlateau already does.
+PLATEAU_SWEEP = {"low": 1.0, "high": 1e4}
 RANGE_TEST = LRRangeTest.name  # the measuring rung unless the policy says otherwise
 # A warm restart as the last rung: ×3 then a cosine back to ×1 over 200 steps (the horizon).
 WARM_RESTART = {"peak": 3.0, "end": 1.0, "length": 200}
@@ -279,12 +284,13 @@ def reports_only(finding: Finding) -> bool:
 
 
 def range_test_params(state: str) -> dict[str, Any]:
-    """The sweep the state allows: up to ×1e4 on a plateau (an LR far too low needs the
-    decades), only downwards to ×1 on a run that oscillates or diverges (its LR is already
-    too high for it; a raise there is the blow-up the sweep would have to stop on)."""
+    """The sweep the state allows: from ×1 up to ×1e4 on a plateau (an LR far too low needs the
+    decades; a cut there is judged over a horizon too short to show what it costs), only
+    downwards to ×1 on a run that oscillates or diverges (its LR is already too high for it; a
+    raise there is the blow-up the sweep would have to stop on)."""
     if state in UNSTABLE_STATES:
         return {"steps": RANGE_TEST_STEPS, **UNSTABLE_SWEEP}
-    return {"steps": RANGE_TEST_STEPS}
+    return {"steps": RANGE_TEST_STEPS, **PLATEAU_SWEEP}
 
 
 def _raises_lr(action: str, params: dict[str, Any]) -> bool:
