@@ -70,6 +70,7 @@ FLAT_WINDOW_FACTOR = 4  # a flat call with no course before it needs 4·min_poin
 RISE_CONFIRM = 4  # decisions in a row a persistent rise must hold (min_points / 2)
 FAST_CONFIRM = 2  # decisions in a row a fast rise must hold (one look is a fluke's chance) ...
 BLOWUP_RATIO = math.log(2.0)  # ... unless it doubled its best (Lightning Fabric's spike rtol 2)
+# and stands 3 residual deviations above it (the multiple of the other level tests here)
 DEFAULT_MIN_POINTS = 8  # fewest bins a trend is tested on
 DEFAULT_CAPACITY = 64  # bins kept: between 64 and 128 over the whole run
 WINDOW_GROWTH = 1.5  # trailing windows tested: min_points, ×1.5, ×2.25 ... up to the whole run
@@ -420,7 +421,9 @@ class PlateauDetector:
         if above:
             (strict_recent,) = theil_sen_windows(x, y, [recent_n], self._z_plateau, bins["count"])
             fast = decrease(strict_recent.low) < -self.epsilon
-            blowup = stats["above_best"] > doubled
+            # ... and stands 3 noise deviations above it: per-sample losses (a batch of one)
+            # spread over decades, and a doubling is inside their noise
+            blowup = stats["above_best"] > max(doubled, 3.0 * spread)
         self._fast_run = self._fast_run + 1 if fast else 0
         if self._fast_run >= FAST_CONFIRM or (fast and blowup):
             stats["rise"] = "fast"
