@@ -36,8 +36,14 @@ unstuck's snapshots restore the global RNGs, never this one). Strategies:
   evaluation split's loss at every evaluation; when ``guard.should_stop`` turns true the run
   ends and its last evaluation is carried forward (the remaining steps do not improve).
 
-A task's own warm-up (only reference configurations have one) runs under ``constant`` and
-``unstuck``; the other strategies replace the schedule.
+A task's own schedule (a linear warm-up, and for the spike task a cosine decay after it) runs
+under ``constant`` and ``unstuck``; the other strategies replace the schedule.
+
+A spike task's loop raises the LR by the task's ``Spike`` factor on a stretch of its own steps
+(around ``optimizer.step()``, on top of whatever LR the strategy set), and under ``unstuck`` asks
+``guard.skip_batch()`` before each batch, as docs/guard.md shows: a skipped batch still counts as
+a step of the budget. The other tasks' loops do not ask (as when their figures were taken). Each
+seed of a spike task also runs its spike-free reference (``constant``, the task's own schedule).
 
 Metrics per (task, strategy), median over seeds:
 
@@ -59,6 +65,12 @@ plateau tasks where unstuck's median is ≤ the best baseline's (``best_baseline
 control, |final unstuck / final constant − 1| ≤ 0.02 (medians); ``worse_than_first_action``:
 unstuck runs whose final evaluation loss is above the one at their first action;
 ``probe_nonfinite_steps``: range-test steps of unstuck runs whose loss was non-finite (goal: 0).
+
+``spike``: per spike task, the reference's median final loss (``no_spike_final``) and per
+strategy the median final loss and the seeds that end no worse than the reference of the same
+seed, final ≤ reference × (1 + the task's ``spike_tolerance``, the reference's spread over seeds
+from ``--calibrate``); ``unstuck_rewound_before_spike``: unstuck seeds with a kept rewind to a
+state from before the spike. The reference runs are in the JSON's ``references``.
 
 ``--calibrate`` runs each task's fault-free reference configuration under ``constant`` and prints
 the target rule's values (see ``bench/rescue_tasks.py``). ``--quick`` runs the tasks marked
@@ -132,6 +144,10 @@ class Strategy:
     def before_step(self, step: int) -> None:
         """Before the forward pass of loop step ``step`` (0-based)."""
 
+    def skip_batch(self) -> bool:
+        """Whether the loop skips this step's batch (only a rewind asks for that)."""
+        return False
+
     def after_step(self, step: int, loss: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> None:
         """After ``optimizer.step()`` of loop step ``step``."""
 
@@ -156,11 +172,23 @@ class Strategy:
         return {}
 
 
-def _warmup(task: Task, optimizer: torch.optim.Optimizer) -> Any:
-    if task.warmup <= 0:
+def schedule_factor(task: Task, budget: int, step: int) -> float:
+    """The task's own LR factor at optimizer step ``step``: a linear warm-up over
+    ``task.warmup`` steps, then 1, or with ``task.cosine`` half a cosine from 1 to 0 at the
+    end of the budget (as transformers' ``get_cosine_schedule_with_warmup``)."""
+    if step < task.warmup:
+        return (step + 1) / task.warmup
+    if not task.cosine:
+        return 1.0
+    t = (step - task.warmup) / max(1, budget - task.warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _schedule(task: Task, optimizer: torch.optim.Optimizer, budget: int) -> Any:
+    """The task's own schedule as a ``LambdaLR`` (None without one)."""
+    if task.warmup <= 0 and not task.cosine:
         return None
-    steps = task.warmup
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(task, budget, s))
 
 
 class Constant(Strategy):
@@ -168,7 +196,7 @@ class Constant(Strategy):
 
     def __init__(self, task: Task, model: torch.nn.Module, budget: int, steps_per_epoch: int):
         super().__init__(task, model, budget, steps_per_epoch)
-        self.scheduler = _warmup(task, self.optimizer)
+        self.scheduler = _schedule(task, self.optimizer, budget)
 
     def after_step(self, step: int, loss: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> None:
         if self.scheduler is not None:
@@ -459,7 +487,7 @@ class Unstuck(Strategy):
         super().__init__(task, model, budget, steps_per_epoch)
         import unstuck
 
-        self.scheduler = _warmup(task, self.optimizer)
+        self.scheduler = _schedule(task, self.optimizer, budget)
         self.guard = unstuck.Guard(
             model,
             self.optimizer,
@@ -473,6 +501,11 @@ class Unstuck(Strategy):
         if self.scheduler is not None:
             self.scheduler.step()
         self.guard.step(loss, batch=batch)
+
+    def skip_batch(self) -> bool:
+        # The loop of a spike task asks, as docs/guard.md shows; the other tasks' loops do not,
+        # as when their figures were taken.
+        return self.task.kind == "spike" and self.guard.skip_batch()
 
     def validate(self, val_loss: float) -> None:
         self.guard.validate(val_loss)
@@ -497,7 +530,17 @@ class Unstuck(Strategy):
         engine = self.guard._engine
         return {
             "actions": [
-                {"name": a.name, "step": a.step, "outcome": a.outcome} for a in self.guard.actions
+                {
+                    "name": a.name,
+                    "step": a.step,
+                    "outcome": a.outcome,
+                    **(
+                        {"restored_step": a.evidence["restored_last_good_step"]}
+                        if "restored_last_good_step" in a.evidence
+                        else {}
+                    ),
+                }
+                for a in self.guard.actions
             ],
             "probe_steps": engine.probe_steps,
             "probe_nonfinite": engine.probe_nonfinite,
@@ -571,6 +614,7 @@ def run(
     stopped_at: int | None = None
     order = torch.randperm(n, generator=gen)
     cursor = 0
+    skipped = 0  # steps whose batch the loop skipped (after a rewind)
 
     def measure() -> tuple[float, float]:
         strat.eval_mode()
@@ -584,22 +628,33 @@ def run(
             idx = order[cursor : cursor + task.batch_size]
             cursor += task.batch_size
             x, y = data.x[idx], data.y[idx]
-            strat.before_step(step)
-            strat.train_mode()
-            loss = task.loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # The state unstuck's first action finds: measured before the Guard's decision
-            # (an early restart changes the weights inside it).
-            found = (
-                measure()[0]
-                if first_action is None and isinstance(strat, Unstuck) and strat.decides_next
-                else None
-            )
-            strat.after_step(step, loss, (x, y))
-            if first_action is None and isinstance(strat, Unstuck) and strat.n_actions > 0:
-                first_action = (step + 1, found if found is not None else measure()[0])
+            if strat.skip_batch():
+                skipped += 1
+            else:
+                strat.before_step(step)
+                strat.train_mode()
+                loss = task.loss(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                spike = task.spike.factor(step) if task.spike is not None else 1.0
+                if spike != 1.0:  # on top of the LR the strategy set, for this step only
+                    lrs = [g["lr"] for g in opt.param_groups]
+                    for g in opt.param_groups:
+                        g["lr"] = g["lr"] * spike
+                opt.step()
+                if spike != 1.0:
+                    for g, lr in zip(opt.param_groups, lrs):
+                        g["lr"] = lr
+                # The state unstuck's first action finds: measured before the Guard's decision
+                # (an early restart changes the weights inside it).
+                found = (
+                    measure()[0]
+                    if first_action is None and isinstance(strat, Unstuck) and strat.decides_next
+                    else None
+                )
+                strat.after_step(step, loss, (x, y))
+                if first_action is None and isinstance(strat, Unstuck) and strat.n_actions > 0:
+                    first_action = (step + 1, found if found is not None else measure()[0])
             if (step + 1) % every == 0:
                 value, val_loss = measure()
                 points.append((step + 1, value))
@@ -630,6 +685,7 @@ def run(
         "wall_s": wall,
         "cpu_s": cpu,
         "stopped_at": stopped_at,
+        "skipped_batches": skipped,
         **strat.extra(),
     }
     if isinstance(strat, Unstuck):
@@ -653,16 +709,21 @@ def _init_worker() -> None:
     logging.getLogger("unstuck").setLevel(logging.WARNING)
 
 
-def run_job(job: tuple[str, str, int, int | None, bool]) -> dict[str, Any]:
-    """One (task, strategy, seed) in a worker; an exception is recorded, not raised."""
+Job = tuple[str, str, int, int | None, bool] | tuple[str, str, int, int | None, bool, bool]
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """One (task, strategy, seed) in a worker; an exception is recorded, not raised. A sixth
+    element True runs the task's reference configuration instead (``"reference": True``)."""
     _init_worker()
-    name, strategy, seed, budget, curve = job
-    task = TASKS[name]
+    name, strategy, seed, budget, curve = job[:5]
+    reference = len(job) > 5 and bool(job[5])
+    task = reference_task(TASKS[name]) if reference else TASKS[name]
     try:
-        return run(task, strategy, seed, budget=budget, curve=curve)
+        result = run(task, strategy, seed, budget=budget, curve=curve)
     except Exception as exc:  # a crash in one run must not lose the other runs' results
         b = task.budget if budget is None else budget
-        return {
+        result = {
             "task": name,
             "strategy": strategy,
             "seed": seed,
@@ -674,6 +735,9 @@ def run_job(job: tuple[str, str, int, int | None, bool]) -> dict[str, Any]:
             "wall_s": math.nan,
             "error": f"{type(exc).__name__}: {exc}",
         }
+    if reference:
+        result["reference"] = True
+    return result
 
 
 # -------------------------------------------------------------------------------- scoring
@@ -741,8 +805,52 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return out
 
 
-def summarize(tasks: dict[str, dict[str, dict[str, Any]]], kinds: dict[str, str]) -> dict[str, Any]:
-    """The headline numbers (see the module docstring) from :func:`aggregate`'s table."""
+def spike_summary(
+    cells: dict[str, dict[str, Any]], reference: dict[str, Any], tolerance: float, start: int
+) -> dict[str, Any]:
+    """A spike task's verdicts: per strategy, the median final loss and how many seeds end no
+    worse than the spike-free reference of the same seed (final ≤ reference × (1 + tolerance));
+    for unstuck, how many seeds kept a rewind to a state from before the spike (``start``)."""
+    ref = dict(zip(reference["per_seed"]["seed"], reference["per_seed"]["final_loss"]))
+    out: dict[str, Any] = {
+        "no_spike_final": reference["final_loss"],
+        "no_spike_per_seed": reference["per_seed"]["final_loss"],
+        "tolerance": tolerance,
+        "final": {},
+        "no_worse_seeds": {},
+        "no_worse": {},
+    }
+    for name, cell in cells.items():
+        per_seed = cell["per_seed"]
+        ok = [
+            f is not None and math.isfinite(f) and f <= ref[seed] * (1.0 + tolerance)
+            for seed, f in zip(per_seed["seed"], per_seed["final_loss"])
+            if seed in ref
+        ]
+        out["final"][name] = cell["final_loss"]
+        out["no_worse_seeds"][name] = sum(ok)
+        out["no_worse"][name] = bool(ok) and all(ok)
+        if name == "unstuck":
+            out["unstuck_rewound_before_spike"] = sum(
+                any(
+                    a["name"] == "rewind"
+                    and a["outcome"] == "kept"
+                    and a.get("restored_step", start) < start
+                    for a in actions
+                )
+                for actions in per_seed["actions"]
+            )
+    out["seeds"] = reference["seeds"]
+    return out
+
+
+def summarize(
+    tasks: dict[str, dict[str, dict[str, Any]]],
+    kinds: dict[str, str],
+    references: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The headline numbers (see the module docstring) from :func:`aggregate`'s table.
+    ``references``: per spike task, the aggregated cell of its spike-free reference run."""
     plateau = [t for t, cells in tasks.items() if kinds.get(t) == "plateau" and "unstuck" in cells]
     healthy = [t for t, cells in tasks.items() if kinds.get(t) == "healthy"]
     strategies = sorted({s for cells in tasks.values() for s in cells} - {"unstuck"})
@@ -773,6 +881,11 @@ def summarize(tasks: dict[str, dict[str, dict[str, Any]]], kinds: dict[str, str]
             healthy_ratio[t] = ratio
             within[t] = abs(ratio - 1.0) <= HEALTHY_TOLERANCE
     unstuck_cells = [cells["unstuck"] for cells in tasks.values() if "unstuck" in cells]
+    spike: dict[str, Any] = {}
+    for t, ref in (references or {}).items():
+        induced = TASKS[t].spike
+        if kinds.get(t) == "spike" and t in tasks and induced is not None:
+            spike[t] = spike_summary(tasks[t], ref, TASKS[t].spike_tolerance, induced.start)
     return {
         "geomean_ratio_vs": ratio_vs,
         # Told the budget (OneCycle's total_steps, the warm restarts' T_0 = budget // 8) or not:
@@ -800,6 +913,7 @@ def summarize(tasks: dict[str, dict[str, dict[str, Any]]], kinds: dict[str, str]
         ),
         "plateau_tasks": plateau,
         "healthy_tasks": healthy,
+        "spike": spike,
     }
 
 
@@ -834,6 +948,25 @@ def final_table(tasks: dict[str, dict[str, dict[str, Any]]], strategies: Sequenc
     return "\n".join(lines)
 
 
+def spike_table(spike: dict[str, dict[str, Any]], strategies: Sequence[str]) -> str:
+    """Markdown: per spike task, the median final loss of the spike-free reference and of each
+    strategy, with the seeds that end no worse than the reference (of the seeds)."""
+    lines = [
+        "| spike task (final eval loss) | no spike | " + " | ".join(strategies) + " |",
+        "|---|---:|" + "---:|" * len(strategies),
+    ]
+    for name, s in spike.items():
+        row = [
+            f"{s['final'][k]:.4g} ({s['no_worse_seeds'][k]}/{s['seeds']})"
+            if k in s["final"]
+            else ""
+            for k in strategies
+        ]
+        ref = s["no_spike_final"]
+        lines.append(f"| {name} | {ref:.4g} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- calibration
 
 
@@ -861,14 +994,18 @@ def calibrate(names: Sequence[str], seeds: int = 3, jobs: int = 1) -> dict[str, 
         half = [dict(r["curve"])[task.budget // 2] for r in mine]
         target = round_up(max(half))  # every reference seed is there by half the budget
         first = [next((s for s, v in r["curve"] if v <= target), None) for r in mine]
+        finals = [r["final_loss"] for r in mine]
         out[name] = {
             "reference": task.reference,
             "budget": task.budget,
             "at_half_budget": half,
             "target": target,
             "reference_steps_to_target": first,
-            "reference_final": [r["final_loss"] for r in mine],
+            "reference_final": finals,
         }
+        if task.kind == "spike":
+            # "no worse than the reference": within the reference's own spread over seeds
+            out[name]["spike_tolerance"] = round_up((max(finals) - min(finals)) / min(finals))
     return out
 
 
@@ -919,6 +1056,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{name}: target = {c['target']:g}  (reference: {c['reference']}; eval at step "
                 f"{c['budget'] // 2}: {half}; reaches it at {c['reference_steps_to_target']} of "
                 f"{c['budget']})"
+                + (
+                    f"; final: {', '.join(f'{v:.4g}' for v in c['reference_final'])}; "
+                    f"spike tolerance = {c['spike_tolerance']:g}"
+                    if "spike_tolerance" in c
+                    else ""
+                )
             )
         print(f"\ncalibrated in {time.perf_counter() - t0:.0f} s")
         return {"calibration": cal}
@@ -926,26 +1069,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     missing = [n for n in names if not math.isfinite(TASKS[n].target)]
     if missing:
         ap.error(f"tasks without a calibrated target: {missing}; run --calibrate")
-    jobs = [
+    jobs: list[Job] = [
         (n, s, seed, args.budget, args.curves)
         for n in names
         for s in strategies
         for seed in range(args.seeds)
     ]
+    # a spike task's bar: its spike-free reference under the task's own schedule, every seed
+    jobs += [
+        (n, "constant", seed, args.budget, args.curves, True)
+        for n in names
+        if TASKS[n].kind == "spike"
+        for seed in range(args.seeds)
+    ]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, initializer=_init_worker) as pool:
-            runs = list(pool.map(run_job, jobs, chunksize=1))
+            done = list(pool.map(run_job, jobs, chunksize=1))
     else:
-        runs = [run_job(j) for j in jobs]
+        done = [run_job(j) for j in jobs]
+    runs = [r for r in done if not r.get("reference")]
+    references = {
+        n: cells["constant"]
+        for n, cells in aggregate([r for r in done if r.get("reference")]).items()
+    }
     tasks = aggregate(runs)
     tasks = {n: {s: tasks[n][s] for s in strategies} for n in names}
-    summary = summarize(tasks, {n: TASKS[n].kind for n in names})
+    summary = summarize(tasks, {n: TASKS[n].kind for n in names}, references)
     seconds = time.perf_counter() - t0
     summary["seconds"] = seconds
-    summary["runs"] = len(runs)
-    summary["errors"] = sum("error" in r for r in runs)
+    summary["runs"] = len(done)
+    summary["errors"] = sum("error" in r for r in done)
     result = {
         "tasks": tasks,
+        "references": references,
         "summary": summary,
         "meta": {
             "quick": args.quick,
@@ -961,9 +1117,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(final_table(tasks, strategies))
     print()
+    if summary["spike"]:
+        print(spike_table(summary["spike"], strategies))
+        print()
     print(json.dumps(plain(summary), indent=1))
-    print(f"\n{len(runs)} runs in {seconds:.0f} s")
-    for r in runs:
+    print(f"\n{len(done)} runs in {seconds:.0f} s")
+    for r in done:
         if "error" in r:
             print(f"error: {r['task']} / {r['strategy']} / seed {r['seed']}: {r['error']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,12 @@
-"""Tasks for ``bench/rescue.py``: plateau-prone training setups and healthy controls.
+"""Tasks for ``bench/rescue.py``: plateau-prone training setups, healthy controls, a loss spike.
 
 Each :class:`Task` is a training setup as a user wrote it, fault included: data, model, optimizer
 and LR, batch size, step budget, the evaluation (the loss on the held-out split, or for label
 noise the error on a clean held-out split) and a target. ``why`` says in one line why it stalls.
 Plateau tasks count in the benchmark's geometric means; the healthy controls only in its check
-that rescue does not hurt (final loss within 2 % of constant LR's).
+that rescue does not hurt (final loss within 2 % of constant LR's). A spike task is a healthy run
+that the loop knocks off course for a stretch (``Spike``); each strategy's final loss is compared
+with the spike-free reference's of the same seed, and its loop asks ``guard.skip_batch()``.
 
 How targets and budgets were set (the rule, fixed before any strategy ran against it):
 
@@ -49,6 +51,15 @@ How targets and budgets were set (the rule, fixed before any strategy ran agains
 
     calibrated in 31 s
 
+The spike task was added later and calibrated alone (``--calibrate --tasks gpt_lr_spike``); for a
+spike task ``--calibrate`` also prints the reference's final losses and the tolerance of "no
+worse than the reference": their spread over the seeds, (max − min) / min, rounded up to 2
+significant figures::
+
+    gpt_lr_spike: target = 0.85  (reference: the same run without the spike; eval at step 600:
+        0.834, 0.8242, 0.8481; reaches it at [540, 560, 600] of 1200); final: 0.7734, 0.769,
+        0.7777; spike tolerance = 0.012
+
 Design notes: models are tiny (CPU). ``deep_sigmoid_digits`` has 4 hidden sigmoid layers as in
 Glorot & Bengio (2010): with 10 layers neither momentum SGD (LR 0.05 to 2) nor Adam left the
 plateau within 2,000 steps, whatever the init, so such a task would measure nothing.
@@ -63,6 +74,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
@@ -72,7 +84,7 @@ from scenarios._data import TransformerNet, flip_labels
 from scenarios._h4 import low_rank_teacher
 from scenarios._h5 import SmallCNN
 
-__all__ = ["TASKS", "Task", "reference_task"]
+__all__ = ["KINDS", "TASKS", "Spike", "Task", "reference_task"]
 
 Params = Iterable[torch.Tensor]
 OptimizerFactory = Callable[[Params, float], torch.optim.Optimizer]
@@ -80,12 +92,31 @@ OptimizerFactory = Callable[[Params, float], torch.optim.Optimizer]
 EVAL_EVERY = 20  # steps between evaluations: the resolution of steps_to_target
 
 
+KINDS = ("plateau", "healthy", "spike")
+
+
+@dataclass(frozen=True)
+class Spike:
+    """The LR ×``peak`` on the loop's steps ``start`` to ``stop - 1`` (a mis-set LR pushed for a
+    stretch, a scheduler restarted by mistake): applied around ``optimizer.step()`` on top of
+    whatever LR the strategy set, by the loop's step, so a loop that skips the batches a
+    rewind asks it to skip steps past it."""
+
+    start: int
+    stop: int
+    peak: float
+
+    def factor(self, step: int) -> float:
+        return self.peak if self.start <= step < self.stop else 1.0
+
+
 @dataclass(frozen=True)
 class Task:
     """One training setup as a user wrote it (fault included), and how it is judged."""
 
     name: str
-    kind: str  # "plateau" (counts in the geomeans) or "healthy" (only the 2 % final-loss check)
+    kind: str  # "plateau" (counts in the geomeans), "healthy" (only the 2 % final-loss check) or
+    # "spike" (a healthy run the loop knocks off course: judged against its spike-free reference)
     why: str  # one line: the fault and why the run stalls (healthy: why it should not)
     data: Callable[[int], Data]  # seed -> training split + fixed evaluation split
     model: Callable[[], nn.Module]  # built right after torch.manual_seed(seed)
@@ -99,12 +130,17 @@ class Task:
     metric: str = "loss"  # evaluation: "loss" (the task's loss) or "error" (1 - accuracy)
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = functional.cross_entropy
     warmup: int = 0  # linear LR warm-up steps the user configured (0: none)
+    cosine: bool = False  # after the warm-up, a cosine decay to 0 at the end of the budget
+    spike: Spike | None = None  # an LR spike the loop induces, by its own step counter
+    spike_tolerance: float = 0.0  # spike tasks: "no worse" = final ≤ reference × (1 + this)
     eval_every: int = EVAL_EVERY
     quick: bool = False  # part of ``--quick``
 
     def __post_init__(self) -> None:
-        if self.kind not in ("plateau", "healthy"):
-            raise ValueError(f"{self.name}: kind must be 'plateau' or 'healthy', not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind must be one of {KINDS}, not {self.kind!r}")
+        if (self.kind == "spike") != (self.spike is not None):
+            raise ValueError(f"{self.name}: a spike task, and only one, has a spike")
         if self.metric not in ("loss", "error"):
             raise ValueError(f"{self.name}: metric must be 'loss' or 'error', not {self.metric!r}")
         if self.budget % (2 * self.eval_every):
@@ -218,6 +254,58 @@ def _sequences(seed: int) -> Data:
 
 def _transformer() -> nn.Module:
     return TransformerNet(length=SEQUENCE_LENGTH)
+
+
+MARKOV_VOCAB = 16
+MARKOV_LENGTH = 16  # tokens a model sees per sequence (it predicts the next 16)
+
+
+def markov_tokens(seed: int, n: int = 8400) -> Data:
+    """Sequences of a fixed sparse order-2 Markov chain: each pair of tokens has two equally
+    likely successors, so predicting the next token needs two positions of context and the
+    loss has a floor at the chain's entropy, ln 2 (after the first two, unpredictable,
+    positions). ``y`` is ``x`` shifted by one: next-token targets at every position."""
+    rng = np.random.default_rng(7)  # the chain is the same for every seed
+    nxt = rng.integers(0, MARKOV_VOCAB, size=(MARKOV_VOCAB, MARKOV_VOCAB, 2))
+    r = np.random.default_rng(3200 + seed)
+    seq = np.empty((n, MARKOV_LENGTH + 1), dtype=np.int64)
+    seq[:, :2] = r.integers(0, MARKOV_VOCAB, (n, 2))
+    for t in range(2, MARKOV_LENGTH + 1):
+        seq[:, t] = nxt[seq[:, t - 2], seq[:, t - 1], r.integers(0, 2, n)]
+    seqs = torch.from_numpy(seq[r.permutation(n)])
+    n_val = 400  # the evaluation split: 6,400 next-token targets
+    val, train = seqs[:n_val], seqs[n_val:]
+    return Data(train[:, :-1], train[:, 1:], val[:, :-1], val[:, 1:])
+
+
+class GPT(nn.Module):
+    """A GPT-style decoder: token and learned position embeddings, pre-LN blocks of causal
+    self-attention and a GELU MLP (torch's TransformerEncoderLayer with ``norm_first`` and a
+    causal mask), a final LayerNorm and next-token logits at every position."""
+
+    def __init__(self, d: int = 64, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(MARKOV_VOCAB, d)
+        self.pos = nn.Parameter(torch.randn(MARKOV_LENGTH, d) * 0.02)
+        block = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, MARKOV_VOCAB)
+        self.mask: torch.Tensor
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(MARKOV_LENGTH))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.blocks(self.tok(x) + self.pos[:t], mask=self.mask[:t, :t], is_causal=True)
+        logits: torch.Tensor = self.head(self.norm(h))
+        return logits
+
+
+def next_token_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next token over every position of every sequence."""
+    return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
 # ---------------------------------------------------------------------------------- tasks
@@ -378,6 +466,27 @@ _TASKS = [
         target=0.089,  # from --calibrate
         reference="the task itself",
         loss=functional.mse_loss,
+    ),
+    Task(
+        name="gpt_lr_spike",
+        kind="spike",
+        why="a GPT-style decoder learning a Markov chain under AdamW with warm-up and cosine "
+        "takes the LR ×50 for 40 steps mid-run (a mis-set LR pushed for a stretch): the "
+        "weights are thrown far off and the loss jumps to chance and stays high",
+        data=markov_tokens,
+        model=GPT,
+        optimizer=_adamw,
+        lr=3e-3,
+        batch_size=32,
+        budget=1200,
+        target=0.85,  # from --calibrate
+        reference="the same run without the spike",
+        fix={"spike": None, "kind": "healthy"},
+        loss=next_token_loss,
+        warmup=100,
+        cosine=True,
+        spike=Spike(480, 520, 50.0),
+        spike_tolerance=0.012,  # from --calibrate: the reference's spread over seeds
     ),
 ]
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -300,3 +302,63 @@ def test_dog_is_evaluated_at_its_average_and_trains_on_its_iterate() -> None:
     assert any(not torch.equal(iterate[k], average[k]) for k in iterate)  # they differ
     strat.train_mode()
     assert all(torch.equal(model.state_dict()[k], iterate[k]) for k in iterate)
+
+
+# ----------------------------------------------------------------------------- spike tasks
+
+
+def _spike_cell(finals: list[float], actions: list[list[dict[str, Any]]] | None = None) -> Any:
+    cell = _cell(1000, statistics.median(finals))
+    cell["per_seed"] = {"seed": [0, 1, 2], "final_loss": finals}
+    if actions is not None:
+        cell["per_seed"]["actions"] = actions
+    return cell
+
+
+def test_spike_summary_compares_each_seed_with_its_own_reference() -> None:
+    reference = _spike_cell([1.0, 2.0, 3.0])
+    rewind = {"name": "rewind", "outcome": "kept", "step": 549, "restored_step": 449}
+    cells = {
+        # seed 1 ends at 2.1 against its own reference's 2.0: worse by more than 2 %
+        "constant": _spike_cell([1.01, 2.1, 2.0]),
+        "unstuck": _spike_cell(
+            [1.0, 2.02, math.nan],  # a NaN final is never "no worse"
+            [[rewind], [{**rewind, "restored_step": 500}], [{**rewind, "outcome": "rolled_back"}]],
+        ),
+    }
+    s = rescue.spike_summary(cells, reference, tolerance=0.02, start=480)
+    assert s["no_spike_final"] == 2.0 and s["seeds"] == 3
+    assert s["no_worse_seeds"] == {"constant": 2, "unstuck": 2}
+    assert s["no_worse"] == {"constant": False, "unstuck": False}
+    # seed 0 only: seed 1 rewound to a state inside the spike, seed 2's rewind was rolled back
+    assert s["unstuck_rewound_before_spike"] == 1
+    assert "spike task" in rescue.spike_table({"t": s}, ["constant", "unstuck"])
+
+
+def test_a_spike_task_needs_a_spike_and_the_spike_is_by_step() -> None:
+    task = rescue_tasks.TASKS["gpt_lr_spike"]
+    assert task.spike is not None and task.kind == "spike"
+    assert rescue_tasks.reference_task(task).spike is None  # the bar: the same run, no spike
+    with pytest.raises(ValueError, match="spike"):
+        replace(task, spike=None)
+    with pytest.raises(ValueError, match="spike"):
+        replace(rescue_tasks.TASKS[TASK], spike=task.spike)
+    spike = rescue_tasks.Spike(10, 12, 50.0)
+    assert [spike.factor(s) for s in (9, 10, 11, 12)] == [1.0, 50.0, 50.0, 1.0]
+
+
+def test_the_tasks_schedule_warms_up_then_follows_a_cosine_to_zero() -> None:
+    task = replace(rescue_tasks.TASKS["gpt_lr_spike"], warmup=10)
+    factors = [rescue.schedule_factor(task, 110, s) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0  # linear ramp over 10 steps
+    assert factors[60] == pytest.approx(0.5)  # half way through the decay
+    assert factors[109] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    flat = rescue_tasks.TASKS["transformer_no_warmup"]  # warm-up only, in its reference
+    ref = rescue_tasks.reference_task(flat)
+    assert [rescue.schedule_factor(ref, 2000, s) for s in (0, 199, 200, 1999)] == [
+        1 / 200,
+        1.0,
+        1.0,
+        1.0,
+    ]

@@ -13,6 +13,7 @@ import torch
 from conftest import ProposeInOrder, tiny_mlp
 from unstuck.core import FrontEndHooks, Monitor
 from unstuck.rescue import Controls, LRMultiplier
+from unstuck.rescue.engine import DIVERGED_UNDER
 from unstuck.rescue.policy import Proposal
 from unstuck.signals.host import Frame, Series
 
@@ -179,13 +180,15 @@ def test_the_last_good_check_reads_the_window_it_was_measured_on_not_the_rollbac
 
     monitor.engine.note_healthy = spy  # type: ignore[method-assign]
     _flat_then(monitor, 1)  # the action starts at step 49
-    returned = []
-    for w in (1, 2):  # the loss climbs ×10 per window after it: harm, judged at step 149
-        steps = list(range(w * FLUSH, (w + 1) * FLUSH))
-        values = [0.7 * 10.0 ** (w + i / FLUSH) for i in range(FLUSH)]
-        detector = monitor.detectors["train"]
-        update = monitor.observe(steps[-1], Frame(steps[-1] + 1, {"loss": Series(steps, values)}))
-        returned.append((update.state, detector.state))
-    assert [a.outcome for a in monitor.actions] == ["rolled_back"]
-    judged_state = dict(calls)[149]
-    assert judged_state != str(returned[-1][0]), (calls, returned)
+    # the loss climbs ×10 over the next window: a divergence confirmed under the action,
+    # judged at once (step 99), not at its horizon
+    steps = list(range(FLUSH, 2 * FLUSH))
+    values = [0.7 * 10.0 ** (1 + i / FLUSH) for i in range(FLUSH)]
+    detector = monitor.detectors["train"]
+    update = monitor.observe(steps[-1], Frame(steps[-1] + 1, {"loss": Series(steps, values)}))
+    record = monitor.actions[0]
+    assert record.outcome == "rolled_back" and record.verified_step == 99
+    assert record.evidence["rolled_back_because"] == DIVERGED_UNDER
+    judged_state = dict(calls)[99]
+    assert judged_state == "diverging" == str(update.state)  # what is answered next
+    assert judged_state != str(detector.state), calls  # the rollback put the detector back

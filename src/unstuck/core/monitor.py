@@ -45,7 +45,7 @@ from unstuck.diagnose.log import FindingLog
 from unstuck.record.console import LOGGER_NAME, format_event_line, format_summary
 from unstuck.record.recorder import Recorder, state_payload
 from unstuck.rescue import Controls, RescueEngine
-from unstuck.rescue.engine import merge_action_events
+from unstuck.rescue.engine import DIVERGED_UNDER, merge_action_events
 from unstuck.rescue.policy import Policy
 from unstuck.signals.host import Frame, Series
 from unstuck.types import (
@@ -337,11 +337,26 @@ class Monitor:
             self.record_event(
                 "state", step, state_payload(series, before, state, plateau, detector.stats())
             )
-        events = self.engine.verify(step, self.loss_history()) if series == "train" else []
-        if any(event.rolled_back for event in events):
+        events = (
+            self.engine.verify(
+                step, self.loss_history(), diverging=state == DetectorState.DIVERGING
+            )
+            if series == "train"
+            else []
+        )
+        rolled = [event for event in events if event.rolled_back]
+        if rolled:
             # The rollback put the detectors back too: decide on the state they hold now (the
-            # plateau the action was taken on), so the policy moves to its next rung there.
-            state, plateau = detector.state, detector.current
+            # plateau the action was taken on), so the policy moves to its next rung there;
+            # unless it answered a divergence confirmed under the action, which is what the
+            # policy answers next (a rewind to before the rise).
+            diverged = any(
+                e.record is not None
+                and e.record.evidence.get("rolled_back_because") == DIVERGED_UNDER
+                for e in rolled
+            )
+            plateau = detector.current
+            state = DetectorState.DIVERGING if diverged else detector.state
         new = self._diagnose(step, state, series)
         if series == "train":
             events += self.engine.decide(

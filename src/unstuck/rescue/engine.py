@@ -44,7 +44,7 @@ from unstuck.rescue.snapshot_book import LAST_GOOD, START, KeptStates
 from unstuck.rescue.verify import judge
 from unstuck.types import ActionRecord, EngineEvent, Finding, Plateau
 
-__all__ = ["RescueEngine", "merge_action_events"]
+__all__ = ["DIVERGED_UNDER", "RescueEngine", "merge_action_events"]
 
 logger = logging.getLogger("unstuck")
 
@@ -56,6 +56,9 @@ PROBE_FLUSH = 1  # a probe that reads every step (the range test) stops before a
 HEALTHY_STATES = frozenset({"improving", "slow", "hidden_progress", "plateau"})
 PROPOSALS_PER_DECISION = 8  # unavailable proposals skipped before giving up this flush
 MIN_RESTART_COMPARE = 20  # a restarted cut with this many original steps is judged against them
+# Why a pending action is rolled back before its horizon: the detector confirmed a rise above
+# the loss before it (the monitor then decides on that divergence, not the restored state).
+DIVERGED_UNDER = "the loss diverged under it"
 _HANDLES = ("lr", "clip", "accumulation", "stop", "skip")  # unstuck's own handles in snapshots
 Loss = tuple[np.ndarray, np.ndarray]
 
@@ -453,6 +456,7 @@ class RescueEngine:
         loss: Loss,
         horizon: int | None = None,
         ending: bool = False,
+        diverging: bool = False,
     ) -> list[Event]:
         """Judge the pending action once its horizon has passed; roll back if it hurt.
 
@@ -462,19 +466,29 @@ class RescueEngine:
         not a cut that did not help (its cost would come later, and there is no later); an
         undecided verdict leaves the action ``unverified``. Otherwise the rollback would throw
         away every step since the action.
+        ``diverging``: the detector confirmed a rise at this flush. Before the horizon, the
+        action is judged at once on everything since it, and rolled back if the loss is worse
+        than before it (``DIVERGED_UNDER``): a spike during a pending action is not waited out
+        for a horizon of steps on a broken state, and the divergence is then free to be
+        answered (a rewind past it). Not worse: the action waits for its horizon as before.
         """
         p = self.pending
         if p is None or self.probing:
             return []
         broke = p.broke(loss)
-        if step < p.due and not broke:
+        early = step < p.due and not broke
+        if early and not diverging:
             return []
         span = self.horizon if horizon is None else horizon
         # At the end of the run the question is only whether the state now is worse than the
         # one the action found (levels): a descent it slowed still left the run further on.
         use_trend = not p.restarted and not ending
-        verdict = judge(*p.windows(step, loss, span, broke), use_trend=use_trend)
+        verdict = judge(*p.windows(step, loss, span, broke or early), use_trend=use_trend)
+        if early and not verdict.worse:
+            return []  # a rise, but not above the loss before the action: its horizon decides
         why = p.weigh(verdict, step, broke, ending)
+        if early:
+            why = DIVERGED_UNDER
         refused = self._roll_back(p.snapshot) if why else None
         self.pending = None
         record = p.record

@@ -43,9 +43,12 @@ class Pending:
 
     @property
     def restarted(self) -> bool:
-        """A restart rewound the descent before it, so that descent's projection says nothing
-        about the restarted run: its verdict compares levels only."""
-        return "restarted_from_step" in self.record.evidence
+        """A restart, or a return to a good state from before a rise (a rewind), rewound the
+        descent before it, so that descent's projection says nothing about the run after it
+        (it would credit the descent with the steps thrown away and skipped since the state
+        returned to): its verdict compares levels only."""
+        evidence = self.record.evidence
+        return "restarted_from_step" in evidence or "restored_last_good_step" in evidence
 
     def explains(self, cause: str) -> bool:
         """Whether a new finding of ``cause`` may be this action's own effect: the cause
