@@ -60,7 +60,8 @@ def test_score_counts_harm_misses_and_ratios():
     assert cell["healthy_within_1pct"] == pytest.approx(0.5)
 
 
-def test_a_tiny_run_writes_the_figures(tmp_path: Path) -> None:
+def _tiny_run(tmp_path: Path, strategies: str) -> dict:
+    """The test split's logistic-regression program with an LR ×10⁴, 60 steps, as JSON."""
     out = tmp_path / "zoo_rescue.json"
     zoo_rescue.main(
         [
@@ -72,14 +73,18 @@ def test_a_tiny_run_writes_the_figures(tmp_path: Path) -> None:
             "--operators",
             "lr_x10k",
             "--strategies",
-            "constant,unstuck",
+            strategies,
             "--max-steps",
             "60",
             "--json",
             str(out),
         ]
     )
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_a_tiny_run_writes_the_figures(tmp_path: Path) -> None:
+    result = _tiny_run(tmp_path, "constant,unstuck")
     assert result["split"] == "test" and not result["errors"]
     assert result["fault_runs"] >= 1 and result["healthy_runs"] == 1
     cell = result["strategies"]["unstuck"]
@@ -94,25 +99,7 @@ def test_a_tiny_run_writes_the_figures(tmp_path: Path) -> None:
 
 def test_prodigy_replaces_the_programs_optimizer(tmp_path: Path) -> None:
     pytest.importorskip("prodigyopt")
-    out = tmp_path / "zoo_rescue.json"
-    zoo_rescue.main(
-        [
-            "--split",
-            "test",
-            "--quick",
-            "--programs",
-            "logistic_iris_sgd",
-            "--operators",
-            "lr_x10k",
-            "--strategies",
-            "constant,prodigy",
-            "--max-steps",
-            "60",
-            "--json",
-            str(out),
-        ]
-    )
-    result = json.loads(out.read_text())
+    result = _tiny_run(tmp_path, "constant,prodigy")
     assert not result["errors"]
     final = {r["kind"]: r["strategies"] for r in result["records"]}
     # lr_x10k changes only the program's LR. Prodigy sets its own step size in place of the

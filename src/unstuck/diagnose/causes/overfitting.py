@@ -54,10 +54,8 @@ class Overfitting(Rule):
             return self._short(ev)
         if ev.get("detector_state") != "diverging":
             return None
-        gl = generalization_loss(ev)
-        if gl is None or "train_now" not in gl:
-            return None
-        if not (gl["gl"] > GL_THRESHOLD and gl["train_now"] < gl["train_then"]):
+        gl = _overfit_gl(ev)
+        if gl is None:
             return None
         # 0.6 at GL_5, rising on a log scale to 0.9 at GL = 50 %
         strength = math.log(gl["gl"] / GL_THRESHOLD) / math.log(STRONG_GL / GL_THRESHOLD)
@@ -65,15 +63,7 @@ class Overfitting(Rule):
         return Finding(
             cause=self.code,
             confidence=round(confidence, 4),
-            evidence={
-                "generalization_loss": gl["gl"],
-                "threshold": GL_THRESHOLD,
-                "val_best": gl["val_best"],
-                "val_now": gl["val_now"],
-                "best_step": gl["best_step"],
-                "train_at_best": gl["train_then"],
-                "train_now": gl["train_now"],
-            },
+            evidence=_gl_evidence(gl),
             step=ev.step,
             summary=f"validation loss {gl['val_now']:.3g} is {gl['gl']:.0%} above its best "
             f"{gl['val_best']:.3g} (step {gl['best_step']}; Prechelt GL > "
@@ -98,19 +88,11 @@ class Overfitting(Rule):
         test = rise_test(ev.values_of("val_loss"))
         if test is None or not test.rising:
             return None
-        gl = generalization_loss(ev)
-        if gl is None or "train_now" not in gl:
-            return None
-        if not (gl["gl"] > GL_THRESHOLD and gl["train_now"] < gl["train_then"]):
+        gl = _overfit_gl(ev)
+        if gl is None:
             return None
         evidence: dict[str, Any] = {
-            "generalization_loss": gl["gl"],
-            "threshold": GL_THRESHOLD,
-            "val_best": gl["val_best"],
-            "val_now": gl["val_now"],
-            "best_step": gl["best_step"],
-            "train_at_best": gl["train_then"],
-            "train_now": gl["train_now"],
+            **_gl_evidence(gl),
             "val_points": test.points,
             "rise_p_value": test.p_value,
             "alpha": ALPHA,
@@ -136,3 +118,27 @@ class Overfitting(Rule):
                 Remedy("regularize", {}, note="weight decay, dropout, augmentation, more data"),
             ),
         )
+
+
+def _overfit_gl(ev: Evidence) -> dict[str, Any] | None:
+    """Prechelt's generalization loss when it says overfitting: above GL_5 while the training
+    loss fell since the best validation loss; else ``None``."""
+    gl = generalization_loss(ev)
+    if gl is None or "train_now" not in gl:
+        return None
+    if not (gl["gl"] > GL_THRESHOLD and gl["train_now"] < gl["train_then"]):
+        return None
+    return gl
+
+
+def _gl_evidence(gl: dict[str, Any]) -> dict[str, Any]:
+    """The generalization-loss figures every overfitting finding carries."""
+    return {
+        "generalization_loss": gl["gl"],
+        "threshold": GL_THRESHOLD,
+        "val_best": gl["val_best"],
+        "val_now": gl["val_now"],
+        "best_step": gl["best_step"],
+        "train_at_best": gl["train_then"],
+        "train_now": gl["train_now"],
+    }
