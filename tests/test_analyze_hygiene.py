@@ -344,3 +344,39 @@ def test_a_series_missing_from_some_runs_is_left_out_of_a_picked_run() -> None:
     assert any("val_loss" in n and "left out" in n for n in notes)
     with pytest.raises(ValueError, match="holds 2 runs"):
         clean_series(raw, "epoch", run=3)
+
+
+def test_a_long_format_csv_splits_its_loss_by_the_type_column(tmp_path: pathlib.Path) -> None:
+    """csv_gptlab_120m: ``step,type,loss,...`` where ``type`` is train or val and only the val
+    rows carry a loss: it is the validation loss, not the training loss."""
+    rows = ["step,type,loss,cumulative_time_ms"]
+    for step in range(0, 2001):
+        if step % 100 == 0:
+            rows.append(f"{step},val,{10.8 * math.exp(-step / 900) + 3:.4f},{step * 700}")
+        else:
+            rows.append(f"{step},train,,{step * 700}")
+    run = load(_write(tmp_path / "metrics.csv", rows))
+    assert "loss" not in run.series  # the train rows hold no loss
+    assert len(_steps(run, "val_loss")) == 21
+    assert run.meta["names"]["val_loss"] == "val_loss"
+    assert "'type' column" in _notes(run)
+    # with train losses too, each split gets its own series
+    rows = ["step,split,loss"]
+    for step in range(0, 400):
+        rows.append(f"{step},train,{2.0 / (1 + step / 50):.4f}")
+        if step % 50 == 49:
+            rows.append(f"{step},validation,{2.2 / (1 + step / 60):.4f}")
+    run = load(_write(tmp_path / "long.csv", rows))
+    assert len(_steps(run, "loss")) == 400 and len(_steps(run, "val_loss")) == 8
+    assert max(_values(run, "val_loss")) > 0.5 > min(_values(run, "loss"))
+
+
+def test_a_metric_already_named_by_its_split_keeps_its_name(tmp_path: pathlib.Path) -> None:
+    rows = ["step,phase,train_loss,val_loss"]
+    for step in range(0, 200):
+        rows.append(f"{step},train,{1.0 / (1 + step / 20):.4f},")
+        if step % 20 == 19:
+            rows.append(f"{step},val,,{1.1 / (1 + step / 25):.4f}")
+    run = load(_write(tmp_path / "m.csv", rows))
+    assert len(_steps(run, "loss")) == 200 and len(_steps(run, "val_loss")) == 10
+    assert not any(name.startswith(("train_train", "val_val")) for name in run.series)

@@ -9,6 +9,11 @@ rows (validation every N steps) work. The x axis is the first step-like column
 **W&B exports** name their columns ``<run name> - <metric>``, with ``<metric>__MIN`` and
 ``<metric>__MAX`` for the smoothing band: the band columns are dropped and the run name is cut
 off; an export holding several runs needs ``run`` (``--run``) to pick one.
+
+**Long format**: a text column whose cells name the split of their row (``type``, ``split``,
+``phase`` ... holding ``train``, ``val``, ``eval``, ``test``), with one ``loss`` column for all
+rows: each row's metrics take its split as a prefix (``loss`` on a ``val`` row is ``val_loss``),
+so the validation loss is never read as the training loss. A note says so.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ __all__ = ["read_csv_log", "wandb_runs"]
 WANDB_COLUMN = re.compile(r"^(?P<run>.+?) - (?P<metric>.+)$")
 WANDB_BAND = ("__MIN", "__MAX")
 PANDAS_INDEX = re.compile(r"^(|Unnamed: 0)$")
+# The cells of a long-format CSV's split column, and the prefix each gives its row's metrics.
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "eval",
+    "evaluation": "eval",
+    "test": "test",
+    "dev": "dev",
+}
 
 
 def wandb_runs(header: list[str]) -> list[str]:
@@ -65,13 +82,28 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
     else:  # a --run here numbers the runs the file holds one after another (hygiene.py)
         rename = {col: col for col in header if not PANDAS_INDEX.match(col)}
     records = []
+    split_col: str | None = None
+    splits: dict[str, None] = {}
     for row in rows:
         record = {}
+        if split_col is None and not runs:
+            split_col = _split_column(row)
+        split = SPLIT_WORDS.get((row.get(split_col) or "").strip().lower()) if split_col else None
         for col, cell in row.items():
             value = to_float(cell) if col in rename else None
-            if value is not None:
-                record[rename[col]] = value
+            if value is None:
+                continue
+            name = rename[col]
+            if split is not None and name_key(name) not in STEP_KEYS and not _split_named(name):
+                splits[split] = None
+                name = f"{split}_{name}"
+            record[name] = value
         records.append(record)
+    if split_col is not None and splits:
+        notes.append(
+            f"rows are split by the {split_col!r} column ({', '.join(splits)}): each row's "
+            f"metrics carry its split (a 'loss' on a val row is 'val_loss')"
+        )
     raw, unit, more = series_from_records(records)
     if not raw:
         raise LogFormatError(f"{file} has no numeric column besides its x axis")
@@ -79,3 +111,18 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
     if notes or more:
         meta["notes"] = [*more, *notes]
     return build_run(os.fspath(path), "csv", raw, meta, run=None if runs else run)
+
+
+def _split_column(row: dict[str, str]) -> str | None:
+    """The column of this row whose text cell names a split (``train``, ``val`` ...), if any."""
+    for col, cell in row.items():
+        is_text = col and name_key(col) not in STEP_KEYS and to_float(cell) is None
+        if is_text and (cell or "").strip().lower() in SPLIT_WORDS:
+            return col
+    return None
+
+
+def _split_named(name: str) -> bool:
+    """A metric whose name already says its split (``val_loss``, ``train/acc``)."""
+    head = re.split(r"[/_\-. ]", name.strip().lower(), maxsplit=1)[0]
+    return head in SPLIT_WORDS
