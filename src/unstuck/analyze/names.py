@@ -22,6 +22,7 @@ __all__ = [
     "EPOCH_KEYS",
     "LR_NAMES",
     "LR_PREFIXES",
+    "SPLIT_PREFIXES",
     "STEP_KEYS",
     "canonical_names",
     "name_key",
@@ -109,6 +110,18 @@ STEP_KEYS: tuple[str, ...] = (
 )
 # ... else an epoch (one point per epoch, or several: then the points are numbered in order).
 EPOCH_KEYS: tuple[str, ...] = ("epoch", "train/epoch", "epochs")
+# A word that names a data split -> the prefix a metric of that split carries (``val_loss``).
+SPLIT_PREFIXES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "eval",
+    "evaluation": "eval",
+    "test": "test",
+    "dev": "dev",
+}
 
 # A learning rate without a group becomes ``lr/0`` (group 0, as the Guard names it) ...
 LR_NAMES: tuple[str, ...] = (

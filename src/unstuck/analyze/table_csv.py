@@ -26,7 +26,7 @@ from typing import Any
 from unstuck.analyze._common import LogFormatError, build_run, to_float
 from unstuck.analyze._csv import csv_rows
 from unstuck.analyze._records import series_from_records
-from unstuck.analyze.names import STEP_KEYS, name_key
+from unstuck.analyze.names import SPLIT_PREFIXES, STEP_KEYS, name_key
 from unstuck.record.rundata import RunData
 
 __all__ = ["read_csv_log", "wandb_runs"]
@@ -34,18 +34,6 @@ __all__ = ["read_csv_log", "wandb_runs"]
 WANDB_COLUMN = re.compile(r"^(?P<run>.+?) - (?P<metric>.+)$")
 WANDB_BAND = ("__MIN", "__MAX")
 PANDAS_INDEX = re.compile(r"^(|Unnamed: 0)$")
-# The cells of a long-format CSV's split column, and the prefix each gives its row's metrics.
-SPLIT_WORDS = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "eval": "eval",
-    "evaluation": "eval",
-    "test": "test",
-    "dev": "dev",
-}
 
 
 def wandb_runs(header: list[str]) -> list[str]:
@@ -88,7 +76,8 @@ def read_csv_log(path: str | os.PathLike[str], run: str | None = None) -> RunDat
         record = {}
         if split_col is None and not runs:
             split_col = _split_column(row)
-        split = SPLIT_WORDS.get((row.get(split_col) or "").strip().lower()) if split_col else None
+        label = (row.get(split_col) or "") if split_col else ""
+        split = SPLIT_PREFIXES.get(label.strip().lower())
         for col, cell in row.items():
             value = to_float(cell) if col in rename else None
             if value is None:
@@ -117,7 +106,7 @@ def _split_column(row: dict[str, str]) -> str | None:
     """The column of this row whose text cell names a split (``train``, ``val`` ...), if any."""
     for col, cell in row.items():
         is_text = col and name_key(col) not in STEP_KEYS and to_float(cell) is None
-        if is_text and (cell or "").strip().lower() in SPLIT_WORDS:
+        if is_text and (cell or "").strip().lower() in SPLIT_PREFIXES:
             return col
     return None
 
@@ -125,4 +114,4 @@ def _split_column(row: dict[str, str]) -> str | None:
 def _split_named(name: str) -> bool:
     """A metric whose name already says its split (``val_loss``, ``train/acc``)."""
     head = re.split(r"[/_\-. ]", name.strip().lower(), maxsplit=1)[0]
-    return head in SPLIT_WORDS
+    return head in SPLIT_PREFIXES

@@ -28,7 +28,7 @@ from typing import Any
 
 from unstuck.analyze._common import LogFormatError, build_run, read_text, to_float
 from unstuck.analyze._records import series_from_records
-from unstuck.analyze.names import ALIASES, EPOCH_KEYS, STEP_KEYS
+from unstuck.analyze.names import ALIASES, EPOCH_KEYS, SPLIT_PREFIXES, STEP_KEYS
 from unstuck.record.rundata import RunData
 
 __all__ = ["MIN_TEXT_RECORDS", "looks_like_text_log", "parse_text", "read_text_log"]
@@ -43,7 +43,7 @@ PAIR = re.compile(
     re.IGNORECASE,
 )
 X_KEYS = frozenset(STEP_KEYS) | frozenset(EPOCH_KEYS)
-SPLIT_WORDS = frozenset({"val", "valid", "validation", "eval", "evaluation", "test", "dev"})
+SPLIT_WORDS = frozenset(w for w, split in SPLIT_PREFIXES.items() if split != "train")  # held out
 NUMBER_BEFORE = re.compile(r"\s*\d+\s+")  # the line opens "1 epoch = ..": a count, not an x
 WORD_BEFORE = re.compile(rf"(?<![\w./-])({_WORD}) $")  # the word just before a name
 COUNT_WORDS = frozenset({"steps", "epochs"})  # plurals count, they number nothing
