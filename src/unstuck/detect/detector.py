@@ -419,7 +419,7 @@ class PlateauDetector:
         # (on a linear scale, where a ratio has no meaning: half the series' range)
         doubled = BLOWUP_RATIO if self.scale == "log" else 0.5
         if above:
-            (strict_recent,) = theil_sen_windows(x, y, [recent_n], self._z_plateau, bins["count"])
+            (strict_recent,) = theil_sen_windows(x, y, [recent_n], self._z_plateau, w)
             fast = decrease(strict_recent.low) < -self.epsilon
             # ... and stands 3 noise deviations above it: per-sample losses (a batch of one)
             # spread over decades, and a doubling is inside their noise
