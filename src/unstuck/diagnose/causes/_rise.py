@@ -77,13 +77,17 @@ def mann_kendall_p(s: int, n: int) -> float:
     return sum(counts[: most + 1]) / math.factorial(n)
 
 
-def _two_p(x: np.ndarray) -> tuple[float, float]:
-    """(whole-series p, after-the-best p) for one series."""
-    n = int(x.size)
-    p_whole = mann_kendall_p(kendall_s(x), n)
+def _two_s(x: np.ndarray) -> tuple[int, float, int, float]:
+    """(S, p) over the whole series and (S, p) over the values after its best one."""
+    s_whole = kendall_s(x)
     after = x[int(np.argmin(x)) + 1 :]
-    p_after = mann_kendall_p(kendall_s(after), int(after.size))
-    return p_whole, p_after
+    s_after = kendall_s(after)
+    return (
+        s_whole,
+        mann_kendall_p(s_whole, int(x.size)),
+        s_after,
+        mann_kendall_p(s_after, int(after.size)),
+    )
 
 
 @cache
@@ -137,10 +141,9 @@ def rise_test(values: np.ndarray) -> RiseTest | None:
     n = int(x.size)
     if not MIN_POINTS <= n <= MAX_POINTS:
         return None
-    p_whole, p_after = _two_p(x)
+    s_whole, p_whole, s_after, p_after = _two_s(x)
     observed = min(p_whole, p_after)
     null = _null_min_p(n)
     # the share of orderings at least as extreme (a relative tolerance for the float compare)
     p_value = int(np.searchsorted(null, observed * (1 + 1e-9), side="right")) / null.size
-    after = x[int(np.argmin(x)) + 1 :]
-    return RiseTest(n, kendall_s(x), p_whole, kendall_s(after), p_after, p_value)
+    return RiseTest(n, s_whole, p_whole, s_after, p_after, p_value)
