@@ -594,6 +594,32 @@ def test_intentionally_frozen_parameters_are_not_reported() -> None:
     assert "frozen_parameters" not in {f.cause for f in guard.findings}
 
 
+def test_layers_frozen_at_their_random_init_are_reported_at_step_zero() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 3),
+    )
+    model[2].requires_grad_(False)  # a freeze copied from a fine-tuning recipe, no checkpoint
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    guard = unstuck.Guard(model, optimizer, flush_every=10, console=False)
+    found = [f for f in guard.findings if f.cause == "frozen_parameters"]
+    assert len(found) == 1 and found[0].step == 0
+    assert found[0].evidence["reading"] == "untrained"
+    assert found[0].evidence["parameters"] == ["2.weight"]
+    guard.close()
+    # The same layer holding trained (here: Gaussian) weights is a deliberate freeze.
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(64, 64) * 0.1)
+    guard = unstuck.Guard(model, optimizer, flush_every=10, console=False)
+    _train(model, optimizer, guard, 0, 20)
+    guard.close()
+    assert "frozen_parameters" not in {f.cause for f in guard.findings}
+
+
 def test_unwritable_run_dir_fails_at_construction_with_one_line(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

@@ -219,6 +219,56 @@ def test_nonfinite_and_frozen_parameters():
     assert get_rule("frozen_parameters").check(Evidence({"params_not_in_optimizer": []})) is None
 
 
+def test_frozen_parameters_by_requires_grad_needs_random_weights_or_a_hurt_run():
+    rule = get_rule("frozen_parameters")
+    base = {"params_not_in_optimizer": [], "params_frozen": ["backbone.0.weight"]}
+    # Frozen at a uniform random draw: never trained, a bug from step 0.
+    untrained = rule.check(
+        Evidence(
+            {
+                **base,
+                "params_frozen_share": 0.4,
+                "params_frozen_untrained": ["backbone.0.weight"],
+                "params_frozen_untrained_share": 0.4,
+            }
+        )
+    )
+    assert untrained is not None and untrained.evidence["reading"] == "untrained"
+    assert untrained.confidence == pytest.approx(0.9)
+    # Frozen weights that are not a random draw (pretrained): silent while the loss is fine ...
+    pretrained = {**base, "params_frozen_share": 0.4, "params_frozen_untrained": []}
+    assert rule.check(Evidence({**pretrained, "loss": _series([1.0, 0.5, 0.2])})) is None
+    # ... and a hint-strength finding once the loss is hurt.
+    hurt = rule.check(Evidence({**pretrained, "loss": _series([1.0, float("nan")])}))
+    assert hurt is not None and hurt.evidence["reading"] == "requires_grad"
+    assert hurt.evidence["loss"] == "non-finite"
+    assert 0.6 < hurt.confidence < untrained.confidence
+    # Left out of the optimizer still wins: that reading is certain.
+    both = rule.check(Evidence({**pretrained, "params_not_in_optimizer": ["head.weight"]}))
+    assert both is not None and both.confidence == 1.0
+
+
+def test_at_uniform_init_tells_a_fresh_draw_from_trained_weights():
+    from unstuck.integrations._facts import at_uniform_init
+
+    torch.manual_seed(0)
+    assert at_uniform_init(torch.nn.Linear(64, 32).weight)  # kaiming_uniform_(a=sqrt(5))
+    assert at_uniform_init(torch.nn.Conv2d(8, 16, 3).weight)
+    assert at_uniform_init(torch.nn.init.xavier_uniform_(torch.empty(96, 32)))
+    assert not at_uniform_init(torch.randn(64, 64) * 0.02)  # a Gaussian (most pretrained)
+    assert not at_uniform_init(torch.nn.Linear(8, 4).weight)  # too few values to tell
+    assert not at_uniform_init(torch.nn.Linear(64, 32).bias)  # 1-d: fan-in unknown
+    layer = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    x, y = torch.randn(512, 64), torch.randn(512, 64)
+    for _ in range(200):
+        loss = torch.nn.functional.mse_loss(layer(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not at_uniform_init(layer.weight)  # trained: no longer a flat bounded draw
+
+
 def test_run_rules_ranks_and_respects_continuous_only():
     ev = Evidence(
         {

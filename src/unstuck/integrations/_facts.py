@@ -1,5 +1,6 @@
 """What the rules know about a torch run before its first step: parameter names and shapes, the
-optimizer, post-norm transformer layers, and parameters that no optimizer group steps.
+optimizer, post-norm transformer layers, parameters that no optimizer group steps and parameters
+frozen with ``requires_grad=False``.
 
 The same facts go to the run store, so ``unstuck analyze RUN_DIR`` diagnoses from what the live
 rules read.
@@ -16,7 +17,13 @@ import torch
 
 from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
 
-__all__ = ["config_lrs", "live_facts", "params_outside_optimizer", "run_facts"]
+__all__ = [
+    "config_lrs",
+    "frozen_params",
+    "live_facts",
+    "params_outside_optimizer",
+    "run_facts",
+]
 
 logger = logging.getLogger("unstuck")
 
@@ -38,6 +45,48 @@ def run_facts(
         "optimizer_type": type(optimizer).__name__,
         "optimizer_beta2": beta2_of(optimizer),
         "params_not_in_optimizer": params_outside_optimizer(model, params, lead),
+        **frozen_params(model),
+    }
+
+
+# A tensor drawn from a zero-mean uniform distribution, torch's default for Linear, Conv and
+# recurrent weights (kaiming_uniform_, a=sqrt(5)) and xavier_uniform_'s for attention: its largest
+# |value| is sqrt(3) = 1.732 times its RMS. Ours: 1.6-1.85 holds every draw of 256 or more
+# values (the sample RMS varies by a few %); a Gaussian draw of 256 gives ~2.9, and 200 Adam
+# steps on a 64x64 least-squares layer already give ~4, so trained weights fall outside.
+UNIFORM_MAX_OVER_RMS = (1.6, 1.85)
+UNIFORM_MIN_VALUES = 256
+UNIFORM_MAX_MEAN_OVER_RMS = 0.1
+
+
+def at_uniform_init(p: torch.Tensor) -> bool:
+    """Whether a weight tensor still looks like a fresh uniform random draw (never trained)."""
+    if p.ndim < 2 or p.numel() < UNIFORM_MIN_VALUES or not p.is_floating_point():
+        return False
+    with torch.no_grad():
+        w = p.detach().float()
+        rms = float(w.pow(2).mean().sqrt())  # a host read, once, when the Guard is built
+        if not rms > 0:
+            return False
+        low, high = UNIFORM_MAX_OVER_RMS
+        top = float(w.abs().max()) / rms
+        return low <= top <= high and abs(float(w.mean())) / rms < UNIFORM_MAX_MEAN_OVER_RMS
+
+
+def frozen_params(model: torch.nn.Module) -> dict[str, Any]:
+    """The model's tensors with ``requires_grad=False`` (``params_frozen``, with their share of
+    the model's elements, ``params_frozen_share``), and those of them still at a uniform random
+    initialisation (``params_frozen_untrained``, ``params_frozen_untrained_share``). Freezing is
+    usually deliberate (a pretrained backbone); freezing random weights is not."""
+    named = list(model.named_parameters())
+    total = sum(p.numel() for _, p in named) or 1
+    frozen = [(name, p) for name, p in named if not p.requires_grad]
+    untrained = [(name, p) for name, p in frozen if at_uniform_init(p)]
+    return {
+        "params_frozen": [name for name, _ in frozen],
+        "params_frozen_share": sum(p.numel() for _, p in frozen) / total,
+        "params_frozen_untrained": [name for name, _ in untrained],
+        "params_frozen_untrained_share": sum(p.numel() for _, p in untrained) / total,
     }
 
 
