@@ -288,6 +288,38 @@ def test_dominance_edges_and_broken_evidence():
     assert rule.check(_components(2.2, 1800.0, ce_start=float("nan"))) is None
 
 
+def _served(ce, penalty, state, ce_start=2.3, penalty_start=9.0):
+    ev = _components(ce, penalty, ce_start=ce_start, recon_start=penalty_start)
+    return Evidence({**ev, "detector_state": state}, step=ev.step)
+
+
+def test_a_term_that_won_and_then_looks_small_is_named_on_a_stall():
+    # A logit penalty summed over the batch held the logits at 0: it fell 30x from its start
+    # while the task term never moved. Its value is now small; its gradient ruled.
+    rule = get_rule("loss_component_dominance")
+    finding = rule.check(_served(2.29, 0.3, "plateau"))
+    assert finding is not None and finding.evidence["reading"] == "served"
+    assert finding.evidence["dominant"] == "recon" and finding.evidence["stalled"] == ["ce"]
+    assert finding.evidence["fell_by"] == pytest.approx(30.0)
+    assert 0.6 < finding.confidence < 0.8
+
+
+@pytest.mark.parametrize(
+    ("ce", "penalty", "state", "ce_start", "penalty_start"),
+    [
+        (2.29, 0.3, "improving", 2.3, 9.0),  # the loss is not stalled
+        (2.29, 0.3, "slow", 2.3, 9.0),  # still falling significantly
+        (1.9, 0.3, "plateau", 2.3, 9.0),  # the task term moved (more than 10 % below its start)
+        (2.29, 1.5, "plateau", 2.3, 9.0),  # nothing fell an order of magnitude
+        (2.29, 0.3, "plateau", 1.5, 9.0),  # the task term rose from its start: it moved
+        (2.29, 0.3, "plateau", 2.3, 1.0),  # the penalty fell, but not by a decade
+    ],
+)
+def test_a_served_term_needs_the_whole_pattern(ce, penalty, state, ce_start, penalty_start):
+    ev = _served(ce, penalty, state, ce_start=ce_start, penalty_start=penalty_start)
+    assert get_rule("loss_component_dominance").check(ev) is None
+
+
 # ----------------------------------------------------------------------------- robustness
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
-from unstuck.diagnose.causes._hurt import loss_hurt
 from unstuck.diagnose.causes._data import ramp
+from unstuck.diagnose.causes._hurt import loss_hurt
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import Finding, Remedy
 

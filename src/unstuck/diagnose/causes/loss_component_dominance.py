@@ -6,14 +6,30 @@ from typing import ClassVar
 
 import numpy as np
 
+from unstuck.detect.detector import EARLY_DROP
 from unstuck.diagnose.base import Rule, found_confidence
-from unstuck.diagnose.causes._data import ORDER_OF_MAGNITUDE, finite_number, ramp
+from unstuck.diagnose.causes._data import (
+    MOST_LOSS_SHARE,
+    ORDER_OF_MAGNITUDE,
+    finite_number,
+    ramp,
+)
+from unstuck.diagnose.causes._hurt import STALLED_STATES
 from unstuck.diagnose.evidence import Evidence
 from unstuck.signals.host import COMPONENT_PREFIX
 from unstuck.types import Finding, Remedy
 
 RECENT_STEPS = 50  # one default flush of per-step component values: a robust recent median
 STALLED_SHARE = 0.5  # a term still at ≥ half its starting value has not been learned
+# The second reading, a term served at the others' expense: it fell an order of magnitude
+# (ORDER_OF_MAGNITUDE) while another has not fallen the detector's meaningful 10 % (EARLY_DROP)
+# below its start and holds most (MOST_LOSS_SHARE) of the loss, on a stalled loss. A large
+# term's gradient can pin the model where it is zero (a logit penalty summed over the batch
+# holds the logits at 0) and then be small itself, so the values no longer show which term
+# ruled. The total loss fell (the served term fell), so the start-relative hurt gate of
+# causes/_hurt.py cannot see it; the unmoved term is that term's own "stalled near its start".
+UNMOVED_SHARE = 1.0 - EARLY_DROP
+UNMOVED_RISE = 1.0 + EARLY_DROP  # nor risen 10 % above it: a term that grew did move
 
 
 class LossComponentDominance(Rule):
@@ -27,7 +43,9 @@ class LossComponentDominance(Rule):
         "that is stable): the smaller terms barely move from where they started. Typical causes "
         "are terms on different scales: a reconstruction or regression loss with "
         "reduction='sum' or on unnormalised targets next to a cross-entropy, or a fixed weight "
-        "copied from another setup. Normalise each term (reduction='mean', standardised "
+        "copied from another setup. A large term can also win and then look small: a penalty "
+        "summed over the batch drives its own value down while the task term never moves from "
+        "its start. Normalise each term (reduction='mean', standardised "
         "targets), weight them so they start comparable, or learn the weights (uncertainty "
         "weighting, Kendall et al. 2018; GradNorm, Chen et al. 2018)."
     )
@@ -54,14 +72,16 @@ class LossComponentDominance(Rule):
             return None
         ratio = recent[dominant] / others
         if ratio < ORDER_OF_MAGNITUDE:
-            return None
+            return self._served(ev, recent, start)
         stalled = sorted(
             k
             for k in recent
             if k != dominant and start[k] > 0.0 and recent[k] >= STALLED_SHARE * start[k]
         )
         if not stalled:
-            return None  # the small terms are being learned: a scale gap, but nothing stalls
+            # The small terms are being learned: a scale gap, but they do not stall. The large
+            # one may be the term that stalls, pinned by the gradient of a term that won.
+            return self._served(ev, recent, start)
         progress = {k: recent[k] / start[k] for k in stalled}
         confidence = found_confidence(
             0.25 * ramp(float(np.log10(ratio)), 1.0, 3.0),
@@ -89,6 +109,57 @@ class LossComponentDominance(Rule):
                     automatic=False,
                     note="normalise each term (reduction='mean', standardised targets) or "
                     "weight them to comparable scales",
+                ),
+            ),
+        )
+
+    def _served(
+        self, ev: Evidence, recent: dict[str, float], start: dict[str, float]
+    ) -> Finding | None:
+        """One term fell an order of magnitude while another never moved, on a stalled loss."""
+        fallen = {
+            k: start[k] / recent[k]
+            for k in recent
+            if recent[k] > 0.0 and start[k] >= ORDER_OF_MAGNITUDE * recent[k]
+        }
+        unmoved = sorted(
+            k
+            for k in recent
+            if start[k] > 0 and UNMOVED_SHARE <= recent[k] / start[k] <= UNMOVED_RISE
+        )
+        if not fallen or not unmoved or ev.get("detector_state") not in STALLED_STATES:
+            return None
+        held = sum(recent[k] for k in unmoved) / sum(recent.values())
+        if held < MOST_LOSS_SHARE:
+            return None
+        served = max(fallen, key=lambda k: fallen[k])
+        confidence = found_confidence(0.2 * ramp(float(np.log10(fallen[served])), 1.0, 3.0))
+        return Finding(
+            cause=self.code,
+            confidence=round(confidence, 4),
+            evidence={
+                "reading": "served",
+                "dominant": served,
+                "fell_by": fallen[served],
+                "threshold": ORDER_OF_MAGNITUDE,
+                "components": recent,
+                "stalled": unmoved,
+                "stalled_vs_start": {k: recent[k] / start[k] for k in unmoved},
+                "stalled_loss_share": held,
+            },
+            step=ev.step,
+            summary=f"loss term '{served}' fell {fallen[served]:.0f}x from its start while "
+            f"{', '.join(repr(k) for k in unmoved)} stayed within 10% of "
+            f"{'its' if len(unmoved) == 1 else 'their'} start and "
+            f"{'holds' if len(unmoved) == 1 else 'hold'} {held:.0%} of the loss: the optimizer "
+            f"served '{served}'",
+            remedies=(
+                Remedy(
+                    "reweight_loss_terms",
+                    {"dominant": served, "ratio": round(fallen[served], 3)},
+                    automatic=False,
+                    note="normalise each term (reduction='mean') or weight them so the task "
+                    "term's gradient is not swamped",
                 ),
             ),
         )
