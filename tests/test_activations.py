@@ -124,6 +124,9 @@ def test_saturation_scale_and_input_stats_match_hand_computation():
     assert scale["layers"] == ["0", "2"] and scale["first_step"] == 0
     assert scale["latest"] == pytest.approx([float(h.std()), float(y.std())], rel=1e-5)
     assert scale["first"] == scale["latest"]
+    signal = [float(t.var(0, unbiased=False).mean().sqrt()) for t in (h, y)]
+    assert scale["latest_signal"] == pytest.approx(signal, rel=1e-5)
+    assert scale["first_signal"] == scale["latest_signal"]
     stats = out["input_stats"]
     xn = x.double().numpy()
     assert stats["batch_size"] == 16 and stats["features"] == 3
@@ -133,6 +136,19 @@ def test_saturation_scale_and_input_stats_match_hand_computation():
     assert stats["feature_std_min"] == pytest.approx(xn.std(0).min(), rel=1e-5)
     assert stats["feature_std_max"] == pytest.approx(xn.std(0).max(), rel=1e-5)
     assert stats["feature_rms_max"] == pytest.approx(np.sqrt((xn**2).mean(0)).max(), rel=1e-5)
+
+
+def test_signal_std_counts_what_varies_across_the_batch_not_the_biases():
+    from unstuck.signals.activations import signal_std
+
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 16)
+    with torch.no_grad():
+        layer.weight.mul_(1e-4)  # a tiny init: the output is its biases, whatever the input
+    y = layer(torch.randn(64, 8)).detach()
+    assert float(y.std()) > 0.1  # the biases' spread over units looks like signal ...
+    assert float(signal_std(y)) < 1e-3  # ... but nothing varies with the input
+    assert float(signal_std(torch.ones(1, 5))) == pytest.approx(0.0)  # batch of one: the std
 
 
 def test_first_scale_is_kept_while_latest_moves():

@@ -117,18 +117,34 @@ def test_saturation_uses_the_recent_median_and_ignores_nan():
 # -- poor_initialization ----------------------------------------------------------------------
 
 
-def _scale(first, latest=None):
+def _scale(first, latest=None, signal=None):
     layers = [str(i) for i in range(len(first))]
-    return {
-        "act_scale": {
-            "layers": layers,
-            "latest": list(latest if latest is not None else first),
-            "step": 480,
-            "first_layers": layers,
-            "first": list(first),
-            "first_step": 0,
-        }
+    scale = {
+        "layers": layers,
+        "latest": list(latest if latest is not None else first),
+        "step": 480,
+        "first_layers": layers,
+        "first": list(first),
+        "first_step": 0,
     }
+    if signal is not None:
+        scale["first_signal"] = list(signal)
+    return {"act_scale": scale}
+
+
+def test_poor_init_names_a_layer_that_loses_its_input_to_its_biases():
+    # Tiny weights: the plain std stays at the biases' spread (no drift with depth), while the
+    # sample-to-sample std drops 700x in the second layer.
+    data = _scale([0.071, 0.081, 0.15, 0.07], signal=[2.1e-3, 3.0e-6, 1.0e-6, 2.5e-11])
+    finding = _check("poor_initialization", data)
+    _assert_well_formed(finding, "poor_initialization")
+    assert finding.evidence["reading"] == "layer_drop" and finding.evidence["layer"] == "1"
+    assert finding.evidence["drop"] == pytest.approx(2.1e-3 / 3.0e-6)
+    # A default-init sigmoid stack loses ~7x per layer: gradual, not one layer's weights.
+    sigmoid = [0.52, 0.068, 0.0095, 0.0014, 0.5]
+    assert _check("poor_initialization", _scale([0.5, 0.3, 0.3, 0.3, 0.3], signal=sigmoid)) is None
+    # The output layer is left out of the drops.
+    assert _check("poor_initialization", _scale([0.5] * 3, signal=[0.5, 0.3, 1e-6])) is None
 
 
 def test_poor_init_fires_on_collapse_and_on_explosion_with_depth():

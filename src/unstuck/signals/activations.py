@@ -22,9 +22,10 @@ Evidence (docs/signals.md):
   module's input) beyond ±:data:`SATURATION_BOUND`; ``act_saturation_overall`` over all elements;
   ``act_saturation_layers`` the latest per layer. A Sigmoid/Tanh whose output is the model's
   output is left out (confident predictions saturate it by design).
-* ``act_scale`` — ``{"layers", "latest", "step", "first_layers", "first", "first_step"}``: the
-  std of the output of every Linear/Conv/recurrent/attention layer in forward order, at the
-  latest sampled forward and at the first one.
+* ``act_scale`` — ``{"layers", "latest", "latest_signal", "step", "first_layers", "first",
+  "first_signal", "first_step"}``: the std of the output of every Linear/Conv/recurrent/attention
+  layer in forward order, and its signal std (:func:`signal_std`: across the batch, RMS over
+  units), at the latest sampled forward and at the first one.
 * ``input_stats`` — the first floating-point tensor handed to the model: ``mean``, ``std``,
   ``rms``, ``max_abs``, ``feature_std_min``, ``feature_std_max``, ``feature_rms_max``,
   ``features``, ``batch_size`` (leading dim) and ``step``. Integer inputs (token ids) are skipped.
@@ -78,6 +79,16 @@ class _Sample:
     last_last_dim: bool = False  # the latest scale layer acts on the last dim (Linear, ...)
     last_saturating: tuple[str, torch.Tensor] | None = None
     output_layer: str | None = None
+
+
+def signal_std(y: torch.Tensor) -> torch.Tensor:
+    """How much a layer's output varies from sample to sample: the RMS over its units of the
+    std across the batch (dim 0). The input-dependent part, which He et al. 2015's variance
+    argument is about: a net whose weights are tiny passes on only its biases, whose spread
+    across units a plain std would count as signal. A batch of one falls back to the std."""
+    if y.ndim < 2 or y.shape[0] < 2:
+        return y.std()
+    return y.var(0, unbiased=False).mean().sqrt()
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -279,7 +290,8 @@ class ActivationTap(Tap):
         if y.numel() < 2 or not y.is_floating_point():
             return
         with torch.no_grad():
-            sample.scale[key] = y.detach().float().std()
+            y = y.detach().float()
+            sample.scale[key] = torch.stack([y.std(), signal_std(y)])
 
     def _end_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         sample = self._sample()
@@ -350,16 +362,25 @@ class ActivationTap(Tap):
                 }
             if f"{k}.scale" in host:
                 layers = list(entry["scale"])
-                values = [float(v) for v in host[f"{k}.scale"]]
+                pairs = np.asarray(host[f"{k}.scale"], dtype=np.float64).reshape(-1, 2)
+                values = [float(v) for v in pairs[:, 0]]
+                signal = [float(v) for v in pairs[:, 1]]
                 if self._first_scale is None:
-                    self._first_scale = {"layers": layers, "values": values, "step": step}
+                    self._first_scale = {
+                        "layers": layers,
+                        "values": values,
+                        "signal": signal,
+                        "step": step,
+                    }
                 first = self._first_scale
                 out["act_scale"] = {
                     "layers": layers,
                     "first": list(first["values"]),
+                    "first_signal": list(first.get("signal", [])),
                     "first_layers": list(first["layers"]),
                     "first_step": int(first["step"]),
                     "latest": values,
+                    "latest_signal": signal,
                     "step": step,
                 }
             if f"{k}.inputs" in host:
@@ -387,5 +408,6 @@ class ActivationTap(Tap):
             self._first_scale = {
                 "layers": [str(x) for x in first.get("layers", [])],
                 "values": [float(x) for x in first.get("values", [])],
+                "signal": [float(x) for x in first.get("signal", [])],
                 "step": int(first.get("step", 0)),
             }
