@@ -127,6 +127,8 @@ def test_saturation_scale_and_input_stats_match_hand_computation():
     signal = [float(t.var(0, unbiased=False).mean().sqrt()) for t in (h, y)]
     assert scale["latest_signal"] == pytest.approx(signal, rel=1e-5)
     assert scale["first_signal"] == scale["latest_signal"]
+    # torch's default init: weight RMS x sqrt(3 fan_in) is about 1 (a uniform draw's RMS)
+    assert scale["first_weight_scale"] == pytest.approx([1.0, 1.0], abs=0.35)
     stats = out["input_stats"]
     xn = x.double().numpy()
     assert stats["batch_size"] == 16 and stats["features"] == 3
@@ -149,6 +151,11 @@ def test_signal_std_counts_what_varies_across_the_batch_not_the_biases():
     assert float(y.std()) > 0.1  # the biases' spread over units looks like signal ...
     assert float(signal_std(y)) < 1e-3  # ... but nothing varies with the input
     assert float(signal_std(torch.ones(1, 5))) == pytest.approx(0.0)  # batch of one: the std
+    from unstuck.signals.activations import default_init_scale
+
+    assert float(default_init_scale(nn.Linear(256, 64), y)) == pytest.approx(1.0, abs=0.05)
+    assert float(default_init_scale(layer, y)) == pytest.approx(1e-4, rel=0.1)
+    assert np.isnan(float(default_init_scale(nn.ReLU(), y)))
 
 
 def test_first_scale_is_kept_while_latest_moves():

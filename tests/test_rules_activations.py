@@ -117,7 +117,7 @@ def test_saturation_uses_the_recent_median_and_ignores_nan():
 # -- poor_initialization ----------------------------------------------------------------------
 
 
-def _scale(first, latest=None, signal=None):
+def _scale(first, latest=None, signal=None, weights=None):
     layers = [str(i) for i in range(len(first))]
     scale = {
         "layers": layers,
@@ -129,22 +129,34 @@ def _scale(first, latest=None, signal=None):
     }
     if signal is not None:
         scale["first_signal"] = list(signal)
+        scale["first_weight_scale"] = list(weights if weights is not None else [1.0] * len(first))
     return {"act_scale": scale}
 
 
 def test_poor_init_names_a_layer_that_loses_its_input_to_its_biases():
     # Tiny weights: the plain std stays at the biases' spread (no drift with depth), while the
     # sample-to-sample std drops 700x in the second layer.
-    data = _scale([0.071, 0.081, 0.15, 0.07], signal=[2.1e-3, 3.0e-6, 1.0e-6, 2.5e-11])
+    signal = [2.1e-3, 3.0e-6, 1.0e-6, 2.5e-11]
+    tiny = [0.004] * 4  # every weight 250x below torch's default scale
+    data = _scale([0.071, 0.081, 0.15, 0.07], signal=signal, weights=tiny)
     finding = _check("poor_initialization", data)
     _assert_well_formed(finding, "poor_initialization")
     assert finding.evidence["reading"] == "layer_drop" and finding.evidence["layer"] == "1"
     assert finding.evidence["drop"] == pytest.approx(2.1e-3 / 3.0e-6)
+    assert finding.evidence["weight_scale"] == pytest.approx(0.004)
+    # The same drop behind default-scale weights is dead units' doing (negative biases).
+    default = _scale([0.071, 0.081, 0.15, 0.07], signal=signal, weights=[1.0] * 4)
+    assert _check("poor_initialization", default) is None
+    # A layer without a weight to read (recurrent: NaN) decides nothing.
+    unknown = _scale([0.071, 0.081, 0.15, 0.07], signal=signal, weights=[0.004, np.nan, 1, 1])
+    assert _check("poor_initialization", unknown) is None
     # A default-init sigmoid stack loses ~7x per layer: gradual, not one layer's weights.
     sigmoid = [0.52, 0.068, 0.0095, 0.0014, 0.5]
-    assert _check("poor_initialization", _scale([0.5, 0.3, 0.3, 0.3, 0.3], signal=sigmoid)) is None
+    flat = [0.5, 0.3, 0.3, 0.3, 0.3]
+    assert _check("poor_initialization", _scale(flat, signal=sigmoid, weights=[0.05] * 5)) is None
     # The output layer is left out of the drops.
-    assert _check("poor_initialization", _scale([0.5] * 3, signal=[0.5, 0.3, 1e-6])) is None
+    out = _scale([0.5] * 3, signal=[0.5, 0.3, 1e-6], weights=[0.05] * 3)
+    assert _check("poor_initialization", out) is None
 
 
 def test_poor_init_fires_on_collapse_and_on_explosion_with_depth():

@@ -23,9 +23,11 @@ Evidence (docs/signals.md):
   ``act_saturation_layers`` the latest per layer. A Sigmoid/Tanh whose output is the model's
   output is left out (confident predictions saturate it by design).
 * ``act_scale`` — ``{"layers", "latest", "latest_signal", "step", "first_layers", "first",
-  "first_signal", "first_step"}``: the std of the output of every Linear/Conv/recurrent/attention
-  layer in forward order, and its signal std (:func:`signal_std`: across the batch, RMS over
-  units), at the latest sampled forward and at the first one.
+  "first_signal", "first_weight_scale", "first_step"}``: the std of the output of every
+  Linear/Conv/recurrent/attention layer in forward order, and its signal std
+  (:func:`signal_std`: across the batch, RMS over units), at the latest sampled forward and at
+  the first one; at the first, each layer's weight RMS over torch's default init's
+  (:func:`default_init_scale`).
 * ``input_stats`` — the first floating-point tensor handed to the model: ``mean``, ``std``,
   ``rms``, ``max_abs``, ``feature_std_min``, ``feature_std_max``, ``feature_rms_max``,
   ``features``, ``batch_size`` (leading dim) and ``step``. Integer inputs (token ids) are skipped.
@@ -89,6 +91,20 @@ def signal_std(y: torch.Tensor) -> torch.Tensor:
     if y.ndim < 2 or y.shape[0] < 2:
         return y.std()
     return y.var(0, unbiased=False).mean().sqrt()
+
+
+def default_init_scale(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """The RMS of a layer's weight over that of torch's default initialisation
+    (``kaiming_uniform_(a=sqrt(5))``: std 1/sqrt(3·fan_in)); 1 for a default-initialised layer,
+    NaN for a layer without a ``weight`` of 2 or more dims (recurrent, attention). On the
+    device and in the dtype of ``like``."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or weight.numel() == 0:
+        return like.new_tensor(float("nan"))
+    with torch.no_grad():
+        w = weight.detach().float()
+        fan_in = w[0].numel()
+        return (w.pow(2).mean().sqrt() * (3.0 * fan_in) ** 0.5).to(like)
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -291,7 +307,7 @@ class ActivationTap(Tap):
             return
         with torch.no_grad():
             y = y.detach().float()
-            sample.scale[key] = torch.stack([y.std(), signal_std(y)])
+            sample.scale[key] = torch.stack([y.std(), signal_std(y), default_init_scale(module, y)])
 
     def _end_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         sample = self._sample()
@@ -362,14 +378,15 @@ class ActivationTap(Tap):
                 }
             if f"{k}.scale" in host:
                 layers = list(entry["scale"])
-                pairs = np.asarray(host[f"{k}.scale"], dtype=np.float64).reshape(-1, 2)
-                values = [float(v) for v in pairs[:, 0]]
-                signal = [float(v) for v in pairs[:, 1]]
+                rows = np.asarray(host[f"{k}.scale"], dtype=np.float64).reshape(-1, 3)
+                values = [float(v) for v in rows[:, 0]]
+                signal = [float(v) for v in rows[:, 1]]
                 if self._first_scale is None:
                     self._first_scale = {
                         "layers": layers,
                         "values": values,
                         "signal": signal,
+                        "weight_scale": [float(v) for v in rows[:, 2]],
                         "step": step,
                     }
                 first = self._first_scale
@@ -377,6 +394,7 @@ class ActivationTap(Tap):
                     "layers": layers,
                     "first": list(first["values"]),
                     "first_signal": list(first.get("signal", [])),
+                    "first_weight_scale": list(first.get("weight_scale", [])),
                     "first_layers": list(first["layers"]),
                     "first_step": int(first["step"]),
                     "latest": values,
@@ -409,5 +427,6 @@ class ActivationTap(Tap):
                 "layers": [str(x) for x in first.get("layers", [])],
                 "values": [float(x) for x in first.get("values", [])],
                 "signal": [float(x) for x in first.get("signal", [])],
+                "weight_scale": [float(x) for x in first.get("weight_scale", [])],
                 "step": int(first.get("step", 0)),
             }

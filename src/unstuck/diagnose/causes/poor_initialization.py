@@ -27,6 +27,8 @@ MIN_LAYERS = 3  # first layer, at least one hidden layer, and the output layer
 # at most 1/4; measured on default-init MLPs of depth 3-10 on digits and Gaussian inputs:
 # 0.13-0.14 per layer, ReLU 0.4-0.6, tanh 0.3-0.6). A drop of 10x or more in one layer takes
 # weights an order of magnitude smaller than the default: the input is lost to the biases.
+# Dead ReLUs drop the signal as well (negative biases): so the dropping layer's own weights must
+# also be LAYER_DROP below torch's default scale (act_scale["first_weight_scale"]).
 LAYER_DROP = 10.0
 MAX_CONFIDENCE = 0.95  # as vanishing_gradients: a collapse of many decades is near-certain
 
@@ -122,11 +124,22 @@ class PoorInitialization(Rule):
         hidden = signal[:-1]  # the output layer is left out (often zero-init or scaled)
         if len(hidden) < 2 or not all(math.isfinite(v) and v >= 0 for v in hidden):
             return None
-        drops = [a / b if b > 0 else math.inf for a, b in itertools.pairwise(hidden) if a > 0]
-        if not drops or max(drops) < LAYER_DROP:
+        try:
+            weights = [float(v) for v in scale.get("first_weight_scale") or []]
+        except (TypeError, ValueError):
             return None
-        worst = max(drops)
-        at = drops.index(worst) + 1
+        if len(weights) != len(signal):
+            return None
+        drops = [
+            (a / b if b > 0 else math.inf, i + 1)
+            for i, (a, b) in enumerate(itertools.pairwise(hidden))
+            if a > 0 and weights[i + 1] * LAYER_DROP <= 1.0  # NaN (no weight) fails too
+        ]
+        if not drops:
+            return None
+        worst, at = max(drops)
+        if worst < LAYER_DROP:
+            return None
         layers = list(scale.get("first_layers") or scale.get("layers") or [])
         name = layers[at] if at < len(layers) else f"layer {at}"
         decades = math.log10(worst) - math.log10(LAYER_DROP) if math.isfinite(worst) else 3.0
@@ -137,6 +150,7 @@ class PoorInitialization(Rule):
                 "reading": "layer_drop",
                 "layer": name,
                 "drop": worst if math.isfinite(worst) else -1.0,
+                "weight_scale": weights[at],
                 "threshold": LAYER_DROP,
                 "layers": layers,
                 "signal_std_at_start": signal,
@@ -144,8 +158,8 @@ class PoorInitialization(Rule):
             },
             step=ev.step,
             summary=f"layer {name} passes on 1/{worst:.2g} of its input's sample-to-sample "
-            f"variation at the start (bound 1/{LAYER_DROP:g}): its weights are far too small, "
-            f"and the input is lost to the biases",
+            f"variation at the start (bound 1/{LAYER_DROP:g}): its weights are "
+            f"{weights[at]:.1g}x torch's default scale, and the input is lost to the biases",
             remedies=(
                 Remedy(
                     "reinitialize",
