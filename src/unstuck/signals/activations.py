@@ -35,6 +35,7 @@ Evidence (docs/signals.md):
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -104,7 +105,8 @@ def default_init_scale(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         w = weight.detach().float()
         fan_in = w[0].numel()
-        return (w.pow(2).mean().sqrt() * (3.0 * fan_in) ** 0.5).to(like)
+        scale: torch.Tensor = w.pow(2).mean().sqrt() * math.sqrt(3.0 * fan_in)
+        return scale.to(like)
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
