@@ -101,6 +101,53 @@ def test_label_noise_edges_fire_at_the_thresholds():
     assert get_rule("label_noise").check(_groups(wrong_rest_median=0.38)) is not None
 
 
+def _heavy_noise(train=1.8, val=1.0, **over):
+    """48 % of the training labels moved: most samples unlearned, a third worse than chance,
+    the clean validation labels fitted better than the training ones."""
+    values = {
+        "wrong_fraction": 0.27,
+        "wrong_share": 0.47,  # under "most": the small-group reading stays quiet
+        "wrong_rest_median": 1.05,
+        "unlearned_fraction": 0.78,
+        "unlearned_purity": 0.13,
+        "unlearned_change": -0.04,
+        "wrong_of_unlearned": 0.34,
+    }
+    values.update(over)
+    ev = _groups(**values)
+    n = 64
+    return Evidence(
+        {
+            **ev,
+            "loss": (np.arange(n), np.full(n, train)),
+            "val_loss": (np.arange(4), np.full(4, val)),
+        },
+        step=ev.step,
+    )
+
+
+def test_label_noise_reads_a_training_loss_above_the_validation_loss():
+    finding = get_rule("label_noise").check(_heavy_noise())
+    assert finding is not None and finding.evidence["reading"] == "train_above_val"
+    assert finding.evidence["train_over_val"] == pytest.approx(1.8)
+    assert finding.evidence["ids"] == [5, 9, 11]
+    assert 0.6 < finding.confidence <= 0.8
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"train": 1.2},  # 1.2x: within what healthy runs show
+        {"unlearned_purity": 0.7},  # one class: a class problem
+        {"wrong_of_unlearned": 0.2},  # unsure rather than wrong: a hard subset
+        {"unlearned_change": -0.3},  # still being learned
+        {"val": float("nan")},  # no validation
+    ],
+)
+def test_label_noise_train_above_val_needs_the_whole_pattern(over):
+    assert get_rule("label_noise").check(_heavy_noise(**over)) is None
+
+
 # ------------------------------------------------------------------------------ hard_subset
 
 
