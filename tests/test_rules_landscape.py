@@ -316,3 +316,41 @@ def test_mann_kendall_exact_p_values():
     assert mann_kendall_p(8, 5) == pytest.approx(5 / 120)  # one inversion: 1 + 4 orderings
     assert mann_kendall_p(-10, 5) == pytest.approx(1.0)
     assert mann_kendall_p(0, 1) == 1.0
+
+
+# -- lr_decayed_early -------------------------------------------------------------------------
+
+
+def _decayed(cut_at: int, loss_end: float, snr: float, steps: int = 300) -> Evidence:
+    """A loss from 2.3 to ``loss_end`` and a schedule cut 800x at ``cut_at``."""
+    rng = np.random.default_rng(0)
+    s = np.arange(steps)
+    loss = np.linspace(2.3, loss_end, steps) * (1 + 0.01 * rng.standard_normal(steps))
+    lr = np.where(s < cut_at, 5e-3, 5e-3 / 800)
+    return Evidence(
+        {
+            "loss": (s, loss),
+            "lr/0": (s, lr),
+            "grad_snr": (s[::50], np.full(s[::50].size, snr)),
+            "detector_state": "plateau",
+        },
+        step=steps,
+    )
+
+
+def test_lr_decayed_early_names_a_cut_before_the_loss_could_fall():
+    # The decade came at step 15 of 300: the high LR had no time, and the loss never moved.
+    finding = get_rule("lr_decayed_early").check(_decayed(15, 2.29, snr=0.0))
+    assert finding is not None and finding.evidence["reading"] == "cut_before_learning"
+    assert finding.evidence["lr_decade_step"] == 15
+    assert "before the loss had fallen at all" in finding.summary
+
+
+def test_lr_decayed_early_clears_a_schedule_the_loss_had_time_under():
+    # The same flat loss with the cut at step 60 (a fifth of the run): the loss did not fall
+    # at the high LR either, so the schedule is not the cause.
+    assert get_rule("lr_decayed_early").check(_decayed(60, 2.29, snr=0.0)) is None
+    # A loss that fell under the high LR and now has no direction left is at a floor.
+    assert get_rule("lr_decayed_early").check(_decayed(60, 1.2, snr=0.0)) is None
+    fell = get_rule("lr_decayed_early").check(_decayed(60, 1.2, snr=0.5))
+    assert fell is not None and fell.evidence["reading"] == "stalled_after_fall"

@@ -25,6 +25,11 @@ MAX_RESTART_PEAK = 100.0
 # first decade at a third; a fault puts the cut where more of the run is spent below it than
 # above it. Ours, definitional (half the run), not fitted.
 EARLY_SHARE = 0.5
+# A loss that did not fall while the LR was high clears the schedule, unless the high-LR phase
+# was too short to judge: the decade came within the first tenth of the steps so far. No
+# standard schedule cuts a decade that early (step decays at a third or later, a cosine at 80 %
+# of its length, OneCycle past its 30 % peak); ours, definitional, not fitted.
+NO_TIME_SHARE = 0.1
 # Flat, or crawling: after a decade's cut a loss that still has signal creeps ("slow") at the
 # pace the small LR allows, the stall a step schedule's users see after a milestone.
 STALLED_STATES = FLAT_STATES | {
@@ -62,7 +67,8 @@ def _decay(ev: Evidence) -> tuple[float, float, float, int, int | None] | None:
 class LrDecayedEarly(Rule):
     """The training loss is flat or crawling, the schedule put the LR a decade below its peak
     within the first half of the steps so far, the loss fell while the LR was high but by less
-    than a decade, and the gradient still has a direction (SNR ≥ 0.1)."""
+    than a decade, and the gradient still has a direction (SNR ≥ 0.1); or the decade came in
+    the first tenth of the steps, before the loss had fallen at all."""
 
     code: ClassVar[str] = "lr_decayed_early"
     requires: ClassVar[frozenset[str]] = frozenset({"loss", "lr/*", "grad_snr"})
@@ -95,15 +101,22 @@ class LrDecayedEarly(Rule):
         if fell_at is None or fell_at > EARLY_SHARE * ev.step:
             return None  # the decade came late in the run: the schedule's plan, not a fault
         snr = recent_median(ev, "grad_snr")
-        if snr is None or snr < DIRECTION_SNR:
-            return None  # no direction left to follow: a floor (converged), not a schedule's stall
+        if snr is None:
+            return None
         drop = loss_drop(ev)
         if drop is None:
             return None
         start, level, log_drop = drop
         fallen = 1.0 - level / start
+        reading = "stalled_after_fall"
         if fallen < EARLY_DROP:
-            return None  # it never learned at the high LR either: the schedule is not the cause
+            if fell_at > NO_TIME_SHARE * ev.step:
+                return None  # it never learned at the high LR either: not the schedule's doing
+            # The high LR had no time to show what it could do. A loss still at its start is
+            # no floor, so a gradient lost in its noise does not clear the schedule here.
+            reading = "cut_before_learning"
+        elif snr < DIRECTION_SNR:
+            return None  # no direction left to follow: a floor (converged), not a schedule's stall
         if log_drop >= NEAR_CONVERGENCE_DROP:
             return None  # fallen a decade: near convergence, where a decayed LR is the plan
         decades = math.log10(ratio)
@@ -114,6 +127,7 @@ class LrDecayedEarly(Rule):
             cause=self.code,
             confidence=round(confidence, 4),
             evidence={
+                "reading": reading,
                 "lr_peak": peak,
                 "lr_peak_step": peak_step,
                 "lr_decade_step": fell_at,
@@ -135,6 +149,10 @@ class LrDecayedEarly(Rule):
                 f"the LR is {ratio:.3g}× below its peak ({peak:.3g} at step {peak_step}) and "
                 f"the loss has stalled at {level:.3g} while its gradient still has a direction "
                 f"(SNR {snr:.2g}): the schedule decayed before the loss converged"
+                if reading == "stalled_after_fall"
+                else f"the schedule cut the LR a decade below its peak by step {fell_at}, before "
+                f"the loss had fallen at all; it is now {ratio:.3g}× below and the loss has "
+                f"stalled at {level:.3g}, near where it started"
             ),
             remedies=(
                 Remedy(
