@@ -6,7 +6,7 @@ import torch
 
 from scenarios._common import RunResult, Scenario, digits, mlp, train
 
-HEAD_GAIN = 10.0  # the head's weights × this: logits in the tens, the softmax saturated at init
+HEAD_GAIN = 100.0  # the head's weights × this: logits in the hundreds, the softmax saturated
 
 
 class SoftmaxOutput(torch.nn.Module):
@@ -37,7 +37,7 @@ SCENARIO = Scenario(
     arch="mlp",
     optimizer="sgd",
     description="a softmax appended to a digits MLP whose output goes to F.cross_entropy, head "
-    "weights × 10: the loss sees saturated probabilities, is confined to a one-nat band, and "
+    "weights × 100: the loss sees saturated probabilities, is confined to a one-nat band, and "
     "its gradient vanishes.",
     run=run,
 )

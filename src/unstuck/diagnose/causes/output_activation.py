@@ -127,7 +127,7 @@ class OutputActivation(Rule):
                 "one_unit_softmax",
                 found_confidence(ONE_UNIT),
                 base,
-                f"the model's output has one unit and is {float(hi):g} on every sample (a "
+                f"the model's output has one unit and is {base['output_max']:g} on every sample (a "
                 f"softmax over one unit): the loss cannot move (it is {hurt})",
                 "replace the one-unit softmax: one logit with BCEWithLogitsLoss, or two logits "
                 "with F.cross_entropy",
