@@ -335,8 +335,9 @@ class Guard(MonitorResults):
         array; text and booleans are refused), or per-sample losses (``reduction="none"``)
         together with ``ids`` (dataset indices) and optionally ``targets`` (class labels).
         ``batch=(inputs, targets)`` lets the Guard keep a probe batch now and then (with
-        ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
-        values this step (for the loss-component-dominance rule).
+        ``loss_fn``, for the curvature probe) and read float targets' range on the output
+        tap's sampled steps (``output_activation``). ``components`` maps names of loss terms
+        to their values this step (for the loss-component-dominance rule).
         """
         if (self._closed or self._signal_pending) and self._ended("step"):
             return
