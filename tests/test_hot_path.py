@@ -92,6 +92,26 @@ def test_no_host_sync_between_flushes(sync_spy, opt_name):
     guard.close()  # the flush itself may read values
 
 
+def test_no_host_sync_reading_a_bounded_output_and_float_targets(sync_spy):
+    """The output tap's sampled forwards and float ``batch`` targets stay on the device."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2), torch.nn.Sigmoid()
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    guard = unstuck.Guard(model, opt, console=False, flush_every=10_000, activation_every=8)
+    x, y = torch.randn(256, 6), 3.0 + 100.0 * torch.rand(256, 2)
+    for step in range(40):
+        idx = torch.arange(step * 16, step * 16 + 16) % 256
+        loss = functional.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.step(loss, batch=(x[idx], y[idx]))
+    assert not sync_spy, sorted(set(sync_spy))[:10]
+    guard.close()
+
+
 def test_the_spy_catches_a_sync_in_a_hook(sync_spy, monkeypatch):
     from unstuck.signals.loss import LossTap
 

@@ -134,6 +134,24 @@ def test_batch_of_one_keeps_two_samples_under_batchnorm() -> None:
     assert mutant.batch_size == 1
 
 
+def test_sigmoid_regression_compares_with_the_same_scaled_targets() -> None:
+    """The honest counterfactual: the same targets × s with the program's linear output."""
+    import torch
+
+    base = PROGRAMS["linreg_diabetes_sgd"].make(0)
+    mutant, reference = build(Job("linreg_diabetes_sgd", 0, "sigmoid_regression", 10.0))
+    assert reference is not None
+    assert mutant.out_act == "sigmoid" and reference.out_act is None
+    for spec in (mutant, reference):
+        assert torch.equal(spec.data.y, base.data.y * 10.0)
+        assert torch.equal(spec.data.y_val, base.data.y_val * 10.0)
+    assert float(mutant.data.y.max()) > 2.0 and float(mutant.data.y.min()) < -1.0
+    # the output cannot leave [0, 1]: the plan's hurt check calls it a fault
+    check = hurt(execute(mutant, 0, guard=False), execute(reference, 0, guard=False))
+    assert check["hurt"] and "worse validation" in check["why"]
+    assert PROGRAMS["linreg_diabetes_sgd"].make(0).data.y.max() == base.data.y.max()  # no leak
+
+
 def test_a_run_that_raises_is_recorded_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     from zoo import plan, run
 

@@ -98,7 +98,7 @@ class Spec:
     weight_gain: float | None = None  # every weight matrix (recurrent ones for RNNs) × gain
     bias_init: float | None = None  # every hidden bias = this constant
     head_gain: float | None = None  # the output layer's weights × gain
-    out_act: str | None = None  # softmax appended to the model
+    out_act: str | None = None  # softmax or sigmoid appended to the model
     loss: str = "default"  # default, mse_onehot, naive_log_softmax
     # per-sample losses with ids (and class targets) to the Guard, on every run, healthy ones
     # included: a data fault must not be told by the path it takes (label_noise, hard_subset,
@@ -160,6 +160,17 @@ class SoftmaxOut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.inner(x), dim=-1)
+
+
+class SigmoidOut(nn.Module):
+    """A model with a sigmoid appended (a bounded output on unbounded regression targets)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.inner(x))
 
 
 def _output_layer(model: nn.Module) -> nn.Module | None:
@@ -326,6 +337,8 @@ def execute(spec: Spec, seed: int, *, guard: bool) -> Outcome:
     apply_init(model, spec)
     if spec.out_act == "softmax":
         model = SoftmaxOut(model)
+    elif spec.out_act == "sigmoid":
+        model = SigmoidOut(model)
     if spec.half:
         dtype = getattr(torch, spec.half)
         model = model.to(dtype)

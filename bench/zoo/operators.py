@@ -29,6 +29,8 @@ SADDLE_LR = 0.05  # plain SGD on the deep linear net; its default-init reference
 # Causes with no operator, and why (reported as such, not silently missing).
 NOT_IN_ZOO: dict[str, str] = {
     "rank_desync": "not in the zoo (needs 2 processes: ranks whose parameters drift apart)",
+    "flat_region": "no operator since issue 24: its two (softmax outputs under MSE or "
+    "F.cross_entropy) seed output_activation, the wrong output activation they are",
 }
 
 
@@ -344,6 +346,19 @@ def _double_softmax(s: Spec, gain: float, seed: int) -> Spec:
     return m
 
 
+def _sigmoid_regression(s: Spec, scale: float, seed: int) -> Spec:
+    """A sigmoid on a regression output whose targets (× ``scale``) lie far beyond [0, 1]."""
+    m = _sigmoid_ref(s, scale, seed)
+    m.out_act = "sigmoid"
+    return m
+
+
+def _sigmoid_ref(s: Spec, scale: float, seed: int) -> Spec:
+    m = _mutant(s)  # the same scaled targets with the program's linear output
+    m.data.y, m.data.y_val = m.data.y * scale, m.data.y_val * scale
+    return m
+
+
 OPERATORS: dict[str, Operator] = {
     op.name: op
     for op in (
@@ -428,7 +443,7 @@ OPERATORS: dict[str, Operator] = {
         ),
         Operator(
             "softmax_mse",
-            "flat_region",
+            "output_activation",
             "a softmax output trained with MSE against one-hot targets; head weights × gain",
             3.0,
             30.0,
@@ -438,7 +453,7 @@ OPERATORS: dict[str, Operator] = {
         ),
         Operator(
             "softmax_into_cross_entropy",
-            "flat_region",
+            "output_activation",
             "a softmax output fed to F.cross_entropy (a double softmax); head weights × gain",
             3.0,
             30.0,
@@ -640,6 +655,19 @@ OPERATORS: dict[str, Operator] = {
             lambda s: True,
             _converge,
             hurt_required=False,
+        ),
+        # Last, so that adding it moved no earlier operator's --quick programs (taken in turn).
+        Operator(
+            "sigmoid_regression",
+            "output_activation",
+            "a sigmoid appended to a regression output; targets × severity (standardized: "
+            "they span about [-2s, 2s], far beyond [0, 1])",
+            2.0,
+            20.0,
+            True,
+            lambda s: s.data.task == "regression",
+            _sigmoid_regression,
+            reference=_sigmoid_ref,
         ),
     )
 }

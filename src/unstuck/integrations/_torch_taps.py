@@ -34,6 +34,7 @@ from unstuck.signals import (
     LossTap,
     LRTap,
     OptimizerStateTap,
+    OutputTap,
     ParamDistanceTap,
     PrecisionTap,
     RankChecksumTap,
@@ -57,6 +58,7 @@ class TorchTaps:
     distance: ParamDistanceTap
     clip: ClipTap | None
     components: LossComponentsTap | None
+    outputs: OutputTap | None
 
 
 def torch_taps(
@@ -76,6 +78,7 @@ def torch_taps(
     distance = ParamDistanceTap(distance_every)
     clip = ClipTap()
     components = LossComponentsTap()
+    outputs = OutputTap(activation_every)
     candidates: list[Tap] = [
         LossTap(),
         GradNormTap(grad_norm_every),
@@ -85,6 +88,7 @@ def torch_taps(
         SamplesTap(dataset_size),
         GradNoiseTap(grad_noise_every),
         ActivationTap(activation_every),
+        outputs,
         OptimizerStateTap(optimizer_state_every),
         PrecisionTap(precision_every, scaler),
         clip,
@@ -106,6 +110,7 @@ def torch_taps(
         distance=distance,
         clip=clip if clip in kept else None,
         components=components if components in kept else None,
+        outputs=outputs if outputs in kept else None,
     )
 
 

@@ -227,6 +227,7 @@ class Guard(MonitorResults):
             scaler=scaler,
         )
         self._clip_tap, self._components_tap = built.clip, built.components
+        self._outputs_tap = built.outputs
         options = {"distance_signal": True, **dict(detector_options or {})}
         PlateauDetector("train", **options)  # refuses a bad option now, not after the hooks
         self._controls = TorchControls(optimizer, accumulation_steps)  # validates the argument
@@ -334,8 +335,9 @@ class Guard(MonitorResults):
         array; text and booleans are refused), or per-sample losses (``reduction="none"``)
         together with ``ids`` (dataset indices) and optionally ``targets`` (class labels).
         ``batch=(inputs, targets)`` lets the Guard keep a probe batch now and then (with
-        ``loss_fn``, for the curvature probe). ``components`` maps names of loss terms to their
-        values this step (for the loss-component-dominance rule).
+        ``loss_fn``, for the curvature probe) and read float targets' range on the output
+        tap's sampled steps (``output_activation``). ``components`` maps names of loss terms
+        to their values this step (for the loss-component-dominance rule).
         """
         if (self._closed or self._signal_pending) and self._ended("step"):
             return
@@ -347,6 +349,8 @@ class Guard(MonitorResults):
             self._probes.keep(clone_batch(batch))
         if components and self._components_tap is not None:
             self._components_tap.record(self._hub.step, component_tensors(components))
+        if batch is not None and self._outputs_tap is not None:
+            self._outputs_tap.record_batch(self._hub.step, batch)
         self._hub.on_loss(loss, ids, targets)
         if self._hub.step >= self._next_flush:
             self._flush()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from unstuck.signals.loss import LossTap
     from unstuck.signals.lr import LRTap, read_lr
     from unstuck.signals.optimizer_state import OptimizerStateTap
+    from unstuck.signals.outputs import OutputTap
     from unstuck.signals.param_distance import ParamDistanceTap
     from unstuck.signals.precision import PrecisionTap
     from unstuck.signals.samples import SamplesTap
@@ -41,6 +42,7 @@ __all__ = [
     "LossTap",
     "NormPlan",
     "OptimizerStateTap",
+    "OutputTap",
     "Packet",
     "ParamDistanceTap",
     "PrecisionTap",
@@ -69,6 +71,7 @@ _LAZY: dict[str, str] = {
     "LossTap": "unstuck.signals.loss",
     "NormPlan": "unstuck.signals.grad_norm",
     "OptimizerStateTap": "unstuck.signals.optimizer_state",
+    "OutputTap": "unstuck.signals.outputs",
     "Packet": "unstuck.signals.base",
     "ParamDistanceTap": "unstuck.signals.param_distance",
     "PrecisionTap": "unstuck.signals.precision",

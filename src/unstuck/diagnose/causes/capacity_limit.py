@@ -56,6 +56,7 @@ FIXABLE = frozenset(
         "input_scale",
         "loss_component_dominance",
         "rank_desync",
+        "output_activation",
     }
 )
 
