@@ -620,6 +620,39 @@ def test_layers_frozen_at_their_random_init_are_reported_at_step_zero() -> None:
     assert "frozen_parameters" not in {f.cause for f in guard.findings}
 
 
+@pytest.mark.parametrize("fault", ["none", "lr_1e-6", "detached_layer"])
+def test_a_run_of_30_steps_still_names_what_can_be_named(fault: str) -> None:
+    # Shorter than the default cadences (update ratio every 32 steps) and than one flush: the
+    # program sizes of issue 24's held-out faults. What 30 steps can tell is said at close.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6 if fault == "lr_1e-6" else 0.1)
+    guard = unstuck.Guard(model, optimizer, console=False)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 8, generator=g), torch.randn(8, 4, generator=g)
+    y = (x @ w).argmax(1)
+    for _ in range(30):
+        idx = torch.randint(0, 256, (32,), generator=g)
+        hidden = model[1](model[0](x[idx]))
+        if fault == "detached_layer":
+            hidden = hidden.detach()
+        loss = F.cross_entropy(model[2](hidden), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        guard.step(loss)
+    guard.close()
+    found = {f.cause: f for f in guard.findings if f.confidence >= 0.5}
+    if fault == "none":
+        assert found == {}
+    elif fault == "lr_1e-6":
+        assert list(found) == ["lr_too_low"]
+        assert found["lr_too_low"].evidence["reading"] == "short_run"
+    else:
+        assert list(found) == ["frozen_parameters"]
+        assert found["frozen_parameters"].evidence["parameters"] == ["0.weight", "0.bias"]
+
+
 def test_unwritable_run_dir_fails_at_construction_with_one_line(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

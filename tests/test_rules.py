@@ -269,6 +269,36 @@ def test_at_uniform_init_tells_a_fresh_draw_from_trained_weights():
     assert not at_uniform_init(layer.weight)  # trained: no longer a flat bounded draw
 
 
+def test_lr_too_low_judges_a_short_run_by_its_early_ratios_at_a_lower_bar():
+    rule = get_rule("lr_too_low")
+    # One regular ratio (step 0) and the early ones (steps 1, 2, 4, 8, 16).
+    base = {"update_ratio": _series([1e-7]), "grad_norm": _series([0.3] * 4, stride=8)}
+    tiny = rule.check(Evidence({**base, "update_ratio_early": _series([1e-7] * 5)}))
+    assert tiny is not None and tiny.evidence["reading"] == "short_run"
+    # 1e-5 is a decade below the bar of a long run, but not the two a short run needs.
+    short = {**base, "update_ratio": _series([1e-5])}
+    assert rule.check(Evidence({**short, "update_ratio_early": _series([1e-5] * 5)})) is None
+    assert rule.check(Evidence(base)) is None  # one ratio alone decides nothing
+    long_run = rule.check(Evidence({**base, "update_ratio": _series([1e-5] * 8)}))
+    assert long_run is not None and long_run.evidence["reading"] == "ratio"
+
+
+def test_frozen_parameters_names_tensors_the_graph_never_reaches():
+    rule = get_rule("frozen_parameters")
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    ev = {"params_not_in_optimizer": [], "param_names": names}
+    cut = rule.check(
+        Evidence({**ev, "params_without_grad": {"indices": [0, 1], "sampled_steps": 3}})
+    )
+    assert cut is not None and cut.evidence["reading"] == "no_gradient"
+    assert cut.evidence["parameters"] == ["0.weight", "0.bias"] and cut.confidence == 0.9
+    # Two samples are too few; no tensor with a gradient at all is a loop that reads none.
+    early = {"params_without_grad": {"indices": [0, 1], "sampled_steps": 2}}
+    assert rule.check(Evidence({**ev, **early})) is None
+    none = {"params_without_grad": {"indices": [0, 1, 2, 3], "sampled_steps": 9}}
+    assert rule.check(Evidence({**ev, **none})) is None
+
+
 def test_run_rules_ranks_and_respects_continuous_only():
     ev = Evidence(
         {

@@ -184,6 +184,35 @@ def test_sampling_strides_reduce_work():
     frame = hub.flush()
     assert frame.signals["grad_norm"][0] == [0, 3, 6, 9]
     assert frame.signals["update_ratio"][0] == [0, 4, 8]
+    # The powers of two before the first regular ratio go to a series of their own, for runs
+    # shorter than the cadence; the regular series keeps its cadence.
+    assert frame.signals["update_ratio_early"][0] == [1, 2]
+
+
+def test_early_steps_are_the_powers_of_two_before_the_first_sample():
+    from unstuck.signals.base import early_step
+
+    assert [n for n in range(70) if early_step(n, 32)] == [1, 2, 4, 8, 16]
+    assert [n for n in range(10) if early_step(n, 1)] == []
+
+
+def test_tensors_the_graph_never_reaches_are_listed_frozen_ones_are_not():
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3), torch.nn.Linear(3, 3)
+    )
+    model[3].requires_grad_(False)  # frozen on purpose: no gradient by design
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hub = _hub(model, opt, grad_every=1)
+    x, y = regression_batch()
+    for _ in range(4):
+        hidden = model[1](model[0](x)).detach()  # the bug: the first layer is cut off
+        loss = torch.nn.functional.mse_loss(model[3](model[2](hidden)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hub.on_loss(loss.detach(), None, None)
+    seen = hub.flush().signals["params_without_grad"]
+    assert seen == {"indices": [0, 1], "sampled_steps": 4}  # 0.weight, 0.bias
 
 
 def test_hub_close_removes_hooks():

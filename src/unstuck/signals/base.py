@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-__all__ = ["CostTier", "Packet", "Reduction", "StepContext", "Tap"]
+__all__ = ["CostTier", "Packet", "Reduction", "StepContext", "Tap", "early_step"]
 
 CostTier = Literal["always", "sampled", "probe"]
 # How a distributed run combines a tap's series across ranks at each flush (applied by the
@@ -74,6 +74,9 @@ class Tap:
     # The hub calls on_pre_step/on_post_step only on optimizer steps that are multiples of
     # ``every``: a sampled tap costs nothing at all on the other steps, not even a call.
     every: int = 1
+    # Whether the tap also reads the powers of two before its first regular sample
+    # (``early_step``); the hub then calls it there as well.
+    early_samples: ClassVar[bool] = False
     # Whether on_pre_step must run inside the optimizer's step pre-hook even when a front-end
     # reads gradients itself (SignalHub.read_gradients_manually): a tap whose reading depends
     # on its order among the step hooks (the LR, before unstuck's LR multiplier scales it).
@@ -118,6 +121,13 @@ class Tap:
 def flat_float(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack 0-d tensors into one float32 vector on their device (no host sync)."""
     return torch.stack([t.detach().reshape(()).float() for t in tensors])
+
+
+def early_step(opt_step: int, every: int) -> bool:
+    """Whether ``opt_step`` is one of the powers of two before a cadence's first regular sample
+    (1, 2, 4, ... < ``every``): a run too short for the cadence (the 20-35 steps of a small
+    program, issue 24) still gets a few log-spaced readings, at a handful of samples per run."""
+    return 0 < opt_step < every and opt_step & (opt_step - 1) == 0
 
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,13 @@ class GradNormTap(Tap):
     name: ClassVar[str] = "grad_norm"
     tier: ClassVar[CostTier] = "always"
     provides: ClassVar[frozenset[str]] = frozenset(
-        {"grad_norm", "nonfinite_grad", "grad_norm_per_tensor", "grad_missing"}
+        {
+            "grad_norm",
+            "nonfinite_grad",
+            "grad_norm_per_tensor",
+            "grad_missing",
+            "params_without_grad",
+        }
     )
 
     def __init__(self, every: int = 1) -> None:
@@ -77,12 +83,16 @@ class GradNormTap(Tap):
         self._rows: list[torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]] = []
         self._steps: list[int] = []
         self._missing = 0  # optimizer parameters that had no gradient on a sampled step
+        self._never: set[int] = set()  # tensors without a gradient on every sampled step so far
+        self._sampled = 0  # sampled steps since the tap was bound
         self._plan: NormPlan | None = None
         self.current_step = 0  # set by the hub: the Guard step the next optimizer step belongs to
 
     def bind(self, ctx: StepContext) -> None:
         home = ctx.params[0].device if ctx.params else torch.device("cpu")
         self._plan = NormPlan([local_shard(p) for p in ctx.params], home)
+        self._never = set(range(len(ctx.params)))
+        self._sampled = 0
 
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
         if opt_step % self.every or self._plan is None:
@@ -90,6 +100,11 @@ class GradNormTap(Tap):
         grads = local_grads(ctx.params)
         missing = sum(g is None for g in grads)
         self._missing += missing
+        self._sampled += 1
+        if self._never:  # host checks (.grad, requires_grad): no device work
+            # Frozen tensors (requires_grad=False) have no gradient by design: not counted.
+            params = ctx.params
+            self._never = {i for i in self._never if grads[i] is None and params[i].requires_grad}
         if self._plan.single and not missing:
             # The hot path: keep the per-tensor norms as they come and stack them all once at
             # the flush, so a step costs one _foreach_norm and nothing else.
@@ -117,7 +132,12 @@ class GradNormTap(Tap):
             )
         packet = Packet(
             tensors={"grad_norms": table},
-            host={"steps": self._steps, "missing": self._missing},
+            host={
+                "steps": self._steps,
+                "missing": self._missing,
+                "never": sorted(self._never),
+                "sampled": self._sampled,
+            },
         )
         self._rows, self._steps, self._missing = [], [], 0
         return packet
@@ -136,4 +156,10 @@ class GradNormTap(Tap):
             "nonfinite_grad": Series(steps[-1:], [float(nonfinite)]),
             "grad_norm_per_tensor": per_tensor,  # rows: sampled steps, columns: tensors
             "grad_missing": host["missing"],
+            # Tensors in the optimizer that had no gradient on any sampled step since the
+            # start: not in the graph (a detached path, an unused layer).
+            "params_without_grad": {
+                "indices": list(host.get("never", [])),
+                "sampled_steps": int(host.get("sampled", 0)),
+            },
         }

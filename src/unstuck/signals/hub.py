@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unstuck.signals.base import Packet, Reduction, StepContext, Tap
+from unstuck.signals.base import Packet, Reduction, StepContext, Tap, early_step
 from unstuck.signals.host import Frame
 
 __all__ = ["Frame", "SignalHub", "optimizer_parameters"]
@@ -62,8 +62,21 @@ class _Schedule:
         self.period = period
         if period <= self.MAX_PERIOD:
             self.due = [[t for t in self.taps if n % t.every == 0] for n in range(period)]
+        # The first steps, where taps with ``early_samples`` also read the powers of two
+        # before their first regular sample (``early_step``).
+        first = max((int(t.every) for t in self.taps if t.early_samples), default=0)
+        self.early = [
+            [
+                t
+                for t in self.taps
+                if n % t.every == 0 or (t.early_samples and early_step(n, int(t.every)))
+            ]
+            for n in range(first)
+        ]
 
     def at(self, n: int) -> list[Tap]:
+        if n < len(self.early):
+            return self.early[n]
         if self.due is not None:
             return self.due[n % self.period]
         return [t for t in self.taps if n % t.every == 0]

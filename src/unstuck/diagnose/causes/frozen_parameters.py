@@ -8,6 +8,7 @@ from unstuck.diagnose.base import FOUND_CONFIDENCE, Rule
 from unstuck.diagnose.causes._data import ramp
 from unstuck.diagnose.causes._hurt import loss_hurt
 from unstuck.diagnose.evidence import Evidence
+from unstuck.signals.host import PERSIST_OBSERVATIONS
 from unstuck.types import Finding, Remedy
 
 # A freeze with requires_grad=False is how fine-tuning keeps a pretrained backbone. Frozen
@@ -18,6 +19,12 @@ from unstuck.types import Finding, Remedy
 # already a bug) or from a tenth to a half (frozen on a hurt run: most of the model).
 UNTRAINED_SHARE = (0.01, 0.1)
 FROZEN_SHARE = (0.1, 0.5)
+# A tensor the optimizer holds whose .grad stayed None on every sampled step: not in the graph
+# (a .detach() on the path, a layer the forward never calls). Judged after PERSIST_OBSERVATIONS
+# samples, the "persistently" of the data rules (3; at the default cadence of 8 steps: step 16,
+# inside the shortest programs of issue 24). Not 1.0: a layer used only now and then (a branch
+# taken on some batches) also misses gradients for a while.
+NO_GRAD_CONFIDENCE = 0.9
 
 
 class FrozenParameters(Rule):
@@ -31,6 +38,8 @@ class FrozenParameters(Rule):
             "params_frozen_share",
             "params_frozen_untrained",
             "params_frozen_untrained_share",
+            "params_without_grad",
+            "param_names",
         }
     )
     continuous: ClassVar[bool] = True
@@ -48,7 +57,7 @@ class FrozenParameters(Rule):
     def check(self, ev: Evidence) -> Finding | None:
         names = list(ev.get("params_not_in_optimizer", []))
         if not names:
-            return self._frozen_on_hurt_run(ev)
+            return self._without_gradient(ev) or self._frozen_on_hurt_run(ev)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return Finding(
             cause=self.code,
@@ -57,6 +66,48 @@ class FrozenParameters(Rule):
             step=ev.step,
             summary=f"{len(names)} trainable parameter tensors are in no optimizer group: {shown}",
             remedies=(Remedy("add_to_optimizer", note="rebuild the optimizer from them"),),
+        )
+
+    def _without_gradient(self, ev: Evidence) -> Finding | None:
+        """Tensors in the optimizer that never had a gradient on a sampled step."""
+        seen = ev.get("params_without_grad")
+        if not isinstance(seen, dict):
+            return None
+        sampled = seen.get("sampled_steps")
+        indices = seen.get("indices")
+        if not isinstance(sampled, int) or sampled < PERSIST_OBSERVATIONS:
+            return None
+        if not isinstance(indices, list) or not indices:
+            return None
+        all_names = list(ev.get("param_names", []) or [])
+        names = [
+            all_names[i] if isinstance(i, int) and 0 <= i < len(all_names) else f"tensor {i}"
+            for i in indices
+        ]
+        if all_names and len(names) == len(all_names):
+            return None  # no gradient anywhere: the loop reads them another way (or none ran)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return Finding(
+            cause=self.code,
+            confidence=NO_GRAD_CONFIDENCE,
+            evidence={
+                "reading": "no_gradient",
+                "parameters": names,
+                "count": len(names),
+                "sampled_steps": sampled,
+            },
+            step=ev.step,
+            summary=f"{len(names)} parameter tensors in the optimizer got no gradient on any of "
+            f"{sampled} sampled steps (not in the graph: a .detach() on the path, or a layer "
+            f"the forward never calls): {shown}",
+            remedies=(
+                Remedy(
+                    "check_graph",
+                    automatic=False,
+                    note="find where the path to these layers is cut (.detach(), .item(), "
+                    "torch.no_grad, a numpy round trip) or why the forward skips them",
+                ),
+            ),
         )
 
     def _frozen_on_hurt_run(self, ev: Evidence) -> Finding | None:

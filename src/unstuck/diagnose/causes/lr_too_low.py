@@ -54,11 +54,19 @@ def _gradient_fell(ev: Evidence, ratio: float, grad: float) -> bool:
     return ratio * peak / grad >= LOW_UPDATE_RATIO
 
 
+# A run shorter than the update-ratio cadence is judged by the ratios of its first steps
+# (update_ratio_early), which an optimizer's warm-up (Adam's bias correction, a schedule's
+# ramp) moves by up to a decade or two: only steps two decades below the bar (1e-6) are called
+# too small there. Ours, global.
+SHORT_RUN_MARGIN = 100.0
+
+
 class LRTooLow(Rule):
     """The update/weight ratio sits well below 1e-4 while gradients are finite and non-zero."""
 
     code: ClassVar[str] = "lr_too_low"
     requires: ClassVar[frozenset[str]] = frozenset({"update_ratio", "grad_norm"})
+    uses: ClassVar[frozenset[str]] = frozenset({"update_ratio_early"})
     # Tiny steps with healthy gradients are these causes' symptom, not a too-small LR.
     # A flat landscape or a saddle makes small steps too; their remedies raise the LR as well.
     # Units killed by a blow-up (lr_too_high) or dead from the start (dead_relu) leave tiny
@@ -90,11 +98,19 @@ class LRTooLow(Rule):
         ratios = ev.values_of("update_ratio")[-RECENT_POINTS:]
         grads = ev.values_of("grad_norm")[-RECENT_POINTS * 4 :]
         ratios = ratios[np.isfinite(ratios)]
+        reading = "ratio"
+        if ratios.size < 2:
+            # A run shorter than the cadence has one regular ratio: it judges its LR by the
+            # early ones (steps 1, 2, 4, ...), at a bar two decades lower.
+            early = ev.values_of("update_ratio_early")
+            ratios = np.concatenate([early[np.isfinite(early)], ratios])
+            reading = "short_run"
         if ratios.size < 2 or grads.size == 0 or not np.all(np.isfinite(grads)):
             return None
         ratio = float(np.median(ratios))
         grad = float(np.median(grads))
-        if ratio >= LOW_UPDATE_RATIO or ratio <= 0.0 or grad <= 0.0:
+        bar = LOW_UPDATE_RATIO if reading == "ratio" else LOW_UPDATE_RATIO / SHORT_RUN_MARGIN
+        if ratio >= bar or ratio <= 0.0 or grad <= 0.0:
             return None
         if _schedule_annealed(ev) or _converged(ev) or _gradient_fell(ev, ratio, grad):
             return None
@@ -106,6 +122,7 @@ class LRTooLow(Rule):
             cause=self.code,
             confidence=confidence,
             evidence={
+                "reading": reading,
                 "update_ratio_median": ratio,
                 "threshold": LOW_UPDATE_RATIO,
                 "grad_norm_median": grad,
