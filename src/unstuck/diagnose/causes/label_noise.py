@@ -88,8 +88,7 @@ class LabelNoise(Rule):
         confidence = found_confidence(
             0.2 * ramp(share, MOST_LOSS_SHARE, 0.9), 0.15 * ramp(margin, 1.0, 2.0)
         )
-        ids = ev["sample_groups"].get("wrong_ids", [])
-        ids = [int(i) for i in ids] if isinstance(ids, list) else []
+        ids = _wrong_ids(ev)
         evidence: dict[str, Any] = {
             "wrong_fraction": fraction,
             "wrong_loss_share": share,
@@ -138,8 +137,7 @@ class LabelNoise(Rule):
             return None  # one class (class_imbalance), or unsure rather than wrong (hard_subset)
         ratio = train_level / val_level
         confidence = found_confidence(0.2 * ramp(ratio, TRAIN_OVER_VAL, 2 * TRAIN_OVER_VAL))
-        ids = ev["sample_groups"].get("wrong_ids", [])
-        ids = [int(i) for i in ids] if isinstance(ids, list) else []
+        ids = _wrong_ids(ev)
         return Finding(
             cause=self.code,
             confidence=round(confidence, 4),
@@ -170,3 +168,9 @@ class LabelNoise(Rule):
                 ),
             ),
         )
+
+
+def _wrong_ids(ev: Evidence) -> list[int]:
+    """The ids of the highest-loss worse-than-chance samples (up to 20), to inspect."""
+    ids = ev["sample_groups"].get("wrong_ids", [])
+    return [int(i) for i in ids] if isinstance(ids, list) else []
