@@ -3,7 +3,8 @@ how often such a finding is right (docs/zoo.md "Calibration").
 
 A rule's confidence formula orders its own findings (more decades above a threshold, more
 confident); how often its findings name the real cause is measured, not derived. The scales
-below were fitted once by ``bench/zoo/calibrate.py`` on the train split's quick run: each
+below were fitted by ``bench/zoo/calibrate.py`` on the train split's full run (refitted when the
+rules change, never on the test split): each
 rule's mean confidence becomes its precision there, shrunk towards the rule's own claim by a
 prior worth ``PRIOR_FINDINGS`` findings. A rule that never fired on the train split keeps its
 confidence. Applied by ``run_rules`` to every finding before symptoms are ranked.
@@ -26,35 +27,48 @@ __all__ = [
 PRIOR_FINDINGS = 4.0  # the rule's own claim counts as this many findings (a Beta prior)
 CAP = 0.99  # no scaled finding claims certainty; a rule's own 1.0 (nonfinite, frozen) stays
 FITTED_ON = (
-    "2026-12-07: bench/zoo/run.py --split train --quick (52 scored mutants, 10 healthy runs), "
-    "fitted by bench/zoo/calibrate.py"
+    "2026-12-07: bench/zoo/run.py --split train, the full split (606 scored runs: 556 mutants "
+    "that hurt, 50 healthy), fitted by bench/zoo/calibrate.py"
 )
 # Per rule (or reading): its findings on the train split that named the seeded cause, of all.
 SCALES: dict[str, float] = {
-    "batch_size": 0.444,  # 0/5 right
-    "capacity_limit": 0.415,  # 1/11 right
-    "class_imbalance": 0.735,  # 2/5 right
-    "converged": 0.673,  # 1/6 right
-    "dead_relu": 1.05,  # 2/2 right
-    "flat_region": 0.571,  # 0/3 right
-    "hard_subset": 0.667,  # 0/2 right
-    "input_scale": 1.037,  # 2/2 right
-    "label_noise": 0.756,  # 1/3 right
-    "lr_too_high/adaptive": 0.364,  # 0/7 right
-    "lr_too_high/blow_up": 0.64,  # 2/6 right
-    "lr_too_high/ratio": 0.8,  # 0/1 right
-    "lr_too_low": 0.753,  # 2/5 right
-    "nonfinite": 0.667,  # 2/5 right
-    "over_clipping": 1.222,  # 2/2 right
-    "over_regularization": 1.018,  # 2/2 right
-    "overfitting": 0.903,  # 2/3 right
-    "poor_initialization": 0.667,  # 0/2 right
-    "precision_underflow": 1.025,  # 1/1 right
-    "repeated_data": 1.029,  # 2/2 right
-    "saturated_activations": 1.129,  # 2/2 right
-    "stale_optimizer_state": 1.063,  # 2/2 right
-    "truncated_data": 1.018,  # 2/2 right
-    "vanishing_gradients": 1.018,  # 2/2 right
+    "batch_size": 0.231,  # 5/42 right
+    "capacity_limit": 0.116,  # 4/107 right
+    "class_imbalance": 0.714,  # 15/30 right
+    "converged": 0.607,  # 16/76 right
+    "dead_relu": 0.914,  # 6/8 right
+    "exploding_gradients": 0.571,  # 0/3 right
+    "flat_region": 0.25,  # 0/12 right
+    "frozen_parameters": 1.0,  # 9/9 right
+    "frozen_parameters/untrained": 1.091,  # 18/18 right
+    "hard_subset": 0.376,  # 1/10 right
+    "input_scale": 1.077,  # 9/9 right
+    "label_noise": 0.514,  # 5/16 right
+    "label_noise/train_above_val": 1.371,  # 15/16 right
+    "loss_component_dominance": 1.271,  # 5/5 right
+    "loss_component_dominance/served": 1.326,  # 11/11 right
+    "lr_decayed_early/cut_before_learning": 1.201,  # 7/7 right
+    "lr_decayed_early/stalled_after_fall": 1.324,  # 19/19 right
+    "lr_too_high/adaptive": 0.198,  # 9/84 right
+    "lr_too_high/blow_up": 0.596,  # 13/29 right
+    "lr_too_high/oscillation": 0.81,  # 1/3 right
+    "lr_too_high/ratio": 0.516,  # 3/12 right
+    "lr_too_low": 0.836,  # 26/45 right
+    "nonfinite": 0.629,  # 18/31 right
+    "output_activation/bounded_output": 1.032,  # 6/6 right
+    "output_activation/softmax": 1.112,  # 7/7 right
+    "over_clipping": 1.5,  # 12/12 right
+    "over_regularization": 1.078,  # 25/25 right
+    "overfitting": 0.792,  # 20/46 right
+    "poor_initialization": 0.333,  # 0/8 right
+    "poor_initialization/layer_drop": 1.139,  # 14/16 right
+    "precision_underflow": 1.055,  # 3/3 right
+    "repeated_data": 0.977,  # 24/27 right
+    "saddle_point": 0.571,  # 0/3 right
+    "saturated_activations": 1.198,  # 13/14 right
+    "stale_optimizer_state": 0.885,  # 14/22 right
+    "truncated_data": 1.041,  # 14/14 right
+    "vanishing_gradients": 0.632,  # 9/23 right
 }
 
 
