@@ -11,7 +11,9 @@ The method (docs/zoo.md "Calibration"): per rule (or reading) r with n_r finding
 them right, mean raw confidence c_r, a Beta prior worth PRIOR_FINDINGS findings centred on c_r
 (the rule's own claim) gives the shrunk precision p_r = (k_r + PRIOR_FINDINGS·c_r) /
 (n_r + PRIOR_FINDINGS), and the scale is p_r / c_r: a rule's mean confidence becomes its shrunk
-precision on train, its findings keep their order. Rules without a finding keep scale 1.
+precision on train, its findings keep their order. Rules without a finding keep scale 1, and so
+do the causes the zoo seeds no fault for (``operators.NOT_IN_ZOO``): none of their findings can
+be right there, so the zoo measures nothing of their precision.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if str(BENCH) not in sys.path:
 def fit(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     from unstuck.diagnose.calibration import CAP, PRIOR_FINDINGS, SCALES, calibration_key
     from zoo.metrics import END_STATES
+    from zoo.operators import NOT_IN_ZOO
 
     points: dict[str, list[tuple[float, bool]]] = defaultdict(list)
     for r in runs:
@@ -44,6 +47,8 @@ def fit(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for cause, p in r["ranking"]:
             if r["expected"] is None and cause in END_STATES:
                 continue
+            if cause in NOT_IN_ZOO:
+                continue  # never seeded: every finding would count as wrong by construction
             f = best.get(cause, {})
             key = calibration_key(cause, f.get("reading"))
             raw = f.get("raw_confidence")

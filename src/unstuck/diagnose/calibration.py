@@ -4,10 +4,11 @@ how often such a finding is right (docs/zoo.md "Calibration").
 A rule's confidence formula orders its own findings (more decades above a threshold, more
 confident); how often its findings name the real cause is measured, not derived. The scales
 below were fitted by ``bench/zoo/calibrate.py`` on the train split's full run (refitted when the
-rules change, never on the test split): each
-rule's mean confidence becomes its precision there, shrunk towards the rule's own claim by a
-prior worth ``PRIOR_FINDINGS`` findings. A rule that never fired on the train split keeps its
-confidence. Applied by ``run_rules`` to every finding before symptoms are ranked.
+rules change, never on the test split): each rule's mean confidence becomes its precision
+there, shrunk towards the rule's own claim by a prior worth ``PRIOR_FINDINGS`` findings. A rule
+that never fired on the train split keeps its confidence, and so does a cause the zoo seeds no
+fault for (``flat_region``, ``rank_desync``: none of their findings can be right there).
+Applied by ``run_rules`` to every finding before symptoms are ranked.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ SCALES: dict[str, float] = {
     "converged": 0.607,  # 16/76 right
     "dead_relu": 0.914,  # 6/8 right
     "exploding_gradients": 0.571,  # 0/3 right
-    "flat_region": 0.25,  # 0/12 right
     "frozen_parameters": 1.0,  # 9/9 right
     "frozen_parameters/untrained": 1.091,  # 18/18 right
     "hard_subset": 0.376,  # 1/10 right

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from unstuck.signals.architecture import beta2_of, momentum_of, post_norm_layers
+from unstuck.signals.base import local_shard
 
 __all__ = [
     "config_lrs",
@@ -64,7 +65,9 @@ def at_uniform_init(p: torch.Tensor) -> bool:
     if p.ndim < 2 or p.numel() < UNIFORM_MIN_VALUES or not p.is_floating_point():
         return False
     with torch.no_grad():
-        w = p.detach().float()
+        w = local_shard(p.detach()).float()  # this rank's shard under FSDP2: no collective
+        if w.numel() < UNIFORM_MIN_VALUES:
+            return False
         rms = float(w.pow(2).mean().sqrt())  # a host read, once, when the Guard is built
         if not rms > 0:
             return False

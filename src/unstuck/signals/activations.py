@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.base import CostTier, Packet, StepContext, Tap, local_shard
 from unstuck.signals.host import SATURATION_BOUND, Series
 
 __all__ = ["DEAD_WINDOW", "SATURATION_BOUND", "ActivationTap"]
@@ -103,7 +103,11 @@ def default_init_scale(module: nn.Module, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or weight.numel() == 0:
         return like.new_tensor(float("nan"))
     with torch.no_grad():
-        w = weight.detach().float()
+        # This rank's shard under FSDP2 (sharded along dim 0: a row keeps the whole fan-in); the
+        # RMS of a shard of a uniform draw is the draw's.
+        w = local_shard(weight.detach()).float()
+        if w.numel() == 0:
+            return like.new_tensor(float("nan"))
         fan_in = w[0].numel()
         scale: torch.Tensor = w.pow(2).mean().sqrt() * math.sqrt(3.0 * fan_in)
         return scale.to(like)

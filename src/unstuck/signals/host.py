@@ -14,10 +14,12 @@ from typing import Any, NamedTuple
 __all__ = [
     "CHECKSUM_FIELDS",
     "COMPONENT_PREFIX",
+    "CONSTANT_TOLERANCE",
     "DIRECTION_SNR",
     "FLAT_FELT_CURVATURE",
     "NOISE_FLOOR_SHARE",
     "PERSIST_OBSERVATIONS",
+    "ROW_SUM_TOLERANCE",
     "SADDLE_RATIO",
     "SATURATION_BOUND",
     "STALLED_PROGRESS",
@@ -134,6 +136,15 @@ def classify(
 
 # --- activations, samples, loss components, rank checksums ---
 
+# The output tap's tolerances (signals/outputs.py), here so that the rules read them without torch.
+# bfloat16 keeps 8 significant bits: each probability of a row is rounded by at most 2^-9 of
+# itself, so a softmax row computed in bf16 sums to 1 within 2^-9 ≈ 0.002 (float32: ~6e-8 per
+# unit). 1e-2 accepts a bf16/fp16 softmax with a 5× margin; logits, on every row of a batch, land
+# in so narrow a band only by accident.
+ROW_SUM_TOLERANCE = 1e-2
+# An output whose spread is below float32's resolution at its size (2^-23 ≈ 1.2e-7) times a
+# margin for the reductions: the same value for every sample and unit.
+CONSTANT_TOLERANCE = 1e-6
 SATURATION_BOUND = 5.0  # DeepDiagnosis: a pre-activation beyond ±5 is saturated (REFERENCE.md §3)
 PERSIST_OBSERVATIONS = 3  # "persistently": a sample must stay unlearned over 3 passes in a row
 COMPONENT_PREFIX = "loss_component/"

@@ -32,17 +32,10 @@ import torch
 from torch import nn
 
 from unstuck.signals.base import CostTier, Packet, StepContext, Tap
+from unstuck.signals.host import CONSTANT_TOLERANCE, ROW_SUM_TOLERANCE
 
 __all__ = ["CONSTANT_TOLERANCE", "ROW_SUM_TOLERANCE", "OutputTap"]
 
-# bfloat16 keeps 8 significant bits: each probability of a row is rounded by at most 2^-9 of
-# itself, so a softmax row computed in bf16 sums to 1 within 2^-9 ≈ 0.002 (float32: ~6e-8 per
-# unit). 1e-2 accepts a bf16/fp16 softmax with a 5× margin; logits, on every row of a batch, land
-# in so narrow a band only by accident.
-ROW_SUM_TOLERANCE = 1e-2
-# An output whose spread is below float32's resolution at its size (2^-23 ≈ 1.2e-7) times a
-# margin for the reductions: the same value for every sample and unit.
-CONSTANT_TOLERANCE = 1e-6
 # grad_fn names skipped on the way back to the op that made the output (shape and dtype changes).
 _PASS_THROUGH = frozenset(
     {

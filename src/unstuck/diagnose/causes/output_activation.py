@@ -10,7 +10,7 @@ from unstuck.diagnose.base import Rule, found_confidence
 from unstuck.diagnose.causes._hurt import STALLED_STATES, loss_hurt
 from unstuck.diagnose.causes._landscape import LEVEL_POINTS, recent_median
 from unstuck.diagnose.evidence import Evidence
-from unstuck.signals.outputs import ROW_SUM_TOLERANCE
+from unstuck.signals.host import ROW_SUM_TOLERANCE
 from unstuck.types import Finding, Remedy
 
 # The ranges of the squashing output functions, by the autograd op that makes the output.
