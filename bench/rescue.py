@@ -482,6 +482,7 @@ class Mechanic(Strategy):
 
 class Unstuck(Strategy):
     name = "unstuck"
+    policy = "rescue"  # a variant (bench/spike_lead.py's observer) sets its own
 
     def __init__(self, task: Task, model: torch.nn.Module, budget: int, steps_per_epoch: int):
         super().__init__(task, model, budget, steps_per_epoch)
@@ -492,10 +493,15 @@ class Unstuck(Strategy):
             model,
             self.optimizer,
             scheduler=self.scheduler,
-            policy="rescue",
+            policy=self.policy,
             loss_fn=task.loss,
             console=False,
+            **self.guard_options(),
         )
+
+    def guard_options(self) -> dict[str, Any]:
+        """Further Guard arguments: none for the benchmark itself, a variant's own."""
+        return {}
 
     def after_step(self, step: int, loss: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> None:
         if self.scheduler is not None:

@@ -53,23 +53,14 @@ def first_jump(steps: list[int], values: list[float], start: int, window: int) -
 
 def observe_run(task: rescue_tasks.Task, seed: int, every: int) -> dict[str, Any]:
     """One run of ``task`` under an observing Guard; the series it saw and its states."""
-    import unstuck
 
     seen: dict[str, Any] = {"loss": ([], []), "update_ratio": ([], []), "states": []}
 
     class Observe(rescue.Unstuck):
+        policy = "observe"
+
         def __init__(self, task: Any, model: torch.nn.Module, budget: int, spe: int) -> None:
-            rescue.Strategy.__init__(self, task, model, budget, spe)
-            self.scheduler = rescue._schedule(task, self.optimizer, budget)
-            self.guard = unstuck.Guard(
-                model,
-                self.optimizer,
-                scheduler=self.scheduler,
-                policy="observe",
-                loss_fn=task.loss,
-                console=False,
-                update_ratio_every=every,
-            )
+            super().__init__(task, model, budget, spe)
             monitor = self.guard._monitor
             observe = monitor.observe
 
@@ -84,6 +75,9 @@ def observe_run(task: rescue_tasks.Task, seed: int, every: int) -> dict[str, Any
                 return update
 
             monitor.observe = spy  # type: ignore[method-assign]
+
+        def guard_options(self) -> dict[str, Any]:
+            return {"update_ratio_every": every}
 
     rescue.run(task, Observe, seed)
     return seen
