@@ -313,7 +313,13 @@ class ActivationTap(Tap):
             return
         with torch.no_grad():
             y = y.detach().float()
-            sample.scale[key] = torch.stack([y.std(), signal_std(y), default_init_scale(module, y)])
+            # The weight scale is kept from the first sampled forward only: once that is on
+            # the host, later forwards skip the pass over the weights.
+            if self._first_scale is None:
+                weights = default_init_scale(module, y)
+            else:
+                weights = y.new_tensor(float("nan"))
+            sample.scale[key] = torch.stack([y.std(), signal_std(y), weights])
 
     def _end_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         sample = self._sample()

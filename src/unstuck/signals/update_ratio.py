@@ -43,7 +43,6 @@ class UpdateRatioTap(Tap):
         self._rows: list[torch.Tensor] = []  # per sampled step: [‖Δ‖_i..., ‖θ‖_i...]
         self._steps: list[int] = []
         self._early: list[bool] = []  # per sampled step: one of the early powers of two
-        self._taking_early = False
         self.current_step = 0
 
     def bind(self, ctx: StepContext) -> None:
@@ -51,10 +50,8 @@ class UpdateRatioTap(Tap):
         self._plan = NormPlan([local_shard(p) for p in ctx.params], home)
 
     def on_pre_step(self, ctx: StepContext, opt_step: int) -> None:
-        early = early_step(opt_step, self.every)
-        if opt_step % self.every == 0 or early:
+        if opt_step % self.every == 0 or early_step(opt_step, self.every):
             self._before = [local_shard(p.detach()).clone() for p in ctx.params]
-            self._taking_early = early
 
     def on_post_step(self, ctx: StepContext, opt_step: int) -> None:
         if self._before is None or self._plan is None:
@@ -64,7 +61,7 @@ class UpdateRatioTap(Tap):
         row = torch.cat([self._plan.norms(list(deltas)), self._plan.norms(list(self._before))])
         self._rows.append(row)
         self._steps.append(self.current_step)
-        self._early.append(self._taking_early)
+        self._early.append(early_step(opt_step, self.every))  # the hub passes the same step
         self._before = None
 
     def collect(self) -> Packet:
