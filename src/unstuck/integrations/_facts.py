@@ -62,7 +62,7 @@ UNIFORM_MAX_MEAN_OVER_RMS = 0.1
 
 def at_uniform_init(p: torch.Tensor) -> bool:
     """Whether a weight tensor still looks like a fresh uniform random draw (never trained)."""
-    if p.ndim < 2 or p.numel() < UNIFORM_MIN_VALUES or not p.is_floating_point():
+    if p.ndim < 2 or not p.is_floating_point():
         return False
     with torch.no_grad():
         w = local_shard(p.detach()).float()  # this rank's shard under FSDP2: no collective

@@ -88,7 +88,7 @@ def last_op(tensor: torch.Tensor) -> str:
 @dataclass
 class _Sample:
     step: int
-    stats: torch.Tensor  # min, max, max |row sum - 1|, min row sum: on the device
+    stats: torch.Tensor  # min, max, max |row sum - 1|: on the device
     units: int
     op: str
     targets: torch.Tensor | None = None  # min, max, max row sum

@@ -28,7 +28,8 @@ NO_GRAD_CONFIDENCE = 0.9
 
 
 class FrozenParameters(Rule):
-    """Trainable parameters sit in no optimizer group, or frozen ones hold a stalled run back."""
+    """Trainable parameters sit in no optimizer group or outside the graph, or are frozen at
+    their random draw (or, possibly pretrained, frozen on a hurt run)."""
 
     code: ClassVar[str] = "frozen_parameters"
     requires: ClassVar[frozenset[str]] = frozenset({"params_not_in_optimizer"})
@@ -49,22 +50,25 @@ class FrozenParameters(Rule):
         "usually means the optimizer was built before a layer was added or replaced, or from a "
         "subset such as model.head.parameters(). Build the optimizer from model.parameters() "
         "after the model is final, or set requires_grad=False on layers you mean to freeze. "
-        "Layers frozen with requires_grad=False are named only when the run is stalled or "
-        "hurt: a freeze copied from a fine-tuning recipe onto a model trained from scratch "
-        "leaves random layers fixed; unfreeze them unless their weights are pretrained."
+        "Tensors in the optimizer that never get a gradient are cut off from the loss (a "
+        ".detach() on the path, a layer the forward never calls). Layers frozen with "
+        "requires_grad=False while still at their random initialisation are named at once: a "
+        "freeze copied from a fine-tuning recipe onto a model trained from scratch leaves "
+        "random layers fixed; other frozen layers, possibly pretrained, only when the run is "
+        "stalled or hurt. Unfreeze them unless their weights are pretrained."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
         names = list(ev.get("params_not_in_optimizer", []))
         if not names:
-            return self._without_gradient(ev) or self._frozen_on_hurt_run(ev)
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            return self._without_gradient(ev) or self._frozen(ev)
         return Finding(
             cause=self.code,
             confidence=1.0,
             evidence={"parameters": names, "count": len(names)},
             step=ev.step,
-            summary=f"{len(names)} trainable parameter tensors are in no optimizer group: {shown}",
+            summary=f"{len(names)} trainable parameter tensors are in no optimizer group: "
+            f"{_listed(names)}",
             remedies=(Remedy("add_to_optimizer", note="rebuild the optimizer from them"),),
         )
 
@@ -86,7 +90,6 @@ class FrozenParameters(Rule):
         ]
         if all_names and len(names) == len(all_names):
             return None  # no gradient anywhere: the loop reads them another way (or none ran)
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return Finding(
             cause=self.code,
             confidence=NO_GRAD_CONFIDENCE,
@@ -99,7 +102,7 @@ class FrozenParameters(Rule):
             step=ev.step,
             summary=f"{len(names)} parameter tensors in the optimizer got no gradient on any of "
             f"{sampled} sampled steps (not in the graph: a .detach() on the path, or a layer "
-            f"the forward never calls): {shown}",
+            f"the forward never calls): {_listed(names)}",
             remedies=(
                 Remedy(
                     "check_graph",
@@ -110,7 +113,7 @@ class FrozenParameters(Rule):
             ),
         )
 
-    def _frozen_on_hurt_run(self, ev: Evidence) -> Finding | None:
+    def _frozen(self, ev: Evidence) -> Finding | None:
         """Tensors frozen with ``requires_grad=False``: at their random draw, or on a hurt run."""
         untrained = list(ev.get("params_frozen_untrained", []) or [])
         share = ev.get("params_frozen_untrained_share")
@@ -136,16 +139,15 @@ class FrozenParameters(Rule):
         strength: float,
         hurt: str | None,
     ) -> Finding:
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         if hurt is None:
             summary = (
                 f"{len(names)} parameter tensors are frozen (requires_grad=False) at their "
-                f"random initialisation ({share:.0%} of the model's weights): {shown}"
+                f"random initialisation ({share:.0%} of the model's weights): {_listed(names)}"
             )
         else:
             summary = (
                 f"the loss is {hurt} with {len(names)} parameter tensors frozen "
-                f"(requires_grad=False, {share:.0%} of the model's weights): {shown}"
+                f"(requires_grad=False, {share:.0%} of the model's weights): {_listed(names)}"
             )
         evidence: dict[str, object] = {
             "reading": reading,
@@ -170,3 +172,9 @@ class FrozenParameters(Rule):
                 ),
             ),
         )
+
+
+def _listed(names: list[str]) -> str:
+    """The first five names, and how many more."""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more

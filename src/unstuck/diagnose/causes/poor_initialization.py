@@ -33,11 +33,18 @@ LAYER_DROP = 10.0
 MAX_CONFIDENCE = 0.95  # as vanishing_gradients: a collapse of many decades is near-certain
 
 
+def _floats(values: Sequence[Any]) -> list[float] | None:
+    """The values as floats, or None when one is not a number."""
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
 def _depth_ratio(values: Sequence[Any]) -> float | None:
     """Output std of the last hidden layer over that of the first layer (forward order)."""
-    try:
-        stds = [float(v) for v in values]
-    except (TypeError, ValueError):
+    stds = _floats(values)
+    if stds is None:
         return None
     if len(stds) < MIN_LAYERS or not all(math.isfinite(s) and s >= 0 for s in stds):
         return None
@@ -117,18 +124,12 @@ class PoorInitialization(Rule):
     def _layer_drop(self, ev: Evidence, scale: dict[str, Any]) -> Finding | None:
         """One hidden layer shrinks the sample-to-sample std of its input by LAYER_DROP or more
         at the first sampled forward: its weights are far below a sound init's."""
-        try:
-            signal = [float(v) for v in scale.get("first_signal") or []]
-        except (TypeError, ValueError):
+        signal = _floats(scale.get("first_signal") or [])
+        weights = _floats(scale.get("first_weight_scale") or [])
+        if signal is None or weights is None or len(weights) != len(signal):
             return None
         hidden = signal[:-1]  # the output layer is left out (often zero-init or scaled)
         if len(hidden) < 2 or not all(math.isfinite(v) and v >= 0 for v in hidden):
-            return None
-        try:
-            weights = [float(v) for v in scale.get("first_weight_scale") or []]
-        except (TypeError, ValueError):
-            return None
-        if len(weights) != len(signal):
             return None
         drops = [
             (a / b if b > 0 else math.inf, i + 1)
