@@ -226,6 +226,23 @@ def test_class_imbalance_quiet(counts, hist):
     assert get_rule("class_imbalance").check(_classes(counts, hist)) is None
 
 
+def test_class_imbalance_needs_the_minority_below_a_uniform_guess():
+    # Ten classes (chance ln 10 = 2.30): rare classes at loss 1.5 are unlearned (> ln 2) but
+    # get more than a uniform guess, a skew the task has and the model is learning; at 3.0
+    # they get less than 1/10, i.e. the model has settled on the frequent classes.
+    counts = {c: 300 for c in range(8)} | {8: 10, 9: 10}
+    learned = {c: [0.1] * 3 for c in range(8)}
+    learning = get_rule("class_imbalance").check(
+        _classes(counts, learned | {8: [1.6, 1.5, 1.4], 9: [1.6, 1.5, 1.4]})
+    )
+    assert learning is None
+    settled = get_rule("class_imbalance").check(
+        _classes(counts, learned | {8: [3.0] * 3, 9: [3.1] * 3})
+    )
+    assert settled is not None
+    assert settled.evidence["chance_loss"] == pytest.approx(np.log(10))
+
+
 def test_class_imbalance_just_above_the_ratio_fires():
     hist = {0: [0.1] * 3, 1: [3.0] * 3}
     assert get_rule("class_imbalance").check(_classes({0: 101, 1: 10}, hist)) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -19,14 +20,14 @@ from unstuck.types import Finding, Remedy
 
 
 class ClassImbalance(Rule):
-    """Class counts differ > 10x and the rare classes stay at p(label) < 1/2 while others learn."""
+    """Class counts differ > 10x and the rare classes stay below chance while the others learn."""
 
     code: ClassVar[str] = "class_imbalance"
     requires: ClassVar[frozenset[str]] = frozenset({"class_counts", "class_loss_history"})
     explanation: ClassVar[str] = (
         "Some classes are more than ten times rarer than the largest one, and the model has "
-        "settled on predicting the frequent classes: the rare classes' loss stays high (their "
-        "label gets less than even odds) flush after flush while the frequent classes are "
+        "settled on predicting the frequent classes: the rare classes' loss stays above "
+        "chance (ln C: their label gets less than a uniform guess would give it) flush after flush while the frequent classes are "
         "fitted. Their few samples contribute little to the mean gradient, so the run plateaus "
         "with the minority unlearned. Re-balance what the model sees (a weighted sampler, class "
         "weights in the loss such as inverse frequency or effective number of samples, focal "
@@ -56,8 +57,15 @@ class ClassImbalance(Rule):
         if minority_loss is None or majority_loss is None:
             return None
         # Stalled: every one of the last PERSIST_OBSERVATIONS flushes leaves the minority unlearned
-        # while the majority is learned.
-        if not (min(minority_loss) > UNLEARNED_LOSS and max(majority_loss) < UNLEARNED_LOSS):
+        # while the majority is learned. Unlearned here is worse than a uniform guess (loss above
+        # ln C, C the classes seen): the model gives the rare classes less than 1/C, i.e. it has
+        # settled on the frequent ones. A minority still being learned (a skew the task itself
+        # has, its loss falling below chance) is not that.
+        chance = math.log(len(counts))
+        if not (
+            min(minority_loss) > max(UNLEARNED_LOSS, chance)
+            and max(majority_loss) < UNLEARNED_LOSS
+        ):
             return None
         gap = float(np.mean(minority_loss)) / max(float(np.mean(majority_loss)), 1e-12)
         confidence = found_confidence(
@@ -75,6 +83,7 @@ class ClassImbalance(Rule):
                 "minority_sample_share": share,
                 "minority_loss": float(np.mean(minority_loss)),
                 "majority_loss": float(np.mean(majority_loss)),
+                "chance_loss": chance,
             },
             step=ev.step,
             summary=f"classes {sorted(int(c) for c in minority)} are {ratio:.0f}x rarer than the "
