@@ -26,12 +26,13 @@ class ClassImbalance(Rule):
     requires: ClassVar[frozenset[str]] = frozenset({"class_counts", "class_loss_history"})
     explanation: ClassVar[str] = (
         "Some classes are more than ten times rarer than the largest one, and the model has "
-        "settled on predicting the frequent classes: the rare classes' loss stays above "
-        "chance (ln C: their label gets less than a uniform guess would give it) flush after flush while the frequent classes are "
-        "fitted. Their few samples contribute little to the mean gradient, so the run plateaus "
-        "with the minority unlearned. Re-balance what the model sees (a weighted sampler, class "
-        "weights in the loss such as inverse frequency or effective number of samples, focal "
-        "loss, logit adjustment) and judge progress with per-class or balanced metrics."
+        "settled on predicting the frequent classes: the rare classes' loss stays above chance "
+        "(ln C: their label gets less than a uniform guess would give it) flush after flush "
+        "while the frequent classes are fitted. Their few samples contribute little to the mean "
+        "gradient, so the run plateaus with the minority unlearned. Re-balance what the model "
+        "sees (a weighted sampler, class weights in the loss such as inverse frequency or "
+        "effective number of samples, focal loss, logit adjustment) and judge progress with "
+        "per-class or balanced metrics."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
@@ -63,8 +64,7 @@ class ClassImbalance(Rule):
         # has, its loss falling below chance) is not that.
         chance = math.log(len(counts))
         if not (
-            min(minority_loss) > max(UNLEARNED_LOSS, chance)
-            and max(majority_loss) < UNLEARNED_LOSS
+            min(minority_loss) > max(UNLEARNED_LOSS, chance) and max(majority_loss) < UNLEARNED_LOSS
         ):
             return None
         gap = float(np.mean(minority_loss)) / max(float(np.mean(majority_loss)), 1e-12)

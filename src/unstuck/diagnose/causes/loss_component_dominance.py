@@ -30,6 +30,9 @@ STALLED_SHARE = 0.5  # a term still at ≥ half its starting value has not been 
 # causes/_hurt.py cannot see it; the unmoved term is that term's own "stalled near its start".
 UNMOVED_SHARE = 1.0 - EARLY_DROP
 UNMOVED_RISE = 1.0 + EARLY_DROP  # nor risen 10 % above it: a term that grew did move
+# The served reading also speaks on a crawl ("slow"): the unmoved term is the stall itself, and
+# the total still falls only because the served term does. Not on "improving".
+SERVED_STATES = STALLED_STATES | {"slow"}
 
 
 class LossComponentDominance(Rule):
@@ -37,6 +40,10 @@ class LossComponentDominance(Rule):
 
     code: ClassVar[str] = "loss_component_dominance"
     requires: ClassVar[frozenset[str]] = frozenset({"loss_components_start"})
+    # A term on the wrong scale from the first step that grew first and took the loss to
+    # inf/NaN (reading ``blew_up``) is the root of the non-finite loss and of the LR that was
+    # too high for it.
+    explains: ClassVar[frozenset[str]] = frozenset({"nonfinite", "lr_too_high"})
     explanation: ClassVar[str] = (
         "The loss is a sum of terms and one of them is an order of magnitude larger than all "
         "the others together, so it sets the gradient (and, for SGD, the largest learning rate "
@@ -45,15 +52,21 @@ class LossComponentDominance(Rule):
         "reduction='sum' or on unnormalised targets next to a cross-entropy, or a fixed weight "
         "copied from another setup. A large term can also win and then look small: a penalty "
         "summed over the batch drives its own value down while the task term never moves from "
-        "its start. Normalise each term (reduction='mean', standardised "
-        "targets), weight them so they start comparable, or learn the weights (uncertainty "
-        "weighting, Kendall et al. 2018; GradNorm, Chen et al. 2018)."
+        "its start. Or it grows first and takes the loss to inf/NaN. Normalise each term "
+        "(reduction='mean', standardised targets), weight them so they start comparable, or "
+        "learn the weights (uncertainty weighting, Kendall et al. 2018; GradNorm, Chen et al. "
+        "2018)."
     )
 
     def check(self, ev: Evidence) -> Finding | None:
         start_raw = ev.get("loss_components_start")
         if not isinstance(start_raw, dict) or len(start_raw) < 2:
             return None
+        series = {str(name): ev.values_of(COMPONENT_PREFIX + str(name)) for name in start_raw}
+        if any(v.size and not np.isfinite(v[-1]) for v in series.values()):
+            # The terms end non-finite: medians over a blow-up say nothing of their scales;
+            # only which term led it does.
+            return self._blew_up(series, ev.step)
         recent: dict[str, float] = {}
         start: dict[str, float] = {}
         for name, first in start_raw.items():
@@ -127,7 +140,7 @@ class LossComponentDominance(Rule):
             for k in recent
             if start[k] > 0 and UNMOVED_SHARE <= recent[k] / start[k] <= UNMOVED_RISE
         )
-        if not fallen or not unmoved or ev.get("detector_state") not in STALLED_STATES:
+        if not fallen or not unmoved or ev.get("detector_state") not in SERVED_STATES:
             return None
         held = sum(recent[k] for k in unmoved) / sum(recent.values())
         if held < MOST_LOSS_SHARE:
@@ -160,6 +173,63 @@ class LossComponentDominance(Rule):
                     automatic=False,
                     note="normalise each term (reduction='mean') or weight them so the task "
                     "term's gradient is not swamped",
+                ),
+            ),
+        )
+
+    def _blew_up(self, series: dict[str, np.ndarray], step: int) -> Finding | None:
+        """A term that held most of the loss at its first value grew an order of magnitude
+        before any other term did, and the terms then went non-finite: the term on the wrong
+        scale drove the blow-up (an LR too high grows every term, a weight penalty that starts
+        small among them)."""
+        if not all(v.size for v in series.values()):
+            return None
+        broken = [
+            int(np.argmin(np.isfinite(v))) for v in series.values() if not np.all(np.isfinite(v))
+        ]
+        if not broken:
+            return None
+        end = min(broken)  # values before the first non-finite one
+        first = {k: abs(float(v[0])) for k, v in series.items()}
+        if end < 2 or not all(np.isfinite(x) and x > 0.0 for x in first.values()):
+            return None
+        grew_at = {}
+        for name, values in series.items():
+            grown = np.flatnonzero(np.abs(values[:end]) >= ORDER_OF_MAGNITUDE * first[name])
+            if grown.size:
+                grew_at[name] = int(grown[0])
+        if not grew_at:
+            return None
+        leader = min(grew_at, key=lambda k: grew_at[k])
+        if any(k != leader and at <= grew_at[leader] for k, at in grew_at.items()):
+            return None
+        held = first[leader] / sum(first.values())
+        if held < MOST_LOSS_SHARE:
+            return None
+        growth = float(np.max(np.abs(series[leader][:end]))) / first[leader]
+        confidence = found_confidence(0.1 * ramp(float(np.log10(growth)), 1.0, 3.0))
+        return Finding(
+            cause=self.code,
+            confidence=round(confidence, 4),
+            evidence={
+                "reading": "blew_up",
+                "dominant": leader,
+                "grew_by": growth,
+                "threshold": ORDER_OF_MAGNITUDE,
+                "start_share": held,
+                "first_values": first,
+                "grew_at_point": grew_at[leader],
+            },
+            step=step,
+            summary=f"loss term '{leader}' held {held:.0%} of the loss at the start, grew "
+            f"{growth:.3g}x before any other term grew 10x, and the loss then went non-finite",
+            remedies=(
+                Remedy(
+                    "reweight_loss_terms",
+                    {"dominant": leader, "ratio": round(growth, 3)},
+                    automatic=False,
+                    note="normalise the term (reduction='mean') or weight it down so it does "
+                    "not set the step size",
                 ),
             ),
         )
