@@ -68,8 +68,12 @@ def test_a_loss_stalled_inside_the_probability_band_counts_even_after_falling():
     assert finding is not None and "band" in finding.evidence["loss_hurt"]
     below = {**fell, "loss": _loss([low - 0.3] * 80)}  # an NLL below the band: not CE on probs
     assert _check({**below, "output_stats": _out(10, 0.0, 1.0, op="Softmax")}) is None
-    slow = {**fell, "detector_state": "slow"}  # still falling: not a stall
-    assert _check({**slow, "output_stats": _out(10, 0.0, 1.0, op="Softmax")}) is None
+    # A crawl inside the band counts too (plateau or slow there depends on minibatch noise);
+    # a loss the detector sees improving does not.
+    slow = {**fell, "detector_state": "slow"}
+    assert _check({**slow, "output_stats": _out(10, 0.0, 1.0, op="Softmax")}) is not None
+    improving = {**fell, "detector_state": "improving"}
+    assert _check({**improving, "output_stats": _out(10, 0.0, 1.0, op="Softmax")}) is None
 
 
 def test_multi_label_targets_under_a_softmax_are_said():

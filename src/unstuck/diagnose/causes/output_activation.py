@@ -36,6 +36,13 @@ OP_CONFIRMED = 0.15
 ONE_UNIT = 0.3  # a one-unit softmax: the gradient is exactly zero, nothing else can explain it
 
 
+# Where the confined reading speaks: a stall, or a crawl ("slow"), whose level sits in the band.
+# Which of the two the detector calls on a loss that creeps inside the band depends on minibatch
+# noise (on one CPU the double-softmax scenario plateaus, on another with one thread it reads
+# slow); neither is a loss that trains, and only "improving" leaves the band.
+CONFINED_STATES = STALLED_STATES | {"slow"}
+
+
 def probability_band(units: int) -> tuple[float, float]:
     """The range of cross-entropy taken of probabilities instead of logits, per sample, for
     ``units`` classes: −p_y + log Σ_j e^{p_j} lies in [log(e + K − 1) − 1, log(e + K − 1)]
@@ -45,10 +52,10 @@ def probability_band(units: int) -> tuple[float, float]:
 
 
 def confined(ev: Evidence, units: int) -> bool:
-    """The loss has stalled (a detector state in ``STALLED_STATES``) inside the band
+    """The loss has stalled or crawls (a detector state in ``CONFINED_STATES``) inside the band
     cross-entropy over probabilities is confined to: what F.cross_entropy on a softmax output
     reaches, even when it fell more than ``loss_hurt``'s 10 % from its start to get there."""
-    if ev.get("detector_state") not in STALLED_STATES:
+    if ev.get("detector_state") not in CONFINED_STATES:
         return False
     level = recent_median(ev, "loss", LEVEL_POINTS)
     if level is None:
