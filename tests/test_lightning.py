@@ -461,7 +461,9 @@ def test_skipped_steps_leave_weights_and_optimizer_state_untouched(options: dict
     steps, at, k = 12, 4, 3
     micro = int(kw.get("accumulate_grad_batches", 1))
     skip = SkipAfter(at, k)
-    callback = UnstuckCallback(flush_every=4, grad_norm_every=1, console=False, monitor_val=None)
+    callback = UnstuckCallback(
+        flush_every=4, grad_norm_every=1, optimizer_state_every=1, console=False, monitor_val=None
+    )
     trainer = make_trainer([callback, skip], max_steps=steps, **kw)
     data = DataLoader(regression_set(BATCH * steps * micro, seed=0), batch_size=BATCH)
     trainer.fit(AdamStuck(), data)
@@ -480,6 +482,9 @@ def test_skipped_steps_leave_weights_and_optimizer_state_untouched(options: dict
     assert guard.steps == guard.optimizer_steps == steps - k  # the Guard sees none of them
     assert guard.evidence.series("loss")[0].tolist() == list(range(steps - k))
     assert len(guard.evidence.series("grad_norm")[1]) == steps - k
+    # Adam's step counts and the Guard's agree: a skipped step counted by the Guard's hooks
+    # would read as optimizer state that lags (lost) by k steps.
+    assert (guard.evidence.series("optimizer_step_lag")[1] == 0).all()
     assert skip.token == {"skip_before": 0, "skip_batches": k, "skip_owned": True}
     assert guard.state_dict()["controls"]["skip"] == {"remaining": 0, "owned": True}
 
