@@ -209,6 +209,83 @@ def test_lr_multiplier_composes_with_the_trainers_lambda_lr(tmp_path: pathlib.Pa
     assert run.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0)  # λ(40) of a linear decay
 
 
+# -- the rewind's skip ----------------------------------------------------------------------------
+def _kept_state(model: torch.nn.Module, optimizer: Any) -> list[torch.Tensor]:
+    """The weights and every tensor of the optimizer's per-parameter state, copied."""
+    tensors = [p.detach().clone() for p in model.parameters()]
+    for state in optimizer.state.values():
+        tensors += [v.detach().clone() for v in state.values() if isinstance(v, torch.Tensor)]
+    return tensors
+
+
+@pytest.mark.parametrize(
+    ("options", "at", "k"),
+    [
+        ({}, 10, 3),
+        ({"gradient_accumulation_steps": 2, "per_device_train_batch_size": 4}, 10, 3),
+        ({"bf16": True}, 10, 3),
+        ({"grad_scaler": True}, 10, 3),
+        # the logged mean: a skip is a logging window (5 steps), so 2 skip 10 steps
+        ({"label_smoothing_factor": 0.1}, 10, 2),
+    ],
+    ids=["forward", "accumulation", "bf16", "fp16-scaler", "log"],
+)
+def test_skipped_steps_leave_weights_and_optimizer_state_untouched(
+    tmp_path: pathlib.Path, fed: list[float], options: dict[str, Any], at: int, k: int
+) -> None:
+    """The Trainer cannot leave a batch out: the callback drops the step's gradients before
+    optimizer.step(), so AdamW passes over every parameter (weights, moments and step counts
+    bit-identical), the skipped losses are not fed and the steps are hidden from the signals;
+    the next step trains again and the LR schedule advances through the skipped steps."""
+    from transformers import TrainerCallback
+
+    from unstuck.rescue.actions.rewind import Rewind
+
+    callback = unstuck_callback(grad_norm_every=1)
+    kept: dict[int, list[torch.Tensor]] = {}
+    tokens: list[dict[str, Any]] = []
+
+    class SkipAfter(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            kept[state.global_step] = _kept_state(kw["model"], kw["optimizer"].optimizer)
+            if state.global_step == at:  # the rewind action, as the engine applies it
+                token = Rewind().apply(callback.guard._engine.controls, {"skip": k})
+                tokens.append(token)
+
+    options = dict(options)
+    scaled = options.pop("grad_scaler", False)
+    run = trainer(tmp_path, [callback, SkipAfter()], **options)
+    if scaled:
+        # accelerate makes no GradScaler on CPU: give it one, which scales the loss in backward
+        # and steps through the optimizer wrapper as under fp16 on a GPU. Nothing unscales it
+        # before on_pre_optimizer_step here (clipping unscales only under fp16), the case where
+        # scaler.step with every gradient dropped would find no inf check and refuse.
+        run.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    run.train()
+    if scaled:
+        assert run.optimizer.scaler is run.accelerator.scaler
+        assert run.accelerator.scaler.get_scale() == 2.0**12  # no inf, no skipped step
+    log_mode = "label_smoothing_factor" in options
+    assert callback.loss_source_used == ("log" if log_mode else "forward")
+    skipped = k * (5 if log_mode else 1)  # optimizer steps
+    for step in range(at + 1, at + skipped + 1):
+        assert all(torch.equal(a, b) for a, b in zip(kept[step], kept[at])), step
+    assert not all(torch.equal(a, b) for a, b in zip(kept[at + skipped + 1], kept[at + skipped]))
+    assert run.state.global_step == 40  # the Trainer counts the skipped steps ...
+    assert run.lr_scheduler.last_epoch == 40  # ... and so does its LR schedule
+    guard = callback.guard
+    assert guard.optimizer_steps == 40 - skipped  # the Guard's signals see none of them
+    assert len(guard.evidence.series("grad_norm")[1]) == 40 - skipped
+    # the rewind's record says the loop skips, and the skip was used up
+    assert tokens == [{"skip_before": 0, "skip_batches": k, "skip_owned": True}]
+    assert guard.state_dict()["controls"]["skip"] == {"remaining": 0, "owned": True}
+    if log_mode:  # the logged means of the skipped windows are not fed
+        logged = [row["loss"] for row in run.state.log_history if "loss" in row]
+        assert fed == pytest.approx(logged[:2] + logged[2 + k :]) and len(fed) == 8 - k
+    else:
+        assert guard.steps == len(fed) == 40 - skipped
+
+
 # -- resume ---------------------------------------------------------------------------------------
 def resume_run(tmp_path: pathlib.Path, restore: bool) -> tuple[Any, Any, Any]:
     first = unstuck_callback(policy="rescue", flush_every=5)

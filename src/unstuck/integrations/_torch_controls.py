@@ -5,6 +5,7 @@ must carry besides the model and optimizer (gradients summed mid-accumulation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ from unstuck.rescue import Controls, LRMultiplier
 from unstuck.rescue.controls import AccumulationControl, ClipControl, SkipControl, StopControl
 from unstuck.signals.hub import SignalHub
 
-__all__ = ["SELF_TUNING_OPTIMIZERS", "TorchControls"]
+__all__ = ["SELF_TUNING_OPTIMIZERS", "TorchControls", "drop_gradients"]
 
 logger = logging.getLogger("unstuck")
 
@@ -35,6 +36,27 @@ def lr_lock_reason(optimizer: torch.optim.Optimizer) -> str | None:
         f"{type(optimizer).__name__} sets its own step size ({why}); unstuck detects and "
         "diagnoses but leaves its LR alone (LR actions are skipped with this reason)"
     )
+
+
+def drop_gradients(
+    params: list[torch.Tensor], optimizer: torch.optim.Optimizer, scaler: Any
+) -> None:
+    """Set every ``.grad`` in ``params`` to None so the coming ``optimizer.step()`` leaves
+    them alone: torch's optimizers pass over a parameter without a gradient (no update, no
+    moment decay, no weight decay, no step count).
+
+    A GradScaler that has not unscaled this step's gradients yet would find none to unscale in
+    ``scaler.step`` and refuse the step ("No inf checks were recorded for this optimizer"), so
+    it unscales them first: its ``step`` and ``update`` then see an ordinary inf check.
+    """
+    enabled = getattr(scaler, "is_enabled", None)
+    if callable(enabled) and enabled():
+        # A second unscale_ before update() is a RuntimeError by GradScaler's documented
+        # contract: the gradients are then already unscaled and their inf check recorded.
+        with contextlib.suppress(RuntimeError):
+            scaler.unscale_(optimizer)
+    for p in params:
+        p.grad = None
 
 
 class TorchControls:

@@ -13,11 +13,14 @@ read the gradients exactly where ``on_pre_optimizer_step`` does (after the Train
 The loss of every optimizer step comes from the model's own forward (HF models return ``loss``
 when given labels); a model or trainer that computes its loss outside the forward falls back to
 the mean loss the Trainer logs every ``logging_steps`` (docs/hf.md has the trade-off).
-``eval_loss`` goes to ``guard.validate``. The LR multiplier composes with the Trainer's schedule,
-``LambdaLR`` included: it is applied around ``optimizer.step`` and the schedule's value is put
-back after, so ``lr_scheduler.get_last_lr()`` and the logged ``learning_rate`` stay the
-schedule's. State is exported through ``ExportableState`` (restored with
-``restore_callback_states_from_checkpoint=True``): the JSON part names a sidecar file
+``eval_loss`` goes to ``guard.validate``. The LR multiplier composes with the Trainer's
+schedule, ``LambdaLR`` included: it is applied around ``optimizer.step`` and the schedule's
+value is put back after, so ``lr_scheduler.get_last_lr()`` and the logged ``learning_rate`` stay
+the schedule's. A step the rewind asks to skip is decided in ``on_step_begin`` and made a no-op
+in ``on_pre_optimizer_step`` (the gradients set to ``None``, which torch's optimizers pass
+over); its loss is not fed and its optimizer step is hidden from the signals, though the Trainer
+still runs and counts it (docs/hf.md). State is exported through ``ExportableState`` (restored
+with ``restore_callback_states_from_checkpoint=True``): the JSON part names a sidecar file
 ``unstuck_guard.pt`` (one per rank under DDP) written into each checkpoint folder, because the
 Guard's state holds tensors (the θ₀ sample, snapshots of a pending action) that
 ``trainer_state.json`` cannot.
@@ -169,6 +172,8 @@ class UnstuckCallback(TrainerCallback, ExportableState):
         self._trainer_state: TrainerState | None = None
         self._closed = False
         self._warned_no_loss = False
+        self._skipping = False  # the current optimizer step is one a rewind asked to skip
+        self._skipped_since_log = False  # the Trainer's next logged mean holds a skipped step
 
     @classmethod
     def of(cls, trainer: Any) -> UnstuckCallback:
@@ -222,6 +227,7 @@ class UnstuckCallback(TrainerCallback, ExportableState):
         self._closed = False
         self._warned_no_loss = False
         self._losses = []
+        self._skipping = self._skipped_since_log = False
         self._args, self._trainer_state = args, state
         if model is None:
             raise ValueError("UnstuckCallback: the Trainer passed no model to on_train_begin")
@@ -243,9 +249,27 @@ class UnstuckCallback(TrainerCallback, ExportableState):
         else:
             self._context = {"model": model, **kwargs}  # built at the first optimizer step
 
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        guard = self.guard
+        if guard is None or self._closed:
+            return  # before the Guard exists nothing can have asked for a skip
+        every = max(int(state.logging_steps or 1), 1)
+        if self.loss_source_used == "log" and state.global_step % every:
+            # With the logged mean a Guard step is a logging window: one skip is a whole window,
+            # decided at its first optimizer step, so a skipped window is one dropped log point.
+            return
+        self._skipping = guard.skip_step()
+
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self._skipping and self.guard is not None and not self._closed:
+            # The Trainer cannot leave the batch out; without gradients the step changes nothing
+            # (an fp16 GradScaler is made to unscale first, so its step and update still work).
+            self.guard.drop_gradients(getattr(kwargs.get("optimizer"), "scaler", None))
+            return
         if self.guard is None and not self._closed:
             # "auto": the first step's forward passes have run; did they return a loss?
             mode = "forward" if self._losses else "log"
@@ -266,7 +290,9 @@ class UnstuckCallback(TrainerCallback, ExportableState):
         guard = self.guard
         if guard is None or self._closed:
             return control
-        if self.loss_source_used == "forward":
+        if self._skipping:
+            self._skipped_since_log = True  # its loss is the spike's data: never observed
+        elif self.loss_source_used == "forward":
             if self._losses:
                 stacked = torch.stack(self._losses)
                 # With num_items_in_batch each micro-batch loss is already divided by the whole
@@ -296,6 +322,10 @@ class UnstuckCallback(TrainerCallback, ExportableState):
         if guard is None or self._closed or self.loss_source_used != "log" or not logs:
             return control
         loss = logs.get("loss")
+        if "loss" in logs and self._skipped_since_log:
+            # The Trainer's mean covers the skipped steps' losses too, and cannot be taken apart.
+            self._skipped_since_log = False
+            return control
         if isinstance(loss, (int, float)):
             guard.step(float(loss))
             if guard.should_stop:

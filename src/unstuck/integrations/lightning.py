@@ -14,6 +14,12 @@ Where each input comes from (docs/lightning.md has the whole story):
 - **Losses** from the training step's outputs in ``on_train_batch_end`` (``outputs["loss"]`` or
   the returned tensor), summed over accumulated micro-batches and handed over once per optimizer
   step, on the device: no host sync.
+- **The rewind's skip**: Lightning runs every batch, so a step the rewind asks to skip is
+  decided at its first micro-batch (``on_train_batch_start``) and made a no-op in
+  ``on_before_optimizer_step``: the gradients of the watched optimizer's parameters are set to
+  ``None``, which torch's optimizers pass over. Its loss is not fed and its optimizer step is
+  hidden from the signals. The forward and backward still run, and the Trainer still counts the
+  step (``global_step``, ``max_steps``, the LR scheduler): docs/lightning.md has the details.
 - **Validation** from ``trainer.callback_metrics[monitor_val]`` in ``on_validation_end``, never
   during the sanity check.
 - **The LR multiplier** is the Guard's own, applied around ``optimizer.step`` of the watched
@@ -188,6 +194,8 @@ class UnstuckCallback(Callback):
         self._loss_sum: torch.Tensor | None = None  # this optimizer step's micro-batch losses
         self._loss_count = 0
         self._stepped = False  # the watched optimizer reached its step since the last loss
+        self._in_step = False  # a micro-batch of the current optimizer step has started
+        self._skipping = False  # the current optimizer step is one a rewind asked to skip
         self._clip_base: float | None = None  # the Trainer's gradient_clip_val, when by norm
         self._warned_missing_val = False
         self._console = contextlib.ExitStack()  # unstuck's lines above Lightning's progress bar
@@ -246,6 +254,7 @@ class UnstuckCallback(Callback):
         # (or nothing after zero_grad), so the gradients are read in on_before_optimizer_step.
         guard.read_gradients_manually()
         self._loss_sum, self._loss_count, self._stepped = None, 0, False
+        self._in_step = self._skipping = False
         self._clip_base = _norm_clip_value(trainer)
         if self._clip_base is not None:
             guard.clip_threshold(self._clip_base)  # the rescue may change Lightning's threshold
@@ -256,11 +265,28 @@ class UnstuckCallback(Callback):
             self._console.enter_context(console_above_progress_bars())
 
     # -- the hot path -------------------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        guard = self._guard
+        if guard is None or guard.closed or self._in_step:
+            return
+        # The first micro-batch of an optimizer step: decide the rewind's skip for all of them
+        # now, before Lightning's optimizer.step(closure) fires the step's pre-hooks.
+        self._in_step = True
+        self._skipping = guard.skip_step()
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         guard = self._guard
         if guard is None or guard.closed or not _is_watched(optimizer, self._optimizer):
+            return
+        if self._skipping:
+            # Lightning cannot leave the batch out; without gradients the step changes nothing
+            # (AMP has unscaled them before this hook; Lightning's clipping finds none to clip).
+            guard.drop_gradients()  # the Guard holds the precision plugin's GradScaler
+            self._stepped = True
             return
         n = guard.optimizer_steps  # this step's index: the post-hook has not counted it yet
         guard.read_gradients()
@@ -292,9 +318,11 @@ class UnstuckCallback(Callback):
             self._loss_count += 1
         if not self._stepped:
             return  # accumulating: the optimizer has not stepped yet
-        self._stepped = False
+        self._stepped = self._in_step = False
         total, count = self._loss_sum, self._loss_count
         self._loss_sum, self._loss_count = None, 0
+        if self._skipping:
+            return  # a skipped step: its loss is the spike's data, never observed
         if total is None:
             return  # training_step returned None: Lightning skipped this batch
         # Automatic optimization divides each micro-batch loss by accumulate_grad_batches; the

@@ -43,7 +43,7 @@ from unstuck.integrations._lifetime import (
     warn_if_already_guarded,
 )
 from unstuck.integrations._probes import PROBE_KEEP_EVERY, ProbeSet
-from unstuck.integrations._torch_controls import TorchControls
+from unstuck.integrations._torch_controls import TorchControls, drop_gradients
 from unstuck.integrations._torch_taps import guard_rows, torch_taps
 from unstuck.integrations.defaults import (
     DEFAULT_ACTIVATION_EVERY,
@@ -396,6 +396,30 @@ class Guard(MonitorResults):
         the skip. Costs no host sync.
         """
         return self._controls.skip.take()
+
+    # -- seams for front-ends that run every batch themselves (Lightning, the HF Trainer) -----
+    def skip_step(self) -> bool:
+        """:meth:`skip_batch` for loops that cannot leave a batch out: whether the optimizer
+        step about to start is one a rewind asked to skip.
+
+        Call it once per optimizer step, before the step's first forward (under gradient
+        accumulation one skip is one optimizer step, all its micro-batches). While it is True,
+        call :meth:`drop_gradients` just before ``optimizer.step()``, so the step changes
+        neither the weights nor the optimizer's state, and do not call :meth:`step` with the
+        step's loss (it is the spike's data). The step is hidden from the signals: the
+        optimizer's hooks read and count nothing until the next call, as if the loop had
+        skipped the batch.
+        """
+        skipping = self._controls.skip.take()
+        self._hub.hidden = skipping
+        return skipping
+
+    def drop_gradients(self, scaler: Any = None) -> None:
+        """Set the gradients of every watched parameter to None before a step that
+        :meth:`skip_step` skips: torch's optimizers then leave each parameter and its state
+        alone. A GradScaler (``scaler``, else the Guard's) that has not unscaled the step's
+        gradients does so first, or its ``step`` would refuse an optimizer with no inf check."""
+        drop_gradients(self._hub.ctx.params, self.optimizer, scaler or self.scaler)
 
     @property
     def should_stop(self) -> bool:

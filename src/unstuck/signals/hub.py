@@ -98,6 +98,10 @@ class SignalHub:
         self.taps = taps
         self.step = 0  # Guard steps seen (calls to on_loss)
         self.opt_steps = 0  # optimizer steps seen through the hooks
+        # A step the loop takes but asked to skip (a rewind's skip under a framework that cannot
+        # leave a batch out): its hooks read nothing and count nothing, as a skipped batch in a
+        # plain loop never reaches optimizer.step().
+        self.hidden = False
         for tap in taps:
             tap.bind(self.ctx)
         self._pre_taps = [t for t in taps if type(t).on_pre_step is not Tap.on_pre_step]
@@ -114,7 +118,8 @@ class SignalHub:
 
     # -- hooks (hot path) -------------------------------------------------------------------
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._run_pre_taps(self._pre_due)
+        if not self.hidden:
+            self._run_pre_taps(self._pre_due)
 
     def read_gradients_manually(self) -> None:
         """Take the gradient-reading pre-step taps out of the step pre-hook: the caller runs
@@ -129,7 +134,8 @@ class SignalHub:
     def read_gradients(self) -> None:
         """Run the taps :meth:`read_gradients_manually` took out of the pre-hook, with the same
         sampling and step numbers the pre-hook would have given them."""
-        self._run_pre_taps(self._manual_due)
+        if not self.hidden:
+            self._run_pre_taps(self._manual_due)
 
     def _run_pre_taps(self, schedule: _Schedule) -> None:
         n = self.opt_steps
@@ -138,6 +144,8 @@ class SignalHub:
             tap.on_pre_step(self.ctx, n)
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.hidden:
+            return
         n = self.opt_steps
         for tap in self._post_due.at(n):
             tap.current_step = self.step  # type: ignore[attr-defined]

@@ -15,10 +15,11 @@ class Rewind(Action):
     The engine does the return itself (``rewinds``): it restores the newest state of its ring
     of good snapshots whose loss is below the loss now and within the detector's least rise of
     the lowest of them, so a state taken inside the spike before it was confirmed is passed
-    over. This action then asks a loop that calls ``guard.skip_batch()`` to skip ``skip``
-    batches (default: as many as the steps rewound, the data between the good state and the
-    confirmation). PaLM restarted ~100 steps before a spike and skipped 200–500 batches
-    (Chowdhery et al. 2022, §5.1). A repeated spike is not rewound again on the same episode:
+    over. This action then asks a loop that calls ``guard.skip_batch()`` (or, under the
+    Lightning and HF callbacks, ``guard.skip_step()``) to skip ``skip`` batches (default: as
+    many as the steps rewound, the data between the good state and the confirmation). PaLM
+    restarted ~100 steps before a spike and skipped 200–500 batches (Chowdhery et al. 2022,
+    §5.1). A repeated spike is not rewound again on the same episode:
     the ladder escalates to an LR cut, then to tighter clipping.
 
     >>> Rewind().describe({"skip": 120})
@@ -31,7 +32,9 @@ class Rewind(Action):
         "from before a loss spike or divergence (unstuck keeps a small ring of them), then asks "
         "your loop to skip the next `skip` batches (default: as many as the steps rewound), "
         "so the run moves past the data that caused the spike. The loop skips a batch when "
-        "guard.skip_batch() returns True; a loop that does not ask still gets the rewind. "
+        "guard.skip_batch() returns True; the Lightning and Hugging Face callbacks skip on their "
+        "own (they drop the step's gradients before optimizer.step()); a loop that does not "
+        "ask still gets the rewind. "
         "PaLM restarted about 100 steps before each spike and skipped 200-500 batches."
     )
     rewinds: ClassVar[bool] = True
