@@ -59,18 +59,55 @@ def shape(kind: str, n: int) -> np.ndarray:
     raise ValueError(kind)
 
 
-def evidence(val: np.ndarray) -> Evidence:
-    train = np.linspace(1.0, 0.1, 400)  # the training loss falls throughout
+def evidence(val: np.ndarray, state: str = "unknown") -> Evidence:
     steps = 49 + 50 * np.arange(val.size)
+    length = int(steps[-1]) + 1
+    train = np.linspace(1.0, 0.1, length)  # the training loss falls throughout
     return Evidence(
         {
-            "loss": (np.arange(400), train),
+            "loss": (np.arange(length), train),
             "val_loss": (steps, val),
-            "detector_state": "unknown",
+            "detector_state": state,
             "detector_series": "val",
         },
-        step=399,
+        step=length - 1,
     )
+
+
+# Between the rank test and the detector's rise windows: 9 to 31 evaluations, the detector's
+# state anything but "unknown" or "diverging" (here "slow"), the rule reading the latest 8.
+BETWEEN = (12, 20, 31)
+
+
+def between(rule: Any, rng: np.random.Generator, draws: int) -> dict[str, Any]:
+    """One look at n = 12, 20, 31 evaluations per shape and noise, and a live run's looks at
+    every evaluation from 9 to 31 on flat noise (the share named at any of them)."""
+    one_look: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in SHAPES:
+        one_look[kind] = {}
+        for n in BETWEEN:
+            for sigma in NOISE:
+                base = shape(kind, n)
+                named = sum(
+                    rule.check(evidence(base * (1.0 + sigma * rng.standard_normal(n)), "slow"))
+                    is not None
+                    for _ in range(draws)
+                )
+                one_look[kind].setdefault(str(n), {})[str(sigma)] = named / draws
+    live: dict[str, dict[str, float]] = {}
+    top = max(BETWEEN)
+    for kind in ("flat", "falling_then_flat"):
+        live[kind] = {}
+        for sigma in NOISE:
+            named = 0
+            for _ in range(draws):
+                val = shape(kind, top) * (1.0 + sigma * rng.standard_normal(top))
+                named += any(
+                    rule.check(evidence(val[:k], "slow")) is not None
+                    for k in range(MAX_POINTS + 1, top + 1)
+                )
+            live[kind][str(sigma)] = named / draws
+    return {"one_look": one_look, "live_looks_9_to_31": live}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -106,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rule.check(evidence(val[:k])) is not None for k in range(MIN_POINTS, MAX_POINTS + 1)
             )
         looks[str(sigma)] = named / args.draws
+    mid = between(rule, rng, max(args.draws // 4, 50))
     worst_fp = max(
         rate
         for kind in ("flat", "falling", "falling_then_flat")
@@ -120,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "simulated": simulated,
         "worst_false_positive_rate": worst_fp,
         "live_three_looks": looks,
+        "between": mid,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
@@ -137,6 +176,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "/".join(f"{v:.3f}" for v in looks.values())
     )
     print(f"worst false-positive rate (flat, falling, falling then flat): {worst_fp:.3f}")
+    print(
+        "between (9 to 31 evaluations, detector 'slow', the latest 8 read), one look, "
+        f"{max(args.draws // 4, 50)} draws (n = {', '.join(map(str, BETWEEN))} per row; "
+        "sigma 2/5/10 %):"
+    )
+    for kind in SHAPES:
+        cells = [
+            "/".join(f"{mid['one_look'][kind][str(n)][str(s)]:.3f}" for s in NOISE) for n in BETWEEN
+        ]
+        print(f"  {kind:18s} " + "  ".join(cells))
+    for kind, rates in mid["live_looks_9_to_31"].items():
+        print(
+            f"{kind} series named at any look from 9 to 31 evaluations (sigma 2/5/10 %): "
+            + "/".join(f"{v:.3f}" for v in rates.values())
+        )
     return out
 
 

@@ -284,6 +284,35 @@ def test_overfitting_short_series_stays_quiet(kwargs):
     assert get_rule("overfitting").check(_short(**kwargs)) is None
 
 
+# -- between the rank test and the detector's rise test (9 to 31 evaluations)
+
+PER_EPOCH = [2.0, 1.4, 1.1, 1.0, 1.04, 1.09, 1.13, 1.18, 1.22, 1.27, 1.31, 1.36]
+
+
+def test_overfitting_reads_a_rise_the_detector_cannot_test_yet():
+    # Twelve evaluations: too many for the short test, too few for the detector's rise windows
+    # (32), and the rise (36 % above the best) never doubled, so the detector says "slow".
+    f = get_rule("overfitting").check(_overfit(PER_EPOCH, state="slow"))
+    assert f is not None and f.evidence["val_points"] == 8
+    assert "latest 8" in f.evidence["test"] and "latest 8" in f.summary
+    assert f.confidence < ROOT_CONFIDENCE  # a hint, as on the short series
+
+
+@pytest.mark.parametrize(
+    "val",
+    [
+        # the latest 8 rise (p 0.003), the 8 before them do not (p 0.10): seen at one look only
+        [2.0, 1.4, 1.1, 1.3, 1.02, 1.0, 1.08, 1.04, 1.06, 1.1, 1.12, 1.14],
+        # noise around a level
+        [2.0, 1.4, 1.1, 1.0, 1.08, 1.01, 1.07, 1.02, 1.09, 1.0, 1.06, 1.03],
+        # long enough for the detector's own rise test
+        [2.0, 1.4, 1.1] + [1.0 + 0.02 * i for i in range(30)],
+    ],
+)
+def test_overfitting_between_stays_quiet(val):
+    assert get_rule("overfitting").check(_overfit(val, state="slow")) is None
+
+
 def test_overfitting_short_test_needs_the_validation_detector_without_a_verdict():
     val = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
     assert get_rule("overfitting").check(_overfit(val, state="improving")) is None

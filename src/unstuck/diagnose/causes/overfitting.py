@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
+
+from unstuck.detect.detector import DEFAULT_MIN_POINTS, FLAT_WINDOW_FACTOR
 from unstuck.diagnose.base import ROOT_CONFIDENCE, Rule, found_confidence
 from unstuck.diagnose.causes._landscape import GL_THRESHOLD, generalization_loss
-from unstuck.diagnose.causes._rise import ALPHA, rise_test
+from unstuck.diagnose.causes._rise import ALPHA, MAX_POINTS, rise_test
 from unstuck.diagnose.evidence import Evidence
 from unstuck.types import DetectorState, Finding, Remedy
 
@@ -16,6 +19,9 @@ STRONG_GL = 0.5  # GL of 50 % (Prechelt's largest criterion, GL_5 ×10) earns th
 # bar at which the policy acts (keep the best and stop), since at α = 0.05 one flat series in 20
 # would pass the test alone (the GL and training-loss conditions make it rarer still).
 SHORT_CONFIDENCE = ROOT_CONFIDENCE - 0.05  # ours, global: just below the "problem" bar
+# The validation detector tests a slow rise on trailing windows of FLAT_WINDOW_FACTOR ·
+# min_points bins (32 at its defaults); below that it sees only a rise that doubled the loss.
+RISE_WINDOW_POINTS = FLAT_WINDOW_FACTOR * DEFAULT_MIN_POINTS
 
 
 class Overfitting(Rule):
@@ -53,7 +59,7 @@ class Overfitting(Rule):
         if ev.get("detector_state") == DetectorState.UNKNOWN:
             return self._short(ev)
         if ev.get("detector_state") != "diverging":
-            return None
+            return self._between(ev)
         gl = _overfit_gl(ev)
         if gl is None:
             return None
@@ -81,11 +87,28 @@ class Overfitting(Rule):
             ),
         )
 
-    def _short(self, ev: Evidence) -> Finding | None:
-        """Too few evaluations for the validation detector (5 to 8): the exact rank test says
-        the values rise (from the first evaluation, or after the best one) at level ``ALPHA``,
-        the latest are Prechelt's 5 % above the best and the training loss fell since it."""
-        test = rise_test(ev.values_of("val_loss"))
+    def _between(self, ev: Evidence) -> Finding | None:
+        """More evaluations than the rank test reads, fewer than the detector's rise test
+        needs (``RISE_WINDOW_POINTS``): a validation loss evaluated once per epoch for 10 to 30
+        epochs would otherwise never show a rise that has not doubled. The rank test reads the
+        latest ``MAX_POINTS`` evaluations, a window fixed before looking at the values, and must
+        say rising on the window one evaluation earlier too (the detector's rise must also hold
+        over consecutive decisions)."""
+        values = ev.values_of("val_loss")
+        values = values[np.isfinite(values)]
+        if not MAX_POINTS < values.size < RISE_WINDOW_POINTS:
+            return None
+        earlier = rise_test(values[-MAX_POINTS - 1 : -1])
+        if earlier is None or not earlier.rising:
+            return None
+        return self._short(ev, values[-MAX_POINTS:])
+
+    def _short(self, ev: Evidence, window: np.ndarray | None = None) -> Finding | None:
+        """Too few evaluations for the validation detector (5 to 8; or the latest 8 of a
+        series still too short for its rise test): the exact rank test says the values rise
+        (from the first evaluation, or after the best one) at level ``ALPHA``, the latest are
+        Prechelt's 5 % above the best and the training loss fell since it."""
+        test = rise_test(ev.values_of("val_loss") if window is None else window)
         if test is None or not test.rising:
             return None
         gl = _overfit_gl(ev)
@@ -96,14 +119,16 @@ class Overfitting(Rule):
             "val_points": test.points,
             "rise_p_value": test.p_value,
             "alpha": ALPHA,
-            "test": "exact Mann-Kendall (whole series; after the best), min-p",
+            "test": "exact Mann-Kendall (whole series; after the best), min-p"
+            + ("" if window is None else f", on the latest {MAX_POINTS} evaluations"),
         }
         return Finding(
             cause=self.code,
             confidence=SHORT_CONFIDENCE,
             evidence=evidence,
             step=ev.step,
-            summary=f"validation loss rises over its {test.points} evaluations (exact rank test "
+            summary=f"validation loss rises over its {'latest ' if window is not None else ''}"
+            f"{test.points} evaluations (exact rank test "
             f"p = {test.p_value:.3f} ≤ {ALPHA:g}): {gl['val_now']:.3g} is {gl['gl']:.0%} above "
             f"its best {gl['val_best']:.3g} (step {gl['best_step']}) while the training loss "
             f"fell from {gl['train_then']:.3g} to {gl['train_now']:.3g}; too few evaluations "
