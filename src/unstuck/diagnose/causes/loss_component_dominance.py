@@ -35,6 +35,16 @@ UNMOVED_RISE = 1.0 + EARLY_DROP  # nor risen 10 % above it: a term that grew did
 SERVED_STATES = STALLED_STATES | {"slow"}
 
 
+def _reweight(dominant: str, ratio: float, note: str) -> Remedy:
+    """The remedy every reading names: weigh the terms again (advice, not an action)."""
+    return Remedy(
+        "reweight_loss_terms",
+        {"dominant": dominant, "ratio": round(ratio, 3)},
+        automatic=False,
+        note=note,
+    )
+
+
 class LossComponentDominance(Rule):
     """One term is ≥ 10× the sum of the others, which still sit at ≥ half their start value."""
 
@@ -116,12 +126,11 @@ class LossComponentDominance(Rule):
             f"others together; {', '.join(stalled)} still at "
             f"{min(progress.values()):.0%}+ of their starting value",
             remedies=(
-                Remedy(
-                    "reweight_loss_terms",
-                    {"dominant": dominant, "ratio": round(ratio, 3)},
-                    automatic=False,
-                    note="normalise each term (reduction='mean', standardised targets) or "
-                    "weight them to comparable scales",
+                _reweight(
+                    dominant,
+                    ratio,
+                    "normalise each term (reduction='mean', standardised targets) or weight "
+                    "them to comparable scales",
                 ),
             ),
         )
@@ -167,12 +176,11 @@ class LossComponentDominance(Rule):
             f"{'holds' if len(unmoved) == 1 else 'hold'} {held:.0%} of the loss: the optimizer "
             f"served '{served}'",
             remedies=(
-                Remedy(
-                    "reweight_loss_terms",
-                    {"dominant": served, "ratio": round(fallen[served], 3)},
-                    automatic=False,
-                    note="normalise each term (reduction='mean') or weight them so the task "
-                    "term's gradient is not swamped",
+                _reweight(
+                    served,
+                    fallen[served],
+                    "normalise each term (reduction='mean') or weight them so the task term's "
+                    "gradient is not swamped",
                 ),
             ),
         )
@@ -224,12 +232,11 @@ class LossComponentDominance(Rule):
             summary=f"loss term '{leader}' held {held:.0%} of the loss at the start, grew "
             f"{growth:.3g}x before any other term grew 10x, and the loss then went non-finite",
             remedies=(
-                Remedy(
-                    "reweight_loss_terms",
-                    {"dominant": leader, "ratio": round(growth, 3)},
-                    automatic=False,
-                    note="normalise the term (reduction='mean') or weight it down so it does "
-                    "not set the step size",
+                _reweight(
+                    leader,
+                    growth,
+                    "normalise the term (reduction='mean') or weight it down so it does not "
+                    "set the step size",
                 ),
             ),
         )
