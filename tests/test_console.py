@@ -288,6 +288,17 @@ def test_a_rolled_back_action_is_said_to_be_undone_and_leaves_no_lr_to_change() 
     assert not any("put lr=" in ln for ln in lines)
 
 
+def test_a_multiplier_past_a_thousand_is_said_in_plain_digits() -> None:
+    for lrs, expected in (
+        ([1e-5], "  put lr=0.013 in your config (unstuck ran at ×1337 of your schedule)"),
+        ([], "  multiply your LR by 1337 in your config (unstuck ran at ×1337 of your schedule)"),
+    ):
+        lines = format_summary(
+            600, actions=[_action("kept")], lrs=lrs, lr_multiplier=1336.8, policy="rescue"
+        )
+        assert lines[-1] == expected
+
+
 def test_under_observe_the_summary_says_the_change_is_the_users_to_make() -> None:
     lines = format_summary(600, findings=[_finding()], lrs=[1e-6], policy="observe")
     assert lines[0] == "summary after 600 steps: no plateau"

@@ -336,11 +336,13 @@ def format_summary(
         lines.append(f"  {_action_label(a)} at step {a.step}: {verdict}")
     if _positive(lr_multiplier) and abs(math.log(lr_multiplier)) > 1e-9:
         new = _lrs_text([lr * lr_multiplier for lr in lrs if _positive(lr)])
-        ran = f"unstuck ran at ×{lr_multiplier:.3g} of your schedule"
+        # Plain digits past 1,000 (×1337, not ×1.34e+03): a factor is read, not parsed.
+        times = f"{lr_multiplier:.3g}" if lr_multiplier < 1000 else f"{lr_multiplier:.0f}"
+        ran = f"unstuck ran at ×{times} of your schedule"
         lines.append(
             f"  put lr={new} in your config ({ran})"
             if new
-            else f"  multiply your LR by {lr_multiplier:.3g} in your config ({ran})"
+            else f"  multiply your LR by {times} in your config ({ran})"
         )
     if policy == "observe" and any(finding_change(f) for f in top):
         lines.append(
