@@ -81,7 +81,7 @@ class LossComponentDominance(Rule):
         start: dict[str, float] = {}
         for name, first in start_raw.items():
             first_value = finite_number(first)
-            values = ev.values_of(COMPONENT_PREFIX + str(name))[-RECENT_STEPS:]
+            values = series[str(name)][-RECENT_STEPS:]
             values = values[np.isfinite(values)]
             if first_value is None or values.size == 0:
                 continue
